@@ -1,0 +1,21 @@
+"""hpcft cancel RUN|JOBID: cancel a queued or running job."""
+
+from __future__ import annotations
+
+from .common import settings
+
+
+def register(sub) -> None:
+    p = sub.add_parser("cancel", help="cancel a run's job")
+    p.add_argument("ref", metavar="RUN|JOBID")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..monitor import cancel
+    from ..runs import RunStore
+
+    record = RunStore(settings().runs).find(args.ref)
+    cancel(record)
+    print(f"cancelled job {record.job_id} (run {record.run_id})")
+    return 0

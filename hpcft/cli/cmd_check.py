@@ -1,0 +1,34 @@
+"""hpcft check JOB.yaml: validate and pre-flight a job, ✓/✗ per step; submits nothing."""
+
+from __future__ import annotations
+
+from .common import add_job_args, load, print_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("check", help="validate a job and check it against the live cluster (submits nothing)")
+    add_job_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..errors import ConfigError
+    from ..submit import submit
+
+    loaded, settings = load(args)
+    try:
+        result = submit(loaded, settings, dry_run=True)
+    except ConfigError as exc:
+        if args.json:
+            print_json({"ok": False, "problems": exc.lines()})
+            return exc.exit_code
+        print("✓ job file")
+        raise
+    if args.json:
+        print_json({"ok": True, "checks": [c.__dict__ for c in result.checks]})
+    else:
+        print("✓ job file")
+        for check in result.checks:
+            print(check.line())
+    return 0

@@ -1,0 +1,29 @@
+"""hpcft logs [RUN|JOBID] [-f] [--err] [--rank N]: print or follow a job's log."""
+
+from __future__ import annotations
+
+import sys
+
+from .common import settings
+
+
+def register(sub) -> None:
+    p = sub.add_parser("logs", help="print a run's log; -f follows it until the job ends (across requeues)")
+    p.add_argument("ref", nargs="?", metavar="RUN|JOBID", help="run id (or prefix), Slurm job id; default: latest")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
+    p.add_argument("--err", action="store_true", help="the stderr log (job.<id>.err)")
+    p.add_argument("--rank", type=int, help="the log of one rank of a multi-rank job")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..monitor import follow
+    from ..runs import RunStore
+
+    record = RunStore(settings().runs).find(args.ref)
+    st = follow(record, err=args.err, rank=args.rank, follow=args.follow)
+    if args.follow:
+        extra = f": {st.error}" if st.error else ""
+        print(f"hpcft: job {record.job_id} {st.state}{extra}", file=sys.stderr)
+        return 0 if st.state == "COMPLETED" else 1
+    return 0

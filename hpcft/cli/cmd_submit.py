@@ -1,0 +1,59 @@
+"""hpcft submit JOB.yaml: validate, pre-flight, render and queue a job."""
+
+from __future__ import annotations
+
+import sys
+
+from .common import add_job_args, load, print_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("submit", help="submit a job file to Slurm (or run it locally)",
+                       description="Validate JOB.yaml, check it against the live cluster, render the sbatch "
+                                   "script and queue it through submitit.",
+                       epilog="examples:\n  hpcft submit jobs/mrpc-bert-gpu.yaml\n"
+                              "  hpcft submit job.yaml --set resources.time=04:00:00 --dry-run\n"
+                              "  hpcft submit job.yaml --wait      # follow the log until the job ends",
+                       formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    add_job_args(p)
+    p.add_argument("--dry-run", action="store_true", help="print the script and the checks; submit nothing")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--executor", choices=["slurm", "local"], help="override the job's executor")
+    p.add_argument("--wait", action="store_true", help="follow the log until the job ends; exit 0 only if it completed")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..submit import submit
+
+    loaded, settings = load(args)
+    result = submit(loaded, settings, dry_run=args.dry_run, executor=args.executor)
+    if args.dry_run:
+        if args.json:
+            print_json({"dry_run": True, "script": result.script,
+                        "checks": [c.__dict__ for c in result.checks]})
+        else:
+            sys.stdout.write(result.script)
+            for check in result.checks:
+                print(f"# {check.line()}", file=sys.stderr)
+            print("# dry run: nothing submitted", file=sys.stderr)
+        return 0
+    rec = result.record
+    if args.json:
+        print_json({"run_id": rec.run_id, "job_id": rec.job_id, "executor": rec.executor,
+                    "run_dir": rec.run_dir, "log": str(result.log), "partition": rec.partition})
+    else:
+        for check in result.checks:
+            print(check.line())
+        print(f"run:    {rec.run_id}")
+        print(f"job:    {rec.job_id} ({rec.executor}{', partition ' + rec.partition if rec.partition else ''})")
+        print(f"folder: {rec.run_dir}")
+        print(f"log:    {result.log}")
+        print(f"watch:  hpcft logs -f {rec.run_id}")
+    if args.wait:
+        from ..monitor import follow
+
+        st = follow(rec, follow=True, out=sys.stdout if not args.json else sys.stderr)
+        print(f"hpcft: job {rec.job_id} {st.state}" + (f": {st.error}" if st.error else ""), file=sys.stderr)
+        return 0 if st.state == "COMPLETED" else 1
+    return 0

@@ -1,0 +1,42 @@
+"""Helpers shared by the command modules (output formatting, settings, job loading)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Iterable, Sequence
+
+from ..config import Settings, load_settings
+
+
+def settings() -> Settings:
+    return load_settings()
+
+
+def add_job_args(parser) -> None:
+    parser.add_argument("job", metavar="JOB.yaml", help="job file")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a job field, e.g. --set resources.time=02:00:00 (repeatable)")
+
+
+def load(args):
+    from ..job import load_job
+    from ..yamlfile import parse_set_options
+
+    s = settings()
+    return load_job(args.job, s, parse_set_options(args.sets)), s
+
+
+def print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def table(rows: Iterable[Sequence[Any]], headers: Sequence[str]) -> str:
+    rows = [["" if v is None else str(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(v)) for w, v in zip(widths, row)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*headers)] + [fmt.format(*row) for row in rows]
+    return "\n".join(line.rstrip() for line in lines)

@@ -1,0 +1,295 @@
+"""The job file: schema, layering and validation.
+
+Layers, lowest first: cluster config ``job_defaults`` < user config ``job_defaults``
+< the job file < ``--set key=value``. Every problem is reported at once, one line each,
+as ``file:line: field: message``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .config import Settings
+from .errors import ConfigError
+from .slurm_time import parse_duration
+from .yamlfile import YamlDoc, deep_merge, load_yaml_file, parse_yaml, render_validation_error, set_dotted
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SBATCH_ARG = re.compile(r"^--[A-Za-z][A-Za-z0-9-]*(=.*)?$")
+_MEM = re.compile(r"^[0-9]+[KMGT]?$", re.IGNORECASE)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _one_line(value: Optional[str]) -> Optional[str]:
+    if value is not None and _CONTROL.search(value):
+        raise ValueError("must be a single line without control characters")
+    return value
+
+
+class Resources(_Strict):
+    partition: Optional[str] = None
+    nodes: int = Field(1, ge=1)
+    gpus_per_node: Optional[int] = Field(None, ge=1)
+    npus_per_node: Optional[int] = Field(None, ge=1)
+    cpus_per_task: Optional[int] = Field(None, ge=1)
+    mem: Optional[str] = None
+    time: str = "01:00:00"
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    exclusive: bool = False
+    constraint: Optional[str] = None
+    sbatch: list[str] = []  # extra sbatch options, e.g. ["--mail-type=END"]
+
+    _single = field_validator("partition", "account", "qos", "constraint", "mem")(_one_line)
+
+    @field_validator("mem")
+    @classmethod
+    def _mem(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not _MEM.match(str(v)):
+            raise ValueError("expected a size such as 16G, 4000M or 32000 (MB)")
+        return v
+
+    @field_validator("time", mode="before")
+    @classmethod
+    def _time(cls, v: Any) -> str:
+        if isinstance(v, bool) or not isinstance(v, (str, int)):
+            raise ValueError("expected a Slurm time such as 90, 02:00:00, 1-12:00:00, 2h or 30m")
+        parse_duration(str(v))  # raises ValueError with a readable message
+        return str(v)
+
+    @field_validator("sbatch")
+    @classmethod
+    def _sbatch(cls, v: list[str]) -> list[str]:
+        for item in v:
+            _one_line(item)
+            if not _SBATCH_ARG.match(item):
+                raise ValueError(f"{item!r}: each entry is one long option such as --mail-type=END")
+        return v
+
+    @model_validator(mode="after")
+    def _devices(self) -> "Resources":
+        if self.gpus_per_node and self.npus_per_node:
+            raise ValueError("gpus_per_node and npus_per_node are both set; a job uses one kind of device")
+        return self
+
+    @property
+    def time_seconds(self) -> int:
+        return parse_duration(self.time)
+
+    @property
+    def device(self) -> Literal["gpu", "npu", "cpu"]:
+        return "gpu" if self.gpus_per_node else "npu" if self.npus_per_node else "cpu"
+
+    @property
+    def devices_per_node(self) -> int:
+        return self.gpus_per_node or self.npus_per_node or 0
+
+
+class EnvSpec(_Strict):
+    conda: Optional[str] = None   # env name or prefix path
+    venv: Optional[str] = None    # path of a virtualenv
+    modules: list[str] = []       # `module load` arguments
+    vars: dict[str, str] = {}     # extra environment variables
+    python: Optional[str] = None  # interpreter on the compute node
+
+    _single = field_validator("conda", "venv", "python")(_one_line)
+
+    @field_validator("modules")
+    @classmethod
+    def _modules(cls, v: list[str]) -> list[str]:
+        for item in v:
+            _one_line(item)
+        return v
+
+    @field_validator("vars", mode="before")
+    @classmethod
+    def _vars(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            bad = [k for k in v if not isinstance(k, str) or not ENV_NAME.match(k)]
+            if bad:
+                raise ValueError(f"invalid environment variable name {bad[0]!r}: use letters, digits and _, "
+                                 "not starting with a digit")
+            return {k: ("" if val is None else str(val).lower() if isinstance(val, bool) else str(val))
+                    for k, val in v.items()}
+        return v
+
+    @model_validator(mode="after")
+    def _one_env(self) -> "EnvSpec":
+        if self.conda and self.venv:
+            raise ValueError("conda and venv are both set; choose one environment")
+        return self
+
+
+class DeepSpeedSpec(_Strict):
+    stage: int = Field(0, ge=0, le=3)
+    offload: bool = False          # ZeRO-Offload of optimizer (and params at stage 3) to CPU
+    config: Optional[str] = None   # a user's DeepSpeed JSON; overrides stage/offload
+
+
+class TrainSpec(_Strict):
+    """Built-in fine-tuning (the worker implements it)."""
+
+    task: Literal["sequence-classification"] = "sequence-classification"
+    model: str
+    dataset: str                            # glue/mrpc, yelp_review_full, org/name[:config], path, file.csv
+    dataset_config: Optional[str] = None
+    text_columns: Optional[list[str]] = Field(None, min_length=1, max_length=2)
+    label_column: Optional[str] = None
+    num_labels: Optional[int] = Field(None, ge=1)
+    metric: Optional[str] = None            # e.g. glue (with the dataset's config), accuracy, f1
+    train_split: str = "train"
+    eval_split: Optional[str] = None         # default: validation, else test, else a held-out slice
+    epochs: float = Field(3, gt=0)
+    max_steps: Optional[int] = Field(None, ge=1)
+    learning_rate: float = Field(2e-5, gt=0)
+    batch_size: int = Field(16, ge=1)       # per device
+    eval_batch_size: Optional[int] = Field(None, ge=1)
+    gradient_accumulation: int = Field(1, ge=1)
+    warmup_ratio: float = Field(0.0, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_seq_length: int = Field(128, ge=8, le=32768)
+    seed: int = 42
+    train_subset: Optional[int] = Field(None, ge=1)
+    eval_subset: Optional[int] = Field(None, ge=1)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    save_best: bool = False
+    logging_steps: int = Field(10, ge=1)
+    checkpoint_steps: Optional[int] = Field(None, ge=1)  # besides the per-epoch and on-signal checkpoints
+    deepspeed: Union[bool, DeepSpeedSpec, None] = None  # None: the default for the device count
+
+    @field_validator("deepspeed", mode="before")
+    @classmethod
+    def _ds(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):
+            return {"stage": v}
+        if isinstance(v, str):
+            return {"config": v}
+        return v
+
+
+class Assets(_Strict):
+    """What a script job needs staged (train jobs derive it from ``train:``)."""
+
+    models: list[str] = []
+    datasets: list[str] = []
+    metrics: list[str] = []
+
+
+class Job(_Strict):
+    name: str = Field(min_length=1, max_length=128)
+    train: Optional[TrainSpec] = None
+    script: Optional[str] = None
+    args: list[str] = []
+    workdir: Optional[str] = None
+    assets: Assets = Assets()
+    resources: Resources = Resources()
+    env: EnvSpec = EnvSpec()
+    output_dir: Optional[str] = None
+    executor: Literal["auto", "slurm", "local"] = "auto"
+    max_requeues: int = Field(3, ge=0, le=100)
+
+    _single = field_validator("name", "script", "workdir", "output_dir")(_one_line)
+
+    @field_validator("args", mode="before")
+    @classmethod
+    def _args(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [str(x).lower() if isinstance(x, bool) else str(x) if isinstance(x, (int, float)) else x
+                    for x in v]
+        return v
+
+    @model_validator(mode="after")
+    def _what(self) -> "Job":
+        if self.train is None and self.script is None:
+            raise ValueError("nothing to run: give either train: (built-in fine-tuning) or script: (your own script)")
+        if self.train is not None and self.script is not None:
+            raise ValueError("train: and script: are both set; a job runs one of them")
+        if self.args and self.script is None:
+            raise ValueError("args: only applies to script: jobs")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "train" if self.train else "script"
+
+    def all_assets(self) -> Assets:
+        if self.train is None:
+            return self.assets
+        t = self.train
+        metrics = [t.metric] if t.metric else []
+        return Assets(models=[t.model, *self.assets.models],
+                      datasets=[t.dataset, *self.assets.datasets],
+                      metrics=metrics + self.assets.metrics)
+
+
+@dataclass
+class LoadedJob:
+    """A validated job plus where it came from."""
+
+    job: Job
+    source: Optional[Path]          # the job file, None when built in code
+    resolved: dict[str, Any]        # the merged document that produced ``job``
+    base_dir: Path = field(default_factory=Path.cwd)  # relative paths resolve against this
+
+    def path(self, value: str) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p)
+
+    @property
+    def script_path(self) -> Optional[Path]:
+        return self.path(self.job.script).resolve() if self.job.script else None
+
+
+def load_job(path: Union[str, Path, None], settings: Settings, sets: list[tuple[str, Any]] = (),
+             text: Optional[str] = None) -> LoadedJob:
+    """Read, layer and validate a job file. Raises ConfigError listing every problem."""
+    if text is not None:
+        doc = parse_yaml(text, str(path or "<job>"))
+    else:
+        doc = load_yaml_file(path)
+    source = Path(path).resolve() if path else None
+    data: dict[str, Any] = deep_merge(settings.job_defaults, doc.data)
+    for key, value in sets:
+        set_dotted(data, key, value)
+    label = str(path or "<job>")
+    try:
+        job = Job.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(render_validation_error(exc, Job, doc, label)) from None
+    loaded = LoadedJob(job, source, data, source.parent if source else Path.cwd())
+    problems = _check_files(loaded, doc, label)
+    if problems:
+        raise ConfigError(problems)
+    return loaded
+
+
+def _check_files(loaded: LoadedJob, doc: YamlDoc, label: str) -> list[str]:
+    problems = []
+
+    def where(*loc: Any) -> str:
+        line = doc.line_of(loc)
+        return f"{label}:{line}" if line else label
+
+    job = loaded.job
+    if job.script:
+        sp = loaded.script_path
+        if not sp.is_file():
+            problems.append(f"{where('script')}: script: file not found: {sp}")
+    if job.workdir and not loaded.path(job.workdir).is_dir():
+        problems.append(f"{where('workdir')}: workdir: directory not found: {loaded.path(job.workdir)}")
+    if job.env.venv and not (loaded.path(job.env.venv) / "bin" / "activate").is_file():
+        problems.append(f"{where('env', 'venv')}: env.venv: no bin/activate under {loaded.path(job.env.venv)}")
+    ds = job.train.deepspeed if job.train else None
+    if isinstance(ds, DeepSpeedSpec) and ds.config and not loaded.path(ds.config).is_file():
+        problems.append(f"{where('train', 'deepspeed')}: train.deepspeed: config file not found: "
+                        f"{loaded.path(ds.config)}")
+    return problems

@@ -1,0 +1,43 @@
+"""The offline environment of a compute node: one definition, used by the sbatch
+templates (exported in the script) and by the worker (set before any HF import).
+
+Cache layout under the hpcft cache dir (``Settings.cache``)::
+
+    hf/                 HF_HOME: hub/ (models, datasets repos), datasets/, modules/ (evaluate)
+    modelscope/         MODELSCOPE_CACHE
+    manifests/          hpcft's manifest per staged asset
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+OFFLINE_FLAGS = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_EVALUATE_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_XET": "1",
+    "DO_NOT_TRACK": "1",
+}
+
+
+def cache_env(cache: Path) -> dict[str, str]:
+    """Variables that point the HF and ModelScope libraries at the hpcft cache."""
+    cache = Path(cache)
+    hf = cache / "hf"
+    return {
+        "HPCFT_CACHE": str(cache),
+        "HF_HOME": str(hf),
+        "HF_HUB_CACHE": str(hf / "hub"),
+        "HUGGINGFACE_HUB_CACHE": str(hf / "hub"),
+        "HF_DATASETS_CACHE": str(hf / "datasets"),
+        "HF_MODULES_CACHE": str(hf / "modules"),
+        "MODELSCOPE_CACHE": str(cache / "modelscope"),
+    }
+
+
+def offline_env(cache: Path) -> dict[str, str]:
+    """Everything a job on a compute node without internet exports."""
+    return {**OFFLINE_FLAGS, **cache_env(cache)}

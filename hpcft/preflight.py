@@ -1,0 +1,147 @@
+"""Pre-flight: can the live cluster run this job as written? One check per line,
+each failure naming the fix. Used by ``hpcft check`` and by ``hpcft submit``."""
+
+from __future__ import annotations
+
+import getpass
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from . import slurm
+from .config import Settings
+from .job import Job
+from .slurm_time import format_duration
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    message: str = ""
+
+    def line(self) -> str:
+        return f"{'✓' if self.ok else '✗'} {self.name}" + (f": {self.message}" if self.message else "")
+
+
+@dataclass
+class ClusterView:
+    """A snapshot of the cluster's partitions and nodes (one scontrol call each)."""
+
+    partitions: dict[str, slurm.Partition]
+    nodes: dict[str, slurm.Node]
+
+    @classmethod
+    def live(cls) -> "ClusterView":
+        return cls(slurm.partitions(), slurm.nodes())
+
+    def default_partition(self) -> Optional[str]:
+        for p in self.partitions.values():
+            if p.default:
+                return p.name
+        return None
+
+    def kind(self, partition: str, settings: Settings) -> str:
+        for kind in ("npu", "gpu", "cpu"):
+            if partition in getattr(settings.partitions, kind):
+                return kind
+        gres: set[str] = set()
+        for n in self.partitions[partition].nodes:
+            if n in self.nodes:
+                gres |= set(self.nodes[n].gres)
+        return "npu" if "npu" in gres else "gpu" if "gpu" in gres else "cpu"
+
+
+def resolve_partition(job: Job, settings: Settings, view: Optional[ClusterView]) -> Optional[str]:
+    if job.resources.partition:
+        return job.resources.partition
+    device = job.resources.device
+    if device in settings.default_partition:
+        return settings.default_partition[device]
+    if view is None:
+        return None
+    if device != "cpu":  # the first partition whose nodes carry this device
+        for name in sorted(view.partitions):
+            if view.kind(name, settings) == device:
+                return name
+    return view.default_partition()
+
+
+def run_checks(job: Job, settings: Settings, view: ClusterView, partition: Optional[str],
+               extra: tuple[Callable[[], Check], ...] = ()) -> list[Check]:
+    r = job.resources
+    checks: list[Check] = []
+    names = ", ".join(sorted(view.partitions)) or "(none)"
+    if partition is None:
+        checks.append(Check("partition", False, f"no partition given and the cluster has no default; "
+                                                f"set resources.partition (partitions: {names})"))
+        return checks
+    part = view.partitions.get(partition)
+    if part is None:
+        checks.append(Check("partition", False, f"partition '{partition}' not found; partitions: {names}"))
+        return checks
+    if not part.state.startswith("UP"):
+        checks.append(Check("partition", False, f"partition '{partition}' is {part.state}; ask the admins or "
+                                                f"choose another (partitions: {names})"))
+    else:
+        checks.append(Check("partition", True, partition))
+
+    members = [view.nodes[n] for n in part.nodes if n in view.nodes]
+    if r.device != "cpu" and not any(n.gres.get(r.device) for n in members):
+        same = [p for p in sorted(view.partitions) if view.kind(p, settings) == r.device]
+        hint = f"; {r.device} partitions: {', '.join(same)}" if same else ""
+        checks.append(Check("device", False, f"partition '{partition}' has no {r.device.upper()}s{hint}"))
+
+    if r.nodes > max(part.total_nodes, len(part.nodes)):
+        checks.append(Check("nodes", False, f"{r.nodes} nodes requested but partition '{partition}' has "
+                                            f"{max(part.total_nodes, len(part.nodes))}; lower resources.nodes"))
+    else:
+        checks.append(Check("nodes", True, f"{r.nodes} of {max(part.total_nodes, len(part.nodes))}"))
+
+    if r.devices_per_node:
+        have = max((n.gres.get(r.device, 0) for n in members), default=0)
+        if r.devices_per_node > have:
+            checks.append(Check("gres", False, f"{r.devices_per_node} {r.device}s per node requested but "
+                                               f"nodes of '{partition}' have at most {have}; "
+                                               f"lower resources.{r.device}s_per_node or use more nodes"))
+        else:
+            fitting = sum(1 for n in members if n.gres.get(r.device, 0) >= r.devices_per_node)
+            if fitting < r.nodes:
+                checks.append(Check("gres", False, f"{r.nodes} nodes with {r.devices_per_node} {r.device}s "
+                                                   f"requested but only {fitting} node(s) of '{partition}' have that many"))
+            else:
+                checks.append(Check("gres", True, f"{r.device}:{r.devices_per_node} per node"))
+
+    if r.cpus_per_task:
+        cpus = max((n.cpus for n in members), default=0)
+        need = r.cpus_per_task * max(1, r.devices_per_node)
+        if cpus and need > cpus:
+            checks.append(Check("cpus", False, f"{need} CPUs per node needed ({r.cpus_per_task} per task) but "
+                                               f"nodes of '{partition}' have {cpus}; lower resources.cpus_per_task"))
+
+    limit = part.max_time_s
+    if limit is not None and r.time_seconds > limit:
+        checks.append(Check("time", False, f"time {format_duration(r.time_seconds)} exceeds the MaxTime "
+                                           f"{format_duration(limit)} of partition '{partition}'; "
+                                           f"lower resources.time"))
+    else:
+        checks.append(Check("time", True, f"{format_duration(r.time_seconds)} "
+                                          f"(max {format_duration(limit) if limit else 'unlimited'})"))
+
+    account = r.account or settings.account
+    qos = r.qos or settings.qos
+    if (account or qos) and slurm.accounting_enabled():
+        rows = slurm.associations(getpass.getuser())
+        accounts = sorted({row["account"] for row in rows})
+        if account and account not in accounts:
+            checks.append(Check("account", False, f"account '{account}' is not yours; your accounts: "
+                                                  f"{', '.join(accounts) or '(none)'}"))
+        elif account:
+            checks.append(Check("account", True, account))
+        qoses = sorted({q for row in rows for q in row["qos"].split(",") if q})
+        if qos and qoses and qos not in qoses:
+            checks.append(Check("qos", False, f"qos '{qos}' is not allowed for you; allowed: {', '.join(qoses)}"))
+        elif qos:
+            checks.append(Check("qos", True, qos))
+    for fn in extra:
+        checks.append(fn())
+    return checks

@@ -1,0 +1,184 @@
+"""Render the sbatch script for a job from the Jinja templates in ``templates/``.
+
+The script is meant to be read by the user: sorted ``#SBATCH`` lines, commented
+sections, and every user-supplied value shell-quoted (the ``q`` filter).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from . import __version__
+from .config import Settings
+from .errors import ConfigError
+from .job import LoadedJob
+from .offline import offline_env
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def builtin_templates_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "templates", here.parent / "templates"):
+        if (candidate / "base.sbatch.j2").is_file():
+            return candidate
+    raise ConfigError([f"hpcft templates not found next to {here}; reinstall hpcft"])
+
+
+def q(value: object) -> str:
+    """Shell-quote anything that reaches the script."""
+    return shlex.quote(str(value))
+
+
+def comment(value: object) -> str:
+    """Make a value safe inside a ``#`` comment line (no line breaks)."""
+    return _CONTROL.sub("?", str(value))
+
+
+@dataclass
+class ScriptPlan:
+    """Everything the templates need, computed once in Python."""
+
+    loaded: LoadedJob
+    settings: Settings
+    run_dir: Path
+    submitit_dir: Path
+    python: str
+    partition: Optional[str]
+    created: str
+
+    @property
+    def job(self):
+        return self.loaded.job
+
+    @property
+    def ntasks_per_node(self) -> int:
+        return max(1, self.job.resources.devices_per_node)
+
+    @property
+    def world_size(self) -> int:
+        return self.ntasks_per_node * self.job.resources.nodes
+
+    @property
+    def workdir(self) -> Path:
+        job = self.loaded.job
+        if job.workdir:
+            return self.loaded.path(job.workdir).resolve()
+        if job.script:
+            return self.loaded.script_path.parent
+        return self.run_dir
+
+    @property
+    def output_dir(self) -> Path:
+        if self.job.output_dir:
+            return self.loaded.path(self.job.output_dir).resolve()
+        return self.run_dir / "output"
+
+    def gres(self) -> Optional[str]:
+        r = self.job.resources
+        if r.gpus_per_node:
+            return self.settings.gpu_gres.format(n=r.gpus_per_node)
+        if r.npus_per_node:
+            return self.settings.npu_gres.format(n=r.npus_per_node)
+        return None
+
+    def sbatch_options(self) -> list[tuple[str, Optional[str]]]:
+        """(option, value) pairs, sorted by option; values are raw (the template quotes)."""
+        job, r, s = self.job, self.job.resources, self.settings
+        opts: dict[str, Optional[str]] = {
+            "job-name": job.name,
+            "nodes": str(r.nodes),
+            "ntasks-per-node": str(self.ntasks_per_node),
+            "time": _slurm_minutes(r.time_seconds),
+            "output": str(self.run_dir / "job.%j.out"),
+            "error": str(self.run_dir / "job.%j.err"),
+            "open-mode": "append",  # keep the first run's log across requeues
+            "signal": f"USR2@{s.signal_delay_s}",
+            "chdir": str(self.workdir),
+        }
+        if self.partition:
+            opts["partition"] = self.partition
+        if r.cpus_per_task:
+            opts["cpus-per-task"] = str(r.cpus_per_task)
+        if r.mem:
+            opts["mem"] = r.mem
+        account = r.account or s.account
+        if account:
+            opts["account"] = account
+        qos = r.qos or s.qos
+        if qos:
+            opts["qos"] = qos
+        if r.constraint:
+            opts["constraint"] = r.constraint
+        if r.exclusive:
+            opts["exclusive"] = None
+        gres = self.gres()
+        if gres:
+            opts["gres"] = gres
+        for extra in r.sbatch:
+            key, sep, value = extra[2:].partition("=")
+            opts[key] = value if sep else None
+        return sorted(opts.items())
+
+    def env(self) -> dict[str, str]:
+        return offline_env(self.settings.cache)
+
+    def hpcft_env(self) -> dict[str, str]:
+        return {
+            "HPCFT_RUN_DIR": str(self.run_dir),
+            "HPCFT_OUTPUT_DIR": str(self.output_dir),
+            "HPCFT_JOB_NAME": self.job.name,
+        }
+
+
+def _slurm_minutes(seconds: int) -> str:
+    minutes = max(1, -(-seconds // 60))
+    d, rem = divmod(minutes, 1440)
+    h, m = divmod(rem, 60)
+    return f"{d}-{h:02d}:{m:02d}:00" if d else f"{h:02d}:{m:02d}:00"
+
+
+def make_plan(loaded: LoadedJob, settings: Settings, run_dir: Path, partition: Optional[str],
+              python: Optional[str] = None) -> ScriptPlan:
+    import sys
+
+    env = loaded.job.env
+    if python is None:
+        # inside an activated env, its own python; otherwise the interpreter running hpcft
+        python = env.python or ("python" if (env.conda or env.venv) else sys.executable)
+    return ScriptPlan(
+        loaded=loaded, settings=settings, run_dir=run_dir, submitit_dir=run_dir / "submitit",
+        python=python, partition=partition,
+        created=_dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %z"),
+    )
+
+
+def _environment(settings: Settings):
+    import jinja2
+
+    loaders = []
+    if settings.templates_dir:
+        loaders.append(jinja2.FileSystemLoader(str(Path(settings.templates_dir).expanduser())))
+    loaders.append(jinja2.FileSystemLoader(str(builtin_templates_dir())))
+    env = jinja2.Environment(loader=jinja2.ChoiceLoader(loaders), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True,
+                             autoescape=False)
+    env.filters["q"] = q
+    env.filters["comment"] = comment
+    return env
+
+
+def render_script(plan: ScriptPlan, command: Optional[str] = None) -> str:
+    """The sbatch script text. ``command`` is the launcher submitit gives us
+    (``python -u -m submitit.core._submit FOLDER``); by default it is built here."""
+    if command is None:
+        command = f"{q(plan.python)} -u -m submitit.core._submit {q(plan.submitit_dir)}"
+    template = _environment(plan.settings).get_template(f"{plan.job.resources.device}.sbatch.j2")
+    job_file = str(plan.loaded.source) if plan.loaded.source else "<no file>"
+    return template.render(plan=plan, job=plan.job, settings=plan.settings, version=__version__,
+                           job_file=job_file, command=command)

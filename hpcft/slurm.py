@@ -1,0 +1,284 @@
+"""Everything hpcft asks Slurm. Commands are thin wrappers; parsers are pure
+functions tested on captured output (tests/test_slurm_parsers.py).
+
+submitit's own status polling needs accounting (sacct) and hangs on jobs that
+die in their setup lines when there is none, so hpcft reads state itself:
+``scontrol show job`` while the controller remembers the job, ``sacct`` when
+accounting is on, and the run folder as a last resort.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .errors import SlurmError
+from .slurm_time import parse_slurm_elapsed
+
+TERMINAL_STATES = {
+    "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
+    "DEADLINE", "PREEMPTED", "REVOKED", "SPECIAL_EXIT",
+}
+ACTIVE_STATES = {
+    "PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED",
+    "COMPLETING", "CONFIGURING", "STOPPED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD",
+}
+_TIMEOUT = float(os.environ.get("HPCFT_SLURM_TIMEOUT", "30"))
+
+
+# --------------------------------------------------------------------------- parsers
+
+def parse_key_values(line: str) -> dict[str, str]:
+    """``scontrol -o`` output: ``Key=Value Key2=Value two ...`` -> dict.
+    A value runs until the next `` Key=`` (values may contain spaces)."""
+    out: dict[str, str] = {}
+    for m in re.finditer(r"(?:^|\s)([A-Za-z][\w:/.]*)=(.*?)(?=\s+[A-Za-z][\w:/.]*=|\s*$)", line.strip()):
+        out[m.group(1)] = m.group(2)
+    return out
+
+
+def parse_gres(text: str) -> dict[str, int]:
+    """``gpu:2,npu:2(S:0-1)`` or ``gpu:a100:4(S:0),gpu:v100:2`` -> {'gpu': 6, 'npu': 2}."""
+    out: dict[str, int] = {}
+    if not text or text in ("(null)", "N/A"):
+        return out
+    for item in re.split(r",(?![^(]*\))", text):
+        item = re.sub(r"\(.*?\)", "", item).strip()
+        if not item:
+            continue
+        parts = item.split(":")
+        name = parts[0]
+        count = 1
+        if len(parts) > 1 and parts[-1].isdigit():
+            count = int(parts[-1])
+        out[name] = out.get(name, 0) + count
+    return out
+
+
+def expand_hostlist(text: str) -> list[str]:
+    """``node[1-3,5],gpu01`` -> ['node1', 'node2', 'node3', 'node5', 'gpu01']."""
+    hosts: list[str] = []
+    for m in re.finditer(r"([^,\[]+)(?:\[([^\]]+)\])?([^,]*)", text or ""):
+        prefix, ranges, suffix = m.group(1), m.group(2), m.group(3)
+        if not prefix and not ranges:
+            continue
+        if not ranges:
+            hosts.append(prefix + suffix)
+            continue
+        for part in ranges.split(","):
+            if "-" in part:
+                lo, hi = part.split("-", 1)
+                width = len(lo)
+                hosts += [f"{prefix}{i:0{width}d}{suffix}" for i in range(int(lo), int(hi) + 1)]
+            else:
+                hosts.append(prefix + part + suffix)
+    return hosts
+
+
+def read_job_id(sbatch_output: str) -> str:
+    m = re.search(r"Submitted batch job (\d+)", sbatch_output) or re.search(r"^(\d+)(?:;\S+)?\s*$", sbatch_output.strip())
+    if not m:
+        raise SlurmError(f"could not read a job id from sbatch output: {sbatch_output.strip()!r}")
+    return m.group(1)
+
+
+@dataclass
+class Partition:
+    name: str
+    nodes: list[str]
+    max_time_s: Optional[int]  # None: unlimited
+    default: bool
+    state: str
+    total_nodes: int = 0
+
+
+def parse_partitions(text: str) -> dict[str, Partition]:
+    parts: dict[str, Partition] = {}
+    for line in text.splitlines():
+        kv = parse_key_values(line)
+        if "PartitionName" not in kv:
+            continue
+        nodes = expand_hostlist(kv.get("Nodes", "")) if kv.get("Nodes", "(null)") != "(null)" else []
+        parts[kv["PartitionName"]] = Partition(
+            name=kv["PartitionName"], nodes=nodes, max_time_s=parse_slurm_elapsed(kv.get("MaxTime", "")),
+            default=kv.get("Default", "NO") == "YES", state=kv.get("State", "UP"),
+            total_nodes=int(kv.get("TotalNodes", len(nodes)) or 0))
+    return parts
+
+
+@dataclass
+class Node:
+    name: str
+    state: str
+    cpus: int
+    memory_mb: int
+    gres: dict[str, int]
+    partitions: list[str]
+
+
+def parse_nodes(text: str) -> dict[str, Node]:
+    nodes: dict[str, Node] = {}
+    for line in text.splitlines():
+        kv = parse_key_values(line)
+        if "NodeName" not in kv:
+            continue
+        nodes[kv["NodeName"]] = Node(
+            name=kv["NodeName"], state=kv.get("State", "UNKNOWN"), cpus=int(kv.get("CPUTot", "0") or 0),
+            memory_mb=int(kv.get("RealMemory", "0") or 0), gres=parse_gres(kv.get("Gres", "")),
+            partitions=[p for p in kv.get("Partitions", "").split(",") if p])
+    return nodes
+
+
+@dataclass
+class JobInfo:
+    job_id: str
+    state: str
+    reason: str = ""
+    elapsed_s: Optional[int] = None
+    time_limit_s: Optional[int] = None
+    nodes: str = ""
+    restarts: int = 0
+    exit_code: str = ""
+    source: str = ""  # scontrol | sacct | squeue | run
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+
+def parse_scontrol_job(text: str) -> Optional[JobInfo]:
+    line = " ".join(text.split("\n")) if "\n" in text.strip() else text
+    kv = parse_key_values(line)
+    if "JobId" not in kv:
+        return None
+    state = kv.get("JobState", "UNKNOWN").split()[0]
+    nodes = kv.get("NodeList", "")
+    return JobInfo(job_id=kv["JobId"], state=state, reason=kv.get("Reason", ""),
+                   elapsed_s=parse_slurm_elapsed(kv.get("RunTime", "")),
+                   time_limit_s=parse_slurm_elapsed(kv.get("TimeLimit", "")),
+                   nodes="" if nodes == "(null)" else nodes, restarts=int(kv.get("Restarts", "0") or 0),
+                   exit_code=kv.get("ExitCode", ""), source="scontrol",
+                   extra={k: kv[k] for k in ("StartTime", "EndTime", "Partition", "StdOut", "StdErr",
+                                              "BatchHost", "Requeue") if k in kv})
+
+
+SACCT_FIELDS = "JobID,State,ExitCode,Elapsed,NodeList,Reason,Timelimit"
+
+
+def parse_sacct(text: str, job_id: str) -> Optional[JobInfo]:
+    """``sacct -n -P -X -o JobID,State,ExitCode,Elapsed,NodeList,Reason,Timelimit`` output."""
+    for line in text.splitlines():
+        cols = line.split("|")
+        if len(cols) < 5 or cols[0] != job_id:
+            continue
+        state = cols[1].split()[0] if cols[1] else "UNKNOWN"  # "CANCELLED by 0" -> CANCELLED
+        return JobInfo(job_id=job_id, state=state, exit_code=cols[2],
+                       elapsed_s=parse_slurm_elapsed(cols[3]), nodes="" if cols[4] == "None assigned" else cols[4],
+                       reason=cols[5] if len(cols) > 5 and cols[5] != "None" else "",
+                       time_limit_s=parse_slurm_elapsed(cols[6]) if len(cols) > 6 else None, source="sacct")
+    return None
+
+
+def parse_npu_idx(text: str) -> list[int]:
+    """Device indexes from ``scontrol show job -d`` (``GRES=npu:2(IDX:0-1)``)."""
+    m = re.search(r"GRES=\S*npu\S*\(IDX:([0-9,-]+)\)", text)
+    if not m:
+        return []
+    out: list[int] = []
+    for part in m.group(1).split(","):
+        lo, _, hi = part.partition("-")
+        out += list(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+# --------------------------------------------------------------------------- commands
+
+def _run(args: list[str], timeout: float = _TIMEOUT, check: bool = True) -> subprocess.CompletedProcess:
+    try:
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise SlurmError(f"'{args[0]}' not found: is this a Slurm login node? (or use executor: local)") from None
+    except subprocess.TimeoutExpired:
+        raise SlurmError(f"'{' '.join(args)}' did not answer in {timeout:.0f} s: is slurmctld up?") from None
+    if check and proc.returncode != 0:
+        msg = (proc.stderr or proc.stdout).strip().replace("\n", "; ")
+        raise SlurmError(f"'{' '.join(args[:3])}' failed: {msg}")
+    return proc
+
+
+def available() -> bool:
+    """True when Slurm's client tools are installed and the controller answers."""
+    if shutil.which("sbatch") is None or shutil.which("scontrol") is None:
+        return False
+    try:
+        proc = _run(["scontrol", "ping"], timeout=10, check=False)
+    except SlurmError:
+        return False
+    return proc.returncode == 0 and "UP" in proc.stdout
+
+
+def partitions() -> dict[str, Partition]:
+    return parse_partitions(_run(["scontrol", "show", "partition", "-o"]).stdout)
+
+
+def nodes() -> dict[str, Node]:
+    return parse_nodes(_run(["scontrol", "show", "node", "-o"]).stdout)
+
+
+def accounting_enabled() -> bool:
+    out = _run(["scontrol", "show", "config"], check=False).stdout
+    m = re.search(r"^AccountingStorageType\s*=\s*(\S+)", out, re.MULTILINE)
+    return bool(m) and m.group(1) != "accounting_storage/none"
+
+
+def associations(user: str) -> list[dict[str, str]]:
+    out = _run(["sacctmgr", "-n", "-P", "show", "assoc", "where", f"user={user}",
+                "format=account,partition,qos"], check=False).stdout
+    rows = []
+    for line in out.splitlines():
+        cols = line.split("|")
+        if len(cols) >= 3:
+            rows.append({"account": cols[0], "partition": cols[1], "qos": cols[2]})
+    return rows
+
+
+def test_only(script_path: str) -> tuple[bool, str]:
+    """``sbatch --test-only``: Slurm's own verdict (account, qos, limits) without queueing."""
+    proc = _run(["sbatch", "--test-only", script_path], check=False)
+    text = (proc.stderr + proc.stdout).strip()
+    return proc.returncode == 0, text
+
+
+def job_info(job_id: str) -> Optional[JobInfo]:
+    """State from the controller, then from accounting. None if neither knows the job."""
+    proc = _run(["scontrol", "show", "job", "-o", job_id], check=False)
+    if proc.returncode == 0:
+        info = parse_scontrol_job(proc.stdout)
+        if info is not None:
+            return info
+    try:
+        if shutil.which("sacct"):
+            proc = _run(["sacct", "-n", "-P", "-X", "-j", job_id, "-o", SACCT_FIELDS], check=False)
+            if proc.returncode == 0:
+                return parse_sacct(proc.stdout, job_id)
+    except SlurmError:
+        return None
+    return None
+
+
+def job_detail(job_id: str) -> str:
+    return _run(["scontrol", "show", "job", "-d", job_id], check=False).stdout
+
+
+def cancel(job_id: str) -> None:
+    _run(["scancel", job_id])
+
+
+def queue_ids(user: Optional[str] = None) -> list[str]:
+    args = ["squeue", "-h", "-o", "%i"] + (["-u", user] if user else [])
+    return _run(args).stdout.split()

@@ -1,0 +1,200 @@
+"""``hpcft submit``: validate, pre-flight, render, and hand the job to submitit."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from . import slurm
+from .atomic import atomic_write_json, atomic_write_text
+from .config import Settings
+from .errors import PreflightError, SlurmError
+from .job import LoadedJob
+from .preflight import Check, ClusterView, resolve_partition, run_checks
+from .render import ScriptPlan, make_plan, render_script
+from .runs import RunPaths, RunRecord, RunStore, new_run_dir, now_iso
+
+
+@dataclass
+class SubmitResult:
+    record: Optional[RunRecord]
+    script: str
+    checks: list[Check] = field(default_factory=list)
+    dry_run: bool = False
+
+    @property
+    def log(self) -> Optional[Path]:
+        if self.record is None or self.record.job_id is None:
+            return None
+        return RunPaths(Path(self.record.run_dir)).stdout(self.record.job_id)
+
+
+def choose_executor(loaded: LoadedJob, settings: Settings) -> str:
+    choice = loaded.job.executor if loaded.job.executor != "auto" else settings.executor
+    if choice == "auto":
+        choice = "slurm" if slurm.available() else "local"
+    return choice
+
+
+def asset_check(loaded: LoadedJob, settings: Settings) -> Optional[Check]:
+    """Are the job's models/datasets/metrics staged? (None until staging is installed.)"""
+    try:
+        from .stage.check import staged_check
+    except ImportError:
+        return None
+    return staged_check(loaded.job.all_assets(), settings)
+
+
+def _launch_spec(plan: ScriptPlan) -> dict:
+    job = plan.job
+    env = {**plan.env(), **plan.hpcft_env(), **job.env.vars}
+    spec = {"kind": job.kind, "run_dir": str(plan.run_dir), "env": env, "workdir": str(plan.workdir),
+            "output_dir": str(plan.output_dir), "device": job.resources.device, "world_size": plan.world_size}
+    if job.script:
+        spec["script"] = str(plan.loaded.script_path)
+        spec["args"] = list(job.args)
+    return spec
+
+
+def submit(loaded: LoadedJob, settings: Settings, *, dry_run: bool = False,
+           executor: Optional[str] = None, skip_asset_check: bool = False) -> SubmitResult:
+    executor = executor or choose_executor(loaded, settings)
+    job = loaded.job
+    checks: list[Check] = []
+    partition = job.resources.partition
+    if executor == "slurm":
+        view = ClusterView.live()
+        partition = resolve_partition(job, settings, view)
+        checks = run_checks(job, settings, view, partition)
+    elif executor == "local" and job.resources.nodes > 1:
+        checks.append(Check("executor", False, "the local executor runs one node; use executor: slurm"))
+    if not skip_asset_check:
+        staged = asset_check(loaded, settings)
+        if staged is not None:
+            checks.append(staged)
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        raise PreflightError([f"{loaded.source or '<job>'}: {c.name}: {c.message}" for c in failed])
+
+    store = RunStore(settings.runs)
+    if dry_run:
+        # Render against the folder a real submit would create, but create nothing.
+        run_dir = settings.runs / "<run-id>"
+        plan = make_plan(loaded, settings, run_dir, partition)
+        script = render_script(plan)
+        if executor == "slurm":
+            checks.append(_test_only(script))
+            failed = [c for c in checks if not c.ok]
+            if failed:
+                raise PreflightError([f"{loaded.source or '<job>'}: {c.name}: {c.message}" for c in failed])
+        return SubmitResult(None, script, checks, dry_run=True)
+
+    paths = new_run_dir(settings.runs, job.name)
+    try:
+        plan = make_plan(loaded, settings, paths.dir, partition)
+        script = render_script(plan)
+        if executor == "slurm":
+            check = _test_only(script)
+            checks.append(check)
+            if not check.ok:
+                raise PreflightError([f"{loaded.source or '<job>'}: {check.name}: {check.message}"])
+        _write_run_files(loaded, plan, paths, script)
+        record = RunRecord(run_id=paths.run_id, name=job.name, run_dir=str(paths.dir),
+                           job_file=str(loaded.source) if loaded.source else None, kind=job.kind,
+                           executor=executor, submitted_at=now_iso(), partition=partition)
+        if executor == "slurm":
+            job_id, script = _submit_slurm(plan, paths)
+        else:
+            job_id = _submit_local(plan, paths, loaded)
+        record.job_id = job_id
+        record.state = "SUBMITTED"
+        store.add(record)
+        return SubmitResult(record, script, checks)
+    except BaseException:
+        # nothing reached the queue: leave no half-written run behind
+        shutil.rmtree(paths.dir, ignore_errors=True)
+        raise
+
+
+def _test_only(script: str) -> Check:
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", delete=False) as fh:
+        fh.write(script)
+    try:
+        ok, text = slurm.test_only(fh.name)
+    finally:
+        os.unlink(fh.name)
+    if ok:
+        return Check("slurm accepts", True, "sbatch --test-only")
+    lines = [ln.replace("sbatch: error: ", "") for ln in text.splitlines() if "error" in ln.lower()] or [text]
+    return Check("slurm accepts", False, "; ".join(lines))
+
+
+def _write_run_files(loaded: LoadedJob, plan: ScriptPlan, paths: RunPaths, script: str) -> None:
+    import yaml
+
+    if loaded.source and loaded.source.is_file():
+        shutil.copyfile(loaded.source, paths.source_yaml)
+    atomic_write_text(paths.job_yaml, yaml.safe_dump(loaded.job.model_dump(mode="json"), sort_keys=False))
+    atomic_write_json(paths.dir / "launch.json", _launch_spec(plan))
+    atomic_write_text(paths.script, script, mode=0o755)
+    paths.output.mkdir(exist_ok=True) if not loaded.job.output_dir else None
+    paths.logs.mkdir(exist_ok=True)
+
+
+def _submit_slurm(plan: ScriptPlan, paths: RunPaths) -> tuple[str, str]:
+    import submitit
+
+    from .launch import Worker
+
+    rendered: dict[str, str] = {}
+
+    class TemplatedSlurmExecutor(submitit.SlurmExecutor):
+        """submitit with hpcft's readable template as the whole sbatch script."""
+
+        def _make_submission_file_text(self, command: str, uid: str) -> str:
+            rendered["script"] = render_script(plan, command=command)
+            return rendered["script"]
+
+    executor = TemplatedSlurmExecutor(folder=str(paths.submitit), max_num_timeout=plan.job.max_requeues,
+                                      python=_quote(plan.python))
+    r = plan.job.resources
+    executor.update_parameters(time=max(1, r.time_seconds // 60), nodes=r.nodes,
+                               ntasks_per_node=plan.ntasks_per_node, job_name=plan.job.name)
+    try:
+        job = executor.submit(Worker(str(paths.dir)))
+    except Exception as exc:  # submitit wraps sbatch's stderr in its own error types
+        text = str(exc).strip().splitlines()
+        detail = "; ".join(ln.strip() for ln in text if "error" in ln.lower()) or (text[-1] if text else repr(exc))
+        raise SlurmError(f"sbatch refused the job: {detail}") from None
+    script = rendered.get("script", "")
+    atomic_write_text(paths.script, script, mode=0o755)
+    return str(job.job_id), script
+
+
+def _submit_local(plan: ScriptPlan, paths: RunPaths, loaded: LoadedJob) -> str:
+    import submitit
+
+    from .launch import Worker
+
+    executor = submitit.LocalExecutor(folder=str(paths.submitit), max_num_timeout=plan.job.max_requeues)
+    r = plan.job.resources
+    executor.update_parameters(timeout_min=max(1, r.time_seconds // 60), tasks_per_node=1,
+                               signal_delay_s=plan.settings.signal_delay_s)
+    job = executor.submit(Worker(str(paths.dir)))
+    job._cancel_at_deletion = False  # the controller must outlive this CLI process
+    job_id = str(job.job_id)
+    for suffix in ("out", "err"):  # SCOW-style names next to submitit's
+        link = paths.dir / f"job.{job_id}.{suffix}"
+        if not link.exists():
+            os.symlink(Path("submitit") / f"{job_id}_0_log.{suffix}", link)
+    return job_id
+
+
+def _quote(path: str) -> str:
+    import shlex
+
+    return shlex.quote(path)
