@@ -29,7 +29,10 @@ def read_spec(run_dir: str | Path) -> dict[str, Any]:
 
 def apply_env(spec: dict[str, Any]) -> None:
     """Export the offline/cache variables and the job's own before anything imports HF libraries."""
-    os.environ.update(spec.get("env", {}))
+    env = dict(spec.get("env", {}))
+    if "PYTHONPATH" in env and os.environ.get("PYTHONPATH"):  # prepend, as the batch script does
+        env["PYTHONPATH"] = f"{env['PYTHONPATH']}:{os.environ['PYTHONPATH']}"
+    os.environ.update(env)
 
 
 class Worker(Checkpointable):
