@@ -1,0 +1,1 @@
+"""The training worker: runs on the compute node, imports torch/transformers lazily."""

@@ -1,0 +1,81 @@
+"""Shared fixtures. Every test gets its own HPCFT_HOME / cache / config dirs, so no test
+touches a real home; Slurm tests use the real dev cluster (scripts/dev-slurm)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(autouse=True)
+def hpcft_home(tmp_path_factory, monkeypatch):
+    home = tmp_path_factory.mktemp("hpcft-home")
+    monkeypatch.setenv("HPCFT_HOME", str(home))
+    monkeypatch.setenv("HPCFT_CACHE", str(home / "cache"))
+    monkeypatch.setenv("HPCFT_CONFIG", str(home / "no-cluster-config.yaml"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "xdg"))
+    monkeypatch.delenv("HPCFT_USER_CONFIG", raising=False)
+    return home
+
+
+def _dev_slurm_conf() -> str | None:
+    """SLURM_CONF of the dev cluster if it is up (scripts/dev-slurm env / status)."""
+    script = ROOT / "scripts" / "dev-slurm"
+    if not script.exists() or shutil.which("sbatch") is None:
+        return None
+    out = subprocess.run([str(script), "env"], capture_output=True, text=True).stdout
+    conf = None
+    for line in out.splitlines():
+        if line.startswith("export SLURM_CONF="):
+            conf = line.split("=", 1)[1].strip().strip("'\"")
+    if not conf:
+        return None
+    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, env={**os.environ, "SLURM_CONF": conf})
+    return conf if ping.returncode == 0 and "UP" in ping.stdout else None
+
+
+@pytest.fixture(scope="session")
+def slurm_conf():
+    """The dev cluster's SLURM_CONF. Missing Slurm fails under CI=true, skips otherwise."""
+    conf = _dev_slurm_conf()
+    if conf is None:
+        msg = "no Slurm cluster: run 'scripts/dev-slurm up' first"
+        if IN_CI:
+            pytest.fail(msg + " (CI=true: Slurm is required)")
+        pytest.skip(msg)
+    return conf
+
+
+@pytest.fixture
+def slurm(slurm_conf, monkeypatch):
+    monkeypatch.setenv("SLURM_CONF", slurm_conf)
+    return slurm_conf
+
+
+def hpcft(*args: str, check: bool = False, timeout: float = 120, env: dict | None = None,
+          cwd: str | Path | None = None) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess (as a user would)."""
+    proc = subprocess.run([sys.executable, "-m", "hpcft.cli.main", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"hpcft {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def hpcft_json(*args: str, **kw):
+    proc = hpcft(*args, "--json", check=True, **kw)
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture
+def run_hpcft():
+    return hpcft
