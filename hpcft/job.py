@@ -264,7 +264,12 @@ def load_job(path: Union[str, Path, None], settings: Settings, sets: list[tuple[
     try:
         job = Job.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(render_validation_error(exc, Job, doc, label)) from None
+        problems = render_validation_error(exc, Job, doc, label)
+        # model-level checks do not run when fields fail; repeat the one users hit most
+        if isinstance(data, dict) and "train" not in data and "script" not in data:
+            problems.append(f"{label}: nothing to run: give either train: (built-in fine-tuning) "
+                            "or script: (your own script)")
+        raise ConfigError(problems) from None
     loaded = LoadedJob(job, source, data, source.parent if source else Path.cwd())
     problems = _check_files(loaded, doc, label)
     if problems:

@@ -75,6 +75,17 @@ def _stop_child() -> None:
             _CHILD.kill()
 
 
+def set_rank_env() -> None:
+    """torch.distributed's env:// variables, from this task's own Slurm variables
+    (expanded here, inside the task, never in the batch shell)."""
+    rank = os.environ.get("SLURM_PROCID", os.environ.get("SUBMITIT_LOCAL_GLOBALID", "0"))
+    local = os.environ.get("SLURM_LOCALID", os.environ.get("SUBMITIT_LOCAL_LOCALID", "0"))
+    world = os.environ.get("SLURM_NTASKS", os.environ.get("SUBMITIT_LOCAL_NTASKS", "1"))
+    os.environ.update(RANK=rank, LOCAL_RANK=local, WORLD_SIZE=world)
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(20000 + int(os.environ.get("SLURM_JOB_ID", "0") or 0) % 10000))
+
+
 class ScriptFailed(RuntimeError):
     pass
 
@@ -82,9 +93,7 @@ class ScriptFailed(RuntimeError):
 def run_script(spec: dict[str, Any]) -> int:
     """Run the user's script with the job's interpreter; its output goes to the job log."""
     global _CHILD
-    rank = int(os.environ.get("SLURM_PROCID", os.environ.get("SUBMITIT_LOCAL_GLOBALID", "0")))
-    if rank != 0 and not spec.get("all_ranks", False):
-        return 0
+    set_rank_env()
     cmd = [sys.executable, "-u", spec["script"], *spec.get("args", [])]
     print(f"hpcft: running {' '.join(cmd)} in {spec['workdir']}", flush=True)
     _CHILD = subprocess.Popen(cmd, cwd=spec["workdir"])

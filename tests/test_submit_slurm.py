@@ -1,0 +1,204 @@
+"""submit / status / logs / cancel against the real dev cluster (no mocked sbatch)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import hpcft, hpcft_json
+
+pytestmark = pytest.mark.slurm
+
+HELLO = """\
+import os, sys
+print("ARGS", sys.argv[1:])
+for k in ("CUDA_VISIBLE_DEVICES", "ASCEND_RT_VISIBLE_DEVICES", "HF_HUB_OFFLINE", "GREETING", "HPCFT_RUN_DIR"):
+    print(k, "=", os.environ.get(k))
+"""
+
+
+def make_job(tmp_path: Path, body: str, name: str = "job.yaml") -> Path:
+    (tmp_path / "hello.py").write_text(HELLO)
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def queue() -> list[str]:
+    return subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True).stdout.split()
+
+
+def wait_state(run_id: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        st = hpcft_json("status", run_id)
+        if st["state"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+            return st
+        assert time.monotonic() < deadline, f"job did not end in {timeout}s: {st}"
+        time.sleep(0.5)
+
+
+def submit(path: Path, *extra: str) -> dict:
+    return hpcft_json("submit", str(path), *extra)
+
+
+def test_script_job_completes_and_logs(slurm, tmp_path):
+    job = make_job(tmp_path, """\
+        name: hello
+        script: hello.py
+        args: [one, 2]
+        resources: {partition: cpu, time: "00:05:00"}
+        """)
+    res = submit(job)
+    assert res["job_id"].isdigit() and Path(res["log"]).name == f"job.{res['job_id']}.out"
+    st = wait_state(res["run_id"])
+    assert st["state"] == "COMPLETED", st
+    logs = hpcft("logs", res["run_id"], check=True).stdout
+    assert "ARGS ['one', '2']" in logs and "HF_HUB_OFFLINE = 1" in logs
+    run_dir = Path(res["run_dir"])
+    for name in ("job.yaml", "job.source.yaml", "job.sh", "run.json", "launch.json"):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "submitit").is_dir()
+    # the job id finds the run too
+    assert hpcft_json("status", res["job_id"])["run_id"] == res["run_id"]
+
+
+def test_gpu_and_npu_devices(slurm, tmp_path):
+    gpu = submit(make_job(tmp_path, """\
+        name: gpu2
+        script: hello.py
+        resources: {partition: gpu, gpus_per_node: 2, time: "5"}
+        """, "gpu.yaml"))
+    npu = submit(make_job(tmp_path, """\
+        name: npu2
+        script: hello.py
+        resources: {partition: npu, npus_per_node: 2, time: "5"}
+        """, "npu.yaml"))
+    # a 2-device job runs one task per device; both tasks print, so look at task 0's lines
+    assert wait_state(gpu["run_id"])["state"] == "COMPLETED"
+    assert "CUDA_VISIBLE_DEVICES = 0,1" in hpcft("logs", gpu["run_id"]).stdout
+    assert wait_state(npu["run_id"])["state"] == "COMPLETED"
+    out = hpcft("logs", npu["run_id"]).stdout
+    assert "ASCEND_RT_VISIBLE_DEVICES = 0,1" in out
+    assert "CUDA_VISIBLE_DEVICES = None" in out
+
+
+def test_failing_setup_reported_fast(slurm, tmp_path):
+    job = make_job(tmp_path, """\
+        name: badsetup
+        script: hello.py
+        env: {modules: [no-such-module/1.0]}
+        resources: {time: "5"}
+        """)
+    res = submit(job)
+    start = time.monotonic()
+    st = wait_state(res["run_id"], timeout=30)
+    assert st["state"] == "FAILED"
+    assert time.monotonic() - start < 15
+    assert "module load" in (st["error"] or ""), st
+    # logs -f on a finished failed job returns at once, non-zero
+    proc = hpcft("logs", "-f", res["run_id"], timeout=20)
+    assert proc.returncode == 1 and "FAILED" in proc.stderr
+
+
+def test_cancel_and_follow(slurm, tmp_path):
+    (tmp_path / "slow.py").write_text("import time\nprint('tick', flush=True)\ntime.sleep(120)\n")
+    job = tmp_path / "slow.yaml"
+    job.write_text("name: slow\nscript: slow.py\nresources: {time: '5'}\n")
+    res = submit(job)
+    follower = subprocess.Popen(["python", "-m", "hpcft.cli.main", "logs", "-f", res["run_id"]],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=os.environ.copy())
+    deadline = time.monotonic() + 30
+    while hpcft_json("status", res["run_id"])["state"] != "RUNNING":
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    time.sleep(1.5)
+    proc = hpcft("cancel", res["run_id"], check=True)
+    assert f"cancelled job {res['job_id']}" in proc.stdout
+    assert wait_state(res["run_id"])["state"] == "CANCELLED"
+    out, err = follower.communicate(timeout=30)
+    assert "tick" in out and "CANCELLED" in err and follower.returncode == 1
+
+
+def test_dry_run_submits_nothing(slurm, tmp_path, hpcft_home):
+    job = make_job(tmp_path, "name: dry\nscript: hello.py\nresources: {time: '5'}\n")
+    before = queue()
+    proc = hpcft("submit", str(job), "--dry-run", check=True)
+    assert proc.stdout.startswith("#!/bin/bash") and "#SBATCH --job-name=dry" in proc.stdout
+    assert "nothing submitted" in proc.stderr
+    assert queue() == before
+    assert not (hpcft_home / "runs").exists() or not list((hpcft_home / "runs").glob("*/run.json"))
+
+
+def test_hostile_values_are_inert(slurm, tmp_path):
+    for f in ("/tmp/pwned", "/tmp/pwned2", "/tmp/pwned3"):
+        Path(f).unlink(missing_ok=True)
+    job = make_job(tmp_path, """\
+        name: 'x"; touch /tmp/pwned; "'
+        script: hello.py
+        args: ['$(touch /tmp/pwned2)', "'; touch /tmp/pwned3; '", 'a b']
+        env:
+          vars: {GREETING: '`id` $(id) "; touch /tmp/pwned'}
+        resources: {time: "5"}
+        """)
+    res = submit(job)
+    assert wait_state(res["run_id"])["state"] == "COMPLETED"
+    out = hpcft("logs", res["run_id"]).stdout
+    assert "ARGS ['$(touch /tmp/pwned2)', \"'; touch /tmp/pwned3; '\", 'a b']" in out
+    assert 'GREETING = `id` $(id) "; touch /tmp/pwned' in out
+    assert not any(Path(f).exists() for f in ("/tmp/pwned", "/tmp/pwned2", "/tmp/pwned3"))
+    name = subprocess.run(["scontrol", "show", "job", res["job_id"]], capture_output=True, text=True).stdout
+    assert 'JobName=x"; touch /tmp/pwned; "' in name
+
+
+@pytest.mark.parametrize("override,expect", [
+    ("resources.partition=gpu80", "partition 'gpu80' not found; partitions: cpu, gpu, npu"),
+    ("resources.gpus_per_node=8", "8 gpus per node requested but nodes of 'gpu' have at most 2"),
+    ("resources.time=3-00:00:00", "exceeds the MaxTime 1-00:00:00 of partition 'cpu'"),
+    ("resources.nodes=5", "5 nodes requested but partition 'cpu' has 1"),
+])
+def test_preflight_errors_submit_nothing(slurm, tmp_path, hpcft_home, override, expect):
+    job = make_job(tmp_path, "name: pre\nscript: hello.py\nresources: {partition: cpu}\n")
+    sets = ["--set", override]
+    if "gpus_per_node" in override:
+        sets += ["--set", "resources.partition=gpu"]
+    before = queue()
+    proc = hpcft("submit", str(job), *sets)
+    assert proc.returncode == 2, proc.stderr
+    assert expect in proc.stderr and proc.stderr.startswith(str(job)), proc.stderr
+    assert queue() == before
+    assert not list((hpcft_home / "runs").glob("*/run.json")) if (hpcft_home / "runs").exists() else True
+
+
+def test_concurrent_submits_keep_index(slurm, tmp_path):
+    job = make_job(tmp_path, "name: many\nscript: hello.py\nresources: {time: '5'}\n")
+    results: list[dict] = []
+
+    def one():
+        results.append(submit(job))
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    runs = hpcft_json("runs")
+    assert {r["run_id"] for r in results} <= {r["run_id"] for r in runs}
+    assert len({r["run_id"] for r in results}) == 4
+    for r in results:
+        wait_state(r["run_id"])
+
+
+def test_local_executor(tmp_path):
+    job = make_job(tmp_path, "name: loc\nscript: hello.py\nargs: [x]\nexecutor: local\n")
+    proc = hpcft("submit", str(job), "--wait", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "ARGS ['x']" in proc.stdout
+    runs = hpcft_json("runs")
+    assert runs[0]["executor"] == "local" and runs[0]["state"] == "COMPLETED"
