@@ -291,8 +291,6 @@ def _check_files(loaded: LoadedJob, doc: YamlDoc, label: str) -> list[str]:
             problems.append(f"{where('script')}: script: file not found: {sp}")
     if job.workdir and not loaded.path(job.workdir).is_dir():
         problems.append(f"{where('workdir')}: workdir: directory not found: {loaded.path(job.workdir)}")
-    if job.env.venv and not (loaded.path(job.env.venv) / "bin" / "activate").is_file():
-        problems.append(f"{where('env', 'venv')}: env.venv: no bin/activate under {loaded.path(job.env.venv)}")
     ds = job.train.deepspeed if job.train else None
     if isinstance(ds, DeepSpeedSpec) and ds.config and not loaded.path(ds.config).is_file():
         problems.append(f"{where('train', 'deepspeed')}: train.deepspeed: config file not found: "
