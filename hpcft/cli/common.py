@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from ..config import Settings, load_settings
+if TYPE_CHECKING:
+    from ..config import Settings
 
 
-def settings() -> Settings:
+def settings() -> "Settings":
+    from ..config import load_settings  # pydantic loads only when a command runs, not for --help
+
     return load_settings()
 
 
