@@ -34,6 +34,7 @@ class Status:
     source: str = ""
     progress: Optional[dict[str, Any]] = None
     error: Optional[str] = None
+    hint: Optional[str] = None
     log: Optional[str] = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -137,8 +138,15 @@ def status(record: RunRecord) -> Status:
             st.state = "FAILED"
             st.reason = "the local job process ended without a result"
         st.source = "local"
-    if st.state == "FAILED" and not st.error:
-        st.error = _result_state(paths, job_id)[1] or _error_from_logs(paths, job_id)
+    if st.state in ("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"):
+        if not st.error:
+            st.error = _result_state(paths, job_id)[1] or _error_from_logs(paths, job_id)
+        from .diagnose import diagnose_files
+
+        logs = [paths.stderr(job_id), paths.stdout(job_id)]
+        if paths.logs.is_dir():
+            logs += sorted(paths.logs.glob(f"job.{job_id}.rank*.out"))
+        st.hint = diagnose_files(logs)
     st.progress = last_progress(paths)
     if st.state != record.state and st.state != "UNKNOWN":
         record.state = st.state

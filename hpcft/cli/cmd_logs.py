@@ -25,5 +25,7 @@ def run(args) -> int:
     if args.follow:
         extra = f": {st.error}" if st.error else ""
         print(f"hpcft: job {record.job_id} {st.state}{extra}", file=sys.stderr)
+        if st.hint:
+            print(f"hpcft: hint: {st.hint}", file=sys.stderr)
         return 0 if st.state == "COMPLETED" else 1
     return 0

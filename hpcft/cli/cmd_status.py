@@ -46,5 +46,7 @@ def run(args) -> int:
         print(f"progress: {describe_progress(st.progress)}")
     if st.error:
         print(f"error:    {st.error}")
+    if st.hint:
+        print(f"hint:     {st.hint}")
     print(f"log:      {st.log}")
     return 0
