@@ -1,0 +1,83 @@
+"""Pre-flight and status on a cluster with accounting (slurmdbd + MariaDB), as SCOW clusters have.
+
+Uses a private dev-slurm instance on its own ports so the shared test cluster keeps running.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import IN_CI, ROOT, hpcft, hpcft_json
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+ACCT_DIR = "/var/tmp/hpcft-acct"
+ACCT_PORT = "6927"
+
+
+@pytest.fixture(scope="module")
+def acct_conf():
+    env = {**os.environ, "HPCFT_DEV_SLURM_DIR": ACCT_DIR, "HPCFT_DEV_SLURM_PORT": ACCT_PORT}
+    if os.geteuid() != 0:
+        pytest.skip("needs root to start slurmdbd/MariaDB")
+    proc = subprocess.run(["bash", str(ROOT / "scripts/dev-slurm"), "up", "--accounting"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        msg = f"accounting cluster did not start:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    yield f"{ACCT_DIR}/etc/slurm.conf"
+    subprocess.run(["bash", str(ROOT / "scripts/dev-slurm"), "down"], env=env, capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def acct(acct_conf, monkeypatch):
+    monkeypatch.setenv("SLURM_CONF", acct_conf)
+    return acct_conf
+
+
+def job_file(tmp_path: Path, extra: str = "") -> Path:
+    (tmp_path / "hello.py").write_text("print('accounted')\n")
+    path = tmp_path / "job.yaml"
+    path.write_text(f"name: acct\nscript: hello.py\nresources: {{time: '5'{extra}}}\n")
+    return path
+
+
+def test_unknown_account_and_qos_rejected_before_sbatch(acct, tmp_path):
+    path = job_file(tmp_path, ", account: nonexistent, qos: gold")
+    proc = hpcft("submit", str(path))
+    assert proc.returncode == 2, proc.stderr
+    assert "account 'nonexistent' is not yours; your accounts: research" in proc.stderr
+    assert "qos 'gold' is not allowed for you" in proc.stderr
+
+
+def test_accounted_job_and_sacct_status(acct, tmp_path, monkeypatch):
+    res = hpcft_json("submit", str(job_file(tmp_path, ", account: research")))
+    deadline = time.monotonic() + 60
+    while (st := hpcft_json("status", res["run_id"]))["state"] != "COMPLETED":
+        assert time.monotonic() < deadline and st["state"] not in ("FAILED", "CANCELLED"), st
+        time.sleep(0.5)
+    # the controller forgets finished jobs after MinJobAge: then state comes from sacct
+    from hpcft import slurm
+
+    real_run = slurm._run
+
+    def forgetful(args, *a, **kw):
+        if args[:3] == ["scontrol", "show", "job"]:
+            return subprocess.CompletedProcess(args, 1, "", "slurm_load_jobs error: Invalid job id specified")
+        return real_run(args, *a, **kw)
+
+    monkeypatch.setattr(slurm, "_run", forgetful)
+    deadline = time.monotonic() + 30
+    while True:
+        info = slurm.job_info(res["job_id"])
+        if info is not None:
+            break
+        assert time.monotonic() < deadline, "job never showed up in sacct"
+        time.sleep(0.5)
+    assert info.source == "sacct" and info.state == "COMPLETED" and info.exit_code == "0:0"
