@@ -202,3 +202,31 @@ def test_local_executor(tmp_path):
     assert "ARGS ['x']" in proc.stdout
     runs = hpcft_json("runs")
     assert runs[0]["executor"] == "local" and runs[0]["state"] == "COMPLETED"
+
+
+@pytest.mark.slow
+def test_logs_follow_across_requeue(slurm, tmp_path):
+    """A requeued job keeps one log (append mode); logs -f follows both runs; status counts restarts."""
+    (tmp_path / "twice.py").write_text(textwrap.dedent("""\
+        import os, time
+        n = os.environ.get("SLURM_RESTART_COUNT", "0")
+        print("run", n, flush=True)
+        time.sleep(4 if n == "0" else 1)
+        print("done", n, flush=True)
+        """))
+    job = tmp_path / "twice.yaml"
+    job.write_text("name: twice\nscript: twice.py\nresources: {time: '5'}\n")
+    res = submit(job)
+    follower = subprocess.Popen(["python", "-m", "hpcft.cli.main", "logs", "-f", res["run_id"]],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    log = Path(res["log"])
+    deadline = time.monotonic() + 30
+    while not (log.exists() and "run 0" in log.read_text()):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "requeue", res["job_id"]], check=True)
+    st = wait_state(res["run_id"], timeout=90)
+    assert st["state"] == "COMPLETED" and st["restarts"] == 1, st
+    out, err = follower.communicate(timeout=30)
+    assert "run 0" in out and "run 1" in out and "done 1" in out, out
+    assert follower.returncode == 0 and "COMPLETED" in err
