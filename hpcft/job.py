@@ -292,7 +292,15 @@ def _check_files(loaded: LoadedJob, doc: YamlDoc, label: str) -> list[str]:
     if job.workdir and not loaded.path(job.workdir).is_dir():
         problems.append(f"{where('workdir')}: workdir: directory not found: {loaded.path(job.workdir)}")
     ds = job.train.deepspeed if job.train else None
-    if isinstance(ds, DeepSpeedSpec) and ds.config and not loaded.path(ds.config).is_file():
-        problems.append(f"{where('train', 'deepspeed')}: train.deepspeed: config file not found: "
-                        f"{loaded.path(ds.config)}")
+    if isinstance(ds, DeepSpeedSpec) and ds.config:
+        if not loaded.path(ds.config).is_file():
+            problems.append(f"{where('train', 'deepspeed')}: train.deepspeed: config file not found: "
+                            f"{loaded.path(ds.config)}")
+        else:
+            from .dsconfig import check as check_ds
+
+            r = job.resources
+            world = max(1, r.devices_per_node) * r.nodes
+            problems += [f"{where('train', 'deepspeed')}: train.deepspeed: {p}"
+                         for p in check_ds(loaded.path(ds.config), job.train, world)]
     return problems

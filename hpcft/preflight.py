@@ -4,7 +4,11 @@ each failure naming the fix. Used by ``hpcft check`` and by ``hpcft submit``."""
 from __future__ import annotations
 
 import getpass
+import glob
+import importlib.util
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 from . import slurm
@@ -145,3 +149,42 @@ def run_checks(job: Job, settings: Settings, view: ClusterView, partition: Optio
     for fn in extra:
         checks.append(fn())
     return checks
+
+
+def _site_packages_of(prefix: Path) -> list[Path]:
+    return [Path(p) for p in glob.glob(str(prefix / "lib" / "python3*" / "site-packages"))]
+
+
+def _conda_prefix(name: str) -> Optional[Path]:
+    if "/" in name:
+        return Path(name).expanduser()
+    roots = [p for p in os.environ.get("CONDA_ENVS_PATH", "").split(":") if p]
+    roots.append(str(Path("~/.conda/envs").expanduser()))
+    if os.environ.get("CONDA_EXE"):
+        roots.append(str(Path(os.environ["CONDA_EXE"]).resolve().parent.parent / "envs"))
+    for root in roots:
+        if (Path(root) / name).is_dir():
+            return Path(root) / name
+    return None
+
+
+def npu_env_check(job: Job, base_dir: Path) -> Optional[Check]:
+    """An NPU train job needs torch_npu in the environment the job activates."""
+    if job.resources.device != "npu" or job.train is None:
+        return None
+    env = job.env
+    if env.venv or env.conda:
+        prefix = Path(env.venv).expanduser() if env.venv else _conda_prefix(env.conda)
+        if prefix is not None and not prefix.is_absolute():
+            prefix = base_dir / prefix
+        label = f"venv {env.venv}" if env.venv else f"conda env {env.conda}"
+        if prefix is None or not prefix.is_dir():
+            return Check("torch_npu", True, f"{label} is not visible from here; checked again on the node")
+        found = any((sp / "torch_npu").is_dir() for sp in _site_packages_of(prefix))
+    else:
+        label = f"this Python ({os.sys.executable})"
+        found = importlib.util.find_spec("torch_npu") is not None
+    if found:
+        return Check("torch_npu", True, label)
+    return Check("torch_npu", False, f"NPU job but {label} has no torch_npu: install hpcft[npu] there "
+                                     "(see envs/npu.yml) or set env.conda/env.venv to an Ascend environment")

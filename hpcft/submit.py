@@ -14,7 +14,7 @@ from .atomic import atomic_write_json, atomic_write_text
 from .config import Settings
 from .errors import PreflightError, SlurmError
 from .job import LoadedJob
-from .preflight import Check, ClusterView, resolve_partition, run_checks
+from .preflight import Check, ClusterView, npu_env_check, resolve_partition, run_checks
 from .render import ScriptPlan, make_plan, render_script
 from .runs import RunPaths, RunRecord, RunStore, new_run_dir, now_iso
 
@@ -72,6 +72,9 @@ def submit(loaded: LoadedJob, settings: Settings, *, dry_run: bool = False,
         checks = run_checks(job, settings, view, partition)
     elif executor == "local" and job.resources.nodes > 1:
         checks.append(Check("executor", False, "the local executor runs one node; use executor: slurm"))
+    npu = npu_env_check(job, loaded.base_dir)
+    if npu is not None:
+        checks.append(npu)
     if not skip_asset_check:
         staged = asset_check(loaded, settings)
         if staged is not None:

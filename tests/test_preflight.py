@@ -1,0 +1,64 @@
+"""Pre-flight checks on a captured cluster view (the live-cluster versions are in test_submit_slurm.py)."""
+
+from pathlib import Path
+
+from hpcft.config import Settings
+from hpcft.job import Job
+from hpcft.preflight import ClusterView, npu_env_check, resolve_partition, run_checks
+from hpcft.slurm import parse_nodes, parse_partitions
+
+PARTS = ("PartitionName=cpu Default=YES MaxTime=1-00:00:00 Nodes=cn[1-2] State=UP TotalNodes=2\n"
+         "PartitionName=a100 Default=NO MaxTime=2-00:00:00 Nodes=g[1-2] State=UP TotalNodes=2\n"
+         "PartitionName=ascend Default=NO MaxTime=UNLIMITED Nodes=n1 State=UP TotalNodes=1\n"
+         "PartitionName=maint Default=NO MaxTime=UNLIMITED Nodes=cn1 State=DOWN TotalNodes=1\n")
+NODES = ("NodeName=cn1 CPUTot=64 RealMemory=256000 Gres=(null) State=IDLE Partitions=cpu,maint\n"
+         "NodeName=cn2 CPUTot=64 RealMemory=256000 Gres=(null) State=IDLE Partitions=cpu\n"
+         "NodeName=g1 CPUTot=32 RealMemory=512000 Gres=gpu:a100:8(S:0-1) State=MIXED Partitions=a100\n"
+         "NodeName=g2 CPUTot=32 RealMemory=512000 Gres=gpu:a100:4(S:0-1) State=IDLE Partitions=a100\n"
+         "NodeName=n1 CPUTot=192 RealMemory=1024000 Gres=npu:8 State=IDLE Partitions=ascend\n")
+VIEW = ClusterView(parse_partitions(PARTS), parse_nodes(NODES))
+
+
+def job(**resources):
+    return Job(name="t", script="x.py", resources=resources)
+
+
+def failures(j, settings=Settings()):
+    part = resolve_partition(j, settings, VIEW)
+    return [c.message for c in run_checks(j, settings, VIEW, part) if not c.ok]
+
+
+def test_partition_defaults_by_device():
+    assert resolve_partition(job(), Settings(), VIEW) == "cpu"
+    assert resolve_partition(job(gpus_per_node=1), Settings(), VIEW) == "a100"
+    assert resolve_partition(job(npus_per_node=1), Settings(), VIEW) == "ascend"
+    assert resolve_partition(job(gpus_per_node=1), Settings(default_partition={"gpu": "x"}), VIEW) == "x"
+
+
+def test_all_good():
+    assert failures(job(gpus_per_node=8, cpus_per_task=4, time="2-00:00:00")) == []
+
+
+def test_each_failure_names_the_fix():
+    assert failures(job(partition="gpu80")) == ["partition 'gpu80' not found; partitions: a100, ascend, cpu, maint"]
+    assert "partition 'maint' is DOWN" in failures(job(partition="maint"))[0]
+    assert failures(job(partition="cpu", gpus_per_node=1))[0].startswith("partition 'cpu' has no GPUs; gpu partitions: a100")
+    assert "16 gpus per node requested but nodes of 'a100' have at most 8" in failures(job(gpus_per_node=16))[0]
+    assert "2 nodes with 8 gpus requested but only 1 node(s)" in failures(job(gpus_per_node=8, nodes=2))[0]
+    assert "3 nodes requested but partition 'a100' has 2" in failures(job(gpus_per_node=1, nodes=3))[0]
+    assert "exceeds the MaxTime 1-00:00:00 of partition 'cpu'" in failures(job(time="2-00:00:00"))[0]
+    assert "CPUs per node needed" in failures(job(gpus_per_node=8, cpus_per_task=8))[0]
+
+
+def test_npu_env_check(tmp_path):
+    venv = tmp_path / "venv"
+    (venv / "lib/python3.10/site-packages/torch").mkdir(parents=True)
+    j = Job(name="t", train={"model": "m", "dataset": "d"}, resources={"npus_per_node": 2}, env={"venv": str(venv)})
+    check = npu_env_check(j, tmp_path)
+    assert not check.ok and "has no torch_npu: install hpcft[npu]" in check.message and str(venv) in check.message
+    (venv / "lib/python3.10/site-packages/torch_npu").mkdir()
+    assert npu_env_check(j, tmp_path).ok
+    assert npu_env_check(Job(name="t", script="x.py", resources={"npus_per_node": 1}), tmp_path) is None
+    missing = Job(name="t", train={"model": "m", "dataset": "d"}, resources={"npus_per_node": 1},
+                  env={"conda": "no-such-env"})
+    assert npu_env_check(missing, tmp_path).ok  # cannot see it from here: the node checks again
