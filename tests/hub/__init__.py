@@ -1,0 +1,1 @@
+"""Loopback HF/ModelScope hub and fixture generators for hpcft's tests."""
