@@ -47,18 +47,25 @@ class Status:
 
 
 def _result_state(paths: RunPaths, job_id: str) -> tuple[Optional[str], Optional[str]]:
-    """COMPLETED/FAILED from submitit's result pickle, with the error text if any."""
-    result = paths.submitit / f"{job_id}_0_result.pkl"
-    if not result.is_file():
+    """COMPLETED/FAILED from submitit's result pickles (one per task), with the first
+    failing rank's error."""
+    results = sorted(paths.submitit.glob(f"{job_id}_*_result.pkl"),
+                     key=lambda p: int(p.name.split("_")[1]) if p.name.split("_")[1].isdigit() else 0)
+    if not results:
         return None, None
-    try:
-        with open(result, "rb") as fh:
-            outcome, payload = pickle.load(fh)
-    except Exception as exc:  # a foreign/corrupt pickle must not break status: report it
-        return "FAILED", f"unreadable result file {result}: {exc}"
-    if outcome == "success":
-        return "COMPLETED", None
-    return "FAILED", _last_error_line(str(payload))
+    for result in results:
+        rank = result.name.split("_")[1]
+        try:
+            with open(result, "rb") as fh:
+                outcome, payload = pickle.load(fh)
+        except Exception as exc:  # a foreign/corrupt pickle must not break status: report it
+            return "FAILED", f"unreadable result file {result}: {exc}"
+        if outcome != "success":
+            prefix = f"rank {rank}: " if len(results) > 1 or rank != "0" else ""
+            return "FAILED", prefix + _last_error_line(str(payload))
+    if not (paths.submitit / f"{job_id}_0_result.pkl").is_file():
+        return None, None
+    return "COMPLETED", None
 
 
 def _last_error_line(text: str) -> str:
