@@ -226,8 +226,11 @@ class Job(_Strict):
             return self.assets
         t = self.train
         metrics = [t.metric] if t.metric else []
+        dataset = t.dataset
+        if t.dataset_config and ":" not in dataset and not dataset.endswith("/" + t.dataset_config):
+            dataset = f"{dataset}:{t.dataset_config}"  # a bare "glue" is staged per config
         return Assets(models=[t.model, *self.assets.models],
-                      datasets=[t.dataset, *self.assets.datasets],
+                      datasets=[dataset, *self.assets.datasets],
                       metrics=metrics + self.assets.metrics)
 
 

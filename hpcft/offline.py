@@ -6,6 +6,9 @@ Cache layout under the hpcft cache dir (``Settings.cache``)::
     hf/                 HF_HOME: hub/ (models, datasets repos), datasets/, modules/ (evaluate)
     modelscope/         MODELSCOPE_CACHE
     manifests/          hpcft's manifest per staged asset
+
+``PYTHONPATH`` starts with :mod:`hpcft.offline_shim`, whose ``sitecustomize`` maps the dataset
+names users type (``load_dataset("glue", "mrpc")``) to the staged copies; see docs/staging.md.
 """
 
 from __future__ import annotations
@@ -38,6 +41,14 @@ def cache_env(cache: Path) -> dict[str, str]:
     }
 
 
+def shim_path() -> str:
+    """The folder holding hpcft's import-time shim (stdlib only, no hpcft import needed)."""
+    return str(Path(__file__).resolve().parent / "offline_shim")
+
+
 def offline_env(cache: Path) -> dict[str, str]:
-    """Everything a job on a compute node without internet exports."""
-    return {**OFFLINE_FLAGS, **cache_env(cache)}
+    """Everything a job on a compute node without internet exports.
+
+    ``PYTHONPATH`` is prepended (never replaces the user's) by the template and launcher.
+    """
+    return {**OFFLINE_FLAGS, **cache_env(cache), "PYTHONPATH": shim_path()}

@@ -46,7 +46,7 @@ def asset_check(loaded: LoadedJob, settings: Settings) -> Optional[Check]:
         from .stage.check import staged_check
     except ImportError:
         return None
-    return staged_check(loaded.job.all_assets(), settings)
+    return staged_check(loaded.job.all_assets(), settings, base=loaded.base_dir)
 
 
 def _launch_spec(plan: ScriptPlan) -> dict:

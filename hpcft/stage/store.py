@@ -4,7 +4,8 @@ Layout under ``Settings.cache``::
 
     hf/hub/models--ORG--NAME/snapshots/SHA/...     model files (HF hub layout)
     hf/hub/datasets--ORG--NAME/snapshots/SHA/...   dataset card + the staged config's files
-    metrics/NAME/SHA/...                            evaluate module files
+    metrics/ORG--NAME/SHA/NAME/...                  evaluate module files (evaluate.load(path) needs
+                                                    the folder named like its script)
     manifests/KIND/KEY.json                         one manifest per staged asset
     tmp/                                            downloads in progress (same filesystem)
     locks/                                          one lock per asset
@@ -66,7 +67,7 @@ class Cache:
     def asset_dir(self, kind: str, repo_id: str, sha: str) -> Path:
         safe = repo_id.strip("/").replace("/", "--")
         if kind == "metric":
-            return self.root / "metrics" / safe / sha
+            return self.root / "metrics" / safe / sha / repo_id.strip("/").split("/")[-1]
         return self.root / "hf" / "hub" / f"{kind}s--{safe}" / "snapshots" / sha
 
     # ---- manifests -------------------------------------------------------

@@ -1,0 +1,114 @@
+"""hpcft stage: fetch models, datasets and metrics into the shared cache (login node)."""
+
+from __future__ import annotations
+
+import sys
+
+EPILOG = """examples:
+  hpcft stage bert-base-uncased glue/mrpc          # model + dataset config + its glue metric
+  hpcft stage bert-base-cased yelp_review_full --metric accuracy
+  hpcft stage bert-base-cased glue/cola --source modelscope
+  hpcft stage Qwen/Qwen2.5-0.5B --revision main --json
+  hpcft stage --job jobs/mrpc-bert-gpu.yaml         # whatever the job file references
+  hpcft stage --dataset ./my_data                   # a local folder, copied into the cache
+
+sources: HF_ENDPOINT / MODELSCOPE_ENDPOINT, else sources.hf_endpoint / sources.modelscope_endpoint
+in the hpcft config; --source auto tries sources.order and reports what each said.
+"""
+
+
+def register(sub) -> None:
+    import argparse
+
+    p = sub.add_parser("stage", help="fetch models/datasets/metrics into the shared cache (login node)",
+                       description="Fetch only what a job needs into the shared cache, verified, so compute "
+                                   "nodes need no network.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("names", nargs="*", metavar="MODEL [DATASET ...]",
+                   help="a model, then datasets (glue/mrpc, org/name[:config], ./path)")
+    p.add_argument("--model", action="append", default=[], metavar="NAME", help="another model (repeatable)")
+    p.add_argument("--dataset", action="append", default=[], metavar="NAME", help="another dataset (repeatable)")
+    p.add_argument("--metric", action="append", default=[], metavar="NAME", help="an evaluate metric (repeatable)")
+    p.add_argument("--no-metric", action="store_true", help="do not stage the metric a dataset preset brings")
+    p.add_argument("--source", choices=["auto", "hf", "modelscope"], default="auto",
+                   help="where to fetch from (default auto: sources.order of the config)")
+    p.add_argument("--revision", metavar="REV", help="branch, tag or commit (default: main / master)")
+    p.add_argument("--cache", metavar="DIR", help="cache dir (default: HPCFT_CACHE or cache_dir of the config)")
+    p.add_argument("--job", metavar="JOB.yaml", help="stage what this job file references")
+    p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress, only errors")
+    p.set_defaults(func=run)
+
+
+def _job_assets(path: str, s):
+    from ..job import load_job
+
+    loaded = load_job(path, s, {})
+    assets = loaded.job.all_assets()
+    datasets = list(assets.datasets)
+    train = loaded.job.train
+    if train is not None and train.dataset_config and datasets and ":" not in datasets[0] \
+            and "/" + train.dataset_config not in datasets[0]:
+        datasets[0] = f"{datasets[0]}:{train.dataset_config}"
+    return list(assets.models), datasets, list(assets.metrics)
+
+
+def _is_dataset_name(name: str, table) -> bool:
+    base = name.split(":", 1)[0]
+    head = base.split("/", 1)[0]
+    datasets = table.section("dataset")
+    if base in table.section("model"):
+        return False
+    return base in datasets or (head in datasets and bool(datasets[head].configs)) or \
+        any(e.id == base for e in datasets.values())
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from ..errors import ConfigError
+    from ..stage.progress import human
+    from ..stage.resolve import load_table, plan
+    from ..stage.stage import StageOptions, stage
+    from .common import print_json, settings
+
+    s = settings()
+    table = load_table(s)
+    models, datasets, metrics = [], [], list(args.metric)
+    if args.names:
+        first = args.names[0]
+        # "hpcft stage glue/mrpc" (no model): a name the table knows as a dataset is one
+        (datasets if _is_dataset_name(first, table) else models).append(first)
+        datasets += args.names[1:]
+    models += args.model
+    datasets += args.dataset
+    if args.job:
+        jm, jd, jmet = _job_assets(args.job, s)
+        models += jm
+        datasets += jd
+        metrics += jmet
+    if not (models or datasets or metrics):
+        raise ConfigError(["hpcft stage: nothing to stage; give a model (and datasets), --metric, or --job "
+                           "JOB.yaml (see hpcft stage --help)"])
+    refs = plan(models, datasets, metrics, table, with_metrics=not args.no_metric)
+    cache = Path(args.cache).expanduser() if args.cache else s.cache
+    opts = StageOptions(source=args.source, revision=args.revision, quiet=args.quiet)
+    try:
+        results = stage(refs, s, cache, table, opts)
+    except KeyboardInterrupt:
+        print(f"hpcft: interrupted; partial downloads are kept in {cache / 'tmp'} and nothing was marked "
+              "staged. Run the same command again to resume.", file=sys.stderr)
+        return 130
+    fetched = sum(r.fetched for r in results)
+    secs = sum(r.seconds for r in results)
+    saved = sum(r.saved for r in results if r.status == "staged")
+    if args.json:
+        print_json({"cache": str(cache), "assets": [r.to_json() for r in results],
+                    "fetched_bytes": fetched, "seconds": round(secs, 3), "saved_bytes": saved})
+    elif not args.quiet:
+        n = sum(r.files for r in results if r.status == "staged")
+        rate = f", {human(fetched / secs)}/s" if secs > 0 and fetched else ""
+        print(f"staged {len(results)} asset(s) in {cache}: {n} files fetched, {human(fetched)} in {secs:.1f} s"
+              f"{rate}; skipped {human(saved)}", file=sys.stderr)
+        print(f"jobs get: HF_HOME={cache / 'hf'} with HF_HUB_OFFLINE=1 (see `hpcft cache ls`)", file=sys.stderr)
+    return 0

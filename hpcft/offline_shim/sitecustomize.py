@@ -1,0 +1,171 @@
+"""hpcft's import-time shim for jobs on offline compute nodes (stdlib only).
+
+A job's ``PYTHONPATH`` starts with this folder (``hpcft.offline.offline_env``), so
+Python runs this file at start-up. It imports nothing heavy: it registers a post-import
+hook, and only when the script itself imports ``datasets`` does it wrap
+``datasets.load_dataset`` / ``load_dataset_builder`` so that the names users type
+(``load_dataset("glue", "mrpc")``, ``"nyu-mll/glue"``, ``"yelp_review_full"``) resolve to
+the copy ``hpcft stage`` put in ``$HPCFT_CACHE``. Why: offline, ``datasets`` cannot map
+a hub name to files without asking the hub (measured: "Couldn't reach 'glue' on the
+Hub (OfflineModeIsEnabled)"), while loading the staged folder works and takes 0.1 s.
+Models and metrics need no shim (hub-cache layout and evaluate's module cache suffice).
+
+Active only when ``HPCFT_CACHE`` is set and ``HF_DATASETS_OFFLINE``/``HF_HUB_OFFLINE``
+is 1; ``HPCFT_SHIM=0`` turns it off. Names that are not staged, local paths and any
+other call pass through untouched. A ``sitecustomize`` further down ``sys.path``
+(conda, Debian) still runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+_TRUE = ("1", "true", "yes", "on")
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").lower() in _TRUE for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def _manifests(kind: str) -> list:
+    base = os.path.join(os.environ.get("HPCFT_CACHE", ""), "manifests", kind)
+    out = []
+    try:
+        names = sorted(os.listdir(base))
+    except OSError:
+        return out
+    for n in names:
+        if n.endswith(".json"):
+            try:
+                with open(os.path.join(base, n), encoding="utf-8") as fh:
+                    out.append(json.load(fh))
+            except (OSError, ValueError):
+                continue
+    return out
+
+
+def staged_dataset(path, name=None, revision=None):
+    """(folder, config) of the staged copy for a typed dataset name, or None."""
+    if not isinstance(path, str) or not path or os.path.exists(path) or not os.environ.get("HPCFT_CACHE"):
+        return None
+    typed = path
+    if name is None and ":" in path:
+        path, name = path.split(":", 1)
+    cands = [m for m in _manifests("dataset")
+             if path == m.get("repo_id") or path in (m.get("aliases") or [])]
+    if revision is not None:
+        cands = [m for m in cands if str(revision) in (m.get("revision"), m.get("sha"))]
+    cands = [m for m in cands if os.path.isdir(str(m.get("path")))]
+    if name is not None:
+        cands = [m for m in cands if m.get("config") in (name, None, "default")]
+        cands.sort(key=lambda m: m.get("config") != name)
+    elif len(cands) > 1:
+        cands = [m for m in cands if m.get("config") in (None, "default")]
+    if not cands or (typed != path and name is None):
+        return None
+    m = cands[0]
+    return m["path"], (name if name is not None else m.get("config"))
+
+
+def _wrap(fn, what):
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(path=None, name=None, *args, **kwargs):
+        hit = staged_dataset(path, name, kwargs.get("revision")) if _offline() else None
+        if hit is not None:
+            folder, config = hit
+            kwargs.pop("revision", None)
+            print(f"hpcft: {what}({path!r}{', ' + repr(name) if name else ''}) -> staged copy {folder}",
+                  file=sys.stderr)
+            return fn(folder, config, *args, **kwargs)
+        return fn(path, name, *args, **kwargs)
+
+    wrapper.__hpcft_shim__ = True
+    return wrapper
+
+
+def patch_datasets(module) -> None:
+    load = sys.modules.get("datasets.load")
+    for owner in (module, load):
+        if owner is None:
+            continue
+        for attr in ("load_dataset", "load_dataset_builder"):
+            fn = getattr(owner, attr, None)
+            if fn is not None and not getattr(fn, "__hpcft_shim__", False):
+                setattr(owner, attr, _wrap(fn, attr))
+
+
+class _Loader:
+    """Runs the real loader, then the hook; everything else is the real loader's."""
+
+    def __init__(self, inner, hook):
+        self._inner, self._hook = inner, hook
+
+    def create_module(self, spec):
+        return self._inner.create_module(spec)
+
+    def exec_module(self, module):
+        self._inner.exec_module(module)
+        try:
+            self._hook(module)
+        except Exception as exc:  # the shim must never break the user's import
+            print(f"hpcft: offline shim skipped ({type(exc).__name__}: {exc})", file=sys.stderr)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+class _PostImport:
+    def __init__(self, hooks):
+        self.hooks = hooks
+
+    def find_spec(self, fullname, path=None, target=None):
+        hook = self.hooks.get(fullname)
+        if hook is None:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _Loader(spec.loader, hook)
+                return spec
+        return None
+
+    def invalidate_caches(self):
+        pass
+
+
+def install() -> bool:
+    """Register the hook (idempotent). Returns whether the shim is active."""
+    if os.environ.get("HPCFT_SHIM", "1").lower() in ("0", "false", "no", "off") \
+            or not os.environ.get("HPCFT_CACHE"):
+        return False
+    if "datasets" in sys.modules:  # imported already (e.g. install() called late)
+        patch_datasets(sys.modules["datasets"])
+    if not any(isinstance(f, _PostImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _PostImport({"datasets": patch_datasets}))
+    return True
+
+
+def _chain() -> None:
+    """Run the next ``sitecustomize`` on sys.path, which this file shadows."""
+    import importlib.machinery
+    import importlib.util
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    rest = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", rest)
+    if spec is None or spec.loader is None or os.path.abspath(str(spec.origin)) == os.path.abspath(__file__):
+        return
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+
+if __name__ == "sitecustomize":
+    install()
+    _chain()

@@ -1,0 +1,228 @@
+"""The two hub protocols: resolve a revision, list files, build download URLs.
+
+Endpoints come from, highest first: ``HF_ENDPOINT`` / ``MODELSCOPE_ENDPOINT`` in the
+environment (what tutorials tell users to export), then ``sources.hf_endpoint`` /
+``sources.modelscope_endpoint`` in the cluster/user config (defaults: hf-mirror.com and
+www.modelscope.cn).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .http import HTTPFailure, Policy, Unreachable, get_json
+from .resolve import AssetRef
+
+SOURCES = ("hf", "modelscope")
+
+
+@dataclass
+class RemoteFile:
+    path: str
+    size: int
+    url: str
+    sha256: Optional[str] = None
+    git_oid: Optional[str] = None
+
+
+@dataclass
+class Listing:
+    source: str
+    endpoint: str
+    repo_id: str            # the id the hub answered with (canonical after a redirect)
+    revision: str           # what was asked for (main, master, a tag, a sha)
+    sha: str                # the resolved commit
+    files: list[RemoteFile] = field(default_factory=list)
+
+    def by_path(self) -> dict[str, RemoteFile]:
+        return {f.path: f for f in self.files}
+
+
+class SourceError(Exception):
+    """What one source said about one asset; ``kind`` is not_found | revision | unreachable | error."""
+
+    def __init__(self, source: "Source", kind: str, message: str):
+        self.source, self.kind = source, kind
+        super().__init__(message)
+
+    def line(self) -> str:
+        return f"{self.source.name} ({self.source.endpoint}): {self}"
+
+
+def _q(s: str) -> str:
+    return urllib.parse.quote(s, safe="")
+
+
+class Source:
+    name = ""
+    env_var = ""
+    config_key = ""
+
+    def __init__(self, endpoint: str, policy: Policy):
+        self.endpoint = endpoint.rstrip("/")
+        self.policy = policy
+
+    def hint(self) -> str:
+        return f"set {self.env_var} or {self.config_key} in the hpcft config"
+
+    def _get(self, url: str, what: str):
+        try:
+            return get_json(url, self.policy)
+        except Unreachable as exc:
+            raise SourceError(self, "unreachable", f"cannot reach {self.endpoint} ({exc})") from None
+        except HTTPFailure as exc:
+            raise self._http_error(exc, what) from None
+
+    def _http_error(self, exc: HTTPFailure, what: str) -> SourceError:
+        raise NotImplementedError
+
+    def listing(self, ref: AssetRef, revision: Optional[str]) -> Listing:
+        raise NotImplementedError
+
+
+class HFSource(Source):
+    name = "hf"
+    env_var = "HF_ENDPOINT"
+    config_key = "sources.hf_endpoint"
+    API = {"model": "models", "dataset": "datasets", "metric": "spaces"}
+    PREFIX = {"model": "", "dataset": "datasets/", "metric": "spaces/"}
+
+    def _http_error(self, exc: HTTPFailure, what: str) -> SourceError:
+        code = exc.error_code()
+        if code == "RevisionNotFound":
+            return SourceError(self, "revision", f"revision not found: {what}")
+        if code in ("RepoNotFound", "GatedRepo") or exc.status in (401, 404):
+            return SourceError(self, "not_found", f"{what}: not found (HTTP {exc.status}"
+                               f"{', ' + code if code else ''})")
+        return SourceError(self, "error", f"{what}: HTTP {exc.status} {exc.message()}".strip())
+
+    def listing(self, ref: AssetRef, revision: Optional[str]) -> Listing:
+        api, rid = self.API[ref.kind], ref.repo_id
+        rev = revision or "main"
+        info, _ = self._get(f"{self.endpoint}/api/{api}/{rid}/revision/{_q(rev)}", f"{ref.kind} {rid}@{rev}"
+                            if revision else f"{ref.kind} {rid}")
+        sha = info.get("sha") if isinstance(info, dict) else None
+        if not sha:
+            raise SourceError(self, "error", f"{ref.kind} {rid}: the endpoint's answer has no commit sha")
+        canonical = info.get("id") or rid
+        if "/" not in canonical:
+            canonical = rid
+        files: list[RemoteFile] = []
+        url = f"{self.endpoint}/api/{api}/{canonical}/tree/{sha}?recursive=true&expand=false"
+        while url:
+            items, headers = self._get(url, f"{ref.kind} {rid} file list")
+            for it in items if isinstance(items, list) else []:
+                if it.get("type") != "file":
+                    continue
+                lfs = it.get("lfs") or {}
+                path = it["path"]
+                files.append(RemoteFile(
+                    path, int(lfs.get("size") or it.get("size") or 0),
+                    f"{self.endpoint}/{self.PREFIX[ref.kind]}{canonical}/resolve/{sha}/{urllib.parse.quote(path)}",
+                    sha256=lfs.get("oid") or lfs.get("sha256"), git_oid=None if lfs else it.get("oid")))
+            url = _next_link(headers.get("Link") or headers.get("link") or "")
+        return Listing(self.name, self.endpoint, canonical, rev, sha, files)
+
+
+def _next_link(header: str) -> Optional[str]:
+    for part in header.split(","):
+        if 'rel="next"' in part:
+            return part.split(";")[0].strip().strip("<>")
+    return None
+
+
+class ModelScopeSource(Source):
+    name = "modelscope"
+    env_var = "MODELSCOPE_ENDPOINT"
+    config_key = "sources.modelscope_endpoint"
+
+    def _http_error(self, exc: HTTPFailure, what: str) -> SourceError:
+        msg = exc.message()
+        if exc.status == 404 and "revision" in msg.lower():
+            return SourceError(self, "revision", f"revision not found: {what}")
+        if exc.status in (401, 403, 404):
+            return SourceError(self, "not_found", f"{what}: not found (HTTP {exc.status}{': ' + msg if msg else ''})")
+        return SourceError(self, "error", f"{what}: HTTP {exc.status} {msg}".strip())
+
+    def listing(self, ref: AssetRef, revision: Optional[str]) -> Listing:
+        if ref.kind == "metric":
+            raise SourceError(self, "not_found", "ModelScope does not host evaluate metrics (use the hf source)")
+        rid = ref.ms_id or ref.repo_id
+        if "/" not in rid:
+            raise SourceError(self, "not_found", f"{ref.kind} {rid}: ModelScope ids have the form org/name")
+        rev = revision or "master"
+        plural = "models" if ref.kind == "model" else "datasets"
+        what = f"{ref.kind} {rid}@{rev}" if revision else f"{ref.kind} {rid}"
+        raw: list[dict] = []
+        if ref.kind == "model":
+            data, _ = self._get(f"{self.endpoint}/api/v1/models/{rid}/repo/files?Revision={_q(rev)}&Recursive=True",
+                                what)
+            raw = _ms_files(self, data, what)
+        else:
+            page = 1
+            while True:
+                data, _ = self._get(f"{self.endpoint}/api/v1/datasets/{rid}/repo/tree?Revision={_q(rev)}"
+                                    f"&Recursive=True&PageNumber={page}&PageSize=200", what)
+                batch = _ms_files(self, data, what)
+                raw += batch
+                if len(batch) < 200:
+                    break
+                page += 1
+        files = []
+        for it in raw:
+            if it.get("Type") == "tree":
+                continue
+            path = it["Path"]
+            files.append(RemoteFile(
+                path, int(it.get("Size") or 0),
+                f"{self.endpoint}/api/v1/{plural}/{rid}/repo?Revision={_q(rev)}&FilePath={_q(path)}",
+                sha256=it.get("Sha256") or None))
+        sha = self._commit(plural, rid, rev) or _content_sha(files)
+        return Listing(self.name, self.endpoint, ref.repo_id, rev, sha, files)
+
+    def _commit(self, plural: str, rid: str, rev: str) -> Optional[str]:
+        """The commit id of a branch/tag, when the endpoint tells (else a content hash is used)."""
+        try:
+            data, _ = get_json(f"{self.endpoint}/api/v1/{plural}/{rid}/revisions", self.policy)
+        except (Unreachable, HTTPFailure):
+            return None
+        revmap = ((data or {}).get("Data") or {}).get("RevisionMap") or {}
+        for item in (revmap.get("Branches") or []) + (revmap.get("Tags") or []):
+            if item.get("Revision") == rev and item.get("CommitId"):
+                return str(item["CommitId"])
+        return None
+
+
+def _ms_files(src: Source, data, what: str) -> list[dict]:
+    if not isinstance(data, dict) or (data.get("Code") not in (None, 200) and not data.get("Success")):
+        msg = data.get("Message") if isinstance(data, dict) else "unexpected answer"
+        raise SourceError(src, "not_found" if "not found" in str(msg).lower() else "error", f"{what}: {msg}")
+    return list(((data.get("Data") or {}).get("Files")) or [])
+
+
+def _content_sha(files: list[RemoteFile]) -> str:
+    h = hashlib.sha1()
+    for f in sorted(files, key=lambda f: f.path):
+        h.update(f"{f.path}\0{f.sha256 or f.size}\n".encode())
+    return h.hexdigest()
+
+
+def make_sources(settings, only: Optional[str] = None) -> list[Source]:
+    s = settings.sources
+    order = list(dict.fromkeys(s.order)) or ["hf", "modelscope"]
+    n = 1 if (only and only != "auto") else len(order)
+    # "unreachable" must be reported within sources.timeout_s in total, also when every
+    # source of --source auto is a black hole: split the budget between them (>= 2 s each)
+    policy = Policy(timeout_s=float(s.timeout_s), retries=int(s.retries),
+                    meta_timeout_s=max(2.0, float(s.timeout_s) / n),
+                    backoff_s=float(os.environ.get("HPCFT_RETRY_BACKOFF_S") or 0.5))
+    hf = HFSource(os.environ.get("HF_ENDPOINT") or s.hf_endpoint, policy)
+    ms = ModelScopeSource(os.environ.get("MODELSCOPE_ENDPOINT") or s.modelscope_endpoint, policy)
+    by = {"hf": hf, "modelscope": ms}
+    if only and only != "auto":
+        return [by[only]]
+    return [by[name] for name in order]
