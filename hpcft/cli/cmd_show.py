@@ -1,0 +1,122 @@
+"""hpcft show [RUN|JOBID]: a run's config, results and where its files are."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .common import print_json, settings
+
+SKIP_EVAL = {"runtime", "samples_per_second", "steps_per_second", "epoch", "step"}
+
+
+def register(sub) -> None:
+    p = sub.add_parser("show", help="a run's config, metrics and paths (default: the latest run)",
+                       epilog="examples:\n  hpcft show                 # the latest run\n"
+                              "  hpcft show 20261123-1512   # by run id prefix, or a Slurm job id\n"
+                              "  hpcft show --json | jq .metrics.eval",
+                       formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p.add_argument("ref", nargs="?", metavar="RUN|JOBID", help="run id (or prefix), Slurm job id, or run folder")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def collect(record) -> dict:
+    """Everything `show` prints, as data (no Slurm calls: works for old runs too)."""
+    import yaml
+
+    from ..monitor import last_progress
+    from ..runs import RunPaths
+
+    paths = RunPaths(Path(record.run_dir))
+    try:
+        job = yaml.safe_load(paths.job_yaml.read_text(encoding="utf-8"))
+    except (FileNotFoundError, yaml.YAMLError):
+        job = None
+    launch = _read_json(paths.dir / "launch.json") or {}
+    out_dir = Path(launch.get("output_dir") or paths.output)
+    files = {
+        "run_dir": str(paths.dir), "job_yaml": str(paths.job_yaml), "script": str(paths.script),
+        "log": str(paths.stdout(record.job_id)) if record.job_id else None,
+        "metrics": str(paths.metrics) if paths.metrics.is_file() else None,
+        "progress": str(paths.progress) if paths.progress.is_file() else None,
+        "curves": str(paths.dir / "curves.png") if (paths.dir / "curves.png").is_file() else None,
+        "output_dir": str(out_dir),
+        "best_model": str(out_dir / "best") if (out_dir / "best").is_dir() else None,
+    }
+    return {"run_id": record.run_id, "name": record.name, "job_id": record.job_id, "executor": record.executor,
+            "state": record.state, "submitted_at": record.submitted_at, "partition": record.partition,
+            "job": job, "metrics": _read_json(paths.metrics), "progress": last_progress(paths), "files": files}
+
+
+def _fmt(v) -> str:
+    """Metric values: 4 decimals."""
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _num(v) -> str:
+    """Times, rates, losses: a few significant digits."""
+    return f"{v:.4g}" if isinstance(v, float) else ("-" if v is None else str(v))
+
+
+def run(args) -> int:
+    from ..monitor import status
+    from ..runs import RunStore
+    from ..slurm import TERMINAL_STATES
+
+    record = RunStore(settings().runs).find(args.ref)
+    if record.state not in TERMINAL_STATES:
+        record.state = status(record).state
+    info = collect(record)
+    if args.json:
+        print_json(info)
+        return 0
+    print(f"run:       {info['run_id']}  ({info['name']})")
+    print(f"job:       {info['job_id']} ({info['executor']}{', ' + info['partition'] if info['partition'] else ''})"
+          f"  {info['state']}")
+    job = info["job"] or {}
+    train = job.get("train")
+    if train:
+        print("config:")
+        keys = ["model", "dataset", "dataset_config", "metric", "epochs", "max_steps", "learning_rate",
+                "batch_size", "gradient_accumulation", "max_seq_length", "precision", "seed", "train_subset"]
+        for k in keys:
+            if train.get(k) is not None:
+                print(f"  {k + ':':<22} {train[k]}")
+    elif job.get("script"):
+        print(f"script:    {job['script']} {' '.join(job.get('args') or [])}")
+    res = job.get("resources") or {}
+    if res:
+        print(f"resources: {res.get('nodes', 1)} node(s), partition {res.get('partition') or '-'}, "
+              f"gpus {res.get('gpus_per_node') or 0}, npus {res.get('npus_per_node') or 0}, time {res.get('time')}")
+    m = info["metrics"]
+    if m:
+        ev = m.get("eval") or {}
+        head = m.get("headline")
+        shown = ", ".join(f"{k} {_fmt(v)}" for k, v in ev.items() if k not in SKIP_EVAL)
+        print(f"result:    {head} {_fmt(ev.get(head))}" if head in ev else "result:    -")
+        print(f"eval:      {shown}")
+        tr = m.get("train") or {}
+        print(f"train:     {tr.get('global_step')} steps, {_num(tr.get('runtime_s'))} s this leg, "
+              f"{_num(tr.get('samples_per_second'))} samples/s, loss {_num(tr.get('loss'))}")
+        mem = m.get("peak_memory_mb") or {}
+        print(f"device:    {m.get('device_name') or m.get('device')}, {m.get('precision')}, peak host "
+              f"{mem.get('host_rss_mb')} MiB" + (f", device {mem['device_mb']} MiB" if 'device_mb' in mem else ""))
+        print(f"restarts:  {m.get('restarts', 0)} (resumed {m.get('resumes', 0)}x), first step after "
+              f"{_num(m.get('first_step_s'))} s")
+    elif info["progress"]:
+        p = info["progress"]
+        print(f"progress:  step {p.get('step')}/{p.get('max_steps')} epoch {_num(p.get('epoch'))} "
+              f"loss {_num(p.get('loss'))} eta {p.get('eta')}")
+    print("files:")
+    for k, v in info["files"].items():
+        if v:
+            print(f"  {k + ':':<12} {v}")
+    return 0

@@ -1,0 +1,156 @@
+"""Device, precision, threads and rank for the worker.
+
+One place decides what a task runs on, so multi-rank jobs (issue 5) only add to it:
+ranks come from Slurm (``SLURM_PROCID``/``SLURM_LOCALID``/``SLURM_NTASKS``), the device
+kind from the launch spec (``gpu``/``npu``/``cpu``), and precision from what that device
+supports. torch is imported inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+
+class DeviceError(RuntimeError):
+    pass
+
+
+@dataclass
+class Rank:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def rank_from_env(env: Optional[dict] = None) -> Rank:
+    """Slurm's task ids first (set per task by srun), then torchrun-style variables."""
+    env = os.environ if env is None else env
+
+    def first(*names: str, default: int) -> int:
+        for n in names:
+            v = env.get(n)
+            if v not in (None, ""):
+                try:
+                    return int(v)
+                except ValueError:
+                    continue
+        return default
+
+    return Rank(rank=first("SLURM_PROCID", "RANK", "SUBMITIT_LOCAL_GLOBALID", default=0),
+                local_rank=first("SLURM_LOCALID", "LOCAL_RANK", "SUBMITIT_LOCAL_LOCALID", default=0),
+                world_size=first("SLURM_NTASKS", "WORLD_SIZE", default=1))
+
+
+def export_dist_env(rank: Rank) -> None:
+    """What torch.distributed/accelerate read; MASTER_ADDR/PORT come from the batch script."""
+    os.environ.setdefault("RANK", str(rank.rank))
+    os.environ.setdefault("LOCAL_RANK", str(rank.local_rank))
+    os.environ.setdefault("WORLD_SIZE", str(rank.world_size))
+
+
+def cpu_threads() -> int:
+    """Threads for torch: Slurm's allocation, else the CPUs this process may use."""
+    for name in ("SLURM_CPUS_PER_TASK", "OMP_NUM_THREADS"):
+        v = os.environ.get(name, "")
+        if v.isdigit() and int(v) > 0:
+            return int(v)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def import_npu() -> None:
+    """torch_npu must be imported before any model is built; say how to get it if missing."""
+    try:
+        import torch_npu  # noqa: F401
+    except ImportError as exc:
+        env = os.environ.get("CONDA_DEFAULT_ENV") or os.environ.get("VIRTUAL_ENV") or "the job's Python"
+        raise DeviceError(f"this is an NPU job but torch_npu cannot be imported in {env} ({exc}); "
+                          "install it there: pip install 'hpcft[npu]' (matching your CANN version), "
+                          "and check that the cluster's CANN set_env.sh is sourced (cann_set_env)") from None
+
+
+@dataclass
+class DeviceInfo:
+    kind: str            # cuda | npu | cpu
+    name: str            # e.g. "NVIDIA H100", "Ascend910B", "cpu (2 threads)"
+    precision: str       # fp32 | bf16 | fp16
+    threads: int
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "name": self.name, "precision": self.precision, "threads": self.threads}
+
+
+def detect(requested_kind: str, precision: str = "auto") -> DeviceInfo:
+    """The device this task uses and the precision to train in.
+
+    ``requested_kind`` is the job's device (gpu/npu/cpu, from launch.json). Precision
+    ``auto``: bf16 where the device supports it, else fp16 on accelerators, fp32 on CPU.
+    """
+    import torch
+
+    threads = cpu_threads()
+    torch.set_num_threads(threads)
+    if requested_kind == "npu":
+        import_npu()
+        if not torch.npu.is_available():  # type: ignore[attr-defined]
+            raise DeviceError("torch_npu is installed but no NPU is visible "
+                              f"(ASCEND_RT_VISIBLE_DEVICES={os.environ.get('ASCEND_RT_VISIBLE_DEVICES', 'unset')})")
+        name = torch.npu.get_device_name(0)  # type: ignore[attr-defined]
+        bf16_ok = _npu_bf16(torch, name)
+        return DeviceInfo("npu", name, _choose(precision, bf16_ok, "npu"), threads)
+    if requested_kind == "gpu" or (requested_kind == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise DeviceError("this is a GPU job but torch sees no CUDA device "
+                              f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}, "
+                              f"torch {torch.__version__}, CUDA build {torch.version.cuda}); "
+                              "install a CUDA build of torch in the job's environment")
+        name = torch.cuda.get_device_name(0)
+        return DeviceInfo("cuda", name, _choose(precision, torch.cuda.is_bf16_supported(), "cuda"), threads)
+    return DeviceInfo("cpu", f"cpu ({threads} threads)", _choose(precision, True, "cpu"), threads)
+
+
+def _npu_bf16(torch, name: str) -> bool:
+    checker = getattr(getattr(torch, "npu", None), "is_bf16_supported", None)
+    if callable(checker):
+        try:
+            return bool(checker())
+        except Exception:  # noqa: BLE001 - older torch_npu: decide from the chip name
+            pass
+    return "910B" in name or "910_9" in name
+
+
+def _choose(precision: str, bf16_ok: bool, kind: str) -> str:
+    if precision != "auto":
+        if precision == "fp16" and kind == "cpu":
+            raise DeviceError("precision fp16 needs a GPU or NPU; on CPU use fp32 or bf16")
+        if precision == "bf16" and not bf16_ok:
+            raise DeviceError(f"precision bf16 is not supported on this {kind}; use fp16 or auto")
+        return precision
+    if kind == "cpu":
+        return "fp32"
+    return "bf16" if bf16_ok else "fp16"
+
+
+def peak_memory_mb(kind: str) -> dict:
+    """Peak host RSS and, on accelerators, peak device memory of this process."""
+    import resource
+
+    out = {"host_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    try:
+        import torch
+
+        if kind == "cuda" and torch.cuda.is_available():
+            out["device_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        elif kind == "npu":
+            out["device_mb"] = round(torch.npu.max_memory_allocated() / 2**20, 1)  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - memory stats are informational
+        pass
+    return out

@@ -1,0 +1,87 @@
+"""Helpers for the worker tests: stage the tiny fixtures, build run folders as submit does."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from hpcft.config import load_settings
+from hpcft.job import load_job
+from hpcft.render import make_plan
+from hpcft.runs import RunPaths, new_run_dir
+from hpcft.stage.store import Cache, register_local
+from tests.hub.fixtures import make_standard_fixtures
+
+ROOT = Path(__file__).resolve().parents[2]
+GLUE_CONFIGS = ("mrpc", "cola", "sst2")
+
+
+def fixture_folders(root: Path) -> dict:
+    return make_standard_fixtures(root)
+
+
+def stage_standard(cache_root: Path, folders: dict, *, skip: tuple = ()) -> Cache:
+    """Stage the fixtures under the names users type (what `hpcft stage` records)."""
+    cache = Cache(cache_root)
+    if "model" not in skip:
+        register_local(cache, "model", "google-bert/bert-base-uncased",
+                       folders[("model", "google-bert/bert-base-uncased")], aliases=["bert-base-uncased"])
+        register_local(cache, "model", "google-bert/bert-base-cased",
+                       folders[("model", "google-bert/bert-base-cased")], aliases=["bert-base-cased"])
+    if "dataset" not in skip:
+        for cfg in GLUE_CONFIGS:
+            register_local(cache, "dataset", "nyu-mll/glue", folders[("dataset", "nyu-mll/glue")], config=cfg,
+                           aliases=["glue"])
+        register_local(cache, "dataset", "Yelp/yelp_review_full", folders[("dataset", "Yelp/yelp_review_full")],
+                       aliases=["yelp_review_full"])
+    if "metric" not in skip:
+        register_local(cache, "metric", "evaluate-metric/glue", folders[("space", "evaluate-metric/glue")],
+                       aliases=["glue"])
+    return cache
+
+
+def make_run(job: dict, *, job_dir: Optional[Path] = None) -> RunPaths:
+    """A run folder exactly as `hpcft submit` writes it (job.yaml, launch.json, run.json), not submitted.
+
+    With ``job_dir`` the job file is written there first (relative paths resolve against it)."""
+    from hpcft.runs import RunRecord, RunStore, now_iso
+    from hpcft.submit import _write_run_files
+
+    settings = load_settings()
+    text = yaml.safe_dump(job, sort_keys=False)
+    src = None
+    if job_dir is not None:
+        src = Path(job_dir) / f"{job['name']}.yaml"
+        src.write_text(text)
+    loaded = load_job(src, settings, text=text)
+    paths = new_run_dir(settings.runs, job["name"])
+    plan = make_plan(loaded, settings, paths.dir, None)
+    _write_run_files(loaded, plan, paths, "#!/bin/bash\n")
+    RunStore(settings.runs).add(RunRecord(run_id=paths.run_id, name=job["name"], run_dir=str(paths.dir),
+                                          job_file=str(src) if src else None, kind=loaded.job.kind,
+                                          executor="local", submitted_at=now_iso()))
+    return paths
+
+
+def run_worker(paths: RunPaths, *, env: Optional[dict] = None, timeout: float = 180,
+               wait: bool = True):
+    """`python -m hpcft.worker.train RUN_DIR` in a subprocess (no network: offline env + dead proxy)."""
+    full = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu",
+            "HF_ENDPOINT": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+            "HTTP_PROXY": "http://127.0.0.1:9", **(env or {})}
+    cmd = [sys.executable, "-m", "hpcft.worker.train", str(paths.dir)]
+    if not wait:
+        return subprocess.Popen(cmd, env=full, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+    return subprocess.run(cmd, env=full, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def tiny_job(name: str = "mrpc-tiny", **train) -> dict:
+    spec = {"model": "bert-base-uncased", "dataset": "glue/mrpc", "metric": "glue", "epochs": 3,
+            "learning_rate": 1e-3, "batch_size": 16, "logging_steps": 5, "seed": 7, **train}
+    return {"name": name, "executor": "local", "train": spec}
