@@ -129,11 +129,17 @@ class ScriptPlan:
         return offline_env(self.settings.cache)
 
     def hpcft_env(self) -> dict[str, str]:
-        return {
+        env = {
             "HPCFT_RUN_DIR": str(self.run_dir),
             "HPCFT_OUTPUT_DIR": str(self.output_dir),
             "HPCFT_JOB_NAME": self.job.name,
         }
+        if self.job.script:
+            # where the staged assets a script job lists are (HPCFT_MODEL_PATH, ...)
+            from .worker.assets import script_env
+
+            env.update(script_env(self.job, self.settings))
+        return env
 
 
 def _slurm_minutes(seconds: int) -> str:

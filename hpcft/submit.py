@@ -52,8 +52,11 @@ def asset_check(loaded: LoadedJob, settings: Settings) -> Optional[Check]:
 def _launch_spec(plan: ScriptPlan) -> dict:
     job = plan.job
     env = {**plan.env(), **plan.hpcft_env(), **job.env.vars}
+    if "PYTHONPATH" in job.env.vars:  # the user's own PYTHONPATH goes after the offline shim
+        env["PYTHONPATH"] = f"{plan.env()['PYTHONPATH']}:{job.env.vars['PYTHONPATH']}"
     spec = {"kind": job.kind, "run_dir": str(plan.run_dir), "env": env, "workdir": str(plan.workdir),
-            "output_dir": str(plan.output_dir), "device": job.resources.device, "world_size": plan.world_size}
+            "output_dir": str(plan.output_dir), "device": job.resources.device, "world_size": plan.world_size,
+            "base_dir": str(plan.loaded.base_dir)}
     if job.script:
         spec["script"] = str(plan.loaded.script_path)
         spec["args"] = list(job.args)

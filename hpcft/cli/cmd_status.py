@@ -16,7 +16,9 @@ def describe_progress(progress: dict | None) -> str:
     if not progress:
         return ""
     parts = []
-    for key in ("step", "epoch", "loss", "eta"):
+    if progress.get("step") is not None and progress.get("max_steps"):
+        parts.append(f"step {progress['step']}/{progress['max_steps']}")
+    for key in ("epoch", "loss", "eta") if parts else ("step", "epoch", "loss", "eta"):
         if progress.get(key) is not None:
             value = progress[key]
             parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")

@@ -101,8 +101,11 @@ def prepare_cache(cache: Cache, perms: Perms) -> None:
     root = cache.root
     try:
         if not root.exists():
-            root.mkdir(parents=True)
-            perms.dir(root)
+            try:
+                root.mkdir(parents=True)
+                perms.dir(root)
+            except FileExistsError:
+                pass  # another stage process created it a moment ago: that is fine
         for sub in ("tmp", "locks", "manifests/model", "manifests/dataset", "manifests/metric", "metrics",
                     "hf/hub", *RUNTIME_DIRS):
             perms.makedirs(root / sub, root)
