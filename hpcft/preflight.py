@@ -45,14 +45,24 @@ class ClusterView:
         return None
 
     def kind(self, partition: str, settings: Settings) -> str:
+        """gpu/npu/cpu: the cluster config's lists first, then the partition's name, then the
+        gres its nodes offer (npu > gpu > cpu)."""
         for kind in ("npu", "gpu", "cpu"):
             if partition in getattr(settings.partitions, kind):
+                return kind
+        lowered = partition.lower()
+        for kind, words in (("npu", ("npu", "ascend", "910")), ("gpu", ("gpu", "cuda", "a100", "h100", "v100")),
+                            ("cpu", ("cpu",))):
+            if any(w in lowered for w in words):
                 return kind
         gres: set[str] = set()
         for n in self.partitions[partition].nodes:
             if n in self.nodes:
                 gres |= set(self.nodes[n].gres)
         return "npu" if "npu" in gres else "gpu" if "gpu" in gres else "cpu"
+
+    def has_device(self, partition: str, device: str) -> bool:
+        return any(self.nodes[n].gres.get(device) for n in self.partitions[partition].nodes if n in self.nodes)
 
 
 def resolve_partition(job: Job, settings: Settings, view: Optional[ClusterView]) -> Optional[str]:
@@ -63,10 +73,13 @@ def resolve_partition(job: Job, settings: Settings, view: Optional[ClusterView])
         return settings.default_partition[device]
     if view is None:
         return None
-    if device != "cpu":  # the first partition whose nodes carry this device
-        for name in sorted(view.partitions):
+    if device != "cpu":  # a partition of that kind whose nodes carry the device, else any that carries it
+        carrying = [name for name in sorted(view.partitions) if view.has_device(name, device)]
+        for name in carrying:
             if view.kind(name, settings) == device:
                 return name
+        if carrying:
+            return carrying[0]
     return view.default_partition()
 
 

@@ -63,9 +63,9 @@ def _launch_spec(plan: ScriptPlan) -> dict:
     return spec
 
 
-def submit(loaded: LoadedJob, settings: Settings, *, dry_run: bool = False,
-           executor: Optional[str] = None, skip_asset_check: bool = False) -> SubmitResult:
-    executor = executor or choose_executor(loaded, settings)
+def preflight(loaded: LoadedJob, settings: Settings, executor: str,
+              skip_asset_check: bool = False) -> tuple[Optional[str], list[Check]]:
+    """Every pre-flight check, passing or not, and the partition the job will use."""
     job = loaded.job
     checks: list[Check] = []
     partition = job.resources.partition
@@ -82,9 +82,23 @@ def submit(loaded: LoadedJob, settings: Settings, *, dry_run: bool = False,
         staged = asset_check(loaded, settings)
         if staged is not None:
             checks.append(staged)
+    return partition, checks
+
+
+def _raise_failed(loaded: LoadedJob, checks: list[Check]) -> None:
     failed = [c for c in checks if not c.ok]
     if failed:
         raise PreflightError([f"{loaded.source or '<job>'}: {c.name}: {c.message}" for c in failed])
+
+
+def submit(loaded: LoadedJob, settings: Settings, *, dry_run: bool = False,
+           executor: Optional[str] = None, skip_asset_check: bool = False,
+           raise_on_failure: bool = True) -> SubmitResult:
+    executor = executor or choose_executor(loaded, settings)
+    job = loaded.job
+    partition, checks = preflight(loaded, settings, executor, skip_asset_check)
+    if raise_on_failure or not dry_run:
+        _raise_failed(loaded, checks)
 
     store = RunStore(settings.runs)
     if dry_run:
@@ -92,11 +106,10 @@ def submit(loaded: LoadedJob, settings: Settings, *, dry_run: bool = False,
         run_dir = settings.runs / "<run-id>"
         plan = make_plan(loaded, settings, run_dir, partition)
         script = render_script(plan)
-        if executor == "slurm":
+        if executor == "slurm" and all(c.ok for c in checks):
             checks.append(_test_only(script))
-            failed = [c for c in checks if not c.ok]
-            if failed:
-                raise PreflightError([f"{loaded.source or '<job>'}: {c.name}: {c.message}" for c in failed])
+        if raise_on_failure:
+            _raise_failed(loaded, checks)
         return SubmitResult(None, script, checks, dry_run=True)
 
     paths = new_run_dir(settings.runs, job.name)

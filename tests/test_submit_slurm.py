@@ -230,3 +230,14 @@ def test_logs_follow_across_requeue(slurm, tmp_path):
     out, err = follower.communicate(timeout=30)
     assert "run 0" in out and "run 1" in out and "done 1" in out, out
     assert follower.returncode == 0 and "COMPLETED" in err
+
+
+def test_check_prints_every_step(slurm, tmp_path):
+    job = make_job(tmp_path, "name: chk\nscript: hello.py\nresources: {gpus_per_node: 2, time: '5'}\n"
+                             "assets: {models: [never-staged/model]}\n")
+    proc = hpcft("check", str(job))
+    assert proc.returncode == 2
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "✓ job file"
+    assert "✓ partition: gpu" in lines and "✓ gres: gpu:2 per node" in lines
+    assert any(ln.startswith("✗ assets staged: hpcft stage never-staged/model") for ln in lines), lines

@@ -8,6 +8,7 @@ from .common import add_job_args, load, print_json
 def register(sub) -> None:
     p = sub.add_parser("check", help="validate a job and check it against the live cluster (submits nothing)")
     add_job_args(p)
+    p.add_argument("--executor", choices=["slurm", "local"], help="override the job's executor")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -16,19 +17,20 @@ def run(args) -> int:
     from ..errors import ConfigError
     from ..submit import submit
 
-    loaded, settings = load(args)
     try:
-        result = submit(loaded, settings, dry_run=True)
+        loaded, settings = load(args)
     except ConfigError as exc:
         if args.json:
             print_json({"ok": False, "problems": exc.lines()})
             return exc.exit_code
-        print("✓ job file")
+        print(f"✗ job file: {len(exc.lines())} problem(s)")
         raise
+    result = submit(loaded, settings, dry_run=True, executor=args.executor, raise_on_failure=False)
+    ok = all(c.ok for c in result.checks)
     if args.json:
-        print_json({"ok": True, "checks": [c.__dict__ for c in result.checks]})
+        print_json({"ok": ok, "checks": [c.__dict__ for c in result.checks]})
     else:
         print("✓ job file")
         for check in result.checks:
             print(check.line())
-    return 0
+    return 0 if ok else 2
