@@ -124,3 +124,16 @@ def test_hostile_values_inert(tmp_path):
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
     assert out.stdout == '$(touch /tmp/pwned) `id` "; exit 1; "|line1\nline2|'
     assert not marker.exists()
+
+
+def test_cluster_template_override(tmp_path):
+    """A site's templates_dir can replace one variant and still extend the shipped base."""
+    (tmp_path / "gpu.sbatch.j2").write_text(
+        '{% extends "base.sbatch.j2" %}\n{% block devices %}\n# site: our GPUs need this\n'
+        'module load cuda/site-default\n{% endblock %}\n')
+    settings = Settings(runs_dir=Path("/runs"), cache_dir=Path("/cache"), templates_dir=tmp_path)
+    text = render(ROOT / "tests/fixtures/jobs/gpu-conda.yaml", settings)
+    assert "# site: our GPUs need this" in text and "module load cuda/site-default" in text
+    assert "#SBATCH --gres=gpu:1" in text  # the rest still comes from the shipped base
+    cpu = render(ROOT / "tests/fixtures/jobs/script-cpu.yaml", settings)
+    assert "site: our GPUs" not in cpu
