@@ -54,6 +54,93 @@ def export_dist_env(rank: Rank) -> None:
     os.environ.setdefault("WORLD_SIZE", str(rank.world_size))
 
 
+def dist_backend(kind: str) -> str:
+    """torch.distributed backend for a device kind: nccl on GPUs, hccl on Ascend NPUs, gloo on CPU."""
+    return {"cuda": "nccl", "gpu": "nccl", "npu": "hccl"}.get(kind, "gloo")
+
+
+def ds_accelerator(kind: str) -> str:
+    """DeepSpeed's accelerator name (``DS_ACCELERATOR``) for a device kind."""
+    return {"cuda": "cuda", "gpu": "cuda", "npu": "npu"}.get(kind, "cpu")
+
+
+FALLBACK_VAR = "HPCFT_CPU_FALLBACK"
+
+
+def effective_kind(requested: str, env: Optional[dict] = None) -> str:
+    """The device kind this task will really use: ``gpu`` stays ``gpu`` unless torch sees no
+    CUDA *and* ``HPCFT_CPU_FALLBACK=1`` is set (test clusters with fake GPU gres); then ``cpu``.
+    Without the variable a GPU job on a node without CUDA fails in :func:`detect` with the reason."""
+    env = os.environ if env is None else env
+    if requested != "gpu" or env.get(FALLBACK_VAR, "") not in ("1", "true", "yes"):
+        return requested
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+# ----------------------------------------------------------------- Ascend devices of this node
+
+def _expand_idx(text: str) -> list[int]:
+    out: list[int] = []
+    for part in text.split(","):
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        out += list(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def node_gres_idx(scontrol_text: str, node: str, kind: str = "npu") -> Optional[list[int]]:
+    """This node's device indexes from ``scontrol show job -d`` output, whose per-node lines read
+    ``Nodes=node[1-2] CPU_IDs=0-1 Mem=0 GRES=npu:2(IDX:0-1)`` (one line per group of nodes)."""
+    import re
+
+    from ..slurm import expand_hostlist
+
+    for m in re.finditer(r"\bNodes=(\S+)\s.*?GRES=(\S+)", scontrol_text):
+        if node not in expand_hostlist(m.group(1)):
+            continue
+        g = re.search(rf"{kind}[^,(]*\(IDX:([0-9,-]+)\)", m.group(2))
+        if g:
+            return _expand_idx(g.group(1))
+    return None
+
+
+def ascend_devices_for_this_node(env: Optional[dict] = None, scontrol=None) -> Optional[str]:
+    """``ASCEND_RT_VISIBLE_DEVICES`` for the node this task runs on.
+
+    The batch script derives it on the *first* node only and srun copies it to every task, so
+    on a multi-node job each task reads its own node's allocation (``scontrol show job -d``
+    for ``$SLURMD_NODENAME``). None: keep what the environment has."""
+    env = os.environ if env is None else env
+    job, node = env.get("SLURM_JOB_ID"), env.get("SLURMD_NODENAME")
+    if not job or not node or int(env.get("SLURM_NNODES", env.get("SLURM_JOB_NUM_NODES", "1")) or 1) <= 1:
+        return None
+    if scontrol is None:
+        import subprocess
+
+        def scontrol(job_id: str) -> str:
+            try:
+                return subprocess.run(["scontrol", "show", "job", "-d", job_id], capture_output=True,
+                                      text=True, timeout=30).stdout
+            except (OSError, subprocess.SubprocessError):
+                return ""
+    idx = node_gres_idx(scontrol(job), node, "npu")
+    return ",".join(map(str, idx)) if idx else None
+
+
+def setup_npu_env(env: Optional[dict] = None, scontrol=None) -> None:
+    """Per task, before torch_npu is imported: this node's devices and HCCL defaults."""
+    env = os.environ if env is None else env
+    devices = ascend_devices_for_this_node(env, scontrol)
+    if devices:
+        env["ASCEND_RT_VISIBLE_DEVICES"] = devices
+    env.setdefault("HCCL_CONNECT_TIMEOUT", "1200")   # first HCCL connect on a busy cluster is slow
+    env.setdefault("HCCL_EXEC_TIMEOUT", "1800")
+    env["DS_ACCELERATOR"] = "npu"
+
+
 def cpu_threads() -> int:
     """Threads for torch: Slurm's allocation, else the CPUs this process may use."""
     for name in ("SLURM_CPUS_PER_TASK", "OMP_NUM_THREADS"):
@@ -71,10 +158,24 @@ def import_npu() -> None:
     try:
         import torch_npu  # noqa: F401
     except ImportError as exc:
-        env = os.environ.get("CONDA_DEFAULT_ENV") or os.environ.get("VIRTUAL_ENV") or "the job's Python"
-        raise DeviceError(f"this is an NPU job but torch_npu cannot be imported in {env} ({exc}); "
+        import sys
+
+        env = os.environ.get("CONDA_DEFAULT_ENV") or os.environ.get("VIRTUAL_ENV") or sys.prefix
+        raise DeviceError(f"this is an NPU job but torch_npu cannot be imported in {env} "
+                          f"(python {sys.executable}: {exc}); "
                           "install it there: pip install 'hpcft[npu]' (matching your CANN version), "
                           "and check that the cluster's CANN set_env.sh is sourced (cann_set_env)") from None
+
+
+def require_npu() -> None:
+    """torch_npu imported (first thing in an NPU job) and at least one NPU visible."""
+    import_npu()
+    import torch
+
+    if not torch.npu.is_available():  # type: ignore[attr-defined]
+        raise DeviceError("torch_npu is installed but no NPU is visible "
+                          f"(ASCEND_RT_VISIBLE_DEVICES={os.environ.get('ASCEND_RT_VISIBLE_DEVICES', 'unset')}); "
+                          "check the job's --gres=npu and that no stale process holds the devices (npu-smi info)")
 
 
 @dataclass
@@ -99,10 +200,7 @@ def detect(requested_kind: str, precision: str = "auto") -> DeviceInfo:
     threads = cpu_threads()
     torch.set_num_threads(threads)
     if requested_kind == "npu":
-        import_npu()
-        if not torch.npu.is_available():  # type: ignore[attr-defined]
-            raise DeviceError("torch_npu is installed but no NPU is visible "
-                              f"(ASCEND_RT_VISIBLE_DEVICES={os.environ.get('ASCEND_RT_VISIBLE_DEVICES', 'unset')})")
+        require_npu()
         name = torch.npu.get_device_name(0)  # type: ignore[attr-defined]
         bf16_ok = _npu_bf16(torch, name)
         return DeviceInfo("npu", name, _choose(precision, bf16_ok, "npu"), threads)

@@ -97,6 +97,50 @@ def handoff() -> None:
     sys.exit(EXIT_REQUEUE)
 
 
+def await_requeue(limit_s: float = 300.0) -> None:
+    """A rank other than 0 after the stop checkpoint: only rank 0 requeues (submitit), and the
+    requeue ends every task. Returning instead would record this rank as finished; if no requeue
+    comes (rank 0 failed), exit non-zero so ``--kill-on-bad-exit`` ends the job."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+    log(f"rank 0 did not requeue the job within {limit_s:.0f} s; stopping")
+    os._exit(EXIT_REQUEUE)
+
+
+def _dist_world() -> int:
+    try:
+        import torch.distributed as dist
+
+        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    except (ImportError, RuntimeError):
+        return 1
+
+
+def agree_on_stop(local: bool, device: Any = None) -> bool:
+    """All ranks take the stop-at-signal decision together: the max of every rank's flag.
+
+    USR2 reaches each rank at a slightly different step; a rank that stopped alone would
+    leave the others waiting in the next collective (a checkpoint save or an all-reduce)
+    until the time limit kills the job without a checkpoint. Cost: one 4-byte all-reduce per
+    optimizer step, and on GPUs/NPUs one host-device sync per step."""
+    if _dist_world() <= 1:
+        return local
+    import torch
+    import torch.distributed as dist
+
+    flag = torch.tensor([1 if local else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def barrier() -> None:
+    if _dist_world() > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 # --------------------------------------------------------------------------- callback
 
 def make_callback(**kw):
@@ -111,7 +155,8 @@ def make_callback(**kw):
 class _CallbackMixin:
     def __init__(self, *, progress: ProgressWriter, is_main: bool, process_start: float,
                  checkpoint_steps: Optional[int] = None, on_eval: Optional[Callable] = None,
-                 save_best: Optional[Callable] = None, restart: int = 0, step_sleep: float = 0.0):
+                 save_best: Optional[Callable] = None, restart: int = 0, step_sleep: float = 0.0,
+                 fail_at: Optional[int] = None):
         self.progress = progress
         self.is_main = is_main
         self.process_start = process_start
@@ -120,6 +165,7 @@ class _CallbackMixin:
         self.save_best_hook = save_best
         self.restart = restart
         self.step_sleep = step_sleep
+        self.fail_at = fail_at
         self.first_step_s: Optional[float] = None
         self.t_begin = 0.0
         self.step_begin = 0
@@ -144,9 +190,14 @@ class _CallbackMixin:
                                 seconds_since_start=round(self.first_step_s, 3))
         if self.step_sleep:
             time.sleep(self.step_sleep)
+        if self.fail_at is not None and state.global_step >= self.fail_at:
+            raise RuntimeError(f"injected failure at step {state.global_step} (HPCFT_DEBUG_FAIL_RANK)")
         if self.checkpoint_steps and state.global_step % self.checkpoint_steps == 0:
             control.should_save = True
-        if SignalState.requested and not self.stopped_for_signal:
+        if not self.stopped_for_signal and agree_on_stop(SignalState.requested, _collective_device(args)):
+            if not SignalState.requested:
+                log("another rank received the time-limit signal: stopping with it")
+            SignalState.requested = True
             self.stopped_for_signal = True
             control.should_save = True
             control.should_training_stop = True
@@ -162,6 +213,7 @@ class _CallbackMixin:
 
     def on_save(self, args, state, control, **kw):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        barrier()  # every rank's part (DeepSpeed shards, RNG states) is on disk before the marker
         if self.is_main and folder.is_dir():
             mark_complete(folder, {"step": state.global_step, "epoch": state.epoch, "restart": self.restart})
             self.progress.write("checkpoint", step=state.global_step, epoch=state.epoch, path=str(folder))
@@ -213,6 +265,21 @@ class _CallbackMixin:
         if self.on_eval_hook is not None:
             self.on_eval_hook()
         return control
+
+
+def _collective_device(args: Any) -> Any:
+    """Where the stop flag lives: the rank's device for nccl/hccl, the CPU for gloo."""
+    device = getattr(args, "device", None)
+    return device if getattr(device, "type", "cpu") in ("cuda", "npu") else None
+
+
+def fail_step_from_env(rank: int) -> Optional[int]:
+    """``HPCFT_DEBUG_FAIL_RANK=N@S``: rank N raises at step S, to rehearse a failing rank."""
+    value = os.environ.get("HPCFT_DEBUG_FAIL_RANK", "")
+    which, _, step = value.partition("@")
+    if not which.strip().isdigit() or int(which) != rank:
+        return None
+    return int(step) if step.strip().isdigit() else 1
 
 
 def step_sleep_from_env() -> float:

@@ -86,6 +86,34 @@ def base_dir_of(spec: dict, paths: RunPaths) -> Path:
     return Path(spec.get("workdir") or paths.dir)
 
 
+def _fail_early(paths: RunPaths, writer: ProgressWriter, exc: BaseException) -> None:
+    for line in str(exc).splitlines():
+        print(f"hpcft: error: {line}", file=sys.stderr, flush=True)
+    writer.write("failed", error=str(exc))
+    _status(paths, "FAILED", error=str(exc))
+
+
+def _settle_device(spec: dict, rank) -> dict:
+    """The device kind this task really uses, decided before anything reads ``DS_ACCELERATOR``.
+
+    An NPU job imports torch_npu here, first thing (before transformers, datasets or any
+    model): a missing torch_npu stops the job in about a second, naming the environment."""
+    from .device import FALLBACK_VAR, ds_accelerator, effective_kind, require_npu
+
+    requested = spec.get("device", "cpu")
+    if requested == "npu":
+        os.environ.setdefault("DS_ACCELERATOR", "npu")
+        require_npu()
+    kind = effective_kind(requested)
+    if kind != requested:
+        if rank.is_main:
+            log(f"warning: a {requested} job but torch sees no CUDA device; {FALLBACK_VAR}=1 is set, so "
+                "training runs on CPU with gloo")
+        os.environ["DS_ACCELERATOR"] = ds_accelerator(kind)
+        spec = {**spec, "device": kind}
+    return spec
+
+
 def _status(paths: RunPaths, state: str, **extra: Any) -> None:
     from ..atomic import atomic_write_json
 
@@ -104,9 +132,14 @@ def main(run_dir: str | Path) -> dict:
 
     paths = RunPaths(Path(run_dir))
     spec = read_spec(paths.dir)
-    ensure_offline(spec)
     rank = rank_from_env()
     writer = ProgressWriter(paths.progress, enabled=rank.is_main)
+    try:
+        spec = _settle_device(spec, rank)
+    except Exception as exc:
+        _fail_early(paths, writer, exc)
+        raise
+    ensure_offline(spec)
     restart = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
 
     from ..atomic import read_json
@@ -129,10 +162,7 @@ def main(run_dir: str | Path) -> dict:
     try:
         require(refs)
     except Exception as exc:
-        for line in str(exc).splitlines():
-            print(f"hpcft: error: {line}", file=sys.stderr, flush=True)
-        writer.write("failed", error=str(exc))
-        _status(paths, "FAILED", error=str(exc))
+        _fail_early(paths, writer, exc)
         raise
     model_ref, data_ref = refs[0], refs[1]
     metric_ref = refs[2] if len(refs) > 2 else None
@@ -161,7 +191,7 @@ def _train(job, spec, paths, rank, writer, restart, model_ref, data_ref, metric_
 
     from . import checkpoints as ck
     from .data import prepare
-    from .device import detect, export_dist_env, peak_memory_mb
+    from .device import detect, dist_backend, export_dist_env, peak_memory_mb
     from .metrics import builtin_names, headline_of, load_staged, make_compute_metrics
     from .presets import preset_for
     from .results import eval_history, plot_curves, read_progress, write_metrics
@@ -175,6 +205,9 @@ def _train(job, spec, paths, rank, writer, restart, model_ref, data_ref, metric_
         export_dist_env(rank)
     device = detect(spec.get("device", "cpu"), t.precision)
     log(f"device {device.name}, precision {device.precision}, rank {rank.rank}/{rank.world_size}")
+    if rank.world_size > 1 and rank.is_main:
+        log(f"rendezvous {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}, "
+            f"{rank.world_size} ranks, backend {dist_backend(device.kind)}")
     transformers.set_seed(t.seed)
 
     preset = preset_for(data_ref.name, data_ref.config)
@@ -190,6 +223,8 @@ def _train(job, spec, paths, rank, writer, restart, model_ref, data_ref, metric_
                                                                 ("glue", "super_glue", "evaluate-metric/glue") else None)
         module = load_staged(metric_ref.path, config)
     compute_metrics = make_compute_metrics(regression=data.regression, names=names, module=module)
+    if not rank.is_main:  # the Trainer gathers predictions on every rank; score them once, on rank 0
+        compute_metrics = _no_metrics
 
     kw: dict[str, Any] = {}
     if data.label_names and not data.regression:
@@ -230,7 +265,10 @@ def _train(job, spec, paths, rank, writer, restart, model_ref, data_ref, metric_
         dataloader_pin_memory=device.kind != "cpu",
         remove_unused_columns=False,
         deepspeed=ds_config,
-        ddp_backend={"cpu": "gloo", "npu": "hccl", "cuda": "nccl"}[device.kind] if rank.world_size > 1 else None,
+        # transformers scales the loss by the rank count for token-averaged LM losses; a sequence
+        # classifier's loss is already a per-batch mean, so that would multiply gradients by the ranks
+        average_tokens_across_devices=False,
+        ddp_backend=dist_backend(device.kind) if rank.world_size > 1 else None,
     )
     best = _BestSaver(output_dir / "best", tokenizer, names, preset.headline if preset else None) \
         if t.save_best and rank.is_main else None
@@ -238,7 +276,8 @@ def _train(job, spec, paths, rank, writer, restart, model_ref, data_ref, metric_
                                   checkpoint_steps=t.checkpoint_steps, restart=restart,
                                   save_best=best.maybe_save if best else None,
                                   on_eval=(lambda: _plot(plot_curves, paths, names, preset)) if rank.is_main else None,
-                                  step_sleep=prog.step_sleep_from_env())
+                                  step_sleep=prog.step_sleep_from_env(),
+                                  fail_at=prog.fail_step_from_env(rank.rank))
     trainer = _trainer_class()(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
                                processing_class=tokenizer, compute_metrics=compute_metrics,
                                data_collator=DataCollatorWithPadding(
@@ -260,6 +299,8 @@ def _train(job, spec, paths, rank, writer, restart, model_ref, data_ref, metric_
         writer.write("requeue", step=trainer.state.global_step, saved=SignalState.saved, restart=restart)
         log(f"checkpoint at step {trainer.state.global_step} saved; handing over for requeue")
         prog.handoff()
+        if not rank.is_main:
+            prog.await_requeue()  # rank 0 requeues the job; Slurm ends this task with it
         return {}
 
     SignalState.phase = "finish"
@@ -273,9 +314,10 @@ def _train(job, spec, paths, rank, writer, restart, model_ref, data_ref, metric_
     history = eval_history(records)
     headline = headline_of(names, preset.headline if preset else None, final)
 
+    # every rank: under ZeRO-3 the weights are gathered from all of them; only rank 0 writes
+    trainer.save_model(str(output_dir))
     if rank.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
-        trainer.save_model(str(output_dir))
         tokenizer.save_pretrained(str(output_dir))
         for p in output_dir.iterdir():  # safetensors writes 0600; outputs are shared with the group
             if p.is_file():
@@ -335,6 +377,10 @@ def _deepspeed_config(t, world_size: int, device: str, base_dir: Path):
     if cfg is not None:
         log(f"DeepSpeed ZeRO stage {cfg.get('zero_optimization', {}).get('stage')} on {world_size} ranks")
     return cfg
+
+
+def _no_metrics(eval_pred) -> dict:
+    return {}
 
 
 def _optimizer(kind: str) -> str:
@@ -427,7 +473,9 @@ if __name__ == "__main__":  # python -m hpcft.worker.train RUN_DIR
     if len(sys.argv) != 2:
         print("usage: python -m hpcft.worker.train RUN_DIR", file=sys.stderr)
         sys.exit(2)
-    from ..launch import apply_env, read_spec
+    from ..launch import apply_env, prepare_task, read_spec
 
-    apply_env(read_spec(sys.argv[1]))
+    _spec = read_spec(sys.argv[1])
+    apply_env(_spec)
+    prepare_task(sys.argv[1], _spec)
     main(sys.argv[1])
