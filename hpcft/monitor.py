@@ -47,12 +47,12 @@ class Status:
 
 
 def _result_state(paths: RunPaths, job_id: str) -> tuple[Optional[str], Optional[str]]:
-    """COMPLETED/FAILED from submitit's result pickles (one per task), with the first
-    failing rank's error."""
-    results = sorted(paths.submitit.glob(f"{job_id}_*_result.pkl"),
-                     key=lambda p: int(p.name.split("_")[1]) if p.name.split("_")[1].isdigit() else 0)
+    """COMPLETED/FAILED from submitit's result pickles (one per task). When several ranks
+    failed, the earliest failure is the cause; the others are usually its echo."""
+    results = list(paths.submitit.glob(f"{job_id}_*_result.pkl"))
     if not results:
         return None, None
+    failures: list[tuple[float, str, str]] = []
     for result in results:
         rank = result.name.split("_")[1]
         try:
@@ -61,8 +61,11 @@ def _result_state(paths: RunPaths, job_id: str) -> tuple[Optional[str], Optional
         except Exception as exc:  # a foreign/corrupt pickle must not break status: report it
             return "FAILED", f"unreadable result file {result}: {exc}"
         if outcome != "success":
-            prefix = f"rank {rank}: " if len(results) > 1 or rank != "0" else ""
-            return "FAILED", prefix + _last_error_line(str(payload))
+            failures.append((result.stat().st_mtime, rank, _last_error_line(str(payload))))
+    if failures:
+        _, rank, error = min(failures)
+        prefix = f"rank {rank}: " if len(results) > 1 or rank != "0" else ""
+        return "FAILED", prefix + error
     if not (paths.submitit / f"{job_id}_0_result.pkl").is_file():
         return None, None
     return "COMPLETED", None
