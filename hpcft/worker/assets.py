@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -174,19 +173,15 @@ def resolve_train_assets(train, cache: Cache, base_dir: Optional[Path] = None) -
 
 def stage_command(missing: list[JobAsset]) -> str:
     names = [r.typed for r in missing if r.kind != "file"]
-    try:  # the staging CLI's own formatting, when installed
-        from ..stage.check import stage_command as _cmd  # type: ignore[attr-defined]
-        from ..job import Assets
+    from ..job import Assets
+    from ..stage.check import stage_command as _cmd
 
-        assets = Assets(models=[r.name for r in missing if r.kind == "model"],
-                        datasets=[r.typed for r in missing if r.kind == "dataset"],
-                        metrics=[r.name for r in missing if r.kind == "metric"])
-        return _cmd(assets, _settings())
-    except ImportError:
-        pass
-    except Exception:  # noqa: BLE001 - their formatter's failure must not hide which assets are missing
-        pass
-    return "hpcft stage " + " ".join(shlex.quote(n) for n in names)
+    if not names:
+        return "hpcft stage"
+    assets = Assets(models=[r.name for r in missing if r.kind == "model"],
+                    datasets=[r.typed for r in missing if r.kind == "dataset"],
+                    metrics=[r.name for r in missing if r.kind == "metric"])
+    return _cmd(assets, _settings())
 
 
 def require(refs: list[JobAsset]) -> None:

@@ -220,8 +220,8 @@ def _npu_bf16(torch, name: str) -> bool:
     if callable(checker):
         try:
             return bool(checker())
-        except Exception:  # noqa: BLE001 - older torch_npu: decide from the chip name
-            pass
+        except (RuntimeError, AttributeError, TypeError):
+            return "910B" in name or "910_9" in name  # older torch_npu: decide from the chip name
     return "910B" in name or "910_9" in name
 
 
@@ -249,6 +249,6 @@ def peak_memory_mb(kind: str) -> dict:
             out["device_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         elif kind == "npu":
             out["device_mb"] = round(torch.npu.max_memory_allocated() / 2**20, 1)  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001 - memory stats are informational
-        pass
+    except (ImportError, RuntimeError, AttributeError) as exc:  # informational: say why it is missing
+        out["device_mb_error"] = f"{type(exc).__name__}: {exc}"
     return out

@@ -119,8 +119,8 @@ def _status(paths: RunPaths, state: str, **extra: Any) -> None:
 
     try:
         atomic_write_json(paths.status, {"state": state, "time": time.time(), **extra})
-    except OSError:
-        pass
+    except OSError as exc:  # status.json is a convenience; training goes on, but say so
+        print(f"hpcft: warning: cannot write {paths.status}: {exc}", file=sys.stderr, flush=True)
 
 
 def main(run_dir: str | Path) -> dict:
@@ -465,8 +465,8 @@ def on_signal(run_dir: str | Path) -> None:
     log(f"requeueing: {state}")
     try:
         ProgressWriter(paths.progress).write("requeue_handoff", saved=SignalState.saved)
-    except OSError:
-        pass
+    except OSError as exc:
+        print(f"hpcft: warning: cannot record the requeue in {paths.progress}: {exc}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":  # python -m hpcft.worker.train RUN_DIR
