@@ -105,10 +105,10 @@ def _await_teardown(why: str) -> None:
 def set_rank_env() -> None:
     """torch.distributed's env:// variables, from this task's own Slurm variables
     (expanded here, inside the task, never in the batch shell)."""
-    rank = os.environ.get("SLURM_PROCID", os.environ.get("SUBMITIT_LOCAL_GLOBALID", "0"))
-    local = os.environ.get("SLURM_LOCALID", os.environ.get("SUBMITIT_LOCAL_LOCALID", "0"))
-    world = os.environ.get("SLURM_NTASKS", os.environ.get("SUBMITIT_LOCAL_NTASKS", "1"))
-    os.environ.update(RANK=rank, LOCAL_RANK=local, WORLD_SIZE=world)
+    from .ranklog import task_ids
+
+    rank, local, world = task_ids()
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(local), WORLD_SIZE=str(world))
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(20000 + int(os.environ.get("SLURM_JOB_ID", "0") or 0) % 10000))
 

@@ -12,9 +12,19 @@ import sys
 from pathlib import Path
 
 
+def task_ids() -> tuple[int, int, int]:
+    """(rank, local rank, world size) of this task: Slurm's per-task ids, else submitit's
+    local executor's. The one place the launcher reads them."""
+    def first(slurm: str, local: str, default: str) -> int:
+        return int(os.environ.get(slurm, os.environ.get(local, default)) or default)
+
+    return (first("SLURM_PROCID", "SUBMITIT_LOCAL_GLOBALID", "0"),
+            first("SLURM_LOCALID", "SUBMITIT_LOCAL_LOCALID", "0"),
+            first("SLURM_NTASKS", "SUBMITIT_LOCAL_NTASKS", "1"))
+
+
 def task_rank() -> tuple[int, int]:
-    rank = int(os.environ.get("SLURM_PROCID", os.environ.get("SUBMITIT_LOCAL_GLOBALID", "0")) or 0)
-    world = int(os.environ.get("SLURM_NTASKS", os.environ.get("SUBMITIT_LOCAL_NTASKS", "1")) or 1)
+    rank, _, world = task_ids()
     return rank, world
 
 
