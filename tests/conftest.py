@@ -1,5 +1,5 @@
 """Shared fixtures. Every test gets its own HPCFT_HOME / cache / config dirs, so no test
-touches a real home; Slurm tests use the real dev cluster (scripts/dev-slurm)."""
+touches a real home; Slurm tests use the real dev cluster (devtools/cluster/dev-slurm)."""
 
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ def hpcft_home(tmp_path_factory, monkeypatch):
 
 
 def _dev_slurm_conf() -> str | None:
-    """SLURM_CONF of the dev cluster if it is up (scripts/dev-slurm env / status)."""
-    script = ROOT / "scripts" / "dev-slurm"
+    """SLURM_CONF of the dev cluster if it is up (devtools/cluster/dev-slurm env / status)."""
+    script = ROOT / "devtools" / "cluster" / "dev-slurm"
     if not script.exists() or shutil.which("sbatch") is None:
         return None
     out = subprocess.run([str(script), "env"], capture_output=True, text=True).stdout
@@ -48,7 +48,7 @@ def slurm_conf():
     """The dev cluster's SLURM_CONF. Missing Slurm fails under CI=true, skips otherwise."""
     conf = _dev_slurm_conf()
     if conf is None:
-        msg = "no Slurm cluster: run 'scripts/dev-slurm up' first"
+        msg = "no Slurm cluster: run 'devtools/cluster/dev-slurm up' first"
         if IN_CI:
             pytest.fail(msg + " (CI=true: Slurm is required)")
         pytest.skip(msg)

@@ -24,7 +24,7 @@ def acct_conf():
     env = {**os.environ, "HPCFT_DEV_SLURM_DIR": ACCT_DIR, "HPCFT_DEV_SLURM_PORT": ACCT_PORT}
     if os.geteuid() != 0:
         pytest.skip("needs root to start slurmdbd/MariaDB")
-    proc = subprocess.run(["bash", str(ROOT / "scripts/dev-slurm"), "up", "--accounting"], env=env,
+    proc = subprocess.run(["bash", str(ROOT / "devtools/cluster/dev-slurm"), "up", "--accounting"], env=env,
                           capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         msg = f"accounting cluster did not start:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
@@ -32,7 +32,7 @@ def acct_conf():
             pytest.fail(msg)
         pytest.skip(msg)
     yield f"{ACCT_DIR}/etc/slurm.conf"
-    subprocess.run(["bash", str(ROOT / "scripts/dev-slurm"), "down"], env=env, capture_output=True, timeout=120)
+    subprocess.run(["bash", str(ROOT / "devtools/cluster/dev-slurm"), "down"], env=env, capture_output=True, timeout=120)
 
 
 @pytest.fixture

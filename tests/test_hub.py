@@ -1,4 +1,4 @@
-"""The loopback hub (tests/hub) against the REAL client libraries, and its fault knobs.
+"""The loopback hub (devtools/hub) against the REAL client libraries, and its fault knobs.
 
 Real clients run in subprocesses: huggingface_hub, datasets and evaluate read
 HF_ENDPOINT / *_OFFLINE at import time.  Protocol details and fault knobs are
@@ -17,7 +17,7 @@ import urllib.request
 
 import pytest
 
-from tests.hub.pytest_fixtures import client_env, hub, hub_fixtures, hub_server, run_client  # noqa: F401
+from devtools.hub.pytest_fixtures import client_env, hub, hub_fixtures, hub_server, run_client  # noqa: F401
 
 pytestmark = pytest.mark.hub
 
@@ -125,7 +125,7 @@ def test_evaluate_load_online_then_offline(hub, tmp_path):
 
 
 def test_glue_metric_numpy_matches_sklearn_scipy():
-    from tests.hub import glue_metric as g
+    from devtools.hub import glue_metric as g
 
     assert g.matthews_corrcoef([1, 1, 0, 0], [1, 0, 1, 0]) == 0.0
     assert g.f1_binary([1, 1, 0], [1, 0, 1]) == pytest.approx(0.5)

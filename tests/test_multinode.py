@@ -1,4 +1,4 @@
-"""Issue 5 on the real 2-node cluster (scripts/dev-slurm-mn: node1 + node2 in network
+"""Issue 5 on the real 2-node cluster (devtools/cluster/dev-slurm-mn: node1 + node2 in network
 namespaces, no route to the hub, fake gpu:2 gres each).
 
 The tiny BERT and the MRPC stand-in are staged once per session on the login node (the
@@ -21,12 +21,12 @@ import pytest
 import yaml
 
 from tests.conftest import IN_CI, ROOT, hpcft
-from tests.hub.pytest_fixtures import hub_fixtures  # noqa: F401
-from tests.hub.server import HubServer
+from devtools.hub.pytest_fixtures import hub_fixtures  # noqa: F401
+from devtools.hub.server import HubServer
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-MN = ROOT / "scripts" / "dev-slurm-mn"
+MN = ROOT / "devtools" / "cluster" / "dev-slurm-mn"
 DEAD = "http://127.0.0.1:9"
 ACC_TOL = 0.06      # accuracy points on 128 eval examples (a few examples)
 LOSS_TOL = 0.08
@@ -42,17 +42,17 @@ def _unavailable(msg: str):
 def mn_conf() -> str:
     """Bring the 2-node cluster up (idempotent, ~0.2 s when packages are installed)."""
     if os.geteuid() != 0:
-        _unavailable("scripts/dev-slurm-mn needs root")
+        _unavailable("devtools/cluster/dev-slurm-mn needs root")
     try:
         proc = subprocess.run(["bash", str(MN), "up"], capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired:
-        _unavailable("scripts/dev-slurm-mn up timed out")
+        _unavailable("devtools/cluster/dev-slurm-mn up timed out")
     if proc.returncode != 0:
-        _unavailable(f"scripts/dev-slurm-mn up failed:\n{proc.stderr[-3000:]}")
+        _unavailable(f"devtools/cluster/dev-slurm-mn up failed:\n{proc.stderr[-3000:]}")
     for line in proc.stdout.splitlines():
         if line.startswith("export SLURM_CONF="):
             return line.split("=", 1)[1].strip().strip("'\"")
-    _unavailable(f"scripts/dev-slurm-mn up printed no SLURM_CONF:\n{proc.stdout[-2000:]}")
+    _unavailable(f"devtools/cluster/dev-slurm-mn up printed no SLURM_CONF:\n{proc.stdout[-2000:]}")
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +85,7 @@ def mn(mn_conf, mn_home, monkeypatch):
 @pytest.fixture(scope="session")
 def reference(mn_home) -> dict:
     """The same job in one process (batch 16), run locally: the numbers the ranks must match."""
-    from tests.tutorial.helpers import make_run, run_worker
+    from devtools.runs import make_run, run_worker
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HPCFT_HOME", str(mn_home / "ref"))

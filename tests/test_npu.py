@@ -11,7 +11,7 @@ import sys
 import textwrap
 import time
 
-from tests.tutorial.helpers import ROOT, make_run
+from devtools.runs import ROOT, make_run
 
 SCONTROL_2_NODES = """\
 JobId=42 JobName=cola-npu

@@ -27,7 +27,7 @@ from hpcft.stage import stage as stage_mod
 from hpcft.stage.resolve import load_table, plan
 from hpcft.stage.stage import StageOptions, stage
 from hpcft.stage.store import Cache
-from tests.hub.pytest_fixtures import hub, hub_fixtures, hub_server  # noqa: F401
+from devtools.hub.pytest_fixtures import hub, hub_fixtures, hub_server  # noqa: F401
 
 pytestmark = pytest.mark.hub
 

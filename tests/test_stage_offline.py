@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from hpcft.offline import offline_env, shim_path
-from tests.hub.pytest_fixtures import hub_fixtures  # noqa: F401
-from tests.hub.server import HubServer
+from devtools.hub.pytest_fixtures import hub_fixtures  # noqa: F401
+from devtools.hub.server import HubServer
 
 pytestmark = pytest.mark.hub
 ROOT = Path(__file__).resolve().parent.parent

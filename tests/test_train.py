@@ -19,8 +19,8 @@ import yaml
 
 from hpcft.worker.checkpoints import MARKER
 from hpcft.worker.progress import EXIT_REQUEUE
-from tests.hub.pytest_fixtures import hub_fixtures  # noqa: F401
-from tests.tutorial.helpers import ROOT, make_run, run_worker, stage_standard, tiny_job
+from devtools.hub.pytest_fixtures import hub_fixtures  # noqa: F401
+from devtools.runs import ROOT, make_run, run_worker, stage_standard, tiny_job
 
 pytestmark = pytest.mark.slow
 

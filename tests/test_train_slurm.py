@@ -1,4 +1,4 @@
-"""The built-in trainer through the real dev cluster (scripts/dev-slurm up).
+"""The built-in trainer through the real dev cluster (devtools/cluster/dev-slurm up).
 
 End to end: loopback hub -> `hpcft stage` -> hub shut down -> `hpcft submit --wait` ->
 the worker trains the tiny BERT on the learnable MRPC stand-in -> metrics.json above
@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.hub.pytest_fixtures import hub_fixtures  # noqa: F401
+from devtools.hub.pytest_fixtures import hub_fixtures  # noqa: F401
 from tests.test_train_tutorial import stage_from_loopback_hub
-from tests.tutorial.helpers import make_run, run_worker, stage_standard, tiny_job
+from devtools.runs import make_run, run_worker, stage_standard, tiny_job
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

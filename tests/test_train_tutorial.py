@@ -19,8 +19,8 @@ import yaml
 
 from hpcft.config import load_settings
 from hpcft.offline import offline_env
-from tests.hub.pytest_fixtures import hub_fixtures  # noqa: F401
-from tests.hub.server import HubServer
+from devtools.hub.pytest_fixtures import hub_fixtures  # noqa: F401
+from devtools.hub.server import HubServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tests" / "tutorial" / "run_glue.py"

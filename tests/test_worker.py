@@ -23,7 +23,7 @@ from hpcft.stage.store import Cache, register_local
 from hpcft.worker import assets, checkpoints as ck, metrics as mt
 from hpcft.worker.presets import preset_for
 from hpcft.worker.progress import NaNLossError, ProgressWriter, _CallbackMixin
-from tests.tutorial.helpers import make_run, tiny_job
+from devtools.runs import make_run, tiny_job
 
 ROOT = Path(__file__).resolve().parent.parent
 

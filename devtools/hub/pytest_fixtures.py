@@ -1,5 +1,5 @@
 """pytest fixtures for the loopback hub.  Use from a conftest with
-``pytest_plugins = ["tests.hub.pytest_fixtures"]`` or import them into a test module.
+``pytest_plugins = ["devtools.hub.pytest_fixtures"]`` or import them into a test module.
 
 - ``hub_fixtures``  (session): {(kind, repo_id): folder} of the standard fixture set.
   Generated once per session (~5 s, imports transformers), or reused from

@@ -15,9 +15,9 @@ from hpcft.job import load_job
 from hpcft.render import make_plan
 from hpcft.runs import RunPaths, new_run_dir
 from hpcft.stage.store import Cache, register_local
-from tests.hub.fixtures import make_standard_fixtures
+from devtools.hub.fixtures import make_standard_fixtures
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 GLUE_CONFIGS = ("mrpc", "cola", "sst2")
 
 

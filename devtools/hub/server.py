@@ -13,7 +13,7 @@ corrupted bytes) and a request log let tests check retry/resume/verification and
         ...  # run a client with HF_ENDPOINT=hub.url
         assert hub.log.fetched_files() == {...}
 
-Standalone:  python -m tests.hub.server --port 0 --fixtures DIR   (prints READY <url>)
+Standalone:  python -m devtools.hub.server --port 0 --fixtures DIR   (prints READY <url>)
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ class _Server(ThreadingHTTPServer):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tests.hub.server", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m devtools.hub.server", description=__doc__.split("\n\n")[0])
     ap.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     ap.add_argument("--port", type=int, default=0, help="0 picks a free port")
     ap.add_argument("--fixtures", default=os.environ.get("HPCFT_HUB_FIXTURES") or
