@@ -18,14 +18,11 @@ from typing import Optional
 
 from .errors import SlurmError
 from .slurm_time import parse_slurm_elapsed
+from .slurmfmt import expand_hostlist
 
 TERMINAL_STATES = {
     "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
     "DEADLINE", "PREEMPTED", "REVOKED", "SPECIAL_EXIT",
-}
-ACTIVE_STATES = {
-    "PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED",
-    "COMPLETING", "CONFIGURING", "STOPPED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD",
 }
 _TIMEOUT = float(os.environ.get("HPCFT_SLURM_TIMEOUT", "30"))
 
@@ -57,26 +54,6 @@ def parse_gres(text: str) -> dict[str, int]:
             count = int(parts[-1])
         out[name] = out.get(name, 0) + count
     return out
-
-
-def expand_hostlist(text: str) -> list[str]:
-    """``node[1-3,5],gpu01`` -> ['node1', 'node2', 'node3', 'node5', 'gpu01']."""
-    hosts: list[str] = []
-    for m in re.finditer(r"([^,\[]+)(?:\[([^\]]+)\])?([^,]*)", text or ""):
-        prefix, ranges, suffix = m.group(1), m.group(2), m.group(3)
-        if not prefix and not ranges:
-            continue
-        if not ranges:
-            hosts.append(prefix + suffix)
-            continue
-        for part in ranges.split(","):
-            if "-" in part:
-                lo, hi = part.split("-", 1)
-                width = len(lo)
-                hosts += [f"{prefix}{i:0{width}d}{suffix}" for i in range(int(lo), int(hi) + 1)]
-            else:
-                hosts.append(prefix + part + suffix)
-    return hosts
 
 
 def read_job_id(sbatch_output: str) -> str:
@@ -184,18 +161,6 @@ def parse_sacct(text: str, job_id: str) -> Optional[JobInfo]:
     return None
 
 
-def parse_npu_idx(text: str) -> list[int]:
-    """Device indexes from ``scontrol show job -d`` (``GRES=npu:2(IDX:0-1)``)."""
-    m = re.search(r"GRES=\S*npu\S*\(IDX:([0-9,-]+)\)", text)
-    if not m:
-        return []
-    out: list[int] = []
-    for part in m.group(1).split(","):
-        lo, _, hi = part.partition("-")
-        out += list(range(int(lo), int(hi or lo) + 1))
-    return out
-
-
 # --------------------------------------------------------------------------- commands
 
 def _run(args: list[str], timeout: float = _TIMEOUT, check: bool = True) -> subprocess.CompletedProcess:
@@ -271,14 +236,5 @@ def job_info(job_id: str) -> Optional[JobInfo]:
     return None
 
 
-def job_detail(job_id: str) -> str:
-    return _run(["scontrol", "show", "job", "-d", job_id], check=False).stdout
-
-
 def cancel(job_id: str) -> None:
     _run(["scancel", job_id])
-
-
-def queue_ids(user: Optional[str] = None) -> list[str]:
-    args = ["squeue", "-h", "-o", "%i"] + (["-u", user] if user else [])
-    return _run(args).stdout.split()

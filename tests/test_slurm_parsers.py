@@ -4,6 +4,7 @@ import pytest
 
 from hpcft import slurm
 from hpcft.slurm_time import format_duration, parse_duration, parse_slurm_elapsed
+from hpcft.slurmfmt import expand_hostlist, node_gres_idx
 
 PARTITIONS = """\
 PartitionName=cpu AllowGroups=ALL AllowAccounts=ALL AllowQos=ALL AllocNodes=ALL Default=YES QoS=N/A DefaultTime=NONE DisableRootJobs=NO ExclusiveUser=NO GraceTime=0 Hidden=NO MaxNodes=UNLIMITED MaxTime=1-00:00:00 MinNodes=0 LLN=NO MaxCPUsPerNode=UNLIMITED Nodes=vm PriorityJobFactor=1 PriorityTier=1 RootOnly=NO ReqResv=NO OverSubscribe=FORCE:4 OverTimeLimit=NONE PreemptMode=OFF State=UP TotalCPUs=2 TotalNodes=1 SelectTypeParameters=NONE JobDefaults=(null) DefMemPerNode=UNLIMITED MaxMemPerNode=UNLIMITED TRES=cpu=2,mem=19200M,node=1,billing=2
@@ -93,8 +94,8 @@ def test_job_failed_and_pending():
 def test_multiline_job_and_npu_idx():
     info = slurm.parse_scontrol_job(JOB_DETAIL)
     assert info.state == "RUNNING" and info.job_id == "4"
-    assert slurm.parse_npu_idx(JOB_DETAIL) == [0, 1, 3]
-    assert slurm.parse_npu_idx("no gres here") == []
+    assert node_gres_idx(JOB_DETAIL) == [0, 1, 3]
+    assert node_gres_idx("no gres here") is None
 
 
 def test_sacct():
@@ -114,9 +115,9 @@ def test_read_job_id():
 
 
 def test_hostlist():
-    assert slurm.expand_hostlist("node[1-3,5],gpu01") == ["node1", "node2", "node3", "node5", "gpu01"]
-    assert slurm.expand_hostlist("cn[008-010]") == ["cn008", "cn009", "cn010"]
-    assert slurm.expand_hostlist("vm") == ["vm"]
+    assert expand_hostlist("node[1-3,5],gpu01") == ["node1", "node2", "node3", "node5", "gpu01"]
+    assert expand_hostlist("cn[008-010]") == ["cn008", "cn009", "cn010"]
+    assert expand_hostlist("vm") == ["vm"]
 
 
 @pytest.mark.parametrize("text,seconds", [
