@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import IO, Any, Optional
 
 from . import slurm
-from .runs import RunPaths, RunRecord, RunStore
+from .rundir import RunPaths
+from .runs import RunRecord, RunStore
 from .slurm import TERMINAL_STATES
 
 
@@ -118,7 +119,7 @@ def _error_from_logs(paths: RunPaths, job_id: str) -> Optional[str]:
 
 
 def status(record: RunRecord) -> Status:
-    paths = RunPaths(Path(record.run_dir))
+    paths = RunPaths(record.run_dir)
     job_id = record.job_id
     st = Status(run_id=record.run_id, job_id=job_id, state=record.state,
                 log=str(paths.stdout(job_id)) if job_id else None)
@@ -178,19 +179,8 @@ def cancel(record: RunRecord) -> None:
     RunStore(Path(record.run_dir).parent).save(record)
 
 
-def wait(record: RunRecord, poll_s: float = 1.0, timeout_s: Optional[float] = None) -> Status:
-    start = time.monotonic()
-    while True:
-        st = status(record)
-        if st.terminal:
-            return st
-        if timeout_s is not None and time.monotonic() - start > timeout_s:
-            return st
-        time.sleep(poll_s)
-
-
 def log_path(record: RunRecord, err: bool = False, rank: Optional[int] = None) -> Path:
-    paths = RunPaths(Path(record.run_dir))
+    paths = RunPaths(record.run_dir)
     if rank is not None and rank != 0:
         return paths.rank_log(record.job_id, rank)
     return paths.stderr(record.job_id) if err else paths.stdout(record.job_id)

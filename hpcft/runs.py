@@ -1,19 +1,8 @@
-"""Run folders and the runs index.
+"""Run folders and the runs index (login side).
 
-One folder per submit under ``Settings.runs``::
-
-    <run_id>/
-      job.yaml            the resolved job (all config layers applied)
-      job.source.yaml     the job file as the user wrote it
-      job.sh              the rendered sbatch script
-      run.json            run record: ids, paths, executor, last known state
-      job.<jobid>.out/err logs, named as SCOW users expect
-      submitit/           submitit's pickles and per-task logs
-      output/             default output_dir
-      progress.jsonl, metrics.json, ...   written by the worker
-
-The index (``index.jsonl``) is append-only under a lock, so concurrent submits
-never lose each other's lines; run.json is replaced atomically.
+One folder per submit under ``Settings.runs``; what lives inside is the run-folder contract
+in :mod:`hpcft.rundir`. The index (``index.jsonl``) is append-only under a lock, so concurrent
+submits never lose each other's lines; run.json is replaced atomically.
 """
 
 from __future__ import annotations
@@ -23,12 +12,13 @@ import json
 import os
 import re
 import secrets
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from .atomic import atomic_write_json, file_lock, read_json
 from .errors import NotFoundError
+from .rundir import RunPaths
 
 
 @dataclass
@@ -43,44 +33,11 @@ class RunRecord:
     job_id: Optional[str] = None
     state: str = "NEW"
     partition: Optional[str] = None
-    cluster: Optional[str] = None
-    history: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunRecord":
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
-
-
-class RunPaths:
-    """The one place that knows where things live in a run folder."""
-
-    def __init__(self, run_dir: Path):
-        self.dir = Path(run_dir)
-
-    @property
-    def run_id(self) -> str:
-        return self.dir.name
-
-    record = property(lambda self: self.dir / "run.json")
-    job_yaml = property(lambda self: self.dir / "job.yaml")
-    source_yaml = property(lambda self: self.dir / "job.source.yaml")
-    script = property(lambda self: self.dir / "job.sh")
-    submitit = property(lambda self: self.dir / "submitit")
-    output = property(lambda self: self.dir / "output")
-    progress = property(lambda self: self.dir / "progress.jsonl")
-    metrics = property(lambda self: self.dir / "metrics.json")
-    status = property(lambda self: self.dir / "status.json")
-    logs = property(lambda self: self.dir / "logs")
-
-    def stdout(self, job_id: str) -> Path:
-        return self.dir / f"job.{job_id}.out"
-
-    def stderr(self, job_id: str) -> Path:
-        return self.dir / f"job.{job_id}.err"
-
-    def rank_log(self, job_id: str, rank: int) -> Path:
-        return self.logs / f"job.{job_id}.rank{rank}.out"
 
 
 def _slug(name: str) -> str:
@@ -108,7 +65,7 @@ class RunStore:
         self.lock = self.root / ".index.lock"
 
     def save(self, record: RunRecord) -> None:
-        atomic_write_json(Path(record.run_dir) / "run.json", asdict(record))
+        atomic_write_json(RunPaths(record.run_dir).record, asdict(record))
 
     def add(self, record: RunRecord) -> None:
         """Write run.json, then append the run to the index under the lock."""
@@ -124,7 +81,7 @@ class RunStore:
                 os.close(fd)
 
     def load(self, run_dir: Path) -> RunRecord:
-        data = read_json(Path(run_dir) / "run.json")
+        data = read_json(RunPaths(run_dir).record)
         if data is None:
             raise NotFoundError(f"{run_dir}: not an hpcft run folder (no run.json)")
         return RunRecord.from_dict(data)
@@ -155,7 +112,7 @@ class RunStore:
 
     def find(self, ref: Optional[str]) -> RunRecord:
         """A run by id, id prefix, Slurm job id, run folder path, or the latest when ref is None."""
-        if ref and Path(ref).is_dir() and (Path(ref) / "run.json").is_file():
+        if ref and Path(ref).is_dir() and RunPaths(ref).record.is_file():
             return self.load(Path(ref))
         entries = self.entries()
         if not entries:
@@ -177,7 +134,7 @@ class RunStore:
         return self.load(Path(matches[-1]["run_dir"]))
 
     def _job_id_of(self, entry: dict) -> Optional[str]:
-        data = read_json(Path(entry["run_dir"]) / "run.json") or {}
+        data = read_json(RunPaths(entry["run_dir"]).record) or {}
         return str(data.get("job_id"))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..rundir import RunPaths
 from .common import print_json, settings, table
 
 
@@ -18,7 +19,7 @@ def register(sub) -> None:
 def headline(run_dir: str) -> str:
     """The headline eval metric from metrics.json, e.g. 'accuracy 0.861'."""
     try:
-        metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+        metrics = json.loads(RunPaths(run_dir).metrics.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return ""
     name = metrics.get("headline")

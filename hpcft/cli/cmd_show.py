@@ -33,21 +33,23 @@ def collect(record) -> dict:
     import yaml
 
     from ..monitor import last_progress
-    from ..runs import RunPaths
+    from ..rundir import LaunchSpec, RunPaths
 
-    paths = RunPaths(Path(record.run_dir))
+    paths = RunPaths(record.run_dir)
     try:
         job = yaml.safe_load(paths.job_yaml.read_text(encoding="utf-8"))
     except (FileNotFoundError, yaml.YAMLError):
         job = None
-    launch = _read_json(paths.dir / "launch.json") or {}
-    out_dir = Path(launch.get("output_dir") or paths.output)
+    try:
+        out_dir = Path(LaunchSpec.read(paths.dir).output_dir)
+    except (OSError, ValueError, TypeError):  # a run folder from before the launch spec, or a torn one
+        out_dir = paths.output
     files = {
         "run_dir": str(paths.dir), "job_yaml": str(paths.job_yaml), "script": str(paths.script),
         "log": str(paths.stdout(record.job_id)) if record.job_id else None,
         "metrics": str(paths.metrics) if paths.metrics.is_file() else None,
         "progress": str(paths.progress) if paths.progress.is_file() else None,
-        "curves": str(paths.dir / "curves.png") if (paths.dir / "curves.png").is_file() else None,
+        "curves": str(paths.curves) if paths.curves.is_file() else None,
         "output_dir": str(out_dir),
         "best_model": str(out_dir / "best") if (out_dir / "best").is_dir() else None,
     }

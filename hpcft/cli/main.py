@@ -26,13 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hpcft {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"hpcft.cli.cmd_{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"hpcft.cli.cmd_{name}":
-                continue  # a command not in this build
-            raise
-        module.register(sub)
+        importlib.import_module(f"hpcft.cli.cmd_{name}").register(sub)
     return parser
 
 

@@ -1,0 +1,111 @@
+"""The run-folder contract: where things live in a run folder, and the launch spec that
+the login side writes and the compute side reads.
+
+This module is one of the two places where the login side (CLI, submit, monitor) and the
+compute side (:mod:`hpcft.worker`) meet; the other is the job schema (:mod:`hpcft.job`).
+Everything either side needs to find in a run folder goes through :class:`RunPaths`, and
+:class:`LaunchSpec` has one writer (:func:`hpcft.submit.prepare_run`) and one reader
+(:meth:`LaunchSpec.read`, used by the worker and by ``hpcft show``)::
+
+    <run_id>/
+      job.source.yaml     the job file as the user wrote it
+      job.yaml            the resolved job (all config layers applied)
+      launch.json         the launch spec (below)
+      job.sh              the rendered sbatch script
+      run.json            run record: ids, paths, executor, last known state (hpcft.runs)
+      job.<jobid>.out/err logs, named as SCOW users expect; logs/ has one file per extra rank
+      submitit/           submitit's pickles and per-task logs
+      output/             default output_dir
+      progress.jsonl, metrics.json, status.json, curves.png, checkpoints/   written by the worker
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+from .atomic import atomic_write_json
+
+SPEC_VERSION = 2
+
+
+class RunPaths:
+    """The one place that knows where things live in a run folder."""
+
+    def __init__(self, run_dir: Path | str):
+        self.dir = Path(run_dir)
+
+    @property
+    def run_id(self) -> str:
+        return self.dir.name
+
+    record = property(lambda self: self.dir / "run.json")
+    job_yaml = property(lambda self: self.dir / "job.yaml")
+    source_yaml = property(lambda self: self.dir / "job.source.yaml")
+    launch = property(lambda self: self.dir / "launch.json")
+    script = property(lambda self: self.dir / "job.sh")
+    submitit = property(lambda self: self.dir / "submitit")
+    output = property(lambda self: self.dir / "output")
+    checkpoints = property(lambda self: self.dir / "checkpoints")
+    progress = property(lambda self: self.dir / "progress.jsonl")
+    metrics = property(lambda self: self.dir / "metrics.json")
+    status = property(lambda self: self.dir / "status.json")
+    curves = property(lambda self: self.dir / "curves.png")
+    logs = property(lambda self: self.dir / "logs")
+
+    def stdout(self, job_id: str) -> Path:
+        return self.dir / f"job.{job_id}.out"
+
+    def stderr(self, job_id: str) -> Path:
+        return self.dir / f"job.{job_id}.err"
+
+    def rank_log(self, job_id: str, rank: int) -> Path:
+        return self.logs / f"job.{job_id}.rank{rank}.out"
+
+    def submitit_log(self, job_id: str, suffix: str, task: int = 0) -> Path:
+        return self.submitit / f"{job_id}_{task}_log.{suffix}"
+
+
+@dataclass
+class LaunchSpec:
+    """What the compute node needs to run a job, decided once on the login side.
+
+    ``env`` is the complete environment the job exports (offline flags, caches, hpcft's
+    variables, the job's own ``env.vars``), with ``PYTHONPATH`` already in its final order
+    (see :func:`hpcft.offline.join_paths`); the batch script prints it and the worker applies
+    the same dict, so the local executor, which runs no script, gets the same environment.
+    """
+
+    kind: str                       # train | script
+    run_dir: str
+    workdir: str
+    output_dir: str
+    base_dir: str                   # the job file's folder: relative paths in the job resolve here
+    device: str = "cpu"             # gpu | npu | cpu
+    nodes: int = 1
+    tasks_per_node: int = 1
+    env: dict[str, str] = field(default_factory=dict)
+    script: Optional[str] = None    # script jobs: the script and its arguments
+    args: list[str] = field(default_factory=list)
+    version: int = SPEC_VERSION
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.tasks_per_node
+
+    @property
+    def paths(self) -> RunPaths:
+        return RunPaths(self.run_dir)
+
+    def write(self) -> None:
+        atomic_write_json(self.paths.launch, asdict(self))
+
+    @classmethod
+    def read(cls, run_dir: Path | str) -> "LaunchSpec":
+        path = RunPaths(run_dir).launch
+        with open(path, encoding="utf-8") as fh:
+            data: dict[str, Any] = json.load(fh)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
