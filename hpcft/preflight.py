@@ -201,3 +201,25 @@ def npu_env_check(job: Job, base_dir: Path) -> Optional[Check]:
         return Check("torch_npu", True, label)
     return Check("torch_npu", False, f"NPU job but {label} has no torch_npu: install hpcft[npu] there "
                                      "(see envs/npu.yml) or set env.conda/env.venv to an Ascend environment")
+
+
+STAGED = "assets staged"
+
+
+def staged_check(job: Job, settings: Settings, base_dir: Optional[Path] = None) -> Check:
+    """Every model/dataset/metric the job names is staged (or is an existing local path); else
+    the exact ``hpcft stage ...`` to run on the login node. The worker runs the same lookup
+    (:mod:`hpcft.assets`) before it imports anything heavy."""
+    from .assets import job_assets, problems, stage_command
+    from .stage.resolve import load_table
+    from .stage.store import Cache
+
+    table = load_table(settings)
+    found = job_assets(job, Cache(settings.cache), table, base_dir)
+    missing = [a for a in found if not a.found]
+    if not missing:
+        return Check(STAGED, True)
+    hub = [a for a in missing if not a.local]
+    if hub:
+        return Check(STAGED, False, stage_command(hub, table))
+    return Check(STAGED, False, "; ".join(problems(missing, table)))

@@ -8,7 +8,9 @@ from hpcft.config import Settings
 from hpcft.errors import ConfigError, StageError
 from hpcft.job import Assets
 from hpcft.stage import select
-from hpcft.stage.check import stage_command, staged_check
+from hpcft import assets as A
+from hpcft.job import Job
+from hpcft.preflight import staged_check as _staged_check
 from hpcft.stage.resolve import load_table, plan, resolve
 from hpcft.stage.store import Cache, register_local
 
@@ -168,6 +170,20 @@ def test_metric_selection():
 
 
 # ---------------------------------------------------------------------------- check
+def _job(assets: Assets) -> Job:
+    return Job.model_validate({"name": "t", "script": "run.py", "assets": assets.model_dump()})
+
+
+def staged_check(assets: Assets, settings, base=None):
+    return _staged_check(_job(assets), settings, base)
+
+
+def stage_command(assets: Assets) -> str:
+    s = Settings()
+    found = A.job_assets(_job(assets), Cache(s.cache), load_table(s))
+    return A.stage_command([a for a in found if not a.found], load_table(s))
+
+
 def test_stage_command_and_check(tmp_path):
     s = Settings()
     assets = Assets(models=["bert-base-uncased"], datasets=["glue/mrpc"], metrics=["glue", "accuracy"])
@@ -197,7 +213,7 @@ def test_local_path_assets_count_when_present(tmp_path):
     s = Settings()
     assert staged_check(Assets(datasets=[str(csv)]), s).ok
     check = staged_check(Assets(datasets=[str(tmp_path / "nope.csv")]), s)
-    assert not check.ok and check.message == f"no such file or folder: {tmp_path / 'nope.csv'}"
+    assert not check.ok and check.message == f"data file not found: {tmp_path / 'nope.csv'}"
     # relative paths resolve against the job's folder when the caller gives it
     assert staged_check(Assets(datasets=["train.csv"]), s, base=tmp_path).ok
     assert not staged_check(Assets(datasets=["data/x.csv"]), s, base=tmp_path).ok

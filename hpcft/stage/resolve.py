@@ -113,7 +113,10 @@ def load_table(settings=None) -> AliasTable:
     return table
 
 
-DATA_FILE_EXT = (".csv", ".tsv", ".json", ".jsonl", ".parquet", ".arrow", ".txt")
+# local data files, and the `datasets` builder that loads each type
+DATA_FILE_SUFFIXES = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet",
+                      ".arrow": "arrow", ".txt": "text"}
+DATA_FILE_EXT = tuple(DATA_FILE_SUFFIXES)
 
 
 def is_local(name: str) -> bool:
