@@ -40,8 +40,13 @@ def main() -> int:
         env = {**os.environ, "HPCFT_HOME": home, "HPCFT_CONFIG": f"{home}/none.yaml", "XDG_CONFIG_HOME": home}
         job = ROOT / "tests/fixtures/jobs/script-cpu.yaml"
         base = median_wall([sys.executable, "-c", "pass"], args.repeat, env)
+        from hpcft.offline import shim_path
+
+        shim_env = {**env, "PYTHONPATH": shim_path(), "HPCFT_CACHE": home}
         rows = [
             ("python -c pass", base, None),
+            ("python -c pass + offline shim (every job)", median_wall([sys.executable, "-c", "pass"], args.repeat,
+                                                                     shim_env), 0.1),
             ("hpcft --help", median_wall(HPCFT + ["--help"], args.repeat, env), 0.3),
             ("hpcft render JOB", median_wall(HPCFT + ["render", str(job)], args.repeat, env), None),
             ("hpcft submit --dry-run (local)",

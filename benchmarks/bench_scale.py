@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_scale.py            # ~5-8 min on 2 CPU cores
     .venv/bin/python benchmarks/bench_scale.py --quick    # fewer steps, a smoke run
 
-Every arm is the real worker (`python -m hpcft.worker.train RUN_DIR`), one process per rank,
+Every arm is the real worker (`python -m hpcft.worker RUN_DIR`), one process per rank,
 on one run folder written as `hpcft submit` writes it, with the rank variables srun's tasks
 get (RANK/LOCAL_RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT), gloo, and the cores split evenly
 between the ranks (SLURM_CPUS_PER_TASK, as ``cpus_per_task`` would). Model: all-MiniLM-L6-v2
@@ -82,7 +82,7 @@ def run_arm(home: Path, name: str, ranks: int, deepspeed, steps: int, ops_dir: P
     for r in range(ranks):
         env = {**base, "RANK": str(r), "LOCAL_RANK": str(r)}
         log = open(paths.dir / f"rank{r}.log", "w")
-        procs.append((subprocess.Popen([sys.executable, "-m", "hpcft.worker.train", str(paths.dir)], env=env,
+        procs.append((subprocess.Popen([sys.executable, "-m", "hpcft.worker", str(paths.dir)], env=env,
                                        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), log))
     codes = [p.wait(timeout=900) for p, _ in procs]
     wall = time.time() - t0

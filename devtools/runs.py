@@ -12,8 +12,8 @@ import yaml
 
 from hpcft.config import load_settings
 from hpcft.job import load_job
-from hpcft.render import make_plan
-from hpcft.runs import RunPaths, new_run_dir
+from hpcft.rundir import RunPaths
+from hpcft.runs import new_run_dir
 from hpcft.stage.store import Cache, register_local
 from devtools.hub.fixtures import make_standard_fixtures
 
@@ -50,7 +50,7 @@ def make_run(job: dict, *, job_dir: Optional[Path] = None) -> RunPaths:
 
     With ``job_dir`` the job file is written there first (relative paths resolve against it)."""
     from hpcft.runs import RunRecord, RunStore, now_iso
-    from hpcft.submit import _write_run_files
+    from hpcft.submit import prepare_run
 
     settings = load_settings()
     text = yaml.safe_dump(job, sort_keys=False)
@@ -60,8 +60,7 @@ def make_run(job: dict, *, job_dir: Optional[Path] = None) -> RunPaths:
         src.write_text(text)
     loaded = load_job(src, settings, text=text)
     paths = new_run_dir(settings.runs, job["name"])
-    plan = make_plan(loaded, settings, paths.dir, None)
-    _write_run_files(loaded, plan, paths, "#!/bin/bash\n")
+    prepare_run(loaded, settings, paths, None)
     RunStore(settings.runs).add(RunRecord(run_id=paths.run_id, name=job["name"], run_dir=str(paths.dir),
                                           job_file=str(src) if src else None, kind=loaded.job.kind,
                                           executor="local", submitted_at=now_iso()))
@@ -70,11 +69,13 @@ def make_run(job: dict, *, job_dir: Optional[Path] = None) -> RunPaths:
 
 def run_worker(paths: RunPaths, *, env: Optional[dict] = None, timeout: float = 180,
                wait: bool = True):
-    """`python -m hpcft.worker.train RUN_DIR` in a subprocess (no network: offline env + dead proxy)."""
+    """`python -m hpcft.worker RUN_DIR` in a subprocess (no network: offline env + dead proxy)."""
     full = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu",
             "HF_ENDPOINT": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
             "HTTP_PROXY": "http://127.0.0.1:9", **(env or {})}
-    cmd = [sys.executable, "-m", "hpcft.worker.train", str(paths.dir)]
+    if env and "PYTHONPATH" in env and os.environ.get("PYTHONPATH"):
+        full["PYTHONPATH"] = f"{env['PYTHONPATH']}:{os.environ['PYTHONPATH']}"
+    cmd = [sys.executable, "-m", "hpcft.worker", str(paths.dir)]
     if not wait:
         return subprocess.Popen(cmd, env=full, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)

@@ -93,6 +93,16 @@ class Resources(_Strict):
     def devices_per_node(self) -> int:
         return self.gpus_per_node or self.npus_per_node or 0
 
+    @property
+    def tasks_per_node(self) -> int:
+        """One task (rank) per device; one task on a CPU-only node."""
+        return max(1, self.devices_per_node)
+
+    @property
+    def world_size(self) -> int:
+        """The number of ranks: the one definition, used by render, submit and the checks."""
+        return self.tasks_per_node * self.nodes
+
 
 class EnvSpec(_Strict):
     conda: Optional[str] = None   # env name or prefix path
@@ -302,8 +312,6 @@ def _check_files(loaded: LoadedJob, doc: YamlDoc, label: str) -> list[str]:
         else:
             from .dsconfig import check as check_ds
 
-            r = job.resources
-            world = max(1, r.devices_per_node) * r.nodes
             problems += [f"{where('train', 'deepspeed')}: train.deepspeed: {p}"
-                         for p in check_ds(loaded.path(ds.config), job.train, world)]
+                         for p in check_ds(loaded.path(ds.config), job.train, job.resources.world_size)]
     return problems

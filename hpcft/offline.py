@@ -46,9 +46,20 @@ def shim_path() -> str:
     return str(Path(__file__).resolve().parent / "offline_shim")
 
 
-def offline_env(cache: Path) -> dict[str, str]:
-    """Everything a job on a compute node without internet exports.
+def join_paths(*parts: str | None) -> str:
+    """``PYTHONPATH``-style lists joined in order, empty entries and repeats dropped (first wins).
 
-    ``PYTHONPATH`` is prepended (never replaces the user's) by the template and launcher.
-    """
-    return {**OFFLINE_FLAGS, **cache_env(cache), "PYTHONPATH": shim_path()}
+    The one rule for ``PYTHONPATH``'s order: hpcft's shim first, then the job's own entries
+    (``env.vars.PYTHONPATH``), then whatever the node's environment already had."""
+    out: list[str] = []
+    for part in parts:
+        for item in (part or "").split(":"):
+            if item and item not in out:
+                out.append(item)
+    return ":".join(out)
+
+
+def offline_env(cache: Path, pythonpath: str | None = None) -> dict[str, str]:
+    """Everything a job on a compute node without internet exports; ``pythonpath`` is the
+    job's own PYTHONPATH, which goes after the shim."""
+    return {**OFFLINE_FLAGS, **cache_env(cache), "PYTHONPATH": join_paths(shim_path(), pythonpath)}

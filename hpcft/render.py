@@ -18,6 +18,7 @@ from .config import Settings
 from .errors import ConfigError
 from .job import LoadedJob
 from .offline import offline_env
+from .rundir import LaunchSpec
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -58,11 +59,7 @@ class ScriptPlan:
 
     @property
     def ntasks_per_node(self) -> int:
-        return max(1, self.job.resources.devices_per_node)
-
-    @property
-    def world_size(self) -> int:
-        return self.ntasks_per_node * self.job.resources.nodes
+        return self.job.resources.tasks_per_node
 
     @property
     def workdir(self) -> Path:
@@ -126,7 +123,8 @@ class ScriptPlan:
         return sorted(opts.items())
 
     def env(self) -> dict[str, str]:
-        return offline_env(self.settings.cache)
+        """The offline environment: flags, caches, and PYTHONPATH in its final order."""
+        return offline_env(self.settings.cache, self.job.env.vars.get("PYTHONPATH"))
 
     def hpcft_env(self) -> dict[str, str]:
         env = {
@@ -136,10 +134,27 @@ class ScriptPlan:
         }
         if self.job.script:
             # where the staged assets a script job lists are (HPCFT_MODEL_PATH, ...)
-            from .worker.assets import script_env
+            from .assets import job_assets, script_env
+            from .stage.resolve import load_table
+            from .stage.store import Cache
 
-            env.update(script_env(self.job, self.settings))
+            found = job_assets(self.job, Cache(self.settings.cache), load_table(self.settings),
+                               self.loaded.base_dir)
+            env.update(script_env(found))
         return env
+
+    def user_vars(self) -> dict[str, str]:
+        """The job's own ``env.vars``; its PYTHONPATH is already part of :meth:`env`."""
+        return {k: v for k, v in self.job.env.vars.items() if k != "PYTHONPATH"}
+
+    def launch_spec(self) -> LaunchSpec:
+        """What the worker reads on the node: the same environment the script exports."""
+        job = self.job
+        return LaunchSpec(
+            kind=job.kind, run_dir=str(self.run_dir), workdir=str(self.workdir), output_dir=str(self.output_dir),
+            base_dir=str(self.loaded.base_dir), device=job.resources.device, nodes=job.resources.nodes,
+            tasks_per_node=self.ntasks_per_node, env={**self.env(), **self.hpcft_env(), **self.user_vars()},
+            script=str(self.loaded.script_path) if job.script else None, args=list(job.args))
 
 
 def _slurm_minutes(seconds: int) -> str:
@@ -179,11 +194,15 @@ def _environment(settings: Settings):
     return env
 
 
-def render_script(plan: ScriptPlan, command: Optional[str] = None) -> str:
-    """The sbatch script text. ``command`` is the launcher submitit gives us
-    (``python -u -m submitit.core._submit FOLDER``); by default it is built here."""
-    if command is None:
-        command = f"{q(plan.python)} -u -m submitit.core._submit {q(plan.submitit_dir)}"
+def launch_command(plan: ScriptPlan) -> str:
+    """The line srun runs in each task: submitit's own launcher (``python -u -m
+    submitit.core._submit FOLDER``), which unpickles :class:`hpcft.entry.WorkerCall`."""
+    return f"{q(plan.python)} -u -m submitit.core._submit {q(plan.submitit_dir)}"
+
+
+def render_script(plan: ScriptPlan) -> str:
+    """The sbatch script text, exactly what is submitted."""
+    command = launch_command(plan)
     template = _environment(plan.settings).get_template(f"{plan.job.resources.device}.sbatch.j2")
     job_file = str(plan.loaded.source) if plan.loaded.source else "<no file>"
     return template.render(plan=plan, job=plan.job, settings=plan.settings, version=__version__,

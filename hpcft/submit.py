@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -10,13 +11,14 @@ from pathlib import Path
 from typing import Optional
 
 from . import slurm
-from .atomic import atomic_write_json, atomic_write_text
+from .atomic import atomic_write_text
 from .config import Settings
 from .errors import PreflightError, SlurmError
 from .job import LoadedJob
-from .preflight import Check, ClusterView, npu_env_check, resolve_partition, run_checks
-from .render import ScriptPlan, make_plan, render_script
-from .runs import RunPaths, RunRecord, RunStore, new_run_dir, now_iso
+from .preflight import Check, ClusterView, npu_env_check, resolve_partition, run_checks, staged_check
+from .render import ScriptPlan, launch_command, make_plan, render_script
+from .rundir import RunPaths
+from .runs import RunRecord, RunStore, new_run_dir, now_iso
 
 
 @dataclass
@@ -40,29 +42,6 @@ def choose_executor(loaded: LoadedJob, settings: Settings) -> str:
     return choice
 
 
-def asset_check(loaded: LoadedJob, settings: Settings) -> Optional[Check]:
-    """Are the job's models/datasets/metrics staged? (None until staging is installed.)"""
-    try:
-        from .stage.check import staged_check
-    except ImportError:
-        return None
-    return staged_check(loaded.job.all_assets(), settings, base=loaded.base_dir)
-
-
-def _launch_spec(plan: ScriptPlan) -> dict:
-    job = plan.job
-    env = {**plan.env(), **plan.hpcft_env(), **job.env.vars}
-    if "PYTHONPATH" in job.env.vars:  # the user's own PYTHONPATH goes after the offline shim
-        env["PYTHONPATH"] = f"{plan.env()['PYTHONPATH']}:{job.env.vars['PYTHONPATH']}"
-    spec = {"kind": job.kind, "run_dir": str(plan.run_dir), "env": env, "workdir": str(plan.workdir),
-            "output_dir": str(plan.output_dir), "device": job.resources.device, "world_size": plan.world_size,
-            "base_dir": str(plan.loaded.base_dir)}
-    if job.script:
-        spec["script"] = str(plan.loaded.script_path)
-        spec["args"] = list(job.args)
-    return spec
-
-
 def preflight(loaded: LoadedJob, settings: Settings, executor: str,
               skip_asset_check: bool = False) -> tuple[Optional[str], list[Check]]:
     """Every pre-flight check, passing or not, and the partition the job will use."""
@@ -79,9 +58,7 @@ def preflight(loaded: LoadedJob, settings: Settings, executor: str,
     if npu is not None:
         checks.append(npu)
     if not skip_asset_check:
-        staged = asset_check(loaded, settings)
-        if staged is not None:
-            checks.append(staged)
+        checks.append(staged_check(job, settings, loaded.base_dir))
     return partition, checks
 
 
@@ -114,19 +91,17 @@ def submit(loaded: LoadedJob, settings: Settings, *, dry_run: bool = False,
 
     paths = new_run_dir(settings.runs, job.name)
     try:
-        plan = make_plan(loaded, settings, paths.dir, partition)
-        script = render_script(plan)
+        plan, script = prepare_run(loaded, settings, paths, partition)
         if executor == "slurm":
             check = _test_only(script)
             checks.append(check)
             if not check.ok:
                 raise PreflightError([f"{loaded.source or '<job>'}: {check.name}: {check.message}"])
-        _write_run_files(loaded, plan, paths, script)
         record = RunRecord(run_id=paths.run_id, name=job.name, run_dir=str(paths.dir),
                            job_file=str(loaded.source) if loaded.source else None, kind=job.kind,
                            executor=executor, submitted_at=now_iso(), partition=partition)
         if executor == "slurm":
-            job_id, script = _submit_slurm(plan, paths)
+            job_id = _submit_slurm(plan, paths, script)
         else:
             job_id = _submit_local(plan, paths, loaded)
         record.job_id = job_id
@@ -152,68 +127,71 @@ def _test_only(script: str) -> Check:
     return Check("slurm accepts", False, "; ".join(lines))
 
 
-def _write_run_files(loaded: LoadedJob, plan: ScriptPlan, paths: RunPaths, script: str) -> None:
+def prepare_run(loaded: LoadedJob, settings: Settings, paths: RunPaths,
+                partition: Optional[str]) -> tuple[ScriptPlan, str]:
+    """Fill a fresh run folder: the job as written and as resolved, the launch spec, the
+    script (rendered once; submitit is handed this exact text). Nothing is queued."""
     import yaml
 
+    plan = make_plan(loaded, settings, paths.dir, partition)
+    script = render_script(plan)
     if loaded.source and loaded.source.is_file():
         shutil.copyfile(loaded.source, paths.source_yaml)
     atomic_write_text(paths.job_yaml, yaml.safe_dump(loaded.job.model_dump(mode="json"), sort_keys=False))
-    atomic_write_json(paths.dir / "launch.json", _launch_spec(plan))
+    plan.launch_spec().write()
     atomic_write_text(paths.script, script, mode=0o755)
-    paths.output.mkdir(exist_ok=True) if not loaded.job.output_dir else None
+    if not loaded.job.output_dir:
+        paths.output.mkdir(exist_ok=True)
     paths.logs.mkdir(exist_ok=True)
+    return plan, script
 
 
-def _submit_slurm(plan: ScriptPlan, paths: RunPaths) -> tuple[str, str]:
+def _submit_slurm(plan: ScriptPlan, paths: RunPaths, script: str) -> str:
     import submitit
 
-    from .launch import Worker
+    from .entry import WorkerCall
 
-    rendered: dict[str, str] = {}
+    expected = launch_command(plan)
 
     class TemplatedSlurmExecutor(submitit.SlurmExecutor):
-        """submitit with hpcft's readable template as the whole sbatch script."""
+        """submitit with hpcft's readable template, rendered once, as the whole sbatch script."""
 
         def _make_submission_file_text(self, command: str, uid: str) -> str:
-            rendered["script"] = render_script(plan, command=command)
-            return rendered["script"]
+            if command != expected:  # the script's last line must be the command submitit runs
+                raise SlurmError(f"internal: submitit's launch command {command!r} differs from the "
+                                 f"rendered script's {expected!r}")
+            return script
 
     executor = TemplatedSlurmExecutor(folder=str(paths.submitit), max_num_timeout=plan.job.max_requeues,
-                                      python=_quote(plan.python))
+                                      python=shlex.quote(plan.python))
     r = plan.job.resources
     executor.update_parameters(time=max(1, r.time_seconds // 60), nodes=r.nodes,
                                ntasks_per_node=plan.ntasks_per_node, job_name=plan.job.name)
     try:
-        job = executor.submit(Worker(str(paths.dir)))
+        job = executor.submit(WorkerCall(str(paths.dir)))
+    except SlurmError:
+        raise
     except Exception as exc:  # submitit wraps sbatch's stderr in its own error types
         text = str(exc).strip().splitlines()
         detail = "; ".join(ln.strip() for ln in text if "error" in ln.lower()) or (text[-1] if text else repr(exc))
         raise SlurmError(f"sbatch refused the job: {detail}") from None
-    script = rendered.get("script", "")
-    atomic_write_text(paths.script, script, mode=0o755)
-    return str(job.job_id), script
+    return str(job.job_id)
 
 
 def _submit_local(plan: ScriptPlan, paths: RunPaths, loaded: LoadedJob) -> str:
     import submitit
 
-    from .launch import Worker
+    from .entry import WorkerCall
 
     executor = submitit.LocalExecutor(folder=str(paths.submitit), max_num_timeout=plan.job.max_requeues)
     r = plan.job.resources
     executor.update_parameters(timeout_min=max(1, r.time_seconds // 60), tasks_per_node=1,
                                signal_delay_s=plan.settings.signal_delay_s)
-    job = executor.submit(Worker(str(paths.dir)))
+    job = executor.submit(WorkerCall(str(paths.dir)))
     job._cancel_at_deletion = False  # the controller must outlive this CLI process
     job_id = str(job.job_id)
     for suffix in ("out", "err"):  # SCOW-style names next to submitit's
         link = paths.dir / f"job.{job_id}.{suffix}"
         if not link.exists():
-            os.symlink(Path("submitit") / f"{job_id}_0_log.{suffix}", link)
+            os.symlink(paths.submitit_log(job_id, suffix).relative_to(paths.dir), link)
     return job_id
-
-
-def _quote(path: str) -> str:
-    import shlex
-
-    return shlex.quote(path)

@@ -41,57 +41,37 @@ def test_one_task_per_device_through_srun(multinode_script):
     assert "#SBATCH --nodes=2" in text and "#SBATCH --ntasks-per-node=2" in text
     assert "#SBATCH --gres=gpu:2" in text
     assert re.search(r"^srun --unbuffered --kill-on-bad-exit=1 .*submitit", text, re.MULTILINE)
-    assert "export WORLD_SIZE=4" in text
+    assert "# --- 4 ranks: each task sets its own RANK/LOCAL_RANK/WORLD_SIZE" in text
 
 
 def test_per_task_variables_are_never_expanded_in_the_batch_shell(multinode_script):
     """accelerate#2816: $SLURM_NODEID/$SLURM_PROCID expanded once in the batch shell gives every
     task rank 0. The script must not mention them at all: each task reads its own in Python."""
     code = "\n".join(ln for ln in multinode_script.splitlines() if not ln.lstrip().startswith("#"))
-    for var in ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID", "LOCAL_RANK", "RANK="):
-        assert var not in code.replace("WORLD_SIZE", ""), var
-    assert "(RANK/LOCAL_RANK are set per task by the worker)" in multinode_script
+    for var in ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID", "RANK", "WORLD_SIZE", "MASTER_"):
+        assert var not in code, var
 
 
-def test_rendezvous_block_runs(multinode_script, tmp_path):
-    """Execute the script's rendezvous block as the batch shell would, with a fake scontrol."""
-    block = multinode_script[multinode_script.index("MASTER_ADDR=$(scontrol"):]
-    block = block[:block.index("export WORLD_SIZE")]
-    fake = tmp_path / "scontrol"
-    fake.write_text('#!/bin/sh\n[ "$1 $2" = "show hostnames" ] && printf "node1\\nnode2\\n"\n')
-    fake.chmod(0o755)
-    env = {"PATH": f"{tmp_path}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "node[1-2]"}
-    ports = {}
-    for job_id in ("4711", "4712", "14711"):
-        out = subprocess.run(["bash", "-c", f"{block}\necho $MASTER_ADDR $MASTER_PORT"], capture_output=True,
-                             text=True, env={**env, "SLURM_JOB_ID": job_id}).stdout.split()
-        assert out[0] == "node1"
-        ports[job_id] = int(out[1])
-    assert ports == {"4711": 24711, "4712": 24712, "14711": 24711}  # 20000 + id % 10000: neighbours differ
+def test_each_task_computes_its_rank_and_rendezvous_in_python():
+    """The one place that reads rank variables: Slurm's per-task ids win over stale torchrun ones;
+    the rendezvous is the first node and 20000 + job id % 10000 (neighbouring jobs differ)."""
+    from hpcft.worker.taskenv import current
 
-
-def test_set_rank_env_reads_this_tasks_slurm_variables(monkeypatch):
-    from hpcft.launch import set_rank_env
-
-    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.setenv(k, "x")  # recorded, so the values set_rank_env writes are undone after
-        monkeypatch.delenv(k)
-    monkeypatch.setenv("SLURM_PROCID", "3")
-    monkeypatch.setenv("SLURM_LOCALID", "1")
-    monkeypatch.setenv("SLURM_NTASKS", "4")
-    monkeypatch.setenv("SLURM_JOB_ID", "123")
-    set_rank_env()
-    assert (os.environ["RANK"], os.environ["LOCAL_RANK"], os.environ["WORLD_SIZE"]) == ("3", "1", "4")
-    assert os.environ["MASTER_PORT"] == "20123"
-
-
-def test_rank_from_env_prefers_slurm():
-    from hpcft.worker.device import rank_from_env
-
-    r = rank_from_env({"SLURM_PROCID": "2", "SLURM_LOCALID": "0", "SLURM_NTASKS": "4", "RANK": "9"})
-    assert (r.rank, r.local_rank, r.world_size, r.is_main) == (2, 0, 4, False)
-    r = rank_from_env({"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"})
-    assert (r.rank, r.local_rank, r.world_size) == (1, 1, 2)
+    t = current({"SLURM_JOB_ID": "4711", "SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_NTASKS": "4",
+                 "SLURM_JOB_NODELIST": "node[1-2]", "SLURMD_NODENAME": "node2", "SLURM_NNODES": "2", "RANK": "9"})
+    assert (t.rank, t.local_rank, t.world_size, t.is_main, t.nodes) == (3, 1, 4, False, 2)
+    assert t.dist_env() == {"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4", "MASTER_ADDR": "node1",
+                            "MASTER_PORT": "24711"}
+    ports = {j: current({"SLURM_JOB_ID": j, "SLURM_JOB_NODELIST": "n1"}).master_port for j in ("4712", "14711")}
+    assert ports == {"4712": 24712, "14711": 24711}
+    # an explicitly exported rendezvous (env.vars) wins
+    assert current({"SLURM_JOB_ID": "1", "MASTER_PORT": "29500", "MASTER_ADDR": "x"}).dist_env()["MASTER_PORT"] \
+        == "29500"
+    # submitit's local executor, then torchrun-style, then one process; the launch spec's world
+    assert current({"SUBMITIT_LOCAL_GLOBALID": "1", "SUBMITIT_LOCAL_NTASKS": "2"}).world_size == 2
+    assert (current({"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}).rank, current({}).world_size) == (1, 1)
+    assert current({}, default_world=4).world_size == 4
+    assert current({}).master_addr == "127.0.0.1"
 
 
 def test_backends_per_device():
@@ -99,14 +79,6 @@ def test_backends_per_device():
 
     assert [dist_backend(k) for k in ("cuda", "npu", "cpu")] == ["nccl", "hccl", "gloo"]
     assert [ds_accelerator(k) for k in ("gpu", "npu", "cpu")] == ["cuda", "npu", "cpu"]
-
-
-def test_cpu_fallback_only_when_asked():
-    from hpcft.worker.device import effective_kind
-
-    assert effective_kind("gpu", {}) == "gpu"  # a real GPU job without CUDA fails in detect()
-    assert effective_kind("gpu", {"HPCFT_CPU_FALLBACK": "1"}) == "cpu"  # this machine has no CUDA
-    assert effective_kind("npu", {"HPCFT_CPU_FALLBACK": "1"}) == "npu"
 
 
 def _task(code: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
@@ -121,8 +93,11 @@ def test_prepare_task_gives_each_rank_its_log_and_the_ops_cache(tmp_path):
     run.mkdir()
     code = f"""
         import os
-        from hpcft.launch import prepare_task
-        prepare_task({str(run)!r}, {{"kind": "train", "device": "cpu"}})
+        from hpcft.rundir import LaunchSpec
+        from hpcft.worker.runtime import prepare_task
+        spec = LaunchSpec(kind="train", run_dir={str(run)!r}, workdir=".", output_dir=".", base_dir=".",
+                          tasks_per_node=2)
+        prepare_task(spec)
         print("from", os.environ["RANK"], os.environ["TORCH_EXTENSIONS_DIR"])
     """
     env = {"SLURM_JOB_ID": "77", "SLURM_NTASKS": "2", "HPCFT_CACHE": str(tmp_path / "cache")}
@@ -140,8 +115,10 @@ def test_prepare_task_gives_each_rank_its_log_and_the_ops_cache(tmp_path):
 def test_one_process_train_job_stays_out_of_torch_distributed(tmp_path):
     code = f"""
         import os
-        from hpcft.launch import prepare_task
-        prepare_task({str(tmp_path)!r}, {{"kind": "train", "device": "cpu"}})
+        from hpcft.rundir import LaunchSpec
+        from hpcft.worker.runtime import prepare_task
+        spec = LaunchSpec(kind="train", run_dir={str(tmp_path)!r}, workdir=".", output_dir=".", base_dir=".")
+        prepare_task(spec)
         print(sorted(k for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT") if k in os.environ))
     """
     r = _task(code, {"SLURM_JOB_ID": "5", "SLURM_NTASKS": "1", "SLURM_PROCID": "0"}, tmp_path)
@@ -179,24 +156,11 @@ def test_all_ranks_agree_to_stop_when_only_one_got_the_signal(tmp_path):
     assert agree_on_stop(True) is True and agree_on_stop(False) is False  # one process: no collective
 
 
-def test_peer_failures_are_recognised_only_on_multi_rank_jobs(monkeypatch):
-    from hpcft.launch import is_peer_failure
+def test_peer_failures_are_recognised_only_on_multi_rank_jobs():
+    from hpcft.worker.main import is_peer_failure
 
     echo = RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [10.77.0.12]:643. "
                         "This is typically caused by a remote worker crashing.")
-    monkeypatch.setenv("SLURM_NTASKS", "4")
-    assert is_peer_failure(echo)
-    assert not is_peer_failure(ValueError("dataset has no column 'label'"))
-    monkeypatch.setenv("SLURM_NTASKS", "1")
-    assert not is_peer_failure(echo)
-
-
-def test_debug_fail_rank_knob(monkeypatch):
-    from hpcft.worker.progress import fail_step_from_env
-
-    monkeypatch.setenv("HPCFT_DEBUG_FAIL_RANK", "2@7")
-    assert fail_step_from_env(2) == 7 and fail_step_from_env(0) is None
-    monkeypatch.setenv("HPCFT_DEBUG_FAIL_RANK", "1")
-    assert fail_step_from_env(1) == 1
-    monkeypatch.delenv("HPCFT_DEBUG_FAIL_RANK")
-    assert fail_step_from_env(0) is None
+    assert is_peer_failure(echo, 4)
+    assert not is_peer_failure(ValueError("dataset has no column 'label'"), 4)
+    assert not is_peer_failure(echo, 1)

@@ -3,7 +3,7 @@ namespaces, no route to the hub, fake gpu:2 gres each).
 
 The tiny BERT and the MRPC stand-in are staged once per session on the login node (the
 root namespace) from the loopback hub; the jobs then run on the nodes, which cannot reach
-it. Jobs ask for ``gpus_per_node`` on the fake gres and set ``HPCFT_CPU_FALLBACK=1`` so
+it. Jobs ask for ``gpus_per_node`` on the fake gres and use the test-only fault plugin (devtools/faults, ``cpu_fallback``) so
 the worker trains on CPU with gloo. Effective batch is 16 everywhere (4 ranks x 4, 2 x 8,
 1 x 16), so the 4-rank runs are compared with a one-process run of the same job.
 """
@@ -22,6 +22,7 @@ import yaml
 
 from tests.conftest import IN_CI, ROOT, hpcft
 from devtools.hub.pytest_fixtures import hub_fixtures  # noqa: F401
+from devtools.faults import fault_env
 from devtools.hub.server import HubServer
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -105,13 +106,14 @@ def _job(name: str, *, nodes: int = 2, per_node: int = 2, deepspeed=False, **tra
     resources = {"nodes": nodes, "partition": "gpu", "time": "00:10:00"}
     if per_node:
         resources["gpus_per_node"] = per_node
-    env = {"vars": {"HPCFT_CPU_FALLBACK": "1", "HF_ENDPOINT": DEAD, "HTTPS_PROXY": DEAD, "HTTP_PROXY": DEAD}}
+    env = {"vars": {"HF_ENDPOINT": DEAD, "HTTPS_PROXY": DEAD, "HTTP_PROXY": DEAD}}
     return {"name": name, "executor": "slurm", "train": spec, "resources": resources, "env": env}, ranks
 
 
-def _submit(tmp_path: Path, job: dict, extra_vars: dict | None = None) -> dict:
-    if extra_vars:
-        job["env"]["vars"].update(extra_vars)
+def _submit(tmp_path: Path, job: dict, **faults) -> dict:
+    """Submit with the test-only fault plugin: GPU jobs train on the CPU (the gres is fake), plus
+    the step sleep / failing rank a test asks for."""
+    job["env"]["vars"].update(fault_env(cpu_fallback=True, **faults))
     path = tmp_path / f"{job['name']}.yaml"
     path.write_text(yaml.safe_dump(job))
     return json.loads(hpcft("submit", str(path), "--json", check=True, timeout=60).stdout)
@@ -168,7 +170,7 @@ def test_zero2_and_ddp_on_4_ranks_across_2_nodes_match_one_process(mn, tmp_path,
 
 
 def test_two_jobs_on_the_same_nodes_at_once_use_different_ports(mn, tmp_path):
-    subs = [_submit(tmp_path, _job(f"mn-pair{i}", per_node=1, epochs=2)[0], {"HPCFT_DEBUG_STEP_SLEEP": "0.05"})
+    subs = [_submit(tmp_path, _job(f"mn-pair{i}", per_node=1, epochs=2)[0], step_sleep=0.05)
             for i in (1, 2)]
     both = False
     deadline = time.monotonic() + 120
@@ -226,7 +228,7 @@ def _kill_node(node: str) -> list[str]:
 
 def test_node_lost_mid_job_is_requeued_and_resumes_from_its_checkpoint(mn, tmp_path):
     job, ranks = _job("mn-nodeloss", deepspeed=2, checkpoint_steps=20)
-    sub = _submit(tmp_path, job, {"HPCFT_DEBUG_STEP_SLEEP": "0.1"})
+    sub = _submit(tmp_path, job, step_sleep=0.1)
     run = sub["run_dir"]
     deadline = time.monotonic() + 150
     while not any(e["event"] == "checkpoint" for e in _events(run)):
@@ -269,7 +271,7 @@ def test_time_limit_signal_stops_all_ranks_at_one_step_and_resumes(mn, tmp_path)
     """USR2 (what Slurm sends before the time limit) reaches the ranks at different steps; they
     agree on one, save one checkpoint together, rank 0 requeues, and the job resumes there."""
     job, ranks = _job("mn-usr2", per_node=1, epochs=2)
-    sub = _submit(tmp_path, job, {"HPCFT_DEBUG_STEP_SLEEP": "0.1"})
+    sub = _submit(tmp_path, job, step_sleep=0.1)
     run = sub["run_dir"]
     deadline = time.monotonic() + 120
     while not any(e["event"] == "train" and e["step"] >= 15 for e in _events(run)):
@@ -311,7 +313,7 @@ def test_a_failing_rank_of_a_train_job_is_the_one_status_reports(mn, tmp_path):
     """Rank 2 raises at step 3; the others then lose their gloo peer. They wait for Slurm to end
     them instead of failing too, so the error `hpcft status` shows is rank 2's own."""
     job, _ = _job("mn-train-fail", epochs=1)
-    sub = _submit(tmp_path, job, {"HPCFT_DEBUG_FAIL_RANK": "2@3"})
+    sub = _submit(tmp_path, job, fail_rank="2@3")
     t0 = time.monotonic()
     hpcft("logs", "-f", sub["job_id"], timeout=180)
     assert time.monotonic() - t0 < 90, "the job outlived its failing rank"
@@ -319,4 +321,4 @@ def test_a_failing_rank_of_a_train_job_is_the_one_status_reports(mn, tmp_path):
     assert st["state"] == "FAILED", st
     assert st["error"].startswith("rank 2: ") and "injected failure at step 3" in st["error"], st
     rank2 = hpcft("logs", sub["job_id"], "--rank", "2", check=True).stdout
-    assert "injected failure at step 3 (HPCFT_DEBUG_FAIL_RANK)" in rank2
+    assert "injected failure at step 3 (test fault fail_rank)" in rank2

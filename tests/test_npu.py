@@ -28,7 +28,7 @@ JobId=42 JobName=cola-npu
 
 
 def test_each_node_reads_its_own_devices():
-    from hpcft.worker.device import node_gres_idx
+    from hpcft.slurmfmt import node_gres_idx
 
     assert node_gres_idx(SCONTROL_2_NODES, "npu01") == [0, 1, 2, 3]
     assert node_gres_idx(SCONTROL_2_NODES, "npu02") == [4, 5, 6, 7]
@@ -38,22 +38,26 @@ def test_each_node_reads_its_own_devices():
     assert node_gres_idx(grouped, "cn2", "gpu") == [0]
 
 
-def test_multinode_task_overrides_the_first_nodes_list():
-    """srun copies the batch shell's ASCEND_RT_VISIBLE_DEVICES (node 1's) to every task."""
-    from hpcft.worker.device import setup_npu_env
+def test_each_task_sets_its_own_nodes_npus_in_python():
+    """--gres=npu sets no device variable; the batch script derives nothing: each task computes
+    ASCEND_RT_VISIBLE_DEVICES for its own node before torch_npu is imported."""
+    from hpcft.worker.taskenv import npu_env
 
-    env = {"SLURM_JOB_ID": "42", "SLURM_NNODES": "2", "SLURMD_NODENAME": "npu02",
-           "ASCEND_RT_VISIBLE_DEVICES": "0,1,2,3", "HCCL_CONNECT_TIMEOUT": "600"}
-    setup_npu_env(env, scontrol=lambda job: SCONTROL_2_NODES if job == "42" else "")
-    assert env["ASCEND_RT_VISIBLE_DEVICES"] == "4,5,6,7"
-    assert env["HCCL_CONNECT_TIMEOUT"] == "600"          # the cluster's hccl_env wins
-    assert env["HCCL_EXEC_TIMEOUT"] == "1800" and env["DS_ACCELERATOR"] == "npu"
-    one = {"SLURM_JOB_ID": "42", "SLURM_NNODES": "1", "SLURMD_NODENAME": "npu02", "ASCEND_RT_VISIBLE_DEVICES": "2"}
-    setup_npu_env(one, scontrol=lambda job: SCONTROL_2_NODES)
-    assert one["ASCEND_RT_VISIBLE_DEVICES"] == "2"       # one node: the batch shell's mapping is right
-    lost = {"SLURM_JOB_ID": "42", "SLURM_NNODES": "2", "SLURMD_NODENAME": "npu02", "ASCEND_RT_VISIBLE_DEVICES": "1"}
-    setup_npu_env(lost, scontrol=lambda job: "")           # scontrol unreachable: keep what we have
-    assert lost["ASCEND_RT_VISIBLE_DEVICES"] == "1"
+    def scontrol(job):
+        return SCONTROL_2_NODES if job == "42" else ""
+
+    node2 = npu_env({"SLURM_JOB_ID": "42", "SLURMD_NODENAME": "npu02", "HCCL_CONNECT_TIMEOUT": "600"}, scontrol)
+    assert node2 == {"DS_ACCELERATOR": "npu", "ASCEND_RT_VISIBLE_DEVICES": "4,5,6,7",
+                     "HCCL_CONNECT_TIMEOUT": "600", "HCCL_EXEC_TIMEOUT": "1800"}  # the cluster's hccl_env wins
+    assert npu_env({"SLURM_JOB_ID": "42", "SLURMD_NODENAME": "npu01"}, scontrol)["ASCEND_RT_VISIBLE_DEVICES"] \
+        == "0,1,2,3"
+    # an NPU plugin's variables (PKU slurm-atlas-plugin) come first
+    assert npu_env({"SLURM_JOB_ID": "42", "ASCEND_VISIBLE_DEVICES": "2,3"}, scontrol)["ASCEND_RT_VISIBLE_DEVICES"] \
+        == "2,3"
+    assert npu_env({"SLURM_JOB_ID": "42", "SLURM_JOB_NPUS": "5"}, scontrol)["ASCEND_RT_VISIBLE_DEVICES"] == "5"
+    # scontrol unreachable, or not under Slurm: keep what the environment has
+    assert "ASCEND_RT_VISIBLE_DEVICES" not in npu_env({"SLURM_JOB_ID": "43", "SLURMD_NODENAME": "npu02"}, scontrol)
+    assert "ASCEND_RT_VISIBLE_DEVICES" not in npu_env({}, scontrol)
 
 
 def _npu_run(tmp_path, hpcft_home, fake: str | None):
@@ -71,7 +75,7 @@ def _npu_run(tmp_path, hpcft_home, fake: str | None):
     env.update(PYTHONPATH=":".join(pythonpath), CONDA_DEFAULT_ENV="ascend-py310", ASCEND_RT_VISIBLE_DEVICES="0,1",
                FAKE_NPU_RECORD=str(tmp_path / "record.json"), HF_ENDPOINT="http://127.0.0.1:9")
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "hpcft.worker.train", str(paths.dir)], env=env, cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "hpcft.worker", str(paths.dir)], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     return paths, proc, time.monotonic() - t0
 

@@ -83,29 +83,14 @@ def test_sbatch_lines_sorted_and_header():
         assert f"export {var}" in text
 
 
-def test_npu_template_sources_cann_and_maps_devices():
+def test_npu_template_sources_cann_and_leaves_devices_to_each_task():
     text = render(ROOT / "tests/fixtures/jobs/npu-2x4.yaml")
     assert "source /usr/local/Ascend/ascend-toolkit/set_env.sh" in text
     assert "#SBATCH --gres=npu:4" in text and "#SBATCH --ntasks-per-node=4" in text
-    assert "ASCEND_VISIBLE_DEVICES" in text and "SLURM_JOB_NPUS" in text and "IDX:" in text
     assert "export HCCL_CONNECT_TIMEOUT=1200" in text
-
-
-def test_npu_device_mapping_runs(tmp_path):
-    """Execute the NPU device block with a fake scontrol, for each source of the allocation."""
-    text = render(ROOT / "tests/fixtures/jobs/npu-2x4.yaml")
-    block = text[text.index("hpcft_expand_idx() {"):text.index('echo "hpcft: ASCEND_RT_VISIBLE_DEVICES')]
-    fake = tmp_path / "scontrol"
-    fake.write_text("#!/bin/sh\necho '     Nodes=n1 CPU_IDs=0-3 Mem=0 GRES=npu:4(IDX:0-1,4,6)'\n")
-    fake.chmod(0o755)
-    script = f"hpcft_fail() {{ echo FAIL; exit 1; }}\n{block}\necho \"$ASCEND_RT_VISIBLE_DEVICES\"\n"
-    cases = [({"SLURM_JOB_ID": "7"}, "0,1,4,6"), ({"ASCEND_VISIBLE_DEVICES": "2,3"}, "2,3"),
-             ({"SLURM_JOB_NPUS": "5"}, "5"), ({"ASCEND_RT_VISIBLE_DEVICES": "1"}, "1")]
-    for env, expected in cases:
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("ASCEND", "SLURM_JOB"))}
-        out = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
-                             env={**base, "PATH": f"{tmp_path}:{os.environ['PATH']}", **env})
-        assert out.stdout.strip().splitlines()[-1] == expected, (env, out.stdout, out.stderr)
+    # the device mapping is computed once, in Python, per task (hpcft.worker.taskenv.npu_env)
+    code = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
+    assert not any("ASCEND_RT_VISIBLE_DEVICES" in ln or "IDX" in ln for ln in code)
 
 
 def test_hostile_values_inert(tmp_path):

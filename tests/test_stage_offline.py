@@ -77,7 +77,7 @@ def test_typed_names_load_offline_with_the_hub_stopped(hub_fixtures, tmp_path): 
     assert time.monotonic() - t0 < 120
 
 
-def test_shim_is_cheap_and_chains_an_existing_sitecustomize(tmp_path):
+def test_shim_chains_an_existing_sitecustomize_and_imports_nothing_heavy(tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     (other / "sitecustomize.py").write_text("import os\nos.environ['CHAINED'] = '1'\n")
@@ -87,16 +87,7 @@ def test_shim_is_cheap_and_chains_an_existing_sitecustomize(tmp_path):
             "any(type(f).__name__ == '_PostImport' for f in sys.meta_path), 'datasets' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.split()
     assert out == ["1", "True", "False"]  # chained, hook installed, nothing heavy imported
-
-    def best(pythonpath: str) -> float:
-        times = []
-        for _ in range(5):
-            t = time.perf_counter()
-            subprocess.run([sys.executable, "-c", "pass"], env={**env, "PYTHONPATH": pythonpath}, check=True)
-            times.append(time.perf_counter() - t)
-        return min(times)
-
-    assert best(shim_path()) - best(str(other)) < 0.05  # measured: ~1 ms
+    # its start-up cost is a benchmark figure (benchmarks/bench_cli.py), not a timed assertion
 
 
 def test_shim_passes_through_unstaged_names_and_local_paths(tmp_path, monkeypatch):

@@ -1,6 +1,6 @@
 """The worker trains the tiny BERT for real (subprocesses, no Slurm, no network).
 
-Each run is `python -m hpcft.worker.train RUN_DIR` on a run folder written exactly as
+Each run is `python -m hpcft.worker RUN_DIR` on a run folder written exactly as
 `hpcft submit` writes it, against fixtures staged with register_local under the names
 users type. HF_ENDPOINT and the proxies point at a closed port: any network access fails.
 """
@@ -19,6 +19,7 @@ import yaml
 
 from hpcft.worker.checkpoints import MARKER
 from hpcft.worker.progress import EXIT_REQUEUE
+from devtools.faults import fault_env
 from devtools.hub.pytest_fixtures import hub_fixtures  # noqa: F401
 from devtools.runs import ROOT, make_run, run_worker, stage_standard, tiny_job
 
@@ -72,7 +73,7 @@ def test_resume_after_the_time_limit_signal_is_exact(staged):
     _ok(run_worker(ref))
 
     paths = make_run(job)
-    proc = run_worker(paths, wait=False, env={"HPCFT_DEBUG_STEP_SLEEP": "0.05"})
+    proc = run_worker(paths, wait=False, env=fault_env(step_sleep=0.05))
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if paths.progress.exists() and any(e.get("step", 0) >= 40 for e in _events(paths) if e["event"] == "train"):
@@ -133,8 +134,8 @@ def full(self, output_dir):
         raise OSError(errno.ENOSPC, "No space left on device")
     return orig(self, output_dir)
 transformers.Trainer._save_optimizer_and_scheduler = full
-from hpcft.worker import train
-train.main(sys.argv[1])
+from hpcft.worker import main
+main.run(sys.argv[1])
 """
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from devtools.faults import fault_env
 from devtools.hub.pytest_fixtures import hub_fixtures  # noqa: F401
 from tests.test_train_tutorial import stage_from_loopback_hub
 from devtools.runs import make_run, run_worker, stage_standard, tiny_job
@@ -66,7 +67,7 @@ def test_requeue_resumes_and_matches_an_uninterrupted_run(slurm, hub_fixtures, h
                                                           tmp_path):
     stage_standard(hpcft_home / "cache", hub_fixtures)
     job = tiny_job("mrpc-requeue", learning_rate=3e-3, epochs=2)
-    slow = {**job, "env": {"vars": {"HPCFT_DEBUG_STEP_SLEEP": "0.1"}}}  # time to signal mid-epoch 2
+    slow = {**job, "env": {"vars": fault_env(step_sleep=0.1)}}  # time to signal mid-epoch 2
     sub = json.loads(run_hpcft("submit", str(_job_file(tmp_path, slow)), "--json", check=True).stdout)
 
     ref = make_run(job)  # the uninterrupted run, meanwhile, same seed, one thread like the Slurm job

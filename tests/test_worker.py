@@ -20,12 +20,20 @@ from hpcft.config import load_settings
 from hpcft.errors import NotStagedError
 from hpcft.job import Job, load_job
 from hpcft.stage.store import Cache, register_local
-from hpcft.worker import assets, checkpoints as ck, metrics as mt
+from hpcft import assets
+from hpcft.stage.resolve import load_table
+from hpcft.worker import checkpoints as ck, metrics as mt
 from hpcft.worker.presets import preset_for
 from hpcft.worker.progress import NaNLossError, ProgressWriter, _CallbackMixin
 from devtools.runs import make_run, tiny_job
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def train_assets(cache, base_dir=None, **train):
+    """The lookup the worker and the submit check share, for a train: spec."""
+    job = Job.model_validate({"name": "t", "train": {"metric": None, **train}})
+    return assets.job_assets(job, cache, load_table(None), base_dir)
 
 
 def _fake_model(tmp: Path, name: str) -> Path:
@@ -69,8 +77,7 @@ def test_presets_cover_glue_and_tutorial_datasets():
     ("bert-base-uncased", "nyu-mll/glue:mrpc", None),
 ])
 def test_typed_names_find_staged_assets(cache, model, dataset, config):
-    train = SimpleNamespace(model=model, dataset=dataset, dataset_config=config, metric="glue")
-    refs = assets.resolve_train_assets(train, cache)
+    refs = train_assets(cache, model=model, dataset=dataset, dataset_config=config, metric="glue")
     assert all(r.found for r in refs), refs
     m, d, met = refs
     assert d.config == "mrpc" and d.repo_id == "nyu-mll/glue"
@@ -78,10 +85,9 @@ def test_typed_names_find_staged_assets(cache, model, dataset, config):
 
 
 def test_missing_assets_name_the_exact_stage_command(cache):
-    train = SimpleNamespace(model="bert-large-uncased", dataset="glue/rte", dataset_config=None, metric="glue")
-    refs = assets.resolve_train_assets(train, cache)
+    refs = train_assets(cache, model="bert-large-uncased", dataset="glue/rte", metric="glue")
     with pytest.raises(NotStagedError) as exc:
-        assets.require(refs)
+        assets.require(refs, load_table(None))
     text = str(exc.value)
     assert "model bert-large-uncased" in text and "dataset glue/rte" in text
     assert "hpcft stage bert-large-uncased glue/rte" in text
@@ -90,18 +96,17 @@ def test_missing_assets_name_the_exact_stage_command(cache):
 def test_local_csv_resolves_against_the_job_folder(cache, tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "x.csv").write_text("text,target\nhi,a\n")
-    train = SimpleNamespace(model="bert-base-uncased", dataset="data/x.csv", dataset_config=None, metric=None)
-    refs = assets.resolve_train_assets(train, cache, base_dir=tmp_path)
+    refs = train_assets(cache, tmp_path, model="bert-base-uncased", dataset="data/x.csv")
     assert refs[1].kind == "file" and refs[1].path == (tmp_path / "data" / "x.csv").resolve()
-    train.dataset = "data/missing.csv"
     with pytest.raises(NotStagedError, match="data file not found: data/missing.csv"):
-        assets.require(assets.resolve_train_assets(train, cache, base_dir=tmp_path))
+        assets.require(train_assets(cache, tmp_path, model="bert-base-uncased", dataset="data/missing.csv"),
+                       load_table(None))
 
 
 def test_script_env_points_scripts_at_the_staged_copies(cache):
     job = Job.model_validate({"name": "s", "script": "run.py", "assets": {
         "models": ["bert-base-uncased"], "datasets": ["glue/mrpc"], "metrics": ["glue"]}})
-    env = assets.script_env(job, load_settings())
+    env = assets.script_env(assets.job_assets(job, cache, load_table(load_settings())))
     assert env["HPCFT_MODEL_PATH"].endswith("/snapshots/" + Path(env["HPCFT_MODEL_PATH"]).name)
     assert Path(env["HPCFT_DATASET_PATH"]).is_dir() and env["HPCFT_DATASET_CONFIG"] == "mrpc"
     assert env["HPCFT_METRIC_PATH"].endswith("glue.py")
@@ -111,8 +116,8 @@ def test_script_env_points_scripts_at_the_staged_copies(cache):
 def test_worker_fails_fast_without_importing_torch(cache, tmp_path):
     """A job whose model is not staged fails in seconds, before torch/transformers are imported."""
     paths = make_run(tiny_job(model="bert-large-cased"))
-    code = ("import sys\nfrom hpcft.worker import train\nfrom hpcft.errors import NotStagedError\n"
-            f"try:\n    train.main({str(paths.dir)!r})\nexcept NotStagedError as e:\n"
+    code = ("import sys\nfrom hpcft.worker import main\nfrom hpcft.errors import NotStagedError\n"
+            f"try:\n    main.run({str(paths.dir)!r})\nexcept NotStagedError as e:\n"
             "    print('HEAVY', sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))\n")
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
@@ -125,8 +130,8 @@ def test_worker_fails_fast_without_importing_torch(cache, tmp_path):
 
 
 def test_launch_and_light_worker_modules_never_import_torch():
-    code = ("import sys, hpcft.launch, hpcft.worker.assets, hpcft.worker.presets, hpcft.worker.checkpoints, "
-            "hpcft.cli.cmd_show\nprint(sorted(m for m in ('torch','transformers','datasets','evaluate') "
+    code = ("import sys, hpcft.entry, hpcft.worker.main, hpcft.worker.runtime, hpcft.assets, hpcft.worker.presets, "
+            "hpcft.worker.checkpoints, hpcft.cli.cmd_show\nprint(sorted(m for m in ('torch','transformers','datasets','evaluate') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
@@ -134,7 +139,7 @@ def test_launch_and_light_worker_modules_never_import_torch():
 
 def test_missing_columns_list_the_columns_the_dataset_has(tmp_path):
     from hpcft.worker.data import DataError, prepare
-    from hpcft.worker.assets import JobAsset
+    from hpcft.assets import JobAsset
 
     csv = tmp_path / "reviews.csv"
     csv.write_text("id,review,stars\n1,great,5\n2,bad,1\n")

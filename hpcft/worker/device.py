@@ -1,9 +1,8 @@
-"""Device, precision, threads and rank for the worker.
+"""Device, precision and threads for the worker.
 
-One place decides what a task runs on, so multi-rank jobs (issue 5) only add to it:
-ranks come from Slurm (``SLURM_PROCID``/``SLURM_LOCALID``/``SLURM_NTASKS``), the device
-kind from the launch spec (``gpu``/``npu``/``cpu``), and precision from what that device
-supports. torch is imported inside the functions that need it.
+The device kind comes from the launch spec (``gpu``/``npu``/``cpu``), precision from what
+that device supports; ranks are :mod:`hpcft.worker.taskenv`'s. torch is imported inside the
+functions that need it.
 """
 
 from __future__ import annotations
@@ -17,43 +16,6 @@ class DeviceError(RuntimeError):
     pass
 
 
-@dataclass
-class Rank:
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def rank_from_env(env: Optional[dict] = None) -> Rank:
-    """Slurm's task ids first (set per task by srun), then torchrun-style variables."""
-    env = os.environ if env is None else env
-
-    def first(*names: str, default: int) -> int:
-        for n in names:
-            v = env.get(n)
-            if v not in (None, ""):
-                try:
-                    return int(v)
-                except ValueError:
-                    continue
-        return default
-
-    return Rank(rank=first("SLURM_PROCID", "RANK", "SUBMITIT_LOCAL_GLOBALID", default=0),
-                local_rank=first("SLURM_LOCALID", "LOCAL_RANK", "SUBMITIT_LOCAL_LOCALID", default=0),
-                world_size=first("SLURM_NTASKS", "WORLD_SIZE", default=1))
-
-
-def export_dist_env(rank: Rank) -> None:
-    """What torch.distributed/accelerate read; MASTER_ADDR/PORT come from the batch script."""
-    os.environ.setdefault("RANK", str(rank.rank))
-    os.environ.setdefault("LOCAL_RANK", str(rank.local_rank))
-    os.environ.setdefault("WORLD_SIZE", str(rank.world_size))
-
-
 def dist_backend(kind: str) -> str:
     """torch.distributed backend for a device kind: nccl on GPUs, hccl on Ascend NPUs, gloo on CPU."""
     return {"cuda": "nccl", "gpu": "nccl", "npu": "hccl"}.get(kind, "gloo")
@@ -64,81 +26,12 @@ def ds_accelerator(kind: str) -> str:
     return {"cuda": "cuda", "gpu": "cuda", "npu": "npu"}.get(kind, "cpu")
 
 
-FALLBACK_VAR = "HPCFT_CPU_FALLBACK"
-
-
-def effective_kind(requested: str, env: Optional[dict] = None) -> str:
-    """The device kind this task will really use: ``gpu`` stays ``gpu`` unless torch sees no
-    CUDA *and* ``HPCFT_CPU_FALLBACK=1`` is set (test clusters with fake GPU gres); then ``cpu``.
-    Without the variable a GPU job on a node without CUDA fails in :func:`detect` with the reason."""
-    env = os.environ if env is None else env
-    if requested != "gpu" or env.get(FALLBACK_VAR, "") not in ("1", "true", "yes"):
-        return requested
-    import torch
-
-    return "gpu" if torch.cuda.is_available() else "cpu"
-
-
-# ----------------------------------------------------------------- Ascend devices of this node
-
-def _expand_idx(text: str) -> list[int]:
-    out: list[int] = []
-    for part in text.split(","):
-        if not part:
-            continue
-        lo, _, hi = part.partition("-")
-        out += list(range(int(lo), int(hi or lo) + 1))
-    return out
-
-
-def node_gres_idx(scontrol_text: str, node: str, kind: str = "npu") -> Optional[list[int]]:
-    """This node's device indexes from ``scontrol show job -d`` output, whose per-node lines read
-    ``Nodes=node[1-2] CPU_IDs=0-1 Mem=0 GRES=npu:2(IDX:0-1)`` (one line per group of nodes)."""
-    import re
-
-    from ..slurm import expand_hostlist
-
-    for m in re.finditer(r"\bNodes=(\S+)\s.*?GRES=(\S+)", scontrol_text):
-        if node not in expand_hostlist(m.group(1)):
-            continue
-        g = re.search(rf"{kind}[^,(]*\(IDX:([0-9,-]+)\)", m.group(2))
-        if g:
-            return _expand_idx(g.group(1))
-    return None
-
-
-def ascend_devices_for_this_node(env: Optional[dict] = None, scontrol=None) -> Optional[str]:
-    """``ASCEND_RT_VISIBLE_DEVICES`` for the node this task runs on.
-
-    The batch script derives it on the *first* node only and srun copies it to every task, so
-    on a multi-node job each task reads its own node's allocation (``scontrol show job -d``
-    for ``$SLURMD_NODENAME``). None: keep what the environment has."""
-    env = os.environ if env is None else env
-    job, node = env.get("SLURM_JOB_ID"), env.get("SLURMD_NODENAME")
-    if not job or not node or int(env.get("SLURM_NNODES", env.get("SLURM_JOB_NUM_NODES", "1")) or 1) <= 1:
-        return None
-    if scontrol is None:
-        import subprocess
-
-        def scontrol(job_id: str) -> str:
-            try:
-                return subprocess.run(["scontrol", "show", "job", "-d", job_id], capture_output=True,
-                                      text=True, timeout=30).stdout
-            except (OSError, subprocess.SubprocessError):
-                return ""
-    idx = node_gres_idx(scontrol(job), node, "npu")
-    return ",".join(map(str, idx)) if idx else None
-
-
-def setup_npu_env(env: Optional[dict] = None, scontrol=None) -> None:
-    """Per task, before torch_npu is imported: this node's devices and HCCL defaults."""
-    env = os.environ if env is None else env
-    devices = ascend_devices_for_this_node(env, scontrol)
-    if devices:
-        env["ASCEND_RT_VISIBLE_DEVICES"] = devices
-    env.setdefault("HCCL_CONNECT_TIMEOUT", "1200")   # first HCCL connect on a busy cluster is slow
-    env.setdefault("HCCL_EXEC_TIMEOUT", "1800")
-    env["DS_ACCELERATOR"] = "npu"
+def kind_for(requested: str) -> str:
+    """The device kind this task uses: the one the job asked for. An NPU job imports torch_npu
+    here, first thing: a missing torch_npu stops the job in about a second, naming the env."""
+    if requested == "npu":
+        require_npu()
+    return requested
 
 
 def cpu_threads() -> int:

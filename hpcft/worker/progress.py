@@ -155,8 +155,7 @@ def make_callback(**kw):
 class _CallbackMixin:
     def __init__(self, *, progress: ProgressWriter, is_main: bool, process_start: float,
                  checkpoint_steps: Optional[int] = None, on_eval: Optional[Callable] = None,
-                 save_best: Optional[Callable] = None, restart: int = 0, step_sleep: float = 0.0,
-                 fail_at: Optional[int] = None):
+                 save_best: Optional[Callable] = None, restart: int = 0):
         self.progress = progress
         self.is_main = is_main
         self.process_start = process_start
@@ -164,8 +163,6 @@ class _CallbackMixin:
         self.on_eval_hook = on_eval
         self.save_best_hook = save_best
         self.restart = restart
-        self.step_sleep = step_sleep
-        self.fail_at = fail_at
         self.first_step_s: Optional[float] = None
         self.t_begin = 0.0
         self.step_begin = 0
@@ -188,10 +185,6 @@ class _CallbackMixin:
             self.first_step_s = time.time() - self.process_start
             self.progress.write("first_step", step=state.global_step, max_steps=state.max_steps,
                                 seconds_since_start=round(self.first_step_s, 3))
-        if self.step_sleep:
-            time.sleep(self.step_sleep)
-        if self.fail_at is not None and state.global_step >= self.fail_at:
-            raise RuntimeError(f"injected failure at step {state.global_step} (HPCFT_DEBUG_FAIL_RANK)")
         if self.checkpoint_steps and state.global_step % self.checkpoint_steps == 0:
             control.should_save = True
         if not self.stopped_for_signal and agree_on_stop(SignalState.requested, _collective_device(args)):
@@ -271,20 +264,3 @@ def _collective_device(args: Any) -> Any:
     """Where the stop flag lives: the rank's device for nccl/hccl, the CPU for gloo."""
     device = getattr(args, "device", None)
     return device if getattr(device, "type", "cpu") in ("cuda", "npu") else None
-
-
-def fail_step_from_env(rank: int) -> Optional[int]:
-    """``HPCFT_DEBUG_FAIL_RANK=N@S``: rank N raises at step S, to rehearse a failing rank."""
-    value = os.environ.get("HPCFT_DEBUG_FAIL_RANK", "")
-    which, _, step = value.partition("@")
-    if not which.strip().isdigit() or int(which) != rank:
-        return None
-    return int(step) if step.strip().isdigit() else 1
-
-
-def step_sleep_from_env() -> float:
-    """``HPCFT_DEBUG_STEP_SLEEP``: seconds to sleep after each step, to rehearse time limits on tiny models."""
-    try:
-        return max(0.0, float(os.environ.get("HPCFT_DEBUG_STEP_SLEEP", "0") or 0))
-    except ValueError:
-        return 0.0

@@ -1,0 +1,69 @@
+"""Test-only fault injection into the hpcft worker (never shipped, never read by the product).
+
+A test puts this folder on the job's PYTHONPATH (hpcft's offline shim runs first and chains to
+this ``sitecustomize``) and says what to inject in ``HPCFT_TEST_FAULTS``, comma-separated:
+
+    step_sleep=0.1     sleep after every optimizer step (rehearse time limits on tiny models)
+    fail_rank=2@3      rank 2 raises at step 3 (rehearse how a failing rank is reported)
+    cpu_fallback=1     a GPU job trains on the CPU when torch sees no CUDA (fake-gres test clusters)
+
+Use :func:`devtools.faults.fault_env` to build the variables.
+"""
+
+import os
+
+
+def _spec() -> dict:
+    out = {}
+    for item in os.environ.get("HPCFT_TEST_FAULTS", "").split(","):
+        key, sep, value = item.partition("=")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _install(spec: dict) -> None:
+    from hpcft.worker import device, runtime
+
+    if spec.get("cpu_fallback") == "1":
+        real = device.kind_for
+
+        def kind_for(requested: str) -> str:
+            if requested == "gpu":
+                import torch
+
+                if not torch.cuda.is_available():
+                    print("hpcft: [test fault] no CUDA: this GPU job trains on the CPU with gloo", flush=True)
+                    return "cpu"
+            return real(requested)
+
+        device.kind_for = kind_for
+
+    sleep_s = float(spec.get("step_sleep", "0") or 0)
+    which, _, at = spec.get("fail_rank", "").partition("@")
+    if not sleep_s and not which:
+        return
+
+    def factory(ctx):
+        import time
+
+        from transformers import TrainerCallback
+
+        fail_at = int(at or 1) if which.isdigit() and int(which) == ctx.task.rank else None
+
+        class Faults(TrainerCallback):
+            def on_step_end(self, args, state, control, **kw):
+                if sleep_s:
+                    time.sleep(sleep_s)
+                if fail_at is not None and state.global_step >= fail_at:
+                    raise RuntimeError(f"injected failure at step {state.global_step} (test fault fail_rank)")
+                return control
+
+        return Faults()
+
+    runtime.EXTRA_CALLBACKS.append(factory)
+
+
+_faults = _spec()
+if _faults:
+    _install(_faults)

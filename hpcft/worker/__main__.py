@@ -1,0 +1,7 @@
+"""``python -m hpcft.worker RUN_DIR``: run one job's worker in this process (debugging, tests)."""
+
+import sys
+
+from .main import standalone
+
+sys.exit(standalone(sys.argv[1:]))

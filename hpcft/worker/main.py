@@ -1,0 +1,85 @@
+"""The compute side's entry point: what runs in each Slurm task (or the local executor's
+process) for one hpcft job. Reached from the login side only by name, through
+:class:`hpcft.entry.WorkerCall`, so the login side never imports the worker.
+
+    python -m hpcft.worker RUN_DIR     # the same, standalone (exit 75: stopped on USR2, run again)
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..rundir import LaunchSpec
+from . import runtime as rt
+from .progress import log
+
+# train.task -> the module that implements it (a sibling with run(ctx) -> metrics)
+TASKS = {"sequence-classification": "classify"}
+
+_PEER_FAILURE = ("Connection closed by peer", "Connection reset by peer", "remote worker crashing",
+                 "NCCL communicator was aborted", "ProcessGroupNCCL", "HCCL", "DistNetworkError")
+_TEARDOWN_WAIT_S = 120.0
+
+
+def is_peer_failure(exc: BaseException, world_size: int) -> bool:
+    """An error a rank gets because *another* rank died (its collective lost the peer)."""
+    if world_size <= 1:
+        return False
+    text = f"{type(exc).__name__}: {exc}"
+    return any(s in text for s in _PEER_FAILURE)
+
+
+def await_teardown(why: str) -> None:
+    """Leave the failure to the rank that caused it: Slurm's --kill-on-bad-exit ends this task
+    (SIGTERM, then SIGKILL after KillWait), so `hpcft status` reports the cause, not the echoes."""
+    log(f"{why}; waiting for Slurm to end this task")
+    time.sleep(_TEARDOWN_WAIT_S)
+
+
+def _task_module(name: str):
+    import importlib
+
+    return importlib.import_module(f"{__package__}.{TASKS[name]}")
+
+
+def run(run_dir: str | Path) -> Any:
+    started = rt.process_start_time()
+    spec = LaunchSpec.read(run_dir)
+    rt.apply_env(spec)
+    task = rt.prepare_task(spec)
+    if spec.kind == "script":
+        from . import script
+
+        return script.run(spec, task, await_teardown)
+    ctx = rt.start(spec, task, started)
+    if isinstance(ctx, dict):  # already completed
+        return ctx
+    module = _task_module(ctx.job.train.task)
+    try:
+        return rt.run_guarded(ctx, module.run)
+    except Exception as exc:
+        if is_peer_failure(exc, task.world_size):
+            await_teardown(f"a peer rank failed ({type(exc).__name__}: {str(exc)[:200]})")
+        raise
+
+
+def on_timeout(run_dir: str | Path) -> None:
+    """submitit's checkpoint hook (USR2 before the time limit), before it requeues the job."""
+    spec = LaunchSpec.read(run_dir)
+    if spec.kind == "script":
+        from . import script
+
+        script.stop()
+        return
+    rt.on_signal(run_dir)
+
+
+def standalone(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m hpcft.worker RUN_DIR", file=sys.stderr)
+        return 2
+    run(argv[0])
+    return 0

@@ -1,0 +1,358 @@
+"""The worker runtime that every task shares: environment, task identity, assets, status,
+the time-limit hand-off, checkpoint-safe Trainer, final save. A task (``classify.py``, and
+the next one) is a sibling module with a ``run(ctx)`` that builds its model and data and
+calls these.
+
+Order matters and is the point of this module:
+
+1. the launch spec's environment applied (before any HF import);
+2. this task's rank, logs, rendezvous and devices (:mod:`hpcft.worker.taskenv`);
+3. every asset looked up in the cache (no torch yet: a missing one fails in about a second
+   with the exact ``hpcft stage ...`` command), the same lookup the submit check ran;
+4. the USR2 handler installed (see :mod:`hpcft.worker.progress`), then the task runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from ..assets import JobAsset, job_assets, require
+from ..atomic import atomic_write_json, read_json
+from ..job import Job
+from ..offline import OFFLINE_FLAGS, join_paths
+from ..rundir import LaunchSpec, RunPaths
+from . import device as dev
+from . import progress as prog
+from .progress import ProgressWriter, log
+from .ranklog import setup_rank_logs
+from .taskenv import TaskEnv, current, npu_env
+
+# Factories of extra TrainerCallbacks every built-in task adds (plugins; the tests' fault
+# injector in devtools/ registers one). Each is called with the task's Context.
+EXTRA_CALLBACKS: list[Callable[["Context"], Any]] = []
+
+
+def process_start_time() -> float:
+    """When this process started (Linux /proc), so 'time to first step' includes interpreter start."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        btime = next(int(ln.split()[1]) for ln in Path("/proc/stat").read_text().splitlines()
+                     if ln.startswith("btime"))
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time()
+
+
+# --------------------------------------------------------------------------- environment
+
+def apply_env(spec: LaunchSpec) -> None:
+    """The job's environment, exactly as the batch script exports it (the local executor and
+    a standalone run have no script), before anything imports an HF library."""
+    env = dict(spec.env)
+    env["PYTHONPATH"] = join_paths(env.get("PYTHONPATH"), os.environ.get("PYTHONPATH"))
+    os.environ.update(env)
+    os.environ.update(OFFLINE_FLAGS)  # never online on a compute node, whatever the job says
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # transformers/accelerate probe deepspeed; tell it the device instead of letting it guess (and warn)
+    os.environ.setdefault("DS_ACCELERATOR", dev.ds_accelerator(spec.device))
+    if "huggingface_hub.constants" in sys.modules:  # it reads HF_HUB_OFFLINE once, at import
+        sys.modules["huggingface_hub.constants"].HF_HUB_OFFLINE = True
+
+
+def ops_cache_dir(env: Optional[dict] = None) -> Optional[str]:
+    """Where compiled torch/DeepSpeed ops go: inside the hpcft cache, one folder per user (a
+    build dir holds a lock file its user must write), so the 33-70 s first-use build of
+    DeepSpeed's ops is paid once, not by every job."""
+    env = os.environ if env is None else env
+    cache = env.get("HPCFT_CACHE")
+    if not cache:
+        return None
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return str(Path(cache) / "ops" / user / "torch_extensions")
+
+
+def prepare_task(spec: LaunchSpec) -> TaskEnv:
+    """Per task, before anything heavy: its identity, its own log file, its rendezvous
+    variables, its devices, and the compiled-ops cache."""
+    task = current(default_world=spec.world_size)
+    setup_rank_logs(spec.paths, task)
+    if spec.kind == "script" or task.world_size > 1:
+        os.environ.update(task.dist_env())  # one-process train jobs stay out of torch.distributed
+    ops = ops_cache_dir()
+    if ops and "TORCH_EXTENSIONS_DIR" not in os.environ:
+        try:
+            Path(ops).mkdir(parents=True, exist_ok=True)
+            os.environ["TORCH_EXTENSIONS_DIR"] = ops
+        except OSError as exc:
+            log(f"note: compiled-ops cache {ops} not writable ({exc.strerror}); torch uses ~/.cache")
+    if spec.device == "npu":
+        os.environ.update(npu_env())
+    return task
+
+
+# --------------------------------------------------------------------------- a task's context
+
+@dataclass
+class Context:
+    spec: LaunchSpec
+    task: TaskEnv
+    job: Job
+    writer: ProgressWriter
+    restart: int
+    device: str                              # the kind this task really uses
+    assets: list[JobAsset] = field(default_factory=list)
+    process_start: float = field(default_factory=time.time)
+
+    @property
+    def paths(self) -> RunPaths:
+        return self.spec.paths
+
+    @property
+    def base_dir(self) -> Path:
+        return Path(self.spec.base_dir)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.spec.output_dir)
+
+
+def status(paths: RunPaths, state: str, **extra: Any) -> None:
+    try:
+        atomic_write_json(paths.status, {"state": state, "time": time.time(), **extra})
+    except OSError as exc:  # status.json is a convenience; training goes on, but say so
+        print(f"hpcft: warning: cannot write {paths.status}: {exc}", file=sys.stderr, flush=True)
+
+
+def _fail(paths: RunPaths, writer: ProgressWriter, error: str, *, lines: Optional[str] = None) -> None:
+    for line in (lines or error).splitlines():
+        print(f"hpcft: error: {line}", file=sys.stderr, flush=True)
+    writer.write("failed", error=error)
+    status(paths, "FAILED", error=error)
+
+
+def load_job(paths: RunPaths) -> Job:
+    import yaml
+
+    return Job.model_validate(yaml.safe_load(paths.job_yaml.read_text(encoding="utf-8")))
+
+
+def start(spec: LaunchSpec, task: TaskEnv, process_start: float) -> Context | dict:
+    """Everything before the task's heavy imports. Returns the finished metrics instead when
+    this run already completed (a requeue after the end)."""
+    from ..config import load_settings
+    from ..stage.resolve import load_table
+    from ..stage.store import Cache
+
+    paths = spec.paths
+    writer = ProgressWriter(paths.progress, enabled=task.is_main)
+    try:
+        kind = dev.kind_for(spec.device)
+    except Exception as exc:
+        _fail(paths, writer, str(exc))
+        raise
+    if kind != spec.device:
+        os.environ["DS_ACCELERATOR"] = dev.ds_accelerator(kind)
+    done = read_json(paths.metrics)
+    if isinstance(done, dict) and done.get("completed"):
+        log(f"this run already finished ({paths.metrics}); nothing to do")
+        return done
+    job = load_job(paths)
+    settings = load_settings()
+    table = load_table(settings)
+    found = job_assets(job, Cache(Path(os.environ.get("HPCFT_CACHE") or settings.cache)), table,
+                       Path(spec.base_dir))
+    try:
+        require(found, table)
+    except Exception as exc:
+        _fail(paths, writer, str(exc))
+        raise
+    restart = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    prog.install_signal_handler()
+    status(paths, "RUNNING", restart=restart)
+    return Context(spec, task, job, writer, restart, kind, found, process_start)
+
+
+def run_guarded(ctx: Context, fn: Callable[[Context], dict]) -> dict:
+    """Run a task; any failure is logged, recorded in progress.jsonl and status.json, re-raised."""
+    try:
+        return fn(ctx)
+    except BaseException as exc:
+        if not isinstance(exc, SystemExit):
+            msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            print(f"hpcft: error: training failed: {type(exc).__name__}: {msg}", file=sys.stderr, flush=True)
+            ctx.writer.write("failed", error=f"{type(exc).__name__}: {exc}")
+            status(ctx.paths, "FAILED", error=f"{type(exc).__name__}: {exc}")
+        raise
+
+
+# --------------------------------------------------------------------------- Trainer pieces
+
+def deepspeed_config(ctx: Context):
+    """DeepSpeed config for the Trainer (None: plain DDP or one process); see hpcft.dsconfig."""
+    t = ctx.job.train
+    if ctx.task.world_size <= 1:
+        if t.deepspeed not in (None, False):
+            log("train.deepspeed applies to jobs with several devices; this one runs in one process without it")
+        return None
+    from ..dsconfig import resolve
+
+    cfg = resolve(t, ctx.task.world_size, ctx.spec.device, ctx.base_dir)
+    if cfg is not None:
+        log(f"DeepSpeed ZeRO stage {cfg.get('zero_optimization', {}).get('stage')} on {ctx.task.world_size} ranks")
+    return cfg
+
+
+def optimizer_name(kind: str) -> str:
+    """Fused AdamW (one kernel over all parameters) where torch has it, else the foreach one."""
+    import torch
+
+    if kind == "cuda":
+        return "adamw_torch_fused"
+    if kind == "cpu" and tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 4):
+        return "adamw_torch_fused"
+    return "adamw_torch"
+
+
+def callbacks(ctx: Context, **kw) -> list:
+    """hpcft's progress/signal/NaN callback plus any registered extra ones."""
+    main = prog.make_callback(progress=ctx.writer, is_main=ctx.task.is_main, process_start=ctx.process_start,
+                              checkpoint_steps=ctx.job.train.checkpoint_steps, restart=ctx.restart, **kw)
+    return [main, *(factory(ctx) for factory in EXTRA_CALLBACKS)]
+
+
+_TRAINER_CLS = None
+
+
+def trainer_class():
+    """Trainer whose checkpoint writes fail cleanly: partial folder removed, previous one named."""
+    global _TRAINER_CLS
+    if _TRAINER_CLS is not None:
+        return _TRAINER_CLS
+    from transformers import Trainer
+
+    from . import checkpoints as ck
+
+    class HpcftTrainer(Trainer):
+        def _save_checkpoint(self, model, trial):
+            folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+            try:
+                return super()._save_checkpoint(model, trial)
+            except OSError as exc:
+                raise ck.describe_failure(exc, folder, Path(self.args.output_dir)) from exc
+
+    _TRAINER_CLS = HpcftTrainer
+    return HpcftTrainer
+
+
+def resume_point(ctx: Context) -> Optional[Path]:
+    """The latest complete checkpoint (incomplete ones, from a write that never finished, removed)."""
+    from . import checkpoints as ck
+
+    ckpt_dir = ctx.paths.checkpoints
+    for p in (ck.remove_incomplete(ckpt_dir) if ctx.task.is_main else []):
+        log(f"removed incomplete checkpoint {p.name} (a write that never finished)")
+    resume = ck.latest_complete(ckpt_dir)
+    if resume:
+        log(f"resuming from {resume.name} (restart {ctx.restart})")
+    return resume
+
+
+def handed_over(ctx: Context, trainer) -> bool:
+    """After ``trainer.train()``: True when it stopped for the time limit (checkpoint saved, the
+    job is being requeued), False when training finished."""
+    if not (prog.SignalState.requested and trainer.state.global_step < trainer.state.max_steps):
+        prog.SignalState.phase = "finish"
+        return False
+    ctx.writer.write("requeue", step=trainer.state.global_step, saved=prog.SignalState.saved,
+                     restart=ctx.restart)
+    log(f"checkpoint at step {trainer.state.global_step} saved; handing over for requeue")
+    prog.handoff()
+    if not ctx.task.is_main:
+        prog.await_requeue()  # rank 0 requeues the job; Slurm ends this task with it
+    return True
+
+
+def final_eval(trainer) -> dict:
+    """The last evaluation, run again only if the Trainer's own log (restored on resume, the same
+    on every rank: evaluate is collective) has none at the final step."""
+    evals = [h for h in trainer.state.log_history if "eval_loss" in h]
+    if not evals or evals[-1].get("step") != trainer.state.global_step:
+        trainer.evaluate()
+        evals = [h for h in trainer.state.log_history if "eval_loss" in h]
+    return {k.removeprefix("eval_"): v for k, v in evals[-1].items()} if evals else {}
+
+
+def save_final(ctx: Context, trainer, tokenizer) -> Path:
+    """Every rank calls it (under ZeRO-3 the weights are gathered from all); rank 0 writes."""
+    out = ctx.output_dir
+    trainer.save_model(str(out))
+    if ctx.task.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        tokenizer.save_pretrained(str(out))
+        for p in out.iterdir():  # safetensors writes 0600; outputs are shared with the group
+            if p.is_file():
+                p.chmod(0o644)
+    return out
+
+
+def finish(ctx: Context, headline: str, value: Any) -> None:
+    """Rank 0, after metrics.json is written: the run is complete; a requeue will not retrain."""
+    shutil.rmtree(ctx.paths.checkpoints, ignore_errors=True)
+    status(ctx.paths, "COMPLETED")
+    shown = f"{value:.4f}" if isinstance(value, float) else value
+    log(f"done: {headline} {shown}; model saved to {ctx.output_dir}; metrics in {ctx.paths.metrics}")
+
+
+class BestSaver:
+    """Keep the model with the best headline metric in ``output/best`` (survives requeues)."""
+
+    def __init__(self, folder: Path, tokenizer, headline_of: Callable[[dict], str]):
+        self.dir = Path(folder)
+        self.tokenizer = tokenizer
+        self.headline_of = headline_of
+        info = read_json(self.dir / "hpcft-best.json") or {}
+        self.value = info.get("value")
+        self.saved = bool(info)
+
+    def maybe_save(self, metrics: dict, state, model) -> None:
+        name = self.headline_of(metrics)
+        value = metrics.get(name)
+        if model is None or not isinstance(value, (int, float)):
+            return
+        better = self.value is None or (value < self.value if name == "loss" else value > self.value)
+        if not better:
+            return
+        tmp = self.dir.with_name(".best.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(str(tmp))
+        self.tokenizer.save_pretrained(str(tmp))
+        atomic_write_json(tmp / "hpcft-best.json", {"metric": name, "value": value, "step": state.global_step,
+                                                    "epoch": state.epoch})
+        shutil.rmtree(self.dir, ignore_errors=True)
+        os.replace(tmp, self.dir)
+        self.value, self.saved = value, True
+        log(f"new best {name} {value:.4f} at step {state.global_step}: saved to {self.dir}")
+
+
+def on_signal(run_dir: str | Path) -> None:
+    """submitit's USR2 handler calls this (through :class:`hpcft.entry.WorkerCall`) before the
+    requeue. The consistent checkpoint was already written at a step boundary by the callback
+    (or training had not started: the previous checkpoint is the resume point); record it."""
+    paths = RunPaths(run_dir)
+    state = "checkpoint saved" if prog.SignalState.saved else "no new checkpoint (training not running)"
+    log(f"requeueing: {state}")
+    try:
+        ProgressWriter(paths.progress).write("requeue_handoff", saved=prog.SignalState.saved)
+    except OSError as exc:
+        print(f"hpcft: warning: cannot record the requeue in {paths.progress}: {exc}", file=sys.stderr, flush=True)
