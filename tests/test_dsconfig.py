@@ -7,7 +7,7 @@ import pytest
 from hpcft.config import load_settings
 from hpcft.dsconfig import build, check, resolve
 from hpcft.errors import ConfigError
-from hpcft.job import DeepSpeedSpec, TrainSpec, load_job
+from hpcft.job import TrainSpec, load_job
 
 
 def train(**kw):
@@ -24,7 +24,7 @@ def test_default_is_no_deepspeed_for_one_device_and_stage0_for_several(tmp_path)
 
 
 def test_offload_and_stage3():
-    cfg = build(DeepSpeedSpec(stage=3, offload=True), "gpu")
+    cfg = build(3, True, "gpu")
     zero = cfg["zero_optimization"]
     assert zero["offload_optimizer"]["device"] == "cpu" and zero["offload_param"]["device"] == "cpu"
     assert cfg["optimizer"]["params"]["torch_adam"] is True
@@ -36,7 +36,7 @@ def test_user_config_problems_listed(tmp_path):
         "train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 4, "train_batch_size": 100,
         "zero_optimization": {"stage": 5, "offload_param": {"device": "disk"}}, "fp17": {},
     }))
-    problems = check(path, train(batch_size=16, gradient_accumulation=2), world_size=4)
+    problems = check(path, batch_size=16, gradient_accumulation=2, world_size=4)
     text = "\n".join(problems)
     assert "unknown DeepSpeed key 'fp17'" in text
     assert "stage must be 0, 1, 2 or 3" in text
@@ -49,7 +49,7 @@ def test_user_config_problems_listed(tmp_path):
 def test_invalid_json_names_line(tmp_path):
     path = tmp_path / "ds.json"
     path.write_text('{\n  "zero_optimization": {"stage": 2},\n  oops\n}\n')
-    assert check(path, train(), 2)[0].startswith(f"{path}:3: invalid JSON")
+    assert check(path, 16, 1, 2)[0].startswith(f"{path}:3: invalid JSON")
 
 
 def test_job_with_bad_ds_file_fails_validation(tmp_path):

@@ -163,4 +163,6 @@ def test_cli_exit_2_one_line_per_problem(tmp_path):
     proc = hpcft("submit", str(path), "--executor", "local")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 2 and all(ln.startswith(f"{path}:3:") for ln in lines), proc.stderr
+    assert len(lines) == 3, proc.stderr  # the missing script too, in file order
+    assert lines[0] == f"{path}:2: script: file not found: {tmp_path / 'nope.py'}"
+    assert all(ln.startswith(f"{path}:3:") for ln in lines[1:]), proc.stderr
