@@ -122,8 +122,8 @@ class _Builder:
 
     def build(self, node: yaml.Node, loc: Loc, depth: int) -> Any:
         self.count += 1
-        if self.count > MAX_NODES:
-            raise _Refused(_line(node), f"aliases expand to more than {MAX_NODES} values "
+        if self.count > MAX_NODES:  # point at the top-level key whose value blew up
+            raise _Refused(self.lines.get(loc[:1]) or _line(node), f"aliases expand to more than {MAX_NODES} values "
                                         "(an alias bomb?); a job file needs a few dozen")
         if depth > MAX_DEPTH:
             raise _Refused(_line(node), f"nested more than {MAX_DEPTH} levels deep")

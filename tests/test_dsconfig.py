@@ -60,3 +60,43 @@ def test_job_with_bad_ds_file_fails_validation(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_job(job, load_settings())
     assert "train.deepspeed: " in info.value.lines()[0] and "stage must be" in info.value.lines()[0]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'{"zero_optimization": {"stage": 1}, "zero_optimization": {"stage": 3}}', "duplicate key 'zero_optimization'"),
+    (b'{"fp16": {"enabled": "\xff"}}', "not UTF-8 text (byte 0xff at offset 22)"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b"[1, 2]", "a DeepSpeed config is a JSON object ({...})"),
+    (b" " * 1_000_001, "larger than 1 MB; a DeepSpeed config is a few hundred bytes"),
+])
+def test_hostile_deepspeed_files_are_one_line(tmp_path, content, message):
+    path = tmp_path / "ds.json"
+    path.write_bytes(content)
+    assert check(path, 16, 1, 2) == [f"{path}: {message}"]
+
+
+def test_huge_integer_is_one_line(tmp_path):
+    path = tmp_path / "ds.json"
+    path.write_bytes(b'{"train_batch_size": ' + b"1" * 5000 + b"}")
+    problems = check(path, 16, 1, 2)
+    assert len(problems) == 1 and problems[0].startswith(f"{path}: invalid JSON: ") and "\n" not in problems[0]
+
+
+def test_odd_values_do_not_crash(tmp_path):
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"zero_optimization": {"stage": True, "offload_optimizer": {"device": ["cpu"]}},
+                                "train_batch_size": 64}))
+    assert check(path, 16, 2, None) == [  # world size unknown (invalid resources): not compared
+        f"{path}: zero_optimization.stage must be 0, 1, 2 or 3 (got True)",
+        f"{path}: zero_optimization.offload_optimizer.device must be cpu, nvme or none (got ['cpu'])"]
+
+
+def test_dsconfig_does_not_import_the_job_schema():
+    import ast
+    import inspect
+
+    import hpcft.dsconfig as dsconfig
+
+    imported = {node.module for node in ast.walk(ast.parse(inspect.getsource(dsconfig)))
+                if isinstance(node, ast.ImportFrom)}
+    assert not any(m and (m == "job" or m.endswith(".job")) for m in imported), imported
