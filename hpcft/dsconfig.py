@@ -123,7 +123,8 @@ def check(config_path: Path, batch_size: Optional[int], gradient_accumulation: O
     for part in ("offload_optimizer", "offload_param"):
         dev = zero[part].get("device") if isinstance(zero.get(part), dict) else None
         if dev is not None and (not isinstance(dev, str) or dev not in OFFLOAD_DEVICES):
-            problems.append(f"{config_path}: zero_optimization.{part}.device must be cpu, nvme or none (got {_show(dev)})")
+            problems.append(f"{config_path}: zero_optimization.{part}.device must be cpu, nvme or none "
+                            f"(got {_show(dev)})")
     if "offload_param" in zero and isinstance(stage, int) and not isinstance(stage, bool) and stage != 3:
         problems.append(f"{config_path}: offload_param needs zero_optimization.stage 3 (got {stage})")
 

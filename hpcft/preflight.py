@@ -231,9 +231,11 @@ def output_dir_check(job: Job, base_dir: Path) -> Optional[Check]:
     while not os.path.lexists(existing) and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        what = "exists and is not a directory" if existing == path else f"cannot be created: {existing} is not a directory"
+        what = ("exists and is not a directory" if existing == path
+                else f"cannot be created: {existing} is not a directory")
         return Check("output_dir", False, f"{path}: {what}")
     if not os.access(existing, os.W_OK | os.X_OK):
-        what = "is not writable by you" if existing == path else f"cannot be created: {existing} is not writable by you"
+        what = ("is not writable by you" if existing == path
+                else f"cannot be created: {existing} is not writable by you")
         return Check("output_dir", False, f"{path}: {what}")
     return Check("output_dir", True, str(path) if existing == path else f"{path} (will be created)")

@@ -80,7 +80,7 @@ class _BoundedLoader(_Loader):
         super().__init__(stream)
         self._depth = 0
         self._count = 0
-        self._deadline = time.monotonic() + MAX_SECONDS
+        self.deadline = time.monotonic() + MAX_SECONDS  # composing and building together
 
     def compose_node(self, parent, index):
         self._depth += 1
@@ -91,7 +91,7 @@ class _BoundedLoader(_Loader):
             self._count += 1
             if self._count > MAX_NODES:
                 raise _Refused(mark.line + 1, f"more than {MAX_NODES} values")
-            if self._count % 1024 == 0 and time.monotonic() > self._deadline:
+            if self._count % 1024 == 0 and time.monotonic() > self.deadline:
                 raise _Refused(mark.line + 1, f"took more than {MAX_SECONDS:g} s to read")
             return super().compose_node(parent, index)
         finally:
@@ -112,7 +112,6 @@ class _Builder:
         self.bad: set[Loc] = set()
         self.count = 0
         self.open: set[int] = set()  # ids of the collections being built: a revisit is a cycle
-        self.deadline = time.monotonic() + MAX_SECONDS
 
     def problem(self, node: yaml.Node, loc: Loc, message: str) -> None:
         line = _line(node) if self.with_lines else None
@@ -123,11 +122,12 @@ class _Builder:
     def build(self, node: yaml.Node, loc: Loc, depth: int) -> Any:
         self.count += 1
         if self.count > MAX_NODES:  # point at the top-level key whose value blew up
-            raise _Refused(self.lines.get(loc[:1]) or _line(node), f"aliases expand to more than {MAX_NODES} values "
-                                        "(an alias bomb?); a job file needs a few dozen")
+            line = self.lines.get(loc[:1]) or _line(node)
+            raise _Refused(line, f"aliases expand to more than {MAX_NODES} values (an alias bomb?); "
+                                 "a job file needs a few dozen")
         if depth > MAX_DEPTH:
             raise _Refused(_line(node), f"nested more than {MAX_DEPTH} levels deep")
-        if self.count % 1024 == 0 and time.monotonic() > self.deadline:
+        if self.count % 1024 == 0 and time.monotonic() > self.loader.deadline:
             raise _Refused(_line(node), f"took more than {MAX_SECONDS:g} s to read")
         if isinstance(node, yaml.ScalarNode):
             if node.tag not in _SCALAR_TAGS:
@@ -175,8 +175,8 @@ class _Builder:
             return None
         value = self.scalar(node)
         if not isinstance(value, str):
-            self.problem(node, loc, f"key {node.value!r} is read as {value!r}, not text; "
-                                    f"quote it (\"{node.value}\": ...)")
+            self.problem(node, loc, f"key {_show(node.value)} is read as {_show(value)}, not text; "
+                                    f"quote it (\"{node.value[:40]}\": ...)")
             return None
         return value
 
@@ -216,7 +216,8 @@ class _Builder:
                 for key, value in (merged.items() if isinstance(merged, dict) else ()):
                     if key not in out:
                         out[key] = value
-                        self.lines.update({k: v for k, v in merged_lines.items() if k[:len(loc) + 1] == loc + (key,)})
+                        under = loc + (key,)
+                        self.lines.update({k: v for k, v in merged_lines.items() if k[:len(under)] == under})
         return out
 
 
@@ -224,7 +225,7 @@ def _syntax_error(exc: yaml.YAMLError, text: str, source: str) -> ConfigError:
     if isinstance(exc, yaml.reader.ReaderError):
         line = text[:exc.position].count("\n") + 1
         return _SyntaxProblem([f"{source}:{line}: control character 0x{exc.character:02x} is not allowed "
-                            "in a YAML file"])
+                               "in a YAML file"])
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     where = f"{source}:{mark.line + 1}" if mark else source
     problem = getattr(exc, "problem", None) or str(exc)

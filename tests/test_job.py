@@ -232,7 +232,8 @@ def test_set_problems_name_the_option_not_a_file_line(tmp_path):
 
 def test_empty_and_list_job_files(tmp_path):
     lines, path = problems(tmp_path, "")
-    assert lines == [f"{path}: the file is empty; a job file is a mapping such as 'name: ...' with 'train:' or 'script:'"]
+    assert lines == [f"{path}: the file is empty; a job file is a mapping such as 'name: ...' "
+                     "with 'train:' or 'script:'"]
     lines, path = problems(tmp_path, "- name: x\n")
     assert lines == [f"{path}:1: the file must be a mapping of keys (key: value lines), not a list"]
 

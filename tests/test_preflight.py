@@ -89,7 +89,8 @@ def test_output_dir_that_cannot_be_created(tmp_path):
 def test_output_dir_through_a_symlink_into_proc(tmp_path):
     (tmp_path / "link").symlink_to("/proc/self")
     check = out_check("link/out", tmp_path)
-    assert not check.ok and check.message.endswith("under /proc, a virtual filesystem; choose a folder on a shared filesystem")
+    assert not check.ok
+    assert check.message.endswith("under /proc, a virtual filesystem; choose a folder on a shared filesystem")
 
 
 def test_output_dir_under_a_read_only_parent(tmp_path, monkeypatch):

@@ -50,6 +50,12 @@ def test_too_many_values_in_the_text_itself(monkeypatch):
     assert refused(text) == ["j.yaml:1: more than 1000 values"]
 
 
+def test_time_bound(monkeypatch):
+    monkeypatch.setattr("hpcft.yamlfile.MAX_SECONDS", 0)  # any document of 1024+ values is now too slow
+    assert refused("a: [" + ", ".join(["1"] * 2000) + "]\n") == ["j.yaml:1: took more than 0 s to read"]
+    assert parse_yaml("a: [1, 2]\n", "j.yaml").data == {"a": [1, 2]}  # small documents never reach the check
+
+
 def test_duplicate_keys_name_both_lines():
     doc = parse_yaml("name: a\nresources:\n  time: 2h\n  time: 3h\nname: b\n", "j.yaml")
     assert [p for _, p in doc.problems] == ["j.yaml:4: resources.time: duplicate key (first at line 3)",
@@ -117,7 +123,8 @@ def test_file_level_refusals(tmp_path, monkeypatch):
     assert file_refused(tmp_path) == [f"{tmp_path}: is a directory, not a YAML file"]
     big = tmp_path / "big.yaml"
     big.write_text("name: x\n#" + "a" * 1_000_001 + "\n")
-    assert file_refused(big) == [f"{big}: larger than 1 MB; a YAML file hpcft reads is a few kB (is this the right file?)"]
+    assert file_refused(big) == [f"{big}: larger than 1 MB; a YAML file hpcft reads is a few kB "
+                                 "(is this the right file?)"]
     latin = tmp_path / "latin.yaml"
     latin.write_bytes(b"name: x\nscript: caf\xe9.py\n")
     assert file_refused(latin) == [f"{latin}:2: not UTF-8 text (byte 0xe9 at column 12); save the file as UTF-8"]
@@ -162,7 +169,8 @@ def test_cluster_config_same_treatment(tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as info:
         load_settings()
     assert info.value.lines() == [f"{cluster}:2: account: duplicate key (first at line 1)",
-                                  f"{cluster}:3: qos: YAML tag !!python/name:os.system is not allowed; write a plain value"]
+                                  f"{cluster}:3: qos: YAML tag !!python/name:os.system is not allowed; "
+                                  "write a plain value"]
     monkeypatch.setenv("HPCFT_CONFIG", str(tmp_path))  # a directory where the file should be
     with pytest.raises(ConfigError) as info:
         load_settings()
