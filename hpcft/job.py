@@ -15,7 +15,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from . import dsconfig
+from .dsconfig import check as check_deepspeed_file
 from .config import Settings
 from .errors import ConfigError
 from .slurm_time import parse_duration
@@ -363,6 +363,6 @@ def _check_files(data: dict[str, Any], base_dir: Path, doc: YamlDoc) -> list[Pro
         accum = _positive(train.get("gradient_accumulation", fields["gradient_accumulation"].default))
     r = _valid(Resources, data.get("resources"))
     world = max(1, r.devices_per_node) * r.nodes if r is not None else None
-    for p in dsconfig.check(ds_path, batch, accum, world):
+    for p in check_deepspeed_file(ds_path, batch, accum, world):
         add(("train", "deepspeed"), p)
     return problems
