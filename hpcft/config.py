@@ -15,7 +15,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
-from .yamlfile import deep_merge, load_yaml_file, render_validation_error
+from .yamlfile import deep_merge, load_yaml_file, sorted_problems, validation_problems
 
 DEFAULT_CLUSTER_CONFIG = "/etc/hpcft/config.yaml"
 
@@ -107,14 +107,15 @@ def load_settings(paths: list[Path] | None = None) -> Settings:
     merged: dict[str, Any] = {}
     problems: list[str] = []
     for path in paths:
-        if not path.is_file():
+        if not os.path.lexists(path):  # a missing layer is fine; a directory or unreadable file is not
             continue
         doc = load_yaml_file(path)
+        found = list(doc.problems)  # duplicate keys, tags, keys that are not text
         try:
             Settings.model_validate(doc.data)  # validate each layer on its own: errors name the file
         except ValidationError as exc:
-            problems += render_validation_error(exc, Settings, doc, str(path))
-            continue
+            found += validation_problems(exc, Settings, doc, str(path))
+        problems += sorted_problems(found)
         merged = deep_merge(merged, doc.data)
     if problems:
         raise ConfigError(problems)

@@ -7,6 +7,7 @@ as ``file:line: field: message``.
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,10 +15,11 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .dsconfig import check as check_deepspeed_file
 from .config import Settings
 from .errors import ConfigError
 from .slurm_time import parse_duration
-from .yamlfile import YamlDoc, deep_merge, load_yaml_file, parse_yaml, render_validation_error, set_dotted
+from .yamlfile import YamlDoc, deep_merge, load_yaml_file, parse_yaml, set_dotted, sorted_problems, validation_problems
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -244,6 +246,16 @@ class Job(_Strict):
                       metrics=metrics + self.assets.metrics)
 
 
+def _expand(value: str, base_dir: Path) -> Path:
+    """A job path: ``~`` expanded, relative paths against base_dir. Raises ValueError for
+    a ``~user`` that does not exist."""
+    try:
+        p = Path(value).expanduser()
+    except RuntimeError:
+        raise ValueError(f"cannot expand {value.split('/')[0]!r}: no such user") from None
+    return p if p.is_absolute() else (base_dir / p)
+
+
 @dataclass
 class LoadedJob:
     """A validated job plus where it came from."""
@@ -254,64 +266,113 @@ class LoadedJob:
     base_dir: Path = field(default_factory=Path.cwd)  # relative paths resolve against this
 
     def path(self, value: str) -> Path:
-        p = Path(value).expanduser()
-        return p if p.is_absolute() else (self.base_dir / p)
+        try:
+            return _expand(value, self.base_dir)
+        except ValueError:  # load_job has reported it; keep the text as a relative path
+            return self.base_dir / value
 
     @property
     def script_path(self) -> Optional[Path]:
         return self.path(self.job.script).resolve() if self.job.script else None
 
 
+Problem = tuple[Optional[int], str]  # (line or None, "file:line: field: message")
+
+
 def load_job(path: Union[str, Path, None], settings: Settings, sets: list[tuple[str, Any]] = (),
              text: Optional[str] = None) -> LoadedJob:
-    """Read, layer and validate a job file. Raises ConfigError listing every problem."""
+    """Read, layer and validate a job file. Raises one ConfigError listing every problem,
+    schema and files alike, in file order (problems without a line last)."""
+    label = str(path or "<job>")
     if text is not None:
-        doc = parse_yaml(text, str(path or "<job>"))
+        doc = parse_yaml(text, label, empty_ok=False)
     else:
-        doc = load_yaml_file(path)
+        doc = load_yaml_file(path, empty_ok=False)
     source = Path(path).resolve() if path else None
-    data: dict[str, Any] = deep_merge(settings.job_defaults, doc.data)
+    base_dir = source.parent if source else Path.cwd()
+    data: dict[str, Any] = deep_merge(copy.deepcopy(settings.job_defaults), doc.data)
     for key, value in sets:
         set_dotted(data, key, value)
-    label = str(path or "<job>")
+        doc.override(tuple(key.split(".")), f"--set {key}")
+    problems: list[Problem] = list(doc.problems)
+    job = None
     try:
         job = Job.model_validate(data)
     except ValidationError as exc:
-        problems = render_validation_error(exc, Job, doc, label)
+        problems += validation_problems(exc, Job, doc, label)
         # model-level checks do not run when fields fail; repeat the one users hit most
-        if isinstance(data, dict) and "train" not in data and "script" not in data:
-            problems.append(f"{label}: nothing to run: give either train: (built-in fine-tuning) "
-                            "or script: (your own script)")
-        raise ConfigError(problems) from None
-    loaded = LoadedJob(job, source, data, source.parent if source else Path.cwd())
-    problems = _check_files(loaded, doc, label)
+        if "train" not in data and "script" not in data:
+            problems.append((None, f"{label}: nothing to run: give either train: (built-in fine-tuning) "
+                                   "or script: (your own script)"))
+    problems += _check_files(data, base_dir, doc)
     if problems:
-        raise ConfigError(problems)
-    return loaded
+        raise ConfigError(sorted_problems(problems))
+    return LoadedJob(job, source, data, base_dir)
 
 
-def _check_files(loaded: LoadedJob, doc: YamlDoc, label: str) -> list[str]:
-    problems = []
+def _valid(model: type[BaseModel], value: Any) -> Optional[BaseModel]:
+    """value validated as model, or None when it is not valid (its problems are reported)."""
+    try:
+        return model.model_validate(value if value is not None else {})
+    except ValidationError:
+        return None
 
-    def where(*loc: Any) -> str:
-        line = doc.line_of(loc)
-        return f"{label}:{line}" if line else label
 
-    job = loaded.job
-    if job.script:
-        sp = loaded.script_path
-        if not sp.is_file():
-            problems.append(f"{where('script')}: script: file not found: {sp}")
-    if job.workdir and not loaded.path(job.workdir).is_dir():
-        problems.append(f"{where('workdir')}: workdir: directory not found: {loaded.path(job.workdir)}")
-    ds = job.train.deepspeed if job.train else None
-    if isinstance(ds, DeepSpeedSpec) and ds.config:
-        if not loaded.path(ds.config).is_file():
-            problems.append(f"{where('train', 'deepspeed')}: train.deepspeed: config file not found: "
-                            f"{loaded.path(ds.config)}")
+def _text(value: Any) -> Optional[str]:
+    """A path-like field's value if it is usable text (else the schema reports it)."""
+    return value if isinstance(value, str) and value and not _CONTROL.search(value) else None
+
+
+def _positive(value: Any) -> Optional[int]:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else None
+
+
+def _check_files(data: dict[str, Any], base_dir: Path, doc: YamlDoc) -> list[Problem]:
+    """Files the job names (script, workdir, DeepSpeed config): checked from the raw document,
+    so they are reported even when other fields fail the schema."""
+    problems: list[Problem] = []
+
+    def add(loc: tuple, message: str) -> None:
+        line, where = doc.where(loc)
+        problems.append((line, f"{where}: {'.'.join(loc)}: {message}"))
+
+    def existing(loc: tuple, value: Any, what: str) -> Optional[Path]:
+        """The path if it names an existing file (what="file") or directory, else None."""
+        text = _text(value)
+        if text is None:
+            return None
+        try:
+            p = _expand(text, base_dir)
+        except ValueError as exc:
+            add(loc, str(exc))
+            return None
+        if p.is_dir() if what == "directory" else p.is_file():
+            return p
+        if what != "directory" and p.is_dir():
+            add(loc, f"{what} is a directory: {p}")
         else:
-            from .dsconfig import check as check_ds
+            add(loc, f"{what} not found: {p}")
+        return None
 
-            problems += [f"{where('train', 'deepspeed')}: train.deepspeed: {p}"
-                         for p in check_ds(loaded.path(ds.config), job.train, job.resources.world_size)]
+    existing(("script",), data.get("script"), "file")
+    existing(("workdir",), data.get("workdir"), "directory")
+    train = data.get("train")
+    if not isinstance(train, dict):
+        return problems
+    ds = train.get("deepspeed")
+    config = ds if isinstance(ds, str) else ds.get("config") if isinstance(ds, dict) else None
+    ds_path = existing(("train", "deepspeed"), config, "config file")
+    if ds_path is None:
+        return problems
+    spec = _valid(TrainSpec, train)
+    if spec is not None:
+        batch, accum = spec.batch_size, spec.gradient_accumulation
+    else:  # compare only what is valid in the job
+        fields = TrainSpec.model_fields
+        batch = _positive(train.get("batch_size", fields["batch_size"].default))
+        accum = _positive(train.get("gradient_accumulation", fields["gradient_accumulation"].default))
+    r = _valid(Resources, data.get("resources"))
+    world = r.world_size if r is not None else None
+    for p in check_deepspeed_file(ds_path, batch, accum, world):
+        add(("train", "deepspeed"), p)
     return problems

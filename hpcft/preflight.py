@@ -223,3 +223,41 @@ def staged_check(job: Job, settings: Settings, base_dir: Optional[Path] = None) 
     if hub:
         return Check(STAGED, False, stage_command(hub, table))
     return Check(STAGED, False, "; ".join(problems(missing, table)))
+
+
+_VIRTUAL_ROOTS = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+
+def output_dir_check(job: Job, base_dir: Path) -> Optional[Check]:
+    """Can the job's ``output_dir`` be created and written? None when the job keeps the
+    default (inside the run folder). Creates nothing: it looks at the nearest existing
+    ancestor, which must be a directory you can write and enter."""
+    if not job.output_dir:
+        return None
+    try:
+        path = Path(job.output_dir).expanduser()
+    except RuntimeError:
+        return Check("output_dir", False, f"{job.output_dir}: cannot expand "
+                                          f"{job.output_dir.split('/')[0]!r}: no such user")
+    path = Path(os.path.abspath(path if path.is_absolute() else base_dir / path))
+    try:
+        resolved = path.resolve()
+    except (RuntimeError, OSError) as exc:  # a symlink loop
+        return Check("output_dir", False, f"{path}: cannot be resolved: {exc}")
+    for shown in (path, resolved):  # as written, and with symlinks followed
+        for root in _VIRTUAL_ROOTS:
+            if shown == root or root in shown.parents:
+                return Check("output_dir", False, f"{path}: under {root}, a virtual filesystem; "
+                                                  "choose a folder on a shared filesystem")
+    existing = path
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = ("exists and is not a directory" if existing == path
+                else f"cannot be created: {existing} is not a directory")
+        return Check("output_dir", False, f"{path}: {what}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = ("is not writable by you" if existing == path
+                else f"cannot be created: {existing} is not writable by you")
+        return Check("output_dir", False, f"{path}: {what}")
+    return Check("output_dir", True, str(path) if existing == path else f"{path} (will be created)")

@@ -15,7 +15,8 @@ from .atomic import atomic_write_text
 from .config import Settings
 from .errors import PreflightError, SlurmError
 from .job import LoadedJob
-from .preflight import Check, ClusterView, npu_env_check, resolve_partition, run_checks, staged_check
+from .preflight import (Check, ClusterView, npu_env_check, output_dir_check, resolve_partition, run_checks,
+                        staged_check)
 from .render import ScriptPlan, launch_command, make_plan, render_script
 from .rundir import RunPaths
 from .runs import RunRecord, RunStore, new_run_dir, now_iso
@@ -54,9 +55,9 @@ def preflight(loaded: LoadedJob, settings: Settings, executor: str,
         checks = run_checks(job, settings, view, partition)
     elif executor == "local" and job.resources.nodes > 1:
         checks.append(Check("executor", False, "the local executor runs one node; use executor: slurm"))
-    npu = npu_env_check(job, loaded.base_dir)
-    if npu is not None:
-        checks.append(npu)
+    for extra in (npu_env_check(job, loaded.base_dir), output_dir_check(job, loaded.base_dir)):
+        if extra is not None:
+            checks.append(extra)
     if not skip_asset_check:
         checks.append(staged_check(job, settings, loaded.base_dir))
     return partition, checks

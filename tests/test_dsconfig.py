@@ -7,7 +7,7 @@ import pytest
 from hpcft.config import load_settings
 from hpcft.dsconfig import build, check, resolve
 from hpcft.errors import ConfigError
-from hpcft.job import DeepSpeedSpec, TrainSpec, load_job
+from hpcft.job import TrainSpec, load_job
 
 
 def train(**kw):
@@ -24,7 +24,7 @@ def test_default_is_no_deepspeed_for_one_device_and_stage0_for_several(tmp_path)
 
 
 def test_offload_and_stage3():
-    cfg = build(DeepSpeedSpec(stage=3, offload=True), "gpu")
+    cfg = build(3, True, "gpu")
     zero = cfg["zero_optimization"]
     assert zero["offload_optimizer"]["device"] == "cpu" and zero["offload_param"]["device"] == "cpu"
     assert cfg["optimizer"]["params"]["torch_adam"] is True
@@ -36,7 +36,7 @@ def test_user_config_problems_listed(tmp_path):
         "train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 4, "train_batch_size": 100,
         "zero_optimization": {"stage": 5, "offload_param": {"device": "disk"}}, "fp17": {},
     }))
-    problems = check(path, train(batch_size=16, gradient_accumulation=2), world_size=4)
+    problems = check(path, batch_size=16, gradient_accumulation=2, world_size=4)
     text = "\n".join(problems)
     assert "unknown DeepSpeed key 'fp17'" in text
     assert "stage must be 0, 1, 2 or 3" in text
@@ -49,7 +49,7 @@ def test_user_config_problems_listed(tmp_path):
 def test_invalid_json_names_line(tmp_path):
     path = tmp_path / "ds.json"
     path.write_text('{\n  "zero_optimization": {"stage": 2},\n  oops\n}\n')
-    assert check(path, train(), 2)[0].startswith(f"{path}:3: invalid JSON")
+    assert check(path, 16, 1, 2)[0].startswith(f"{path}:3: invalid JSON")
 
 
 def test_job_with_bad_ds_file_fails_validation(tmp_path):
@@ -60,3 +60,43 @@ def test_job_with_bad_ds_file_fails_validation(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_job(job, load_settings())
     assert "train.deepspeed: " in info.value.lines()[0] and "stage must be" in info.value.lines()[0]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'{"zero_optimization": {"stage": 1}, "zero_optimization": {"stage": 3}}', "duplicate key 'zero_optimization'"),
+    (b'{"fp16": {"enabled": "\xff"}}', "not UTF-8 text (byte 0xff at offset 22)"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b"[1, 2]", "a DeepSpeed config is a JSON object ({...})"),
+    (b" " * 1_000_001, "larger than 1 MB; a DeepSpeed config is a few hundred bytes"),
+])
+def test_hostile_deepspeed_files_are_one_line(tmp_path, content, message):
+    path = tmp_path / "ds.json"
+    path.write_bytes(content)
+    assert check(path, 16, 1, 2) == [f"{path}: {message}"]
+
+
+def test_huge_integer_is_one_line(tmp_path):
+    path = tmp_path / "ds.json"
+    path.write_bytes(b'{"train_batch_size": ' + b"1" * 5000 + b"}")
+    problems = check(path, 16, 1, 2)
+    assert len(problems) == 1 and problems[0].startswith(f"{path}: invalid JSON: ") and "\n" not in problems[0]
+
+
+def test_odd_values_do_not_crash(tmp_path):
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"zero_optimization": {"stage": True, "offload_optimizer": {"device": ["cpu"]}},
+                                "train_batch_size": 64}))
+    assert check(path, 16, 2, None) == [  # world size unknown (invalid resources): not compared
+        f"{path}: zero_optimization.stage must be 0, 1, 2 or 3 (got True)",
+        f"{path}: zero_optimization.offload_optimizer.device must be cpu, nvme or none (got ['cpu'])"]
+
+
+def test_dsconfig_does_not_import_the_job_schema():
+    import ast
+    import inspect
+
+    import hpcft.dsconfig as dsconfig
+
+    imported = {node.module for node in ast.walk(ast.parse(inspect.getsource(dsconfig)))
+                if isinstance(node, ast.ImportFrom)}
+    assert not any(m and (m == "job" or m.endswith(".job")) for m in imported), imported

@@ -163,4 +163,86 @@ def test_cli_exit_2_one_line_per_problem(tmp_path):
     proc = hpcft("submit", str(path), "--executor", "local")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 2 and all(ln.startswith(f"{path}:3:") for ln in lines), proc.stderr
+    assert len(lines) == 3, proc.stderr  # the missing script too, in file order
+    assert lines[0] == f"{path}:2: script: file not found: {tmp_path / 'nope.py'}"
+    assert all(ln.startswith(f"{path}:3:") for ln in lines[1:]), proc.stderr
+
+
+def test_schema_and_file_problems_together_in_file_order(tmp_path):
+    (tmp_path / "ds.json").write_text('{"zero_optimization": {"stage": 9}, "train_micro_batch_size_per_gpu": 4}')
+    lines, path = problems(tmp_path, """\
+        resources:
+          time: soon
+        name: x
+        train:
+          model: m
+          dataset: d
+          batch_size: lots
+          deepspeed: ds.json
+        workdir: nowhere
+        env: {vars: {"1BAD": x}}
+        """)
+    ds = tmp_path / "ds.json"
+    assert lines == [
+        f"{path}:2: resources.time: unparsable time 'soon'; use e.g. 90, 02:00:00, 1-12:00:00, 2h or 30m",
+        f"{path}:7: train.batch_size: Input should be a valid integer, unable to parse string as an integer "
+        "(got 'lots')",
+        # the DeepSpeed file is still checked; batch_size is invalid, so it is not compared
+        f"{path}:8: train.deepspeed: {ds}: zero_optimization.stage must be 0, 1, 2 or 3 (got 9)",
+        f"{path}:9: workdir: directory not found: {tmp_path / 'nowhere'}",
+        f"{path}:10: env.vars: invalid environment variable name '1BAD': use letters, digits and _, "
+        "not starting with a digit",
+    ]
+
+
+def test_missing_script_shown_with_bad_time(tmp_path):
+    lines, path = problems(tmp_path, "name: x\nscript: nope.py\nresources: {time: soon}\n")
+    assert lines == [f"{path}:2: script: file not found: {tmp_path / 'nope.py'}",
+                     f"{path}:3: resources.time: unparsable time 'soon'; use e.g. 90, 02:00:00, 1-12:00:00, 2h or 30m"]
+
+
+def test_missing_deepspeed_file_and_lines_without_number_last(tmp_path):
+    lines, path = problems(tmp_path, "train: {model: m, dataset: d, deepspeed: {config: none.json}}\n"
+                                     "resources: {nodes: 0}\n")
+    assert lines == [f"{path}:1: train.deepspeed: config file not found: {tmp_path / 'none.json'}",
+                     f"{path}:2: resources.nodes: Input should be greater than or equal to 1 (got 0)",
+                     f"{path}: name: required field is missing"]
+
+
+def test_script_is_a_directory_and_unknown_user(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    lines, path = problems(tmp_path, "name: x\nscript: pkg\nworkdir: ~no-such-user-hpcft/w\n")
+    assert lines == [f"{path}:2: script: file is a directory: {tmp_path / 'pkg'}",
+                     f"{path}:3: workdir: cannot expand '~no-such-user-hpcft': no such user"]
+
+
+def test_duplicate_key_with_the_schema_problems(tmp_path):
+    lines, path = problems(tmp_path, "name: x\nscript: train.py\nresources: {nodes: 0}\nname: y\n")
+    assert lines == [f"{path}:3: resources.nodes: Input should be greater than or equal to 1 (got 0)",
+                     f"{path}:4: name: duplicate key (first at line 1)"]
+
+
+def test_set_problems_name_the_option_not_a_file_line(tmp_path):
+    lines, path = problems(tmp_path, "name: x\nscript: train.py\nresources:\n  time: 2h\n",
+                           sets=[("resources.time", "soon"), ("script", "gone.py")])
+    assert lines == ["--set resources.time: resources.time: unparsable time 'soon'; "
+                     "use e.g. 90, 02:00:00, 1-12:00:00, 2h or 30m",
+                     f"--set script: script: file not found: {tmp_path / 'gone.py'}"]
+
+
+def test_empty_and_list_job_files(tmp_path):
+    lines, path = problems(tmp_path, "")
+    assert lines == [f"{path}: the file is empty; a job file is a mapping such as 'name: ...' "
+                     "with 'train:' or 'script:'"]
+    lines, path = problems(tmp_path, "- name: x\n")
+    assert lines == [f"{path}:1: the file must be a mapping of keys (key: value lines), not a list"]
+
+
+def test_set_does_not_leak_into_the_settings(tmp_path, monkeypatch):
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text("job_defaults: {resources: {time: '10'}}\n")
+    monkeypatch.setenv("HPCFT_CONFIG", str(cluster))
+    settings = load_settings()
+    path = write(tmp_path, "name: x\nscript: train.py\n")
+    assert load_job(path, settings, [("resources.time", "20")]).job.resources.time == "20"
+    assert settings.job_defaults == {"resources": {"time": "10"}}

@@ -1,10 +1,11 @@
 """Pre-flight checks on a captured cluster view (the live-cluster versions are in test_submit_slurm.py)."""
 
+import os
 from pathlib import Path
 
 from hpcft.config import Settings
 from hpcft.job import Job
-from hpcft.preflight import ClusterView, npu_env_check, resolve_partition, run_checks
+from hpcft.preflight import Check, ClusterView, npu_env_check, output_dir_check, resolve_partition, run_checks
 from hpcft.slurm import parse_nodes, parse_partitions
 
 PARTS = ("PartitionName=cpu Default=YES MaxTime=1-00:00:00 Nodes=cn[1-2] State=UP TotalNodes=2\n"
@@ -62,3 +63,46 @@ def test_npu_env_check(tmp_path):
     missing = Job(name="t", train={"model": "m", "dataset": "d"}, resources={"npus_per_node": 1},
                   env={"conda": "no-such-env"})
     assert npu_env_check(missing, tmp_path).ok  # cannot see it from here: the node checks again
+
+
+def out_check(output_dir, base):
+    return output_dir_check(Job(name="t", script="x.py", output_dir=output_dir), base)
+
+
+def test_output_dir_that_cannot_be_created(tmp_path):
+    (tmp_path / "file").write_text("")
+    assert out_check(None, tmp_path) is None  # the default lives in the run folder
+    for given, message in [
+        ("/proc/x", "/proc/x: under /proc, a virtual filesystem; choose a folder on a shared filesystem"),
+        ("/sys/out", "/sys/out: under /sys, a virtual filesystem; choose a folder on a shared filesystem"),
+        ("/dev/shm/out", "/dev/shm/out: under /dev, a virtual filesystem; choose a folder on a shared filesystem"),
+        ("file/out", f"{tmp_path}/file/out: cannot be created: {tmp_path}/file is not a directory"),
+        ("file", f"{tmp_path}/file: exists and is not a directory"),
+        ("~no-such-user-hpcft/out", "~no-such-user-hpcft/out: cannot expand '~no-such-user-hpcft': no such user"),
+    ]:
+        check = out_check(given, tmp_path)
+        assert (check.name, check.ok, check.message) == ("output_dir", False, message), given
+    assert out_check("new/out", tmp_path) == Check("output_dir", True, f"{tmp_path}/new/out (will be created)")
+    assert not (tmp_path / "new").exists()  # a dry run creates nothing
+
+
+def test_output_dir_through_a_symlink_into_proc(tmp_path):
+    (tmp_path / "link").symlink_to("/proc/self")
+    check = out_check("link/out", tmp_path)
+    assert not check.ok
+    assert check.message.endswith("under /proc, a virtual filesystem; choose a folder on a shared filesystem")
+
+
+def test_output_dir_under_a_read_only_parent(tmp_path, monkeypatch):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() != 0:  # root writes anywhere: then fake what access(2) says for another user
+        ro.chmod(0o555)
+    else:
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == ro else real(p, mode))
+    try:
+        check = out_check(str(ro / "a" / "b"), tmp_path)
+    finally:
+        ro.chmod(0o755)
+    assert check == Check("output_dir", False, f"{ro}/a/b: cannot be created: {ro} is not writable by you")

@@ -67,14 +67,17 @@ def select_model(paths: Iterable[str]) -> set[str]:
 
 def parse_card_configs(readme: str) -> dict[str, list[str]]:
     """``{config_name: [data file patterns]}`` from a dataset card's YAML front matter."""
-    import yaml
+    from ..errors import ConfigError
+    from ..yamlfile import yaml_load
 
     m = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", readme, re.S)
     if not m:
         return {}
-    try:
-        meta = yaml.safe_load(m.group(1)) or {}
-    except yaml.YAMLError:
+    try:  # a card comes from the hub: read it with the same bounds as a hostile job file
+        meta = yaml_load(m.group(1), "dataset card") or {}
+    except ConfigError:
+        return {}
+    if not isinstance(meta, dict):
         return {}
     out: dict[str, list[str]] = {}
     for cfg in meta.get("configs") or []:
