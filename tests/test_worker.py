@@ -271,3 +271,17 @@ def test_precision_rules_on_cpu():
     assert detect("cpu", "bf16").precision == "bf16"
     with pytest.raises(DeviceError, match="fp16 needs a GPU or NPU"):
         detect("cpu", "fp16")
+
+
+def test_a_job_queued_before_the_upgrade_still_unpickles():
+    """submitit pickles of jobs submitted by hpcft 0.1 name ``hpcft.launch.Worker``."""
+    import pickle
+
+    from hpcft.entry import WorkerCall
+
+    # protocol 2 by hand: GLOBAL 'hpcft.launch Worker', NEWOBJ, then its __dict__ {'run_dir': '/tmp/r'}
+    old = (b"\x80\x02chpcft.launch\nWorker\nq\x00)\x81q\x01}q\x02X\x07\x00\x00\x00run_dirq\x03"
+           b"X\x06\x00\x00\x00/tmp/rq\x04sb.")
+    worker = pickle.loads(old)
+    assert isinstance(worker, WorkerCall) and worker.run_dir == "/tmp/r"
+    assert b"hpcft.entry" in pickle.dumps(WorkerCall("/tmp/r"))  # new pickles name the entry module
