@@ -51,7 +51,8 @@ class Handler(BaseHTTPRequestHandler):
         self.query = urllib.parse.parse_qs(query, keep_blank_values=True)
         # Split before unquoting: an encoded "/" (refs%2Fpr%2F1) stays inside its segment.
         self.segs = [urllib.parse.unquote(s) for s in raw.split("/") if s]
-        self.entry = LogEntry(method, self.path, 0, range=self.headers.get("Range"))
+        self.entry = LogEntry(method, self.path, 0, range=self.headers.get("Range"),
+                              auth=self.headers.get("Authorization"))
         self.file_key = None
         # Read any request body now, so an unrouted POST cannot desync a keep-alive connection.
         n = int(self.headers.get("Content-Length") or 0)

@@ -57,11 +57,15 @@ def _job_assets(path: str, s):
 
 
 def _is_dataset_name(name: str, table) -> bool:
+    from ..stage.resolve import is_local
+
     base = name.split(":", 1)[0]
     head = base.split("/", 1)[0]
     datasets = table.section("dataset")
     if base in table.section("model"):
         return False
+    if ":" in name and not is_local(name):  # org/name:config (AI_Connect/glue:cola): model ids have no ":"
+        return True
     return base in datasets or (head in datasets and bool(datasets[head].configs)) or \
         any(e.id == base for e in datasets.values())
 
