@@ -192,3 +192,37 @@ def test_stage_cli_imports_no_hub_client(env, run_hpcft):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "LOADED []" in proc.stdout, proc.stdout + proc.stderr
     assert cache().find("model", BERT) is not None
+
+
+LOAD = """
+import sys, datasets
+dd = datasets.load_dataset(sys.argv[1], sys.argv[2])
+print("SPLITS", sorted(dd), dd["train"].num_rows, dd["train"].column_names)
+"""
+
+
+def _load(folder, config):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HPCFT_SHIM": "0"}
+    return subprocess.run([sys.executable, "-c", LOAD, str(folder), config], capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+def test_a_staged_config_that_is_not_the_cards_first_loads(env, run_hpcft):
+    """datasets picks its builder from the card's first config (mrpc): staging cola alone used to leave
+    an unloadable folder. A .huggingface.yaml names the staged configs; the card stays as served."""
+    run([], [f"{GLUE}:cola"])
+    folder = cache().find("dataset", GLUE, "cola").path
+    card = (folder / ".huggingface.yaml").read_text()
+    assert "config_name: cola" in card and "mrpc" not in card
+    proc = _load(folder, "cola")
+    assert proc.returncode == 0 and "SPLITS ['test', 'train', 'validation'] 512" in proc.stdout, proc.stderr[-2000:]
+    run([], [f"{GLUE}:mrpc"])  # a second config into the same snapshot: both listed, in the card's order
+    card = (folder / ".huggingface.yaml").read_text()
+    assert card.index("config_name: mrpc") < card.index("config_name: cola") and "sst2" not in card
+    assert run_hpcft("cache", "verify").returncode == 0  # README.md is byte-identical to the hub's
+    run_hpcft("cache", "rm", f"{GLUE}:mrpc", check=True)
+    assert "mrpc" not in (folder / ".huggingface.yaml").read_text()
+    assert _load(folder, "cola").returncode == 0

@@ -21,6 +21,7 @@ from typing import Optional, TextIO
 
 from ..errors import StageError
 from . import layout, select
+from .cards import sync_staged_configs
 from .http import HTTPFailure, Unreachable, VerifyError, download
 from .progress import Progress, human
 from .resolve import AliasTable, AssetRef
@@ -255,6 +256,10 @@ def _fetch(ref: AssetRef, ctx: _Ctx, src: Source, listing: Listing, tried: list[
         raise StageError(f"{ref.kind} {ref.label}: cannot write {getattr(exc, 'filename', '') or cache.root} "
                          f"({exc.strerror or exc}); check the cache dir's permissions or use --cache DIR") from None
     layout.write_ref(cache, perms, ref.kind, listing.repo_id, listing.revision, listing.sha)
+    if ref.kind == "dataset":  # only some configs here: tell `datasets` which (cards.py says why)
+        card = sync_staged_configs(final, cache.root / "locks")
+        if card is not None:
+            perms.file(card)
     names = [*ref.names]
     if listing.repo_id != ref.repo_id:
         names.append(ref.repo_id)
