@@ -102,8 +102,9 @@ def test_real_client_gets_the_files_hpcft_stages(namespaces, modelers_fixtures, 
         assert got == want, (kind, sorted(set(got) ^ set(want)))
         # same commit: the client names its snapshot folder after the commit hpcft recorded
         assert Path(paths[kind]).name == by_hpcft[kind]["sha"]
-        staged_files = _files(Path(by_hpcft[kind]["path"]))
-        assert staged_files and all(got[p] == b for p, b in staged_files.items())
+        asset = Cache(Path(os.environ["HPCFT_CACHE"])).find(kind, rid, "cola" if kind == "dataset" else None)
+        listed = [f["path"] for f in asset.manifest["files"]]  # what hpcft fetched and verified
+        assert listed and all(got[p] == (asset.path / p).read_bytes() for p in listed)
     assert client_log and all(e.status in (200, 206) for e in client_log)
 
 
@@ -145,3 +146,45 @@ def test_offline_local_files_only_resolves_staged_assets_by_hub_name(namespaces,
     # without hpcft's shim the client asks the (dead) hub whether the repo exists, and fails
     off = _in_ns(argv, {**job, "HPCFT_SHIM": "0"}, tmp_path, timeout=120)
     assert off.returncode != 0 and "Connection" in off.stderr, off.stderr[-2000:]
+
+
+# The `openmind` library needs Python < 3.11 (this venv has 3.11): a stand-in with its import
+# structure -- integrations.datasets.load_dataset, which asks the hub for any name that is not a
+# local path, and omdatasets.OmDataset, which binds that function by name at import.
+FAKE_OPENMIND = {
+    "openmind/__init__.py": "",
+    "openmind/integrations/__init__.py": "",
+    "openmind/integrations/datasets.py": (
+        "import os\n"
+        "def load_dataset(path=None, name=None, revision='main', split=None, **kwargs):\n"
+        "    if not os.path.exists(path):\n"
+        "        raise ValueError('The path is not valid `namespace/datasetname` (repo_info needs the hub)')\n"
+        "    return {'path': path, 'name': name, 'revision': revision}\n"),
+    "openmind/omdatasets.py": (
+        "from openmind.integrations.datasets import load_dataset\n"
+        "class OmDataset:\n"
+        "    @staticmethod\n"
+        "    def load_dataset(path=None, name=None, revision='main', **kwargs):\n"
+        "        return load_dataset(path, name, revision, **kwargs)\n"),
+}
+
+
+def test_omdataset_load_dataset_by_hub_name_gets_the_staged_folder(hub, hpcft_home, run_hpcft, tmp_path):  # noqa: F811
+    run_hpcft("stage", f"{GLUE}:cola", "--source", "modelers", env={"OPENMIND_HUB_ENDPOINT": hub.url}, check=True)
+    for rel, text in FAKE_OPENMIND.items():
+        (tmp_path / "lib" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "lib" / rel).write_text(text)
+    cache_root = Path(os.environ["HPCFT_CACHE"])
+    job = _env(**offline_env(cache_root))
+    job["PYTHONPATH"] = f"{job['PYTHONPATH']}:{tmp_path / 'lib'}"
+    code = ("import json\nfrom openmind.omdatasets import OmDataset\n"
+            "print('GOT', json.dumps(OmDataset.load_dataset('AI_Connect/glue', 'cola')))")
+    proc = subprocess.run([sys.executable, "-c", code], env=job, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.split("GOT", 1)[1])
+    assert got == {"path": str(Cache(cache_root).find("dataset", GLUE, "cola").path), "name": "cola",
+                   "revision": "main"}
+    assert "hpcft: openmind load_dataset('AI_Connect/glue', 'cola') -> staged copy" in proc.stderr
+    unshimmed = subprocess.run([sys.executable, "-c", code], env={**job, "HPCFT_SHIM": "0"}, capture_output=True,
+                               text=True, timeout=60)
+    assert unshimmed.returncode != 0 and "repo_info needs the hub" in unshimmed.stderr

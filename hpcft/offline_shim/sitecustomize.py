@@ -14,7 +14,10 @@ openMind hub (``openmind_hub``, the Modelers client): its ``snapshot_download`` 
 ``om_hub_download`` ask the hub whether the repo exists (``check_repo_exists``) before they
 look at ``local_files_only`` -- a network call that fails on a node without internet. Offline,
 the shim makes that check a no-op, so ``local_files_only=True`` resolves from the cache that
-``XDG_CACHE_HOME`` points at (``hpcft.offline.cache_env``), as the client intends.
+``XDG_CACHE_HOME`` points at (``hpcft.offline.cache_env``), as the client intends. The
+``openmind`` library's ``OmDataset.load_dataset("AI_Connect/glue", "cola")`` asks the hub
+(``repo_info``) for any hub name, even with the data on disk: offline, a staged name becomes the
+staged folder, exactly as for ``datasets.load_dataset``.
 
 Active only when ``HPCFT_CACHE`` is set and ``HF_DATASETS_OFFLINE``/``HF_HUB_OFFLINE``
 is 1; ``HPCFT_SHIM=0`` turns it off. Names that are not staged, local paths and any
@@ -116,6 +119,13 @@ def patch_openmind_hub(module) -> None:
 OM_MODULES = ("openmind_hub.plugins.openmind.file_download", "openmind_hub.plugins.openmind._snapshot_download")
 
 
+def patch_openmind_datasets(module) -> None:
+    """``openmind.integrations.datasets.load_dataset`` (and the name ``openmind.omdatasets`` bound)."""
+    fn = getattr(module, "load_dataset", None)
+    if fn is not None and not getattr(fn, "__hpcft_shim__", False):
+        module.load_dataset = _wrap(fn, "openmind load_dataset")
+
+
 def patch_datasets(module) -> None:
     load = sys.modules.get("datasets.load")
     for owner in (module, load):
@@ -174,7 +184,8 @@ def install() -> bool:
     if os.environ.get("HPCFT_SHIM", "1").lower() in ("0", "false", "no", "off") \
             or not os.environ.get("HPCFT_CACHE"):
         return False
-    hooks = {"datasets": patch_datasets, **{name: patch_openmind_hub for name in OM_MODULES}}
+    hooks = {"datasets": patch_datasets, **{name: patch_openmind_hub for name in OM_MODULES},
+             "openmind.integrations.datasets": patch_openmind_datasets, "openmind.omdatasets": patch_openmind_datasets}
     for name, hook in hooks.items():
         if name in sys.modules:  # imported already (e.g. install() called late)
             hook(sys.modules[name])
