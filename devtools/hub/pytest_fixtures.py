@@ -38,17 +38,23 @@ def hub_fixtures(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def modelers_fixtures(hub_fixtures) -> dict:
     """{(kind, Modelers id): folder}: PyTorch-NPU/bert_base_cased and AI_Connect/glue."""
-    return make_modelers_fixtures(next(iter(hub_fixtures.values())).parent)
+    return make_modelers_fixtures(_root(hub_fixtures))
+
+
+def _root(hub_fixtures: dict) -> Path:
+    return next(iter(hub_fixtures.values())).parent
 
 
 @pytest.fixture(scope="session")
-def hub_server(hub_fixtures, modelers_fixtures):
+def hub_server(hub_fixtures):
     server = HubServer()
     for (kind, rid), folder in hub_fixtures.items():
         server.add_repo(kind, rid, folder)
         if kind != "space":
             server.add_alias(kind, rid.split("/", 1)[1], rid)
-    for (kind, rid), folder in modelers_fixtures.items():  # Modelers ids: no legacy-name redirects
+    # the Modelers repos (no legacy-name redirects); made here, not via the modelers_fixtures fixture,
+    # so modules that import only hub/hub_server keep working
+    for (kind, rid), folder in make_modelers_fixtures(_root(hub_fixtures)).items():
         server.add_repo(kind, rid, folder)
     with server:
         yield server
