@@ -226,3 +226,10 @@ def test_a_staged_config_that_is_not_the_cards_first_loads(env, run_hpcft):
     run_hpcft("cache", "rm", f"{GLUE}:mrpc", check=True)
     assert "mrpc" not in (folder / ".huggingface.yaml").read_text()
     assert _load(folder, "cola").returncode == 0
+
+
+def test_a_modelers_id_asked_of_the_default_sources_suggests_modelers(env, run_hpcft, hpcft_home):
+    Path(os.environ["HPCFT_CONFIG"]).write_text(json.dumps({"sources": {"order": ["hf"], "retries": 0}}))
+    proc = run_hpcft("stage", "PyTorch-NPU/not-on-hf")
+    assert proc.returncode != 0 and "add --source modelers" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -190,6 +190,8 @@ def _failure(ref: AssetRef, errors: list[SourceError]) -> StageError:
         hint = f"check the network from this node, or point {hint} (hpcft config) at a reachable mirror"
     elif "not_found" in kinds:
         hint = "check the name (org/name as on the hub, or a name from hpcft/stage/aliases.yaml)"
+        if ref.kind != "metric" and "modelers" not in {e.source.name for e in errors}:
+            hint += "; for an id on the Modelers (openMind) hub add --source modelers"
     else:
         hint = "try again later, or another source with --source"
     return StageError(f"{what}: could not be staged. Asked {said}. What to do: {hint}")
