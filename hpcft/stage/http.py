@@ -130,8 +130,8 @@ def get_json(url: str, policy: Policy, headers: Optional[dict] = None) -> tuple[
         try:
             with _request(url, headers=headers, timeout=max(1.0, left)) as resp:
                 body = resp.read()
-                headers = dict(resp.headers)
-            return json.loads(body), headers
+                answer_headers = dict(resp.headers)
+            return json.loads(body), answer_headers
         except (Unreachable, HTTPFailure) as exc:
             transient = isinstance(exc, Unreachable) or exc.transient
             limit = min(2, policy.retries) if isinstance(exc, Unreachable) else policy.retries

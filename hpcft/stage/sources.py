@@ -240,11 +240,7 @@ class ModelersSource(Source):
         return {"Authorization": f"Bearer {self.__token}"} if self.__token else {}
 
     def _http_error(self, exc: HTTPFailure, what: str) -> SourceError:
-        code = ""
-        try:
-            code = str((json.loads(exc.body) or {}).get("code") or "")
-        except (ValueError, AttributeError):
-            pass
+        code = _modelers_code(exc.body)
         if exc.status == 404 and code == "ref_not_exist":
             return SourceError(self, "revision", f"revision not found: {what}")
         if exc.status in (401, 403, 404):
@@ -297,6 +293,15 @@ class ModelersSource(Source):
         return RemoteFile(path, int(it.get("size") or 0),
                           f"{self.endpoint}/api/v1/file/{rid}/{_q(rev)}/media/{urllib.parse.quote(path)}",
                           sha256=etag if lfs else None, git_oid=None if lfs else etag)
+
+
+def _modelers_code(body: bytes) -> str:
+    """The ``code`` of a Modelers error answer (``repo_not_exist``, ``ref_not_exist``, ...), or ""."""
+    try:
+        data = json.loads(body or b"{}")
+    except ValueError:
+        return ""  # a proxy's HTML page, not the hub's JSON: no code to report
+    return str(data.get("code") or "") if isinstance(data, dict) else ""
 
 
 def modelers_token(settings) -> Optional[str]:
