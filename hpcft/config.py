@@ -27,9 +27,14 @@ class _Strict(BaseModel):
 class Sources(_Strict):
     """Where ``hpcft stage`` fetches from. Defaults suit clusters in China."""
 
-    order: list[Literal["modelscope", "hf"]] = ["hf", "modelscope"]
+    # modelers (the openMind hub of the Ascend community) is tried only when listed here
+    # or asked for with --source modelers
+    order: list[Literal["modelscope", "hf", "modelers"]] = ["hf", "modelscope"]
     hf_endpoint: str = "https://hf-mirror.com"
     modelscope_endpoint: str = "https://www.modelscope.cn"
+    modelers_endpoint: str = "https://modelers.cn"
+    # a file holding a Modelers access token (private repos); OPENMIND_HUB_TOKEN wins
+    modelers_token_file: Optional[Path] = None
     timeout_s: float = Field(30, gt=0)
     retries: int = Field(5, ge=0)
     parallel: int = Field(4, ge=1, le=32)

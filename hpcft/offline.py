@@ -5,6 +5,9 @@ Cache layout under the hpcft cache dir (``Settings.cache``)::
 
     hf/                 HF_HOME: hub/ (models, datasets repos), datasets/, modules/ (evaluate)
     modelscope/         MODELSCOPE_CACHE
+    xdg/                XDG_CACHE_HOME: xdg/openmind/hub -> ../../hf/hub is the openMind hub cache
+                        (openmind_hub reads only XDG_CACHE_HOME); HUB_WHITE_LIST_PATHS lets its path
+                        check accept the cache wherever it is (e.g. /lustre)
     manifests/          hpcft's manifest per staged asset
 
 ``PYTHONPATH`` starts with :mod:`hpcft.offline_shim`, whose ``sitecustomize`` maps the dataset
@@ -26,8 +29,13 @@ OFFLINE_FLAGS = {
 }
 
 
+# XDG_CACHE_HOME of jobs, inside the cache: openmind_hub's cache is $XDG_CACHE_HOME/openmind/hub
+OPENMIND_XDG = "xdg"
+OPENMIND_HUB = f"{OPENMIND_XDG}/openmind/hub"
+
+
 def cache_env(cache: Path) -> dict[str, str]:
-    """Variables that point the HF and ModelScope libraries at the hpcft cache."""
+    """Variables that point the HF, ModelScope and openMind hub libraries at the hpcft cache."""
     cache = Path(cache)
     hf = cache / "hf"
     return {
@@ -38,6 +46,8 @@ def cache_env(cache: Path) -> dict[str, str]:
         "HF_DATASETS_CACHE": str(hf / "datasets"),
         "HF_MODULES_CACHE": str(hf / "modules"),
         "MODELSCOPE_CACHE": str(cache / "modelscope"),
+        "XDG_CACHE_HOME": str(cache / OPENMIND_XDG),
+        "HUB_WHITE_LIST_PATHS": str(cache),
     }
 
 

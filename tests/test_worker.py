@@ -205,7 +205,7 @@ def test_every_example_job_validates():
     files = sorted((ROOT / "jobs").glob("*.yaml"))
     names = {f.name for f in files}
     assert {"mrpc-bert-gpu.yaml", "yelp-bert-cased.yaml", "csv-text-classifier.yaml", "cola-bert-npu.yaml",
-            "tutorial-script.yaml"} <= names
+            "cola-bert-npu-modelers.yaml", "tutorial-script.yaml"} <= names
     for f in files:
         loaded = load_job(f, settings)
         t = loaded.job.train
@@ -213,6 +213,9 @@ def test_every_example_job_validates():
             assert loaded.path(t.dataset).is_file(), f
     npu = load_job(ROOT / "jobs" / "cola-bert-npu.yaml", settings).job
     assert npu.resources.device == "npu" and npu.train.dataset == "glue/cola"
+    om = load_job(ROOT / "jobs" / "cola-bert-npu-modelers.yaml", settings).job  # the openMind tutorial's ids
+    assert om.resources.device == "npu" and om.train.model == "PyTorch-NPU/bert_base_cased"
+    assert om.train.dataset == "AI_Connect/glue:cola"
 
 
 def test_show_prints_config_metrics_and_paths(run_hpcft, hpcft_home):

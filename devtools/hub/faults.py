@@ -117,6 +117,7 @@ class LogEntry:
     file: str | None = None  # path in repo, for file downloads
     revision: str | None = None
     fault: str | None = None  # fault action(s) applied, comma-separated ("corrupt,drop")
+    auth: str | None = None  # the Authorization header (tests check that tokens are sent, and only sent)
     time: float = field(default_factory=time.time)
 
     def __str__(self) -> str:

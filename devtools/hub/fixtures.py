@@ -394,18 +394,29 @@ def make_standard_fixtures(root) -> dict:
     A ``<name>.done`` marker holding FIXTURE_VERSION makes repeated calls (pytest sessions,
     the standalone server) cheap; an flock keeps concurrent callers (xdist) from racing.
     """
-    import fcntl
-    import shutil
-
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    makers = {
+    _make_once(root, {
         "bert-uncased": lambda d: make_tiny_bert(d),
         "bert-cased": lambda d: make_tiny_bert(d, cased=True),
         "glue": lambda d: make_glue_dataset(d),
         "yelp": lambda d: make_text_dataset(d),
         "glue-metric": lambda d: make_glue_metric(d),
+    })
+    return {
+        ("model", "google-bert/bert-base-uncased"): root / "bert-uncased",
+        ("model", "google-bert/bert-base-cased"): root / "bert-cased",
+        ("dataset", "nyu-mll/glue"): root / "glue",
+        ("dataset", "Yelp/yelp_review_full"): root / "yelp",
+        ("space", "evaluate-metric/glue"): root / "glue-metric",
     }
+
+
+def _make_once(root: Path, makers: dict) -> None:
+    """Run each maker into ``root/NAME`` unless its ``NAME.done`` marker has this FIXTURE_VERSION."""
+    import fcntl
+    import shutil
+
+    root.mkdir(parents=True, exist_ok=True)
     with open(root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         for name, make in makers.items():
@@ -415,10 +426,33 @@ def make_standard_fixtures(root) -> dict:
                 shutil.rmtree(d, ignore_errors=True)
                 make(d)
                 done.write_text(FIXTURE_VERSION + "\n")
+
+
+# --------------------------------------------------------------------------- Modelers (openMind hub)
+def make_modelers_bert(dir) -> Path:
+    """``PyTorch-NPU/bert_base_cased`` as the openMind CoLA tutorial loads it: the tiny cased BERT,
+    plus the decoys such repos carry (a MindSpore checkpoint, TF/Flax/ONNX/CoreML weights, .bin)."""
+    out = make_tiny_bert(dir, cased=True)
+    (out / "mindspore_model.ckpt").write_bytes(_rng("om-ckpt").randbytes(120_000))
+    (out / "README.md").write_text(README_MODEL.replace("uncased", "cased").replace(
+        "hpcft test stand-in", "openMind (Modelers) hpcft test stand-in"))
+    return out
+
+
+def make_modelers_glue(dir) -> Path:
+    """``AI_Connect/glue``: GLUE-shaped parquet in one folder per config (cola/, mrpc/, sst2/) with the
+    card's ``configs:``, plus the legacy loading script (a decoy: staging never needs it)."""
+    out = make_glue_dataset(dir)
+    (out / "glue.py").write_text("# legacy GLUE loading script; hpcft stages the parquet files instead\n"
+                                 + "# " + "x" * 2000 + "\n")
+    return out
+
+
+def make_modelers_fixtures(root) -> dict:
+    """The two repos of the openMind CoLA tutorial, served under their Modelers ids."""
+    root = Path(root)
+    _make_once(root, {"om-bert-cased": make_modelers_bert, "om-glue": make_modelers_glue})
     return {
-        ("model", "google-bert/bert-base-uncased"): root / "bert-uncased",
-        ("model", "google-bert/bert-base-cased"): root / "bert-cased",
-        ("dataset", "nyu-mll/glue"): root / "glue",
-        ("dataset", "Yelp/yelp_review_full"): root / "yelp",
-        ("space", "evaluate-metric/glue"): root / "glue-metric",
+        ("model", "PyTorch-NPU/bert_base_cased"): root / "om-bert-cased",
+        ("dataset", "AI_Connect/glue"): root / "om-glue",
     }

@@ -1,4 +1,4 @@
-"""HTTP request handling for the loopback hub: HF and ModelScope routes, faults, log."""
+"""HTTP request handling for the loopback hub: HF, ModelScope and Modelers routes, faults, log."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import uuid
 import zlib
 from http.server import BaseHTTPRequestHandler
 
+from . import modelers
 from .faults import LogEntry
 from .repos import Repo, Snapshot
 
@@ -50,7 +51,8 @@ class Handler(BaseHTTPRequestHandler):
         self.query = urllib.parse.parse_qs(query, keep_blank_values=True)
         # Split before unquoting: an encoded "/" (refs%2Fpr%2F1) stays inside its segment.
         self.segs = [urllib.parse.unquote(s) for s in raw.split("/") if s]
-        self.entry = LogEntry(method, self.path, 0, range=self.headers.get("Range"))
+        self.entry = LogEntry(method, self.path, 0, range=self.headers.get("Range"),
+                              auth=self.headers.get("Authorization"))
         self.file_key = None
         # Read any request body now, so an unrouted POST cannot desync a keep-alive connection.
         n = int(self.headers.get("Content-Length") or 0)
@@ -59,7 +61,9 @@ class Handler(BaseHTTPRequestHandler):
         # describes are written: a client that has its answer can trust the log.
         self.hub.log.add(self.entry)
         try:
-            if self.segs[:2] == ["api", "v1"]:
+            if self.segs[:2] == ["api", "v1"] and len(self.segs) > 2 and self.segs[2] in modelers.ROUTES:
+                modelers.handle(self, method)
+            elif self.segs[:2] == ["api", "v1"]:
                 self.entry.protocol = "ms"
                 self._modelscope(method)
             elif self.segs[:1] == ["api"] and len(self.segs) > 2 and self.segs[1] in API_PLURAL:

@@ -4,7 +4,8 @@
 - ``hub_fixtures``  (session): {(kind, repo_id): folder} of the standard fixture set.
   Generated once per session (~5 s, imports transformers), or reused from
   ``$HPCFT_HUB_FIXTURES`` when set (versioned, so stale folders are regenerated).
-- ``hub_server``    (session): a started HubServer serving them (legacy-name aliases on).
+- ``modelers_fixtures`` (session): the openMind tutorial's two repos under their Modelers ids.
+- ``hub_server``    (session): a started HubServer serving both (legacy-name aliases on).
 - ``hub``           (function): ``hub_server`` with faults and the log cleared before and
   after the test, and ``tree_page_size`` restored.
 - ``client_env(hub, tmp_path, offline=False)`` / ``run_client(code, env)``: run a
@@ -20,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from .fixtures import make_standard_fixtures
+from .fixtures import make_modelers_fixtures, make_standard_fixtures
 from .server import HubServer
 
 # Variables from the developer's shell that would steer a client somewhere else.
-_STRIP_PREFIXES = ("HF_", "HUGGINGFACE_", "MODELSCOPE_", "TRANSFORMERS_", "DATASETS_")
+_STRIP_PREFIXES = ("HF_", "HUGGINGFACE_", "MODELSCOPE_", "TRANSFORMERS_", "DATASETS_", "OPENMIND_", "HUB_WHITE_LIST")
 _STRIP = {"http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"}
 
 
@@ -35,12 +36,26 @@ def hub_fixtures(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
+def modelers_fixtures(hub_fixtures) -> dict:
+    """{(kind, Modelers id): folder}: PyTorch-NPU/bert_base_cased and AI_Connect/glue."""
+    return make_modelers_fixtures(_root(hub_fixtures))
+
+
+def _root(hub_fixtures: dict) -> Path:
+    return next(iter(hub_fixtures.values())).parent
+
+
+@pytest.fixture(scope="session")
 def hub_server(hub_fixtures):
     server = HubServer()
     for (kind, rid), folder in hub_fixtures.items():
         server.add_repo(kind, rid, folder)
         if kind != "space":
             server.add_alias(kind, rid.split("/", 1)[1], rid)
+    # the Modelers repos (no legacy-name redirects); made here, not via the modelers_fixtures fixture,
+    # so modules that import only hub/hub_server keep working
+    for (kind, rid), folder in make_modelers_fixtures(_root(hub_fixtures)).items():
+        server.add_repo(kind, rid, folder)
     with server:
         yield server
 

@@ -1,8 +1,10 @@
-"""A loopback model hub speaking the Hugging Face and ModelScope HTTP protocols.
+"""A loopback model hub speaking the Hugging Face, ModelScope and Modelers HTTP protocols.
 
 The real client libraries (huggingface_hub, transformers, datasets, evaluate,
-modelscope / modelscope_hub) talk to it as if it were huggingface.co or
-modelscope.cn: point ``HF_ENDPOINT`` and ``MODELSCOPE_ENDPOINT`` at ``.url``.
+modelscope / modelscope_hub, openmind_hub) talk to it as if it were huggingface.co,
+modelscope.cn or modelers.cn: point ``HF_ENDPOINT``, ``MODELSCOPE_ENDPOINT`` and
+``OPENMIND_HUB_ENDPOINT`` at ``.url`` (openmind_hub needs https and a modelers.cn name:
+``HubServer(tls=Cert.make(dir), hostname="hub.modelers.cn")``, see ``tls.py``).
 Stdlib only.  Fault knobs (5xx, dropped connections, slow bodies, missing files,
 corrupted bytes) and a request log let tests check retry/resume/verification and
 "which files were fetched".
@@ -41,8 +43,12 @@ class HubServer:
     """The hub.  Thread-safe; one instance serves both protocols on one port."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, tree_page_size: int = 1000,
-                 lfs_threshold: int = 10 * 1024 * 1024):
+                 lfs_threshold: int = 10 * 1024 * 1024, tls=None, hostname: str | None = None):
+        """``tls``: a :class:`devtools.hub.tls.Cert` (serve https, as modelers.cn does; the
+        openmind_hub client refuses anything else). ``hostname``: the name ``url`` uses
+        (e.g. ``hub.modelers.cn``, resolved to the loopback address by the test)."""
         self.host, self._want_port = host, port
+        self.tls, self.hostname = tls, hostname
         self.tree_page_size = tree_page_size  # HF tree pages (the client follows Link: rel="next")
         self.lfs_threshold = lfs_threshold  # files this big are LFS even without .gitattributes
         self.repos: dict[tuple[str, str], Repo] = {}
@@ -58,6 +64,10 @@ class HubServer:
         if self._httpd is None:
             handler = type("BoundHandler", (Handler,), {"hub": self})
             self._httpd = _Server((self.host, self._want_port), handler)
+            if self.tls is not None:
+                # the handshake happens in the request's thread (first read), not in accept()
+                self._httpd.socket = self.tls.server_context().wrap_socket(
+                    self._httpd.socket, server_side=True, do_handshake_on_connect=False)
             self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.1,),
                                             name="hub", daemon=True)
             self._thread.start()
@@ -81,12 +91,17 @@ class HubServer:
         return self._httpd.server_address[1]
 
     @property
+    def scheme(self) -> str:
+        return "https" if self.tls is not None else "http"
+
+    @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.hostname or self.host}:{self.port}"
 
     def env(self) -> dict[str, str]:
         """Environment variables that point every client at this hub."""
-        return {"HF_ENDPOINT": self.url, "MODELSCOPE_ENDPOINT": self.url, "HF_HUB_DISABLE_XET": "1",
+        return {"HF_ENDPOINT": self.url, "MODELSCOPE_ENDPOINT": self.url, "OPENMIND_HUB_ENDPOINT": self.url,
+                "HF_HUB_DISABLE_XET": "1",
                 "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_ETAG_TIMEOUT": "30",
                 "HF_UPDATE_DOWNLOAD_COUNTS": "0",
                 # A proxy in the environment would swallow loopback requests.
@@ -146,6 +161,8 @@ class HubServer:
         """Create (cached in ``fixtures_dir``) and serve the standard fixture set."""
         from .fixtures import make_standard_fixtures
 
+        from .fixtures import make_modelers_fixtures
+
         repos = make_standard_fixtures(fixtures_dir)
         for (kind, rid), folder in repos.items():
             self.add_repo(kind, rid, folder)
@@ -153,7 +170,10 @@ class HubServer:
             for kind, rid in repos:
                 if kind != "space":
                     self.add_alias(kind, rid.split("/", 1)[1], rid)
-        return repos
+        om = make_modelers_fixtures(fixtures_dir)  # Modelers ids: no legacy names to redirect
+        for (kind, rid), folder in om.items():
+            self.add_repo(kind, rid, folder)
+        return {**repos, **om}
 
 
 class _Server(ThreadingHTTPServer):

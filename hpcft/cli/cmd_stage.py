@@ -8,12 +8,15 @@ EPILOG = """examples:
   hpcft stage bert-base-uncased glue/mrpc          # model + dataset config + its glue metric
   hpcft stage bert-base-cased yelp_review_full --metric accuracy
   hpcft stage bert-base-cased glue/cola --source modelscope
+  hpcft stage PyTorch-NPU/bert_base_cased AI_Connect/glue:cola --source modelers   # the openMind tutorial
   hpcft stage Qwen/Qwen2.5-0.5B --revision main --json
   hpcft stage --job jobs/mrpc-bert-gpu.yaml         # whatever the job file references
   hpcft stage --dataset ./my_data                   # a local folder, copied into the cache
 
-sources: HF_ENDPOINT / MODELSCOPE_ENDPOINT, else sources.hf_endpoint / sources.modelscope_endpoint
-in the hpcft config; --source auto tries sources.order and reports what each said.
+sources: HF_ENDPOINT / MODELSCOPE_ENDPOINT / OPENMIND_HUB_ENDPOINT, else sources.hf_endpoint /
+sources.modelscope_endpoint / sources.modelers_endpoint in the hpcft config; --source auto tries
+sources.order and reports what each said. Modelers tokens: OPENMIND_HUB_TOKEN or
+sources.modelers_token_file (sent as a header, never written anywhere).
 """
 
 
@@ -30,7 +33,7 @@ def register(sub) -> None:
     p.add_argument("--dataset", action="append", default=[], metavar="NAME", help="another dataset (repeatable)")
     p.add_argument("--metric", action="append", default=[], metavar="NAME", help="an evaluate metric (repeatable)")
     p.add_argument("--no-metric", action="store_true", help="do not stage the metric a dataset preset brings")
-    p.add_argument("--source", choices=["auto", "hf", "modelscope"], default="auto",
+    p.add_argument("--source", choices=["auto", "hf", "modelscope", "modelers"], default="auto",
                    help="where to fetch from (default auto: sources.order of the config)")
     p.add_argument("--revision", metavar="REV", help="branch, tag or commit (default: main / master)")
     p.add_argument("--cache", metavar="DIR", help="cache dir (default: HPCFT_CACHE or cache_dir of the config)")
@@ -54,11 +57,15 @@ def _job_assets(path: str, s):
 
 
 def _is_dataset_name(name: str, table) -> bool:
+    from ..stage.resolve import is_local
+
     base = name.split(":", 1)[0]
     head = base.split("/", 1)[0]
     datasets = table.section("dataset")
     if base in table.section("model"):
         return False
+    if ":" in name and not is_local(name):  # org/name:config (AI_Connect/glue:cola): model ids have no ":"
+        return True
     return base in datasets or (head in datasets and bool(datasets[head].configs)) or \
         any(e.id == base for e in datasets.values())
 

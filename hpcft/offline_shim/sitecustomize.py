@@ -10,6 +10,15 @@ a hub name to files without asking the hub (measured: "Couldn't reach 'glue' on 
 Hub (OfflineModeIsEnabled)"), while loading the staged folder works and takes 0.1 s.
 Models and metrics need no shim (hub-cache layout and evaluate's module cache suffice).
 
+openMind hub (``openmind_hub``, the Modelers client): its ``snapshot_download`` and
+``om_hub_download`` ask the hub whether the repo exists (``check_repo_exists``) before they
+look at ``local_files_only`` -- a network call that fails on a node without internet. Offline,
+the shim makes that check a no-op, so ``local_files_only=True`` resolves from the cache that
+``XDG_CACHE_HOME`` points at (``hpcft.offline.cache_env``), as the client intends. The
+``openmind`` library's ``OmDataset.load_dataset("AI_Connect/glue", "cola")`` asks the hub
+(``repo_info``) for any hub name, even with the data on disk: offline, a staged name becomes the
+staged folder, exactly as for ``datasets.load_dataset``.
+
 Active only when ``HPCFT_CACHE`` is set and ``HF_DATASETS_OFFLINE``/``HF_HUB_OFFLINE``
 is 1; ``HPCFT_SHIM=0`` turns it off. Names that are not staged, local paths and any
 other call pass through untouched. A ``sitecustomize`` further down ``sys.path``
@@ -87,6 +96,36 @@ def _wrap(fn, what):
     return wrapper
 
 
+def _skip_when_offline(fn):
+    import functools
+
+    @functools.wraps(fn)
+    def check_repo_exists(*args, **kwargs):
+        if _offline():
+            return None  # offline: no hub to ask; the cache lookup that follows decides
+        return fn(*args, **kwargs)
+
+    check_repo_exists.__hpcft_shim__ = True
+    return check_repo_exists
+
+
+def patch_openmind_hub(module) -> None:
+    """Offline, openmind_hub's repo-existence check (a network call) is skipped."""
+    fn = getattr(module, "check_repo_exists", None)
+    if fn is not None and not getattr(fn, "__hpcft_shim__", False):
+        module.check_repo_exists = _skip_when_offline(fn)
+
+
+OM_MODULES = ("openmind_hub.plugins.openmind.file_download", "openmind_hub.plugins.openmind._snapshot_download")
+
+
+def patch_openmind_datasets(module) -> None:
+    """``openmind.integrations.datasets.load_dataset`` (and the name ``openmind.omdatasets`` bound)."""
+    fn = getattr(module, "load_dataset", None)
+    if fn is not None and not getattr(fn, "__hpcft_shim__", False):
+        module.load_dataset = _wrap(fn, "openmind load_dataset")
+
+
 def patch_datasets(module) -> None:
     load = sys.modules.get("datasets.load")
     for owner in (module, load):
@@ -145,10 +184,13 @@ def install() -> bool:
     if os.environ.get("HPCFT_SHIM", "1").lower() in ("0", "false", "no", "off") \
             or not os.environ.get("HPCFT_CACHE"):
         return False
-    if "datasets" in sys.modules:  # imported already (e.g. install() called late)
-        patch_datasets(sys.modules["datasets"])
+    hooks = {"datasets": patch_datasets, **{name: patch_openmind_hub for name in OM_MODULES},
+             "openmind.integrations.datasets": patch_openmind_datasets, "openmind.omdatasets": patch_openmind_datasets}
+    for name, hook in hooks.items():
+        if name in sys.modules:  # imported already (e.g. install() called late)
+            hook(sys.modules[name])
     if not any(isinstance(f, _PostImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _PostImport({"datasets": patch_datasets}))
+        sys.meta_path.insert(0, _PostImport(hooks))
     return True
 
 

@@ -63,7 +63,7 @@ class HTTPFailure(Exception):
         if not msg and self.body:
             try:
                 data = json.loads(self.body)
-                msg = data.get("error") or data.get("Message") or ""
+                msg = data.get("error") or data.get("Message") or data.get("msg") or ""
             except (ValueError, AttributeError):
                 msg = self.body[:200].decode("utf-8", "replace")
         return str(msg)
@@ -119,17 +119,19 @@ def _reason(reason) -> str:
     return getattr(reason, "strerror", None) or str(reason)
 
 
-def get_json(url: str, policy: Policy) -> tuple[object, dict]:
-    """GET a JSON document; retries transient failures, all within ``policy.meta_timeout_s``."""
+def get_json(url: str, policy: Policy, headers: Optional[dict] = None) -> tuple[object, dict]:
+    """GET a JSON document; retries transient failures, all within ``policy.meta_timeout_s``.
+
+    ``headers`` (e.g. an Authorization token) are sent and never logged or stored."""
     deadline = time.monotonic() + policy.meta_timeout_s
     attempt = 0
     while True:
         left = deadline - time.monotonic()
         try:
-            with _request(url, timeout=max(1.0, left)) as resp:
+            with _request(url, headers=headers, timeout=max(1.0, left)) as resp:
                 body = resp.read()
-                headers = dict(resp.headers)
-            return json.loads(body), headers
+                answer_headers = dict(resp.headers)
+            return json.loads(body), answer_headers
         except (Unreachable, HTTPFailure) as exc:
             transient = isinstance(exc, Unreachable) or exc.transient
             limit = min(2, policy.retries) if isinstance(exc, Unreachable) else policy.retries
@@ -149,7 +151,8 @@ def git_blob_sha1_prefix(size: int) -> "hashlib._Hash":
 
 
 def download(url: str, part: Path, *, size: int, sha256: Optional[str], git_oid: Optional[str],
-             policy: Policy, on_bytes: Callable[[int], None], stop: threading.Event) -> str:
+             policy: Policy, on_bytes: Callable[[int], None], stop: threading.Event,
+             headers: Optional[dict] = None) -> str:
     """Fetch ``url`` into ``part`` (resuming what is there); verify; return the sha256.
 
     Transient failures (5xx, dropped connection, timeout) retry with backoff and resume
@@ -175,7 +178,7 @@ def download(url: str, part: Path, *, size: int, sha256: Optional[str], git_oid:
             on_bytes(have)
         try:
             if have < size:
-                _fetch(url, part, have, size, h256, h1, policy, on_bytes, stop)
+                _fetch(url, part, have, size, h256, h1, policy, on_bytes, stop, headers)
             elif not part.exists():
                 part.touch()
         except (Unreachable, HTTPFailure, OSError, http.client.HTTPException) as exc:
@@ -201,8 +204,9 @@ def download(url: str, part: Path, *, size: int, sha256: Optional[str], git_oid:
             raise VerifyError(f"checksum mismatch twice: expected {want}, got sha256 {digest}")
 
 
-def _fetch(url, part: Path, have: int, size: int, h256, h1, policy: Policy, on_bytes, stop) -> None:
-    headers = {"Range": f"bytes={have}-"} if have else {}
+def _fetch(url, part: Path, have: int, size: int, h256, h1, policy: Policy, on_bytes, stop,
+           extra_headers: Optional[dict] = None) -> None:
+    headers = {**(extra_headers or {}), **({"Range": f"bytes={have}-"} if have else {})}
     resp = _request(url, headers=headers, timeout=policy.timeout_s)
     with resp:
         if have and resp.status != 206:  # the server ignored Range: start over

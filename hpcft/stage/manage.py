@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 from ..atomic import file_lock
 from ..errors import ConfigError, NotFoundError
+from .cards import sync_staged_configs
 from .layout import metric_module_dir, repo_root
 from .store import Cache, sha256_file
 
@@ -94,6 +95,8 @@ def _remove_one(cache: Cache, m: dict) -> None:
             for f in m.get("files", []):
                 if f["path"] not in keep:
                     (folder / f["path"]).unlink(missing_ok=True)
+            if kind == "dataset":
+                sync_staged_configs(folder, cache.root / "locks")
             return
         if kind == "metric":
             shutil.rmtree(folder.parent, ignore_errors=True)

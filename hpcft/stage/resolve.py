@@ -31,6 +31,7 @@ class AssetRef:
     config: Optional[str] = None    # dataset config
     names: tuple[str, ...] = ()     # every name to record as an alias (typed + table names)
     ms_id: Optional[str] = None     # ModelScope id when it differs
+    om_id: Optional[str] = None     # Modelers (openMind hub) id when it differs
     local: Optional[Path] = None    # a local folder/file instead of a hub repo
     configs: tuple[str, ...] = ()   # the valid configs, when the table knows them
     metric: Optional[str] = None    # the metric a dataset preset brings along
@@ -49,6 +50,7 @@ class AssetRef:
 class Entry:
     id: str
     modelscope: Optional[str] = None
+    modelers: Optional[str] = None
     configs: tuple[str, ...] = ()
     metric: Optional[str] = None
     config: Optional[str] = None    # an alias that pins a config ("org/name:config")
@@ -79,12 +81,12 @@ def _entry(kind: str, name: str, value: Any, where: str) -> Entry:
         rid, _, cfg = value.partition(":") if kind == "dataset" else (value, "", "")
         return Entry(id=rid, config=cfg or None)
     if isinstance(value, dict) and isinstance(value.get("id"), str):
-        unknown = set(value) - {"id", "modelscope", "configs", "metric"}
+        unknown = set(value) - {"id", "modelscope", "modelers", "configs", "metric"}
         if not unknown:
-            return Entry(id=value["id"], modelscope=value.get("modelscope"),
+            return Entry(id=value["id"], modelscope=value.get("modelscope"), modelers=value.get("modelers"),
                          configs=tuple(str(c) for c in value.get("configs") or ()), metric=value.get("metric"))
     raise ConfigError([f"{where}: aliases.{KIND_SECTIONS[kind]}.{name}: expected 'org/name' or "
-                       "{id: org/name, configs: [...], metric: NAME, modelscope: org/name}"])
+                       "{id: org/name, configs: [...], metric: NAME, modelscope: org/name, modelers: owner/name}"])
 
 
 @lru_cache(maxsize=1)
@@ -108,7 +110,7 @@ def load_table(settings=None) -> AliasTable:
                 entry = _entry(kind, name, value, "config")
                 known = table.by_id(kind, entry.id)
                 if known and not entry.config:  # keep what the table knows about that repo
-                    entry = Entry(entry.id, known.modelscope, known.configs, known.metric)
+                    entry = Entry(entry.id, known.modelscope, known.modelers, known.configs, known.metric)
                 table.section(kind)[name] = entry
     return table
 
@@ -150,7 +152,7 @@ def resolve(kind: str, name: str, table: AliasTable, config: Optional[str] = Non
         entry = section.get(name)
         if entry:
             names = (name, *table.names_for(kind, entry.id))
-            return AssetRef(kind, entry.id, name, names=_uniq(names), ms_id=entry.modelscope)
+            return AssetRef(kind, entry.id, name, names=_uniq(names), ms_id=entry.modelscope, om_id=entry.modelers)
         rid = f"evaluate-metric/{name}" if kind == "metric" and "/" not in name else name
         return AssetRef(kind, rid, name, names=_uniq((name, *table.names_for(kind, rid))))
 
@@ -177,7 +179,7 @@ def resolve(kind: str, name: str, table: AliasTable, config: Optional[str] = Non
     if cfg:
         names += [f"{n}/{cfg}" for n in table.names_for("dataset", entry.id) if entry.configs]
     return AssetRef("dataset", entry.id, name, config=cfg, names=_uniq(names), ms_id=entry.modelscope,
-                    configs=entry.configs, metric=entry.metric)
+                    om_id=entry.modelers, configs=entry.configs, metric=entry.metric)
 
 
 def _uniq(items) -> tuple[str, ...]:

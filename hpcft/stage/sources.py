@@ -1,23 +1,27 @@
-"""The two hub protocols: resolve a revision, list files, build download URLs.
+"""The three hub protocols: resolve a revision, list files, build download URLs.
 
-Endpoints come from, highest first: ``HF_ENDPOINT`` / ``MODELSCOPE_ENDPOINT`` in the
-environment (what tutorials tell users to export), then ``sources.hf_endpoint`` /
-``sources.modelscope_endpoint`` in the cluster/user config (defaults: hf-mirror.com and
-www.modelscope.cn).
+Endpoints come from, highest first: ``HF_ENDPOINT`` / ``MODELSCOPE_ENDPOINT`` /
+``OPENMIND_HUB_ENDPOINT`` in the environment (what tutorials tell users to export), then
+``sources.hf_endpoint`` / ``sources.modelscope_endpoint`` / ``sources.modelers_endpoint``
+in the cluster/user config (defaults: hf-mirror.com, www.modelscope.cn, modelers.cn).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import urllib.parse
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
+from ..errors import StageError
 from .http import HTTPFailure, Policy, Unreachable, get_json
 from .resolve import AssetRef
 
-SOURCES = ("hf", "modelscope")
+SOURCES = ("hf", "modelscope", "modelers")
 
 
 @dataclass
@@ -69,9 +73,13 @@ class Source:
     def hint(self) -> str:
         return f"set {self.env_var} or {self.config_key} in the hpcft config"
 
+    def headers(self) -> dict:
+        """Request headers for listings and downloads (a token, where the source has one)."""
+        return {}
+
     def _get(self, url: str, what: str):
         try:
-            return get_json(url, self.policy)
+            return get_json(url, self.policy, self.headers())
         except Unreachable as exc:
             raise SourceError(self, "unreachable", f"cannot reach {self.endpoint} ({exc})") from None
         except HTTPFailure as exc:
@@ -211,6 +219,104 @@ def _content_sha(files: list[RemoteFile]) -> str:
     return h.hexdigest()
 
 
+class ModelersSource(Source):
+    """The Modelers community hub (modelers.cn, the openMind hub): Ascend-ready models and datasets.
+
+    Its file API lists one folder level per call (``/api/v1/file/OWNER/REPO?ref=&path=``),
+    with the commit in ``last_commit`` and per file an ``etag`` (sha256 for LFS files, the git
+    blob id otherwise); bytes come from ``/api/v1/file/OWNER/REPO/REV/media/PATH``. A token
+    (``OPENMIND_HUB_TOKEN`` or ``sources.modelers_token_file``) is sent as a header only.
+    """
+
+    name = "modelers"
+    env_var = "OPENMIND_HUB_ENDPOINT"
+    config_key = "sources.modelers_endpoint"
+
+    def __init__(self, endpoint: str, policy: Policy, token: Optional[str] = None):
+        super().__init__(endpoint, policy)
+        self.__token = token
+
+    def headers(self) -> dict:
+        return {"Authorization": f"Bearer {self.__token}"} if self.__token else {}
+
+    def _http_error(self, exc: HTTPFailure, what: str) -> SourceError:
+        code = _modelers_code(exc.body)
+        if exc.status == 404 and code == "ref_not_exist":
+            return SourceError(self, "revision", f"revision not found: {what}")
+        if exc.status in (401, 403, 404):
+            return SourceError(self, "not_found", f"{what}: not found (HTTP {exc.status}"
+                               f"{', ' + code if code else ''}{'' if self.__token else '; private repos need OPENMIND_HUB_TOKEN'})")
+        return SourceError(self, "error", f"{what}: HTTP {exc.status} {exc.message()}".strip())
+
+    def listing(self, ref: AssetRef, revision: Optional[str]) -> Listing:
+        if ref.kind == "metric":
+            raise SourceError(self, "not_found", "Modelers does not host evaluate metrics (use the hf source)")
+        rid = ref.om_id or ref.repo_id
+        if rid.count("/") != 1:
+            raise SourceError(self, "not_found", f"{ref.kind} {rid}: Modelers ids have the form owner/name")
+        rev = revision or "main"
+        what = f"{ref.kind} {rid}@{rev}" if revision else f"{ref.kind} {rid}"
+        # the repo's info first: a dataset asked for as a model (or the reverse) is "not found" here
+        self._get(f"{self.endpoint}/api/v1/{ref.kind}/{rid}?ref={_q(rev)}", what)
+        files: list[RemoteFile] = []
+        sha: Optional[str] = None
+        todo, seen = [""], set()
+        while todo:  # the API lists one folder level per call
+            folder = todo.pop(0)
+            data, _ = self._get(f"{self.endpoint}/api/v1/file/{rid}?ref={_q(rev)}&path={_q(folder)}", what)
+            body = data.get("data") if isinstance(data, dict) else None
+            if not isinstance(body, dict) or not isinstance(body.get("tree"), list):
+                raise SourceError(self, "error", f"{what}: unexpected file list from the endpoint")
+            if sha is None:
+                sha = str((((body.get("last_commit") or {}).get("commit")) or {}).get("commit_sha") or "") or None
+            for it in body["tree"]:
+                path = str(it.get("path") or "").strip("/")
+                if not path or path in seen:
+                    continue
+                seen.add(path)
+                if path.startswith("~") or ".." in path.split("/"):
+                    raise SourceError(self, "error", f"{what}: the file list names an unsafe path {path!r}")
+                if it.get("type") == "dir":
+                    todo.append(path)
+                elif it.get("type") == "file":
+                    files.append(self._file(rid, rev, path, it, what))
+        if not sha or not re.fullmatch(r"[0-9a-f]{40}", sha):
+            raise SourceError(self, "error", f"{what}: the endpoint's answer has no commit sha")
+        return Listing(self.name, self.endpoint, ref.repo_id, rev, sha, files)
+
+    def _file(self, rid: str, rev: str, path: str, it: dict, what: str) -> RemoteFile:
+        etag = str(it.get("etag") or "").strip('"').lower()
+        lfs = bool(it.get("is_lfs"))
+        if not re.fullmatch(r"[0-9a-f]{64}" if lfs else r"[0-9a-f]{40}", etag):
+            raise SourceError(self, "error", f"{what}: {path} is listed without a usable etag ({etag[:70]!r}), "
+                                             "so its download could not be verified")
+        return RemoteFile(path, int(it.get("size") or 0),
+                          f"{self.endpoint}/api/v1/file/{rid}/{_q(rev)}/media/{urllib.parse.quote(path)}",
+                          sha256=etag if lfs else None, git_oid=None if lfs else etag)
+
+
+def _modelers_code(body: bytes) -> str:
+    """The ``code`` of a Modelers error answer (``repo_not_exist``, ``ref_not_exist``, ...), or ""."""
+    try:
+        data = json.loads(body or b"{}")
+    except ValueError:
+        return ""  # a proxy's HTML page, not the hub's JSON: no code to report
+    return str(data.get("code") or "") if isinstance(data, dict) else ""
+
+
+def modelers_token(settings) -> Optional[str]:
+    """``OPENMIND_HUB_TOKEN``, else the first line of ``sources.modelers_token_file``; never logged."""
+    token = os.environ.get("OPENMIND_HUB_TOKEN", "").strip()
+    path = settings.sources.modelers_token_file
+    if token or not path:
+        return token or None
+    try:
+        lines = Path(path).expanduser().read_text(encoding="utf-8").split()
+    except OSError as exc:
+        raise StageError(f"sources.modelers_token_file {path}: cannot read it ({exc.strerror or exc})") from None
+    return lines[0] if lines else None
+
+
 def make_sources(settings, only: Optional[str] = None) -> list[Source]:
     s = settings.sources
     order = list(dict.fromkeys(s.order)) or ["hf", "modelscope"]
@@ -222,7 +328,10 @@ def make_sources(settings, only: Optional[str] = None) -> list[Source]:
                     backoff_s=float(os.environ.get("HPCFT_RETRY_BACKOFF_S") or 0.5))
     hf = HFSource(os.environ.get("HF_ENDPOINT") or s.hf_endpoint, policy)
     ms = ModelScopeSource(os.environ.get("MODELSCOPE_ENDPOINT") or s.modelscope_endpoint, policy)
-    by = {"hf": hf, "modelscope": ms}
+    by: dict[str, Source] = {"hf": hf, "modelscope": ms}
+    if only == "modelers" or "modelers" in order:
+        by["modelers"] = ModelersSource(os.environ.get("OPENMIND_HUB_ENDPOINT") or s.modelers_endpoint, policy,
+                                        modelers_token(settings))
     if only and only != "auto":
         return [by[only]]
     return [by[name] for name in order]

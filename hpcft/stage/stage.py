@@ -21,6 +21,7 @@ from typing import Optional, TextIO
 
 from ..errors import StageError
 from . import layout, select
+from .cards import sync_staged_configs
 from .http import HTTPFailure, Unreachable, VerifyError, download
 from .progress import Progress, human
 from .resolve import AliasTable, AssetRef
@@ -68,6 +69,8 @@ class _Ctx:
         self.settings, self.cache, self.table, self.opts = settings, cache, table, opts
         self.perms = layout.Perms.from_settings(settings)
         self.sources = make_sources(settings, opts.source)
+        # evaluate metrics live on the HF endpoint only (ModelScope and Modelers host none)
+        self.metric_sources = [s for s in self.sources if s.name == "hf"] or make_sources(settings, "hf")
         self.parallel = settings.sources.parallel
 
     def say(self, line: str) -> None:
@@ -187,6 +190,8 @@ def _failure(ref: AssetRef, errors: list[SourceError]) -> StageError:
         hint = f"check the network from this node, or point {hint} (hpcft config) at a reachable mirror"
     elif "not_found" in kinds:
         hint = "check the name (org/name as on the hub, or a name from hpcft/stage/aliases.yaml)"
+        if ref.kind != "metric" and "modelers" not in {e.source.name for e in errors}:
+            hint += "; for an id on the Modelers (openMind) hub add --source modelers"
     else:
         hint = "try again later, or another source with --source"
     return StageError(f"{what}: could not be staged. Asked {said}. What to do: {hint}")
@@ -194,19 +199,20 @@ def _failure(ref: AssetRef, errors: list[SourceError]) -> StageError:
 
 def _stage_remote(ref: AssetRef, ctx: _Ctx) -> StageResult:
     errors: list[SourceError] = []
-    for src in ctx.sources:
+    sources = ctx.metric_sources if ref.kind == "metric" else ctx.sources
+    for src in sources:
         try:
             listing = src.listing(ref, ctx.opts.revision)
         except SourceError as exc:
             errors.append(exc)
-            if src is not ctx.sources[-1]:
+            if src is not sources[-1]:
                 ctx.say(f"  {ref.kind} {ref.label}: {exc.line()}; trying the next source")
             continue
         try:
             return _fetch(ref, ctx, src, listing, [e.line() for e in errors])
         except _SourceFailed as exc:
             errors.append(SourceError(src, "error", str(exc)))
-            if src is not ctx.sources[-1]:
+            if src is not sources[-1]:
                 ctx.say(f"  {ref.kind} {ref.label}: {errors[-1].line()}; trying the next source")
     raise _failure(ref, errors)
 
@@ -233,7 +239,7 @@ def _fetch(ref: AssetRef, ctx: _Ctx, src: Source, listing: Listing, tried: list[
                 + (f"; skipping {len(skipped)} files ({human(sum(s['size'] for s in skipped))}): "
                    + ", ".join(s["path"] for s in skipped[:8]) + (" …" if len(skipped) > 8 else "")
                    if skipped else ""))
-        fetched, digests = _download_all(ref, ctx, todo, staging)
+        fetched, digests = _download_all(ref, ctx, todo, staging, headers=src.headers())
         fetched += pre
         # anything else lying in the folder (an older selection) is not part of the asset
         for p in sorted(staging.rglob("*"), reverse=True):
@@ -252,11 +258,21 @@ def _fetch(ref: AssetRef, ctx: _Ctx, src: Source, listing: Listing, tried: list[
         raise StageError(f"{ref.kind} {ref.label}: cannot write {getattr(exc, 'filename', '') or cache.root} "
                          f"({exc.strerror or exc}); check the cache dir's permissions or use --cache DIR") from None
     layout.write_ref(cache, perms, ref.kind, listing.repo_id, listing.revision, listing.sha)
+    if ref.kind == "dataset":  # only some configs here: tell `datasets` which (cards.py says why)
+        card = sync_staged_configs(final, cache.root / "locks")
+        if card is not None:
+            perms.file(card)
     names = [*ref.names]
     if listing.repo_id != ref.repo_id:
         names.append(ref.repo_id)
+    # the hub's own name, when it differs (google-bert/bert-base-cased is PyTorch-NPU/bert_base_cased on
+    # Modelers): openmind_hub's offline lookups use it
+    hub_name = ref.om_id if src.name == "modelers" and ref.om_id and ref.om_id != listing.repo_id else None
+    if hub_name:
+        names.append(hub_name)
     layout.link_aliases(cache, ref.kind, listing.repo_id, [*_alias_names(ref, ctx.table),
-                                                          *([ref.repo_id] if listing.repo_id != ref.repo_id else [])])
+                                                          *([ref.repo_id] if listing.repo_id != ref.repo_id else []),
+                                                          *([hub_name] if hub_name else [])])
     extra = {"skipped": skipped, "typed": ref.typed}
     if ref.kind == "metric":
         mod = layout.install_metric_module(cache, perms, listing.repo_id, final)
@@ -295,7 +311,8 @@ def _select(ref: AssetRef, ctx: _Ctx, src: Source, listing: Listing, staging: Pa
         return wanted, 0
     readme, pre = None, 0
     if "README.md" in listing.by_path():
-        pre, _ = _download_all(ref, ctx, [listing.by_path()["README.md"]], staging, quiet=True)  # its configs
+        pre, _ = _download_all(ref, ctx, [listing.by_path()["README.md"]], staging, quiet=True,
+                               headers=src.headers())  # its configs
         readme = (staging / "README.md").read_text(encoding="utf-8", errors="replace")
     wanted, configs = select.select_dataset(paths, readme, ref.config)
     if not wanted or not any(p not in select.DATASET_META for p in wanted):
@@ -318,7 +335,7 @@ def _check_space(cache: Cache, todo: list[RemoteFile], staging: Path) -> None:
 
 
 def _download_all(ref: AssetRef, ctx: _Ctx, todo: list[RemoteFile], staging: Path,
-                  quiet: bool = False) -> tuple[int, dict[str, str]]:
+                  quiet: bool = False, headers: Optional[dict] = None) -> tuple[int, dict[str, str]]:
     """Fetch ``todo`` in parallel into ``staging``; (bytes fetched now, {path: sha256})."""
     policy = ctx.sources[0].policy
     stop = threading.Event()
@@ -350,7 +367,7 @@ def _download_all(ref: AssetRef, ctx: _Ctx, todo: list[RemoteFile], staging: Pat
 
         try:
             digest = download(f.url, part, size=f.size, sha256=f.sha256, git_oid=f.git_oid, policy=policy,
-                     on_bytes=on_bytes, stop=stop)
+                     on_bytes=on_bytes, stop=stop, headers=headers)
         except VerifyError as exc:
             raise _SourceFailed(f"{f.path}: {exc} (the mirror served a corrupt file)") from None
         except HTTPFailure as exc:

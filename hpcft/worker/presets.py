@@ -52,7 +52,7 @@ OTHERS: dict[str, Preset] = {
     "rotten_tomatoes": Preset(("text",), 2),
 }
 
-GLUE_NAMES = {"glue", "nyu-mll/glue"}
+GLUE_NAMES = {"glue", "nyu-mll/glue", "ai_connect/glue"}  # the last: GLUE on Modelers (openMind tutorial)
 
 
 def preset_for(dataset: str, config: Optional[str]) -> Optional[Preset]:
