@@ -5,7 +5,6 @@ Cache layout under the hpcft cache dir (``Settings.cache``)::
 
     hf/                 HF_HOME: hub/ (models, datasets repos), datasets/, modules/ (evaluate)
     modelscope/         MODELSCOPE_CACHE
-    xdg/                XDG_CACHE_HOME: xdg/openmind/hub -> ../../hf/hub is the openMind hub cache
                         (openmind_hub reads only XDG_CACHE_HOME); HUB_WHITE_LIST_PATHS lets its path
                         check accept the cache wherever it is (e.g. /lustre)
     manifests/          hpcft's manifest per staged asset
@@ -16,6 +15,7 @@ names users type (``load_dataset("glue", "mrpc")``) to the staged copies; see do
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 OFFLINE_FLAGS = {
@@ -29,9 +29,8 @@ OFFLINE_FLAGS = {
 }
 
 
-# XDG_CACHE_HOME of jobs, inside the cache: openmind_hub's cache is $XDG_CACHE_HOME/openmind/hub
-OPENMIND_XDG = "xdg"
-OPENMIND_HUB = f"{OPENMIND_XDG}/openmind/hub"
+# script jobs' XDG_CACHE_HOME, inside the run folder: openmind_hub's cache is $XDG_CACHE_HOME/openmind/hub
+RUN_XDG = "xdg"
 
 
 def cache_env(cache: Path) -> dict[str, str]:
@@ -46,9 +45,26 @@ def cache_env(cache: Path) -> dict[str, str]:
         "HF_DATASETS_CACHE": str(hf / "datasets"),
         "HF_MODULES_CACHE": str(hf / "modules"),
         "MODELSCOPE_CACHE": str(cache / "modelscope"),
-        "XDG_CACHE_HOME": str(cache / OPENMIND_XDG),
-        "HUB_WHITE_LIST_PATHS": str(cache),
     }
+
+
+def openmind_env(cache: Path, run_dir: Path) -> dict[str, str]:
+    """For script jobs: ``openmind_hub`` (the Modelers client) has no cache setting but
+    ``XDG_CACHE_HOME``. It points at a folder of the run whose ``openmind/hub`` is a link to the
+    staged ``hf/hub`` (same ``refs/`` + ``snapshots/`` layout, so repos resolve by hub name), so
+    other tools' XDG caches stay private to the run instead of landing in the shared cache.
+    ``HUB_WHITE_LIST_PATHS`` lets the client accept both places (it refuses paths outside /tmp
+    and ~ otherwise)."""
+    return {"XDG_CACHE_HOME": str(Path(run_dir) / RUN_XDG), "HUB_WHITE_LIST_PATHS": f"{cache},{run_dir}"}
+
+
+def link_openmind_cache(cache: Path, run_dir: Path) -> Path:
+    """``<run>/xdg/openmind/hub -> <cache>/hf/hub`` (see :func:`openmind_env`)."""
+    link = Path(run_dir) / RUN_XDG / "openmind" / "hub"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.is_symlink():
+        os.symlink(Path(cache).resolve() / "hf" / "hub", link)
+    return link
 
 
 def shim_path() -> str:

@@ -17,7 +17,7 @@ from . import __version__
 from .config import Settings
 from .errors import ConfigError
 from .job import LoadedJob
-from .offline import offline_env
+from .offline import offline_env, openmind_env
 from .rundir import LaunchSpec
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -141,6 +141,7 @@ class ScriptPlan:
             found = job_assets(self.job, Cache(self.settings.cache), load_table(self.settings),
                                self.loaded.base_dir)
             env.update(script_env(found))
+            env.update(openmind_env(self.settings.cache, self.run_dir))
         return env
 
     def user_vars(self) -> dict[str, str]:

@@ -15,6 +15,7 @@ from .atomic import atomic_write_text
 from .config import Settings
 from .errors import PreflightError, SlurmError
 from .job import LoadedJob
+from .offline import link_openmind_cache
 from .preflight import (Check, ClusterView, npu_env_check, output_dir_check, resolve_partition, run_checks,
                         staged_check)
 from .render import ScriptPlan, launch_command, make_plan, render_script
@@ -144,6 +145,8 @@ def prepare_run(loaded: LoadedJob, settings: Settings, paths: RunPaths,
     if not loaded.job.output_dir:
         paths.output.mkdir(exist_ok=True)
     paths.logs.mkdir(exist_ok=True)
+    if loaded.job.script:
+        link_openmind_cache(settings.cache, paths.dir)
     return plan, script
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcft.offline import offline_env
+from hpcft.offline import link_openmind_cache, offline_env, openmind_env
 from hpcft.stage.store import Cache
 from devtools.hub.pytest_fixtures import hub, hub_fixtures, hub_server, modelers_fixtures  # noqa: F401
 from devtools.hub.server import HubServer
@@ -130,13 +130,16 @@ def test_offline_local_files_only_resolves_staged_assets_by_hub_name(namespaces,
         s.bind(("127.0.0.1", 0))
         dead = f"https://{NAME}:{s.getsockname()[1]}"
     cache_root = Path(os.environ["HPCFT_CACHE"])
-    job = _env(OPENMIND_HUB_ENDPOINT=dead, HF_ENDPOINT=dead, **offline_env(cache_root))
+    run_dir = tmp_path / "run"  # what prepare_run gives a script job
+    link_openmind_cache(cache_root, run_dir)
+    job = _env(OPENMIND_HUB_ENDPOINT=dead, HF_ENDPOINT=dead, **offline_env(cache_root),
+               **openmind_env(cache_root, run_dir))
     argv = [sys.executable, "-c", PROBE]
     proc = _in_ns(argv, job, tmp_path, timeout=60)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     got = json.loads(proc.stdout.split("PATHS", 1)[1])
     cache = Cache(cache_root)
-    om_hub = cache_root / "xdg" / "openmind" / "hub"
+    om_hub = run_dir / "xdg" / "openmind" / "hub"
     model, data = cache.find("model", BERT), cache.find("dataset", GLUE, "cola")
     assert got["model"] == str(om_hub / "models--PyTorch-NPU--bert_base_cased" / "snapshots" / model.manifest["sha"])
     assert Path(got["model"]).resolve() == model.path.resolve()

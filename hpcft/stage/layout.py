@@ -6,8 +6,6 @@ For each staged asset (``store.py`` has the base layout)::
     hf/hub/models--ALIAS -> models--ORG--NAME      names users type (bert-base-uncased)
     hf/hub/datasets--ORG--NAME/...                 same for datasets (+ the shim, see offline_shim)
     metrics/ORG--NAME/SHA/NAME/                    the evaluate module (evaluate.load(path) works)
-    xdg/openmind/hub -> ../../hf/hub               openmind_hub's cache (XDG_CACHE_HOME=<cache>/xdg in
-                                                   jobs): the same refs/ + snapshots/ layout, by hub name
     hf/modules/evaluate_modules/metrics/evaluate-metric--NAME/HASH/NAME.py
                                                    what evaluate.load("NAME") finds offline
 
@@ -26,12 +24,11 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import StageError
-from ..offline import OPENMIND_HUB
 from .store import Cache, asset_key
 
 # writable-by-jobs folders of HF_HOME (datasets' arrow cache, evaluate's module and metric caches),
-# ModelScope's cache and the jobs' XDG_CACHE_HOME
-RUNTIME_DIRS = ("hf/datasets", "hf/modules", "hf/metrics", "modelscope", "xdg")
+# and ModelScope's cache
+RUNTIME_DIRS = ("hf/datasets", "hf/modules", "hf/metrics", "modelscope")
 
 
 @dataclass
@@ -113,33 +110,12 @@ def prepare_cache(cache: Cache, perms: Perms) -> None:
         for sub in ("tmp", "locks", "manifests/model", "manifests/dataset", "manifests/metric", "metrics",
                     "hf/hub", *RUNTIME_DIRS):
             perms.makedirs(root / sub, root)
-        link_openmind_hub(cache, perms)
         probe = cache.tmp / f".probe-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
         raise StageError(f"cache dir {root} is not writable ({exc.strerror or exc}); choose another with "
                          "--cache DIR, HPCFT_CACHE or cache_dir in the hpcft config") from None
-
-
-def link_openmind_hub(cache: Cache, perms: Perms) -> Path:
-    """``xdg/openmind/hub -> ../../hf/hub``: openmind_hub's cache *is* the HF hub cache (both use
-    ``{models,datasets}--OWNER--NAME/{refs,snapshots}``), so every staged repo resolves by its hub
-    name, with no second copy and nothing to keep in sync."""
-    link = cache.root / OPENMIND_HUB
-    target = os.path.relpath(cache.root / "hf" / "hub", link.parent)
-    perms.makedirs(link.parent, cache.root)
-    if link.is_symlink() and os.readlink(link) == target:
-        return link
-    if link.exists() and not link.is_symlink():
-        raise StageError(f"{link} is a folder, not hpcft's link to hf/hub: move it away (openmind_hub's "
-                         "cache in jobs is the staged hf/hub)")
-    tmp = link.with_name(f".hub.{os.getpid()}.tmp")
-    if tmp.is_symlink():
-        tmp.unlink()
-    os.symlink(target, tmp)
-    os.replace(tmp, link)  # atomic, also when another stage process made the same link meanwhile
-    return link
 
 
 def repo_root(cache: Cache, kind: str, repo_id: str) -> Path:
