@@ -190,6 +190,7 @@ def _train(job, spec, paths, rank, writer, restart, model_ref, data_ref, metric_
                               TrainingArguments)
 
     from . import checkpoints as ck
+    from .compat import training_args_kwargs
     from .data import prepare
     from .device import detect, dist_backend, export_dist_env, peak_memory_mb
     from .metrics import builtin_names, headline_of, load_staged, make_compute_metrics
@@ -246,7 +247,6 @@ def _train(job, spec, paths, rank, writer, restart, model_ref, data_ref, metric_
         max_steps=t.max_steps or -1,
         learning_rate=t.learning_rate,
         weight_decay=t.weight_decay,
-        warmup_steps=min(t.warmup_ratio, 0.999),
         lr_scheduler_type="linear",
         optim=_optimizer(device.kind),
         eval_strategy="epoch",
@@ -265,9 +265,8 @@ def _train(job, spec, paths, rank, writer, restart, model_ref, data_ref, metric_
         dataloader_pin_memory=device.kind != "cpu",
         remove_unused_columns=False,
         deepspeed=ds_config,
-        # transformers scales the loss by the rank count for token-averaged LM losses; a sequence
-        # classifier's loss is already a per-batch mean, so that would multiply gradients by the ranks
-        average_tokens_across_devices=False,
+        # warmup and average_tokens_across_devices: their names and meanings differ across releases
+        **training_args_kwargs(warmup_ratio=t.warmup_ratio, transformers_version=transformers.__version__),
         ddp_backend=dist_backend(device.kind) if rank.world_size > 1 else None,
     )
     best = _BestSaver(output_dir / "best", tokenizer, names, preset.headline if preset else None) \

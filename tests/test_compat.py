@@ -1,0 +1,57 @@
+"""hpcft.worker.compat: the arguments that differ between transformers 4.x and 5.x.
+
+The pure tests cover both branches on any lane; the last test hands the installed
+transformers (5.x in .venv, 4.57 in .venv-floor) what the worker hands it, and checks that
+the warmup really is the job's fraction of the total steps.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from hpcft.worker.compat import training_args_kwargs, version_tuple, warmup_kwargs
+
+pytestmark = pytest.mark.worker
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("4.57.6", (4, 57, 6)), ("5.24.0", (5, 24, 0)), ("2.13.0+cpu", (2, 13, 0)),
+    ("5.0.0.dev0", (5, 0, 0)), ("5.0.0rc1", (5, 0, 0)), ("2.6", (2, 6)),
+])
+def test_version_tuple(text, expected):
+    assert version_tuple(text) == expected
+
+
+def test_version_tuple_rejects_garbage():
+    with pytest.raises(ValueError, match="not a version"):
+        version_tuple("unknown")
+
+
+def test_warmup_is_a_ratio_keyword_on_4x_and_a_fractional_step_count_on_5x():
+    assert warmup_kwargs(0.1, "4.57.6") == {"warmup_ratio": 0.1}
+    assert warmup_kwargs(0.0, "4.57.6") == {"warmup_ratio": 0.0}
+    assert warmup_kwargs(0.1, "5.24.0") == {"warmup_steps": 0.1}
+    # 5.x reads warmup_steps >= 1 as a step count: a full-length warmup must stay a fraction
+    assert warmup_kwargs(1.0, "5.0.0") == {"warmup_steps": 0.999}
+    assert warmup_kwargs(1.0, "4.57.6") == {"warmup_ratio": 1.0}
+
+
+def test_warmup_outside_0_1_is_refused():
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        warmup_kwargs(1.5, "5.24.0")
+
+
+def test_training_args_kwargs_keep_the_per_batch_loss():
+    for version in ("4.57.6", "5.24.0"):
+        assert training_args_kwargs(warmup_ratio=0.1, transformers_version=version)[
+            "average_tokens_across_devices"] is False
+
+
+def test_installed_transformers_accepts_them_and_warms_up_for_the_fraction(tmp_path):
+    import transformers
+    from transformers import TrainingArguments
+
+    kw = training_args_kwargs(warmup_ratio=0.1, transformers_version=transformers.__version__)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, **kw)
+    assert args.get_warmup_steps(200) == 20
+    assert args.average_tokens_across_devices is False
