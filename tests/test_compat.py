@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from hpcft.worker.compat import training_args_kwargs, version_tuple, warmup_kwargs
+from hpcft.worker.compat import (installed_out_of_range, out_of_range, training_args_kwargs, version_tuple,
+                                 warmup_kwargs)
 
 pytestmark = pytest.mark.worker
 
@@ -68,3 +69,32 @@ def test_the_package_parses_as_python_3_10():
     assert len(sources) > 20
     for path in sources:
         ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=(3, 10))
+
+
+DECLARED = ['submitit>=1.5', 'torch>=2.6; extra == "train"', 'transformers<6,>=4.57.6; extra == "train"',
+            'deepspeed>=0.15.4; extra == "deepspeed"', 'pytest>=8; extra == "dev"']
+
+
+def test_out_of_range_names_each_worker_package_outside_the_declared_range():
+    lines = out_of_range(DECLARED, {"torch": "2.5.1", "transformers": "4.40.2", "deepspeed": "0.15.4",
+                                    "submitit": "1.0", "pytest": "7.0"})
+    assert len(lines) == 2, lines  # the login side's and the dev extra's packages are not the worker's
+    assert lines[0].startswith("torch 2.5.1 is outside the range hpcft supports (>=2.6)")
+    assert "transformers 4.40.2" in lines[1] and ">=4.57.6" in lines[1] and "<6" in lines[1]
+
+
+def test_out_of_range_accepts_both_lanes_and_local_builds():
+    for tf in ("4.57.6", "5.24.0", "5.0.0rc1"):
+        assert out_of_range(DECLARED, {"torch": "2.13.0+cpu", "transformers": tf, "deepspeed": "0.19.8"}) == []
+    assert out_of_range(DECLARED, {"transformers": "6.0.0"})  # the one upper bound
+
+
+def test_this_environment_is_inside_the_declared_range():
+    """Both lanes must be what pyproject.toml says they test (hpcft is installed in each venv)."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    try:
+        requires("hpcft")
+    except PackageNotFoundError:
+        pytest.fail("hpcft is not installed in this venv: run scripts/setup")
+    assert installed_out_of_range() == []

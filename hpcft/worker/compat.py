@@ -52,3 +52,62 @@ def training_args_kwargs(*, warmup_ratio: float, transformers_version: str) -> d
     loss by the rank count for token-averaged LM losses; a sequence classifier's loss is
     already a per-batch mean, so that would multiply gradients by the ranks."""
     return {**warmup_kwargs(warmup_ratio, transformers_version), "average_tokens_across_devices": False}
+
+
+TRAIN_EXTRAS = ("train", "deepspeed", "npu")
+
+
+def out_of_range(requires: list[str], installed: dict[str, str]) -> list[str]:
+    """One line per installed package outside the range hpcft declares for the worker.
+
+    ``requires``: hpcft's requirement strings as its metadata lists them
+    (``'torch>=2.6; extra == "train"'``); only the worker's extras count. ``installed``:
+    normalised name -> version. The worker logs these as warnings at start, so a job in an
+    environment CI never ran says so before the first traceback does."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+    from packaging.version import InvalidVersion, Version
+
+    lines = []
+    for text in requires:
+        try:
+            req = Requirement(text)
+        except InvalidRequirement:
+            continue
+        if req.marker is None or not req.specifier \
+                or not any(req.marker.evaluate({"extra": e}) for e in TRAIN_EXTRAS):
+            continue  # the login side's base install, or another extra
+        name = canonicalize_name(req.name)
+        version = installed.get(name)
+        if version is None:
+            continue
+        try:
+            ok = req.specifier.contains(Version(version), prereleases=True)
+        except InvalidVersion:
+            continue
+        if not ok:
+            lines.append(f"{req.name} {version} is outside the range hpcft supports ({req.specifier}); "
+                         "see 'Supported versions' in docs/training.md")
+    return lines
+
+
+def installed_out_of_range() -> list[str]:
+    """:func:`out_of_range` for this environment (nothing when hpcft is not installed, e.g. run
+    from a source tree on ``PYTHONPATH``)."""
+    from importlib.metadata import PackageNotFoundError, requires, version
+
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    try:
+        declared = requires("hpcft") or []
+    except PackageNotFoundError:
+        return []
+    installed = {}
+    for text in declared:
+        try:
+            name = Requirement(text).name
+            installed[canonicalize_name(name)] = version(name)
+        except (InvalidRequirement, PackageNotFoundError):
+            continue
+    return out_of_range(declared, installed)

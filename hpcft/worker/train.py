@@ -190,7 +190,7 @@ def _train(job, spec, paths, rank, writer, restart, model_ref, data_ref, metric_
                               TrainingArguments)
 
     from . import checkpoints as ck
-    from .compat import training_args_kwargs
+    from .compat import installed_out_of_range, training_args_kwargs
     from .data import prepare
     from .device import detect, dist_backend, export_dist_env, peak_memory_mb
     from .metrics import builtin_names, headline_of, load_staged, make_compute_metrics
@@ -206,6 +206,8 @@ def _train(job, spec, paths, rank, writer, restart, model_ref, data_ref, metric_
         export_dist_env(rank)
     device = detect(spec.get("device", "cpu"), t.precision)
     log(f"device {device.name}, precision {device.precision}, rank {rank.rank}/{rank.world_size}")
+    for problem in (installed_out_of_range() if rank.is_main else []):
+        log(f"warning: {problem}")
     if rank.world_size > 1 and rank.is_main:
         log(f"rendezvous {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}, "
             f"{rank.world_size} ranks, backend {dist_backend(device.kind)}")
