@@ -7,6 +7,8 @@ the warmup really is the job's fraction of the total steps.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from hpcft.worker.compat import (installed_out_of_range, out_of_range, training_args_kwargs, version_tuple,
@@ -53,7 +55,12 @@ def test_installed_transformers_accepts_them_and_warms_up_for_the_fraction(tmp_p
     from transformers import TrainingArguments
 
     kw = training_args_kwargs(warmup_ratio=0.1, transformers_version=transformers.__version__)
-    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, **kw)
+    saved = dict(os.environ)  # TrainingArguments exports ACCELERATE_* variables; later subprocesses must not see them
+    try:
+        args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, **kw)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     assert args.get_warmup_steps(200) == 20
     assert args.average_tokens_across_devices is False
 
