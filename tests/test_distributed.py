@@ -16,6 +16,8 @@ import yaml
 
 from tests.test_render import _fixed_cache, check_golden, render  # noqa: F401
 
+pytestmark = pytest.mark.worker  # also run on the floor lane (.venv-floor)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 MULTINODE_GPU = {

@@ -139,6 +139,7 @@ def _rank_outcomes(run_dir: str, job_id: str, ranks: int) -> list[str]:
     return out
 
 
+@pytest.mark.worker  # the only test that trains with DeepSpeed: the floor lane runs it too
 def test_zero2_and_ddp_on_4_ranks_across_2_nodes_match_one_process(mn, tmp_path, request):
     ds_job, ranks = _job("mn-zero2", deepspeed=2)
     ddp_job, _ = _job("mn-ddp", deepspeed=False)

@@ -23,7 +23,7 @@ from devtools.faults import fault_env
 from devtools.hub.pytest_fixtures import hub_fixtures  # noqa: F401
 from devtools.runs import ROOT, make_run, run_worker, stage_standard, tiny_job
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.worker]
 
 LEARNS = {"learning_rate": 3e-3, "epochs": 6}
 

@@ -22,6 +22,8 @@ from hpcft.offline import offline_env
 from devtools.hub.pytest_fixtures import hub_fixtures  # noqa: F401
 from devtools.hub.server import HubServer
 
+pytestmark = pytest.mark.worker  # also run on the floor lane (.venv-floor)
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tests" / "tutorial" / "run_glue.py"
 _STRIP = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "MODELSCOPE_")

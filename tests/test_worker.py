@@ -27,6 +27,8 @@ from hpcft.worker.presets import preset_for
 from hpcft.worker.progress import NaNLossError, ProgressWriter, _CallbackMixin
 from devtools.runs import make_run, tiny_job
 
+pytestmark = pytest.mark.worker  # also run on the floor lane (.venv-floor)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

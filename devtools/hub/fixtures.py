@@ -71,7 +71,7 @@ FILLER = [f"{a}{b}{c}" for a in ("pre", "re", "un", "over", "out", "in", "dis", 
           for c in ("", "s", "ed", "ing")]
 
 
-FIXTURE_VERSION = "2"  # bump when generated content changes, to refresh cached fixture dirs
+FIXTURE_VERSION = "3"  # bump when generated content changes, to refresh cached fixture dirs
 
 
 def _rng(*parts) -> random.Random:
@@ -204,6 +204,36 @@ def _deterministic_torch_save(obj, path: Path) -> None:
     path.write_bytes(out.getvalue())
 
 
+def _write_bert_tokenizer(out: Path, vocab: dict, *, lowercase: bool) -> None:
+    """The tokenizer files of a real BERT repo, written with ``tokenizers`` alone.
+
+    Not ``BertTokenizer(...).save_pretrained``: its constructor and its output differ between
+    transformers 4.x and 5.x (5.x can write ``"tokenizer_class": "TokenizersBackend"``, which
+    4.x cannot load), and the fixtures must load under both compatibility lanes. Real repos
+    carry ``BertTokenizer``, ``vocab.txt`` and ``special_tokens_map.json``; so do these.
+    """
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordPiece
+
+    specials = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]",
+                "sep_token": "[SEP]", "mask_token": "[MASK]"}
+    tk = Tokenizer(WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    tk.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                               strip_accents=None, lowercase=lowercase)
+    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tk.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    tk.decoder = decoders.WordPiece(prefix="##")
+    tk.add_special_tokens(list(specials.values()))
+    tk.save(str(out / "tokenizer.json"))
+    (out / "vocab.txt").write_text("".join(t + "\n" for t in vocab), encoding="utf-8")
+    (out / "special_tokens_map.json").write_text(json.dumps(specials, indent=2, sort_keys=True) + "\n")
+    (out / "tokenizer_config.json").write_text(json.dumps(
+        {**specials, "do_lower_case": lowercase, "model_max_length": 512, "strip_accents": None,
+         "tokenize_chinese_chars": True, "tokenizer_class": "BertTokenizer"}, indent=2, sort_keys=True) + "\n")
+
+
 def make_tiny_bert(dir, *, extra_formats: bool = True, cased: bool = False) -> Path:
     """Write a tiny BERT repo folder; return its path.
 
@@ -213,7 +243,7 @@ def make_tiny_bert(dir, *, extra_formats: bool = True, cased: bool = False) -> P
     """
     import torch
     from tokenizers import BertWordPieceTokenizer
-    from transformers import BertConfig, BertForMaskedLM, BertTokenizer
+    from transformers import BertConfig, BertForMaskedLM
 
     out = Path(dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -229,15 +259,7 @@ def make_tiny_bert(dir, *, extra_formats: bool = True, cased: bool = False) -> P
     chars = sorted(t for t in trained if len(t) == 1 or (t.startswith("##") and len(t) == 3))
     whole = sorted((trained & words) | {w for w in words if w.isalpha()})
     vocab = {t: i for i, t in enumerate(specials + chars + [w for w in whole if w not in chars])}
-    tok = BertTokenizer(vocab=vocab, do_lower_case=not cased)
-    tok.model_max_length = 512
-    tok.save_pretrained(out)
-    # transformers 5 no longer writes these two, but real BERT repos have them (and
-    # tools filter on them), so write them the way transformers 4 did.
-    (out / "vocab.txt").write_text("".join(t + "\n" for t in vocab), encoding="utf-8")
-    (out / "special_tokens_map.json").write_text(json.dumps(
-        {"cls_token": "[CLS]", "mask_token": "[MASK]", "pad_token": "[PAD]",
-         "sep_token": "[SEP]", "unk_token": "[UNK]"}, indent=2) + "\n")
+    _write_bert_tokenizer(out, vocab, lowercase=not cased)
 
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,

@@ -21,6 +21,7 @@ def run(ctx: rt.Context) -> dict:
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
                               TrainingArguments)
 
+    from .compat import installed_out_of_range, training_args_kwargs
     from .data import prepare
     from .device import detect, dist_backend, peak_memory_mb
     from .metrics import builtin_names, headline_of, load_staged, make_compute_metrics
@@ -39,6 +40,8 @@ def run(ctx: rt.Context) -> dict:
     log(f"dataset {t.dataset}{' ' + data_ref.config if data_ref.config else ''} -> {data_ref.path}")
     device = detect(ctx.device, t.precision)
     log(f"device {device.name}, precision {device.precision}, rank {task.rank}/{task.world_size}")
+    for problem in (installed_out_of_range() if task.is_main else []):
+        log(f"warning: {problem}")
     if task.world_size > 1 and task.is_main:
         log(f"rendezvous {task.master_addr}:{task.master_port}, {task.world_size} ranks, "
             f"backend {dist_backend(device.kind)}")
@@ -78,7 +81,6 @@ def run(ctx: rt.Context) -> dict:
         max_steps=t.max_steps or -1,
         learning_rate=t.learning_rate,
         weight_decay=t.weight_decay,
-        warmup_steps=min(t.warmup_ratio, 0.999),
         lr_scheduler_type="linear",
         optim=rt.optimizer_name(device.kind),
         eval_strategy="epoch",
@@ -97,9 +99,9 @@ def run(ctx: rt.Context) -> dict:
         dataloader_pin_memory=device.kind != "cpu",
         remove_unused_columns=False,
         deepspeed=rt.deepspeed_config(ctx),
-        # transformers scales the loss by the rank count for token-averaged LM losses; a sequence
-        # classifier's loss is already a per-batch mean, so that would multiply gradients by the ranks
-        average_tokens_across_devices=False,
+        # warmup and average_tokens_across_devices: their names and meanings differ across releases
+        # (a sequence classifier's loss is a per-batch mean: never scale it by the rank count)
+        **training_args_kwargs(warmup_ratio=t.warmup_ratio, transformers_version=transformers.__version__),
         ddp_backend=dist_backend(device.kind) if task.world_size > 1 else None,
     )
     best = rt.BestSaver(ctx.output_dir / "best", tokenizer,
