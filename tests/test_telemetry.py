@@ -76,3 +76,12 @@ def test_run_records_telemetry_and_offline_trackers(hub_fixtures, hpcft_home):  
     runs = list(paths.swanlog.glob("run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.swanlab")), list(paths.swanlog.rglob("*"))
     assert "swanlab: offline mode" in proc.stdout
+
+
+def test_queue_wait_from_scontrol_output():
+    text = ("JobId=44 JobName=x UserId=root(0) JobState=RUNNING Reason=None RunTime=00:00:03 "
+            "SubmitTime=2026-11-29T15:09:00 EligibleTime=2026-11-29T15:09:00 "
+            "AccrueTime=2026-11-29T15:09:00 StartTime=2026-11-29T15:10:31 EndTime=2026-11-29T15:20:31")
+    assert tele.parse_queue_wait(text) == 91.0
+    assert tele.parse_queue_wait("JobId=44 StartTime=Unknown SubmitTime=2026-11-29T15:09:00") is None
+    assert tele.parse_queue_wait("") is None

@@ -9,8 +9,9 @@ save. Rank 0 gets back a dict for ``metrics.json``::
     throughput: samples/s and tokens/s of real (non-padding) tokens, over training time only
     memory:     peak device memory allocated and reserved, peak host RSS (max over ranks)
     ranks:      the same memory figures per rank, with host and device name
-    wall:       setup to the first step, training, evaluation, saving, total (all legs of a
-                requeued run); queue wait is Slurm's, read on the login side (hpcft.compare)
+    wall:       queue wait (Slurm's SubmitTime to StartTime, asked with scontrol from inside the
+                job, where the controller surely still knows it, accounting or not), setup to the
+                first step, training, evaluation, saving, total (summed over a requeued run's legs)
     device_hours
 
 Each leg of a requeued run writes a ``leg`` event to progress.jsonl when it hands over, so the
@@ -163,6 +164,31 @@ def write_rank(run_dir: Path, rank: int, local_rank: int, device: Any) -> dict:
     return rec
 
 
+# --------------------------------------------------------------------------- queue wait
+
+def parse_queue_wait(scontrol_text: str) -> Optional[float]:
+    """Seconds between Slurm's SubmitTime and StartTime in ``scontrol show job`` output (a
+    requeue resets SubmitTime, so this is the current leg's wait)."""
+    import datetime as dt
+    import re
+
+    times = dict(re.findall(r"\b(SubmitTime|StartTime)=(\S+)", scontrol_text))
+    try:
+        submit, start = (dt.datetime.fromisoformat(times[k]) for k in ("SubmitTime", "StartTime"))
+    except (KeyError, ValueError):
+        return None
+    return max(0.0, (start - submit).total_seconds())
+
+
+def queue_wait(env: Optional[dict] = None) -> Optional[float]:
+    """This job's wait in the queue, asked of Slurm from inside the job (the controller still
+    knows the job then, with or without accounting); None outside Slurm."""
+    from .taskenv import _scontrol_job
+
+    job_id = (env or os.environ).get("SLURM_JOB_ID")
+    return parse_queue_wait(_scontrol_job(job_id)) if job_id else None
+
+
 # --------------------------------------------------------------------------- the summary
 
 def _legs(progress: Path) -> list[dict]:
@@ -175,6 +201,7 @@ def end_leg(ctx) -> dict:
     """A leg that hands over for a requeue: record its figures (rank 0)."""
     fig = LEG.summary(time.time())
     if ctx.task.is_main:
+        fig["queue_wait_s"] = queue_wait()
         ctx.writer.write("leg", restart=ctx.restart, **fig)
     return fig
 
@@ -188,6 +215,7 @@ def combine(legs: list[dict], ranks: list[dict], *, device: Any, world_size: int
     """Pure: the metrics.json telemetry from every leg's figures and every rank's record."""
     tot = {k: round(sum(float(g.get(k) or 0) for g in legs), 3)
            for k in ("setup_s", "train_s", "eval_s", "save_s", "total_s", "samples", "tokens")}
+    waits = [g["queue_wait_s"] for g in legs if isinstance(g.get("queue_wait_s"), (int, float))]
     train_s = tot["train_s"]
     device_count = world_size
     return {
@@ -202,7 +230,7 @@ def combine(legs: list[dict], ranks: list[dict], *, device: Any, world_size: int
                    "peak_device_reserved_mb": _max([r.get("device_reserved_mb") for r in ranks]),
                    "peak_host_rss_mb": _max([r.get("host_rss_mb") for r in ranks])},
         "ranks": sorted(ranks, key=lambda r: r.get("rank", 0)),
-        "wall": {"queue_wait_s": None, "setup_s": tot["setup_s"], "train_s": train_s, "eval_s": tot["eval_s"],
+        "wall": {"queue_wait_s": round(sum(waits), 3) if waits else None, "setup_s": tot["setup_s"], "train_s": train_s, "eval_s": tot["eval_s"],
                  "save_s": tot["save_s"], "total_s": tot["total_s"], "legs": len(legs)},
         "device_hours": round(tot["total_s"] * device_count / 3600, 6),
     }
@@ -219,7 +247,7 @@ def finish(ctx, device: Any) -> Optional[dict]:
     ranks = [r for r in (read_json(rank_file(ctx.paths.dir, i)) for i in range(ctx.task.world_size)) if r]
     if len(ranks) < ctx.task.world_size:
         log(f"warning: telemetry from {len(ranks)} of {ctx.task.world_size} ranks")
-    legs = _legs(ctx.paths.progress) + [LEG.summary(now)]
+    legs = _legs(ctx.paths.progress) + [{**LEG.summary(now), "queue_wait_s": queue_wait()}]
     return combine(legs, ranks, device=device, world_size=ctx.task.world_size, nodes=ctx.spec.nodes)
 
 
