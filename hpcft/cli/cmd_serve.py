@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import subprocess
+import os
+import sys
 
 from .common import settings
 
@@ -52,12 +53,10 @@ def run(args) -> int:
     print(f"hpcft: starting the demo of {model.model_dir} on {args.host}:{port} (Ctrl-C stops it)")
     for line in how_to_reach(None, args.host, port, port):
         print(f"  {line}")
-    proc = subprocess.Popen(worker_argv("serve", [*wargs, "--port", str(port)]), env=local_env(s))
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        return proc.wait()
+    argv = worker_argv("serve", [*wargs, "--port", str(port)])
+    sys.stdout.flush()
+    # become the app: Ctrl-C, SIGTERM and a closed session reach it directly, nothing is orphaned
+    os.execve(argv[0], argv, local_env(s))
 
 
 def _submit(args, s, model, wargs: list[str]) -> int:
