@@ -77,6 +77,14 @@ def test_run_records_telemetry_and_offline_trackers(hub_fixtures, hpcft_home):  
     assert len(runs) == 1 and list(runs[0].glob("*.swanlab")), list(paths.swanlog.rglob("*"))
     assert "swanlab: offline mode" in proc.stdout
 
+    # hpcft show: the telemetry, and how to look at both trackers from the login node
+    from tests.conftest import hpcft
+
+    show = hpcft("show", paths.run_id, check=True).stdout
+    assert f"swanlab sync {runs[0]}" in show and f"swanlab watch {paths.swanlog}" in show
+    assert f"tensorboard --logdir {paths.tensorboard}" in show and f"tensorboard --logdir {paths.dir.parent}" in show
+    assert "hardware:  1x cpu" in show and "device-hours" in show
+
 
 def test_queue_wait_from_scontrol_output():
     text = ("JobId=44 JobName=x UserId=root(0) JobState=RUNNING Reason=None RunTime=00:00:03 "

@@ -62,7 +62,7 @@ def run(args) -> int:
         wargs += ["--out", str(Path(args.out).resolve())]
     if args.threads:
         wargs += ["--threads", str(args.threads)]
-    return subprocess.run(worker_argv("predict", wargs), env=local_env(s, args.threads or None)).returncode
+    return subprocess.run(worker_argv("predict", wargs), env=local_env(s, args.threads or None), check=False).returncode
 
 
 def _submit(args, s, model, wargs: list[str]) -> int:

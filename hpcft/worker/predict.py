@@ -99,16 +99,21 @@ class Predictor:
         self.labels = {int(k): str(v) for k, v in id2label.items()}
 
     def predict(self, examples: list[Example], batch_size: int = 16) -> list[dict]:
-        out: list[dict] = []
-        for i in range(0, len(examples), batch_size):
-            batch = examples[i:i + batch_size]
-            out += self._classify(batch) if self.kind == "classify" else [self._generate(e) for e in batch]
-        return out
+        if self.kind != "classify":
+            return [self._generate(e) for e in examples]
+        out: list[Optional[dict]] = [None] * len(examples)
+        for paired in (False, True):  # the tokenizer takes all pairs or no pairs in one batch
+            idx = [i for i, e in enumerate(examples) if (e.pair is not None) == paired]
+            for k in range(0, len(idx), batch_size):
+                chunk = idx[k:k + batch_size]
+                for i, row in zip(chunk, self._classify([examples[i] for i in chunk])):
+                    out[i] = row
+        return [r for r in out if r is not None]
 
     def _classify(self, batch: list[Example]) -> list[dict]:
         torch = self.torch
         pairs = [e.pair for e in batch]
-        enc = self.tokenizer([e.text for e in batch], pairs if any(p is not None for p in pairs) else None,
+        enc = self.tokenizer([e.text for e in batch], pairs if pairs[0] is not None else None,
                              padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         with torch.inference_mode():
             logits = self.model(**{k: v.to(self.device) for k, v in enc.items()}).logits.float().cpu()
