@@ -29,7 +29,10 @@ def _user() -> str:
 
 
 def login_host() -> str:
-    return socket.getfqdn() or socket.gethostname()
+    """This (login) node's name as a laptop would address it; a resolver that only knows
+    'localhost' gives the plain hostname instead."""
+    fqdn = socket.getfqdn()
+    return fqdn if fqdn and not fqdn.startswith("localhost") else socket.gethostname()
 
 
 def how_to_reach(node: Optional[str], host: str, port: int, local_port: int = 7860) -> list[str]:

@@ -297,7 +297,8 @@ def final_eval(trainer) -> dict:
     if not evals or evals[-1].get("step") != trainer.state.global_step:
         trainer.evaluate()
         evals = [h for h in trainer.state.log_history if "eval_loss" in h]
-    return {k.removeprefix("eval_"): v for k, v in evals[-1].items()} if evals else {}
+    return {k.removeprefix("eval_"): v for k, v in evals[-1].items()
+            if k != "num_input_tokens_seen"} if evals else {}  # a training counter, not an eval metric
 
 
 def save_final(ctx: Context, trainer, tokenizer) -> Path:
