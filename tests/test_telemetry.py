@@ -93,3 +93,38 @@ def test_queue_wait_from_scontrol_output():
     assert tele.parse_queue_wait(text) == 91.0
     assert tele.parse_queue_wait("JobId=44 StartTime=Unknown SubmitTime=2026-11-29T15:09:00") is None
     assert tele.parse_queue_wait("") is None
+
+
+@pytest.mark.slow
+def test_requeued_run_sums_its_legs(hub_fixtures, hpcft_home):  # noqa: F811
+    """USR2 mid-run -> the leg hands over (a `leg` event); the rerun finishes; metrics.json covers
+    both legs: every step's samples and real tokens once, the same totals as an uninterrupted run."""
+    import signal
+    import time
+
+    from devtools.faults import fault_env
+    from hpcft.worker.progress import EXIT_REQUEUE
+
+    stage_standard(hpcft_home / "cache", hub_fixtures)
+    job = tiny_job(learning_rate=3e-3, epochs=2)
+    ref = make_run(job)
+    assert run_worker(ref).returncode == 0
+    paths = make_run(job)
+    proc = run_worker(paths, wait=False, env=fault_env(step_sleep=0.05))
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if paths.progress.exists() and any(json.loads(x).get("step", 0) >= 40 for x in
+                                           paths.progress.read_text().splitlines()):
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGUSR2)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_REQUEUE, out[-3000:]
+    legs = [json.loads(x) for x in paths.progress.read_text().splitlines() if '"leg"' in x]
+    assert len(legs) == 1 and 40 * 16 <= legs[0]["samples"] < 64 * 16 and legs[0]["tokens"] > 0
+    assert run_worker(paths).returncode == 0
+    a, b = json.loads(ref.metrics.read_text()), json.loads(paths.metrics.read_text())
+    assert b["wall"]["legs"] == 2 and a["wall"]["legs"] == 1
+    assert b["throughput"]["samples"] == a["throughput"]["samples"] == 64 * 16
+    assert b["throughput"]["tokens"] == a["throughput"]["tokens"]
+    assert b["wall"]["total_s"] > legs[0]["total_s"] and b["wall"]["setup_s"] > legs[0]["setup_s"]
