@@ -12,6 +12,8 @@ import pytest
 
 from hpcft.worker import predict as wp
 
+pytestmark = pytest.mark.slow  # builds two models and loads transformers (and gradio)
+
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
