@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as _dt
 import importlib.util
 import os
-import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,7 +159,3 @@ def _version() -> str:
     from . import __version__
 
     return __version__
-
-
-def shell_line(argv: list[str]) -> str:
-    return " ".join(shlex.quote(a) for a in argv)

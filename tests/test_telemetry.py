@@ -5,7 +5,6 @@ run folder with no route to the internet. Real training of the tiny BERT, no Slu
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
