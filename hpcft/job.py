@@ -177,6 +177,14 @@ class TrainSpec(_Strict):
     logging_steps: int = Field(10, ge=1)
     checkpoint_steps: Optional[int] = Field(None, ge=1)  # besides the per-epoch and on-signal checkpoints
     deepspeed: Union[bool, DeepSpeedSpec, None] = None  # None: the default for the device count
+    report_to: list[Literal["tensorboard", "swanlab"]] = []  # offline trackers, logs in the run folder
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _report_to(cls, v: Any) -> Any:
+        if v is None or v == "none":
+            return []
+        return [v] if isinstance(v, str) else v
 
     @field_validator("deepspeed", mode="before")
     @classmethod

@@ -17,6 +17,8 @@ Everything either side needs to find in a run folder goes through :class:`RunPat
       submitit/           submitit's pickles and per-task logs
       output/             default output_dir
       progress.jsonl, metrics.json, status.json, curves.png, checkpoints/   written by the worker
+      telemetry/, tensorboard/, swanlog/   per-rank records; offline trackers (train.report_to)
+      predictions/, serve.json            hpcft predict --submit / hpcft serve --submit
 """
 
 from __future__ import annotations
@@ -54,6 +56,11 @@ class RunPaths:
     status = property(lambda self: self.dir / "status.json")
     curves = property(lambda self: self.dir / "curves.png")
     logs = property(lambda self: self.dir / "logs")
+    telemetry = property(lambda self: self.dir / "telemetry")      # per-rank memory/host records
+    tensorboard = property(lambda self: self.dir / "tensorboard")  # train.report_to: tensorboard
+    swanlog = property(lambda self: self.dir / "swanlog")          # train.report_to: swanlab (offline)
+    predictions = property(lambda self: self.dir / "predictions")  # hpcft predict --submit
+    serve_info = property(lambda self: self.dir / "serve.json")    # hpcft serve --submit: node, port, pid
 
     def stdout(self, job_id: str) -> Path:
         return self.dir / f"job.{job_id}.out"

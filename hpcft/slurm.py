@@ -238,3 +238,8 @@ def job_info(job_id: str) -> Optional[JobInfo]:
 
 def cancel(job_id: str) -> None:
     _run(["scancel", job_id])
+
+
+def sbatch(script_path: str) -> str:
+    """Queue a rendered script as is (helper jobs such as ``hpcft predict --submit``); its job id."""
+    return read_job_id(_run(["sbatch", "--parsable", script_path]).stdout)

@@ -56,7 +56,10 @@ def preflight(loaded: LoadedJob, settings: Settings, executor: str,
         checks = run_checks(job, settings, view, partition)
     elif executor == "local" and job.resources.nodes > 1:
         checks.append(Check("executor", False, "the local executor runs one node; use executor: slurm"))
-    for extra in (npu_env_check(job, loaded.base_dir), output_dir_check(job, loaded.base_dir)):
+    from .trackers import tracker_check
+
+    for extra in (npu_env_check(job, loaded.base_dir), output_dir_check(job, loaded.base_dir),
+                  tracker_check(job, loaded.base_dir)):
         if extra is not None:
             checks.append(extra)
     if not skip_asset_check:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 from .common import print_json, settings
@@ -52,6 +53,9 @@ def collect(record) -> dict:
         "curves": str(paths.curves) if paths.curves.is_file() else None,
         "output_dir": str(out_dir),
         "best_model": str(out_dir / "best") if (out_dir / "best").is_dir() else None,
+        "tensorboard": str(paths.tensorboard) if paths.tensorboard.is_dir() else None,
+        "swanlog": str(paths.swanlog) if paths.swanlog.is_dir() else None,
+        "serve": str(paths.serve_info) if paths.serve_info.is_file() else None,
     }
     return {"run_id": record.run_id, "name": record.name, "job_id": record.job_id, "executor": record.executor,
             "state": record.state, "submitted_at": record.submitted_at, "partition": record.partition,
@@ -113,6 +117,7 @@ def run(args) -> int:
               f"{mem.get('host_rss_mb')} MiB" + (f", device {mem['device_mb']} MiB" if 'device_mb' in mem else ""))
         print(f"restarts:  {m.get('restarts', 0)} (resumed {m.get('resumes', 0)}x), first step after "
               f"{_num(m.get('first_step_s'))} s")
+        _telemetry(m)
     elif info["progress"]:
         p = info["progress"]
         print(f"progress:  step {p.get('step')}/{p.get('max_steps')} epoch {_num(p.get('epoch'))} "
@@ -121,4 +126,32 @@ def run(args) -> int:
     for k, v in info["files"].items():
         if v:
             print(f"  {k + ':':<12} {v}")
+    _trackers(info["files"], record.run_dir)
     return 0
+
+
+def _telemetry(m: dict) -> None:
+    """The hardware/throughput/time record of runs since issue 10 (older runs have none)."""
+    hw, thr, wall = m.get("hardware"), m.get("throughput") or {}, m.get("wall") or {}
+    if not hw:
+        return
+    tok = f", {_num(thr.get('tokens_per_s'))} tokens/s" if thr.get("tokens_per_s") else ""
+    print(f"hardware:  {hw.get('device_count')}x {hw.get('device_name')} on {hw.get('nodes')} node(s), "
+          f"world size {hw.get('world_size')}, {hw.get('precision')}; {_num(thr.get('samples_per_s'))} samples/s{tok}")
+    print(f"time:      queue {_num(wall.get('queue_wait_s'))} s, setup {_num(wall.get('setup_s'))} s, "
+          f"train {_num(wall.get('train_s'))} s, eval {_num(wall.get('eval_s'))} s, save {_num(wall.get('save_s'))} s;"
+          f" {_num(m.get('device_hours'))} device-hours")
+
+
+def _trackers(files: dict, run_dir: str) -> None:
+    """How to look at the offline trackers from the login node."""
+    if files.get("tensorboard"):
+        print("tensorboard (this run; use the runs folder to compare all runs):")
+        print(f"  tensorboard --logdir {shlex.quote(files['tensorboard'])} --host 127.0.0.1")
+        print(f"  tensorboard --logdir {shlex.quote(str(Path(run_dir).parent))} --host 127.0.0.1")
+    if files.get("swanlog"):
+        logs = sorted(Path(files["swanlog"]).glob("run-*"))
+        print("swanlab (offline log; sync needs the same swanlab version, watch needs swanlab[dashboard]):")
+        for d in logs:
+            print(f"  swanlab sync {shlex.quote(str(d))}")
+        print(f"  swanlab watch {shlex.quote(files['swanlog'])}")

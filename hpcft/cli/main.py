@@ -11,6 +11,7 @@ from ..errors import ConfigError, HpcftError
 
 # command modules, in help order; each defines register(subparsers) and run(args) -> int
 COMMANDS = ["stage", "cache", "submit", "render", "check", "status", "logs", "cancel", "runs", "show"]
+COMMANDS += ["compare", "predict", "serve"]  # after training (issue 10)
 
 EPILOG = """examples:
   hpcft stage bert-base-uncased glue/mrpc     # on the login node: fetch into the shared cache

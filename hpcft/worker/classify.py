@@ -27,6 +27,8 @@ def run(ctx: rt.Context) -> dict:
     from .metrics import builtin_names, headline_of, load_staged, make_compute_metrics
     from .presets import preset_for
     from .results import eval_history, plot_curves, read_progress, write_metrics
+    from . import telemetry as tele
+    from .tracking import training_args as tracking_args
 
     transformers.logging.set_verbosity_warning()
     transformers.utils.logging.disable_progress_bar()
@@ -89,7 +91,8 @@ def run(ctx: rt.Context) -> dict:
         logging_strategy="steps",
         logging_steps=t.logging_steps,
         logging_nan_inf_filter=False,  # a NaN must reach the guard, not be averaged away
-        report_to="none",
+        **tracking_args(paths, t.report_to, task.is_main),  # report_to, run_name: offline trackers in the run folder
+        **tele.TRAINING_ARGS,                  # count real (non-padding) tokens for tokens/s
         disable_tqdm=True,
         seed=t.seed,
         bf16=device.precision == "bf16",
@@ -122,10 +125,13 @@ def run(ctx: rt.Context) -> dict:
     if rt.handed_over(ctx, trainer):
         return {}
 
-    final = rt.final_eval(trainer)
+    with tele.timed("eval"):
+        final = rt.final_eval(trainer)
     records = read_progress(paths.progress)
     headline = headline_of(names, preset_headline, final)
-    output_dir = rt.save_final(ctx, trainer, tokenizer)
+    with tele.timed("save"):
+        output_dir = rt.save_final(ctx, trainer, tokenizer)
+    telemetry = tele.finish(ctx, device)  # every rank records its memory; rank 0 gets the run's figures
     if not task.is_main:
         return {}
     first = next((r for r in records if r.get("event") == "first_step"), None)
@@ -148,8 +154,11 @@ def run(ctx: rt.Context) -> dict:
                "peak_memory_mb": peak_memory_mb(device.kind), "model": t.model,
                "dataset": t.dataset, "dataset_config": data_ref.config, "data": data.info,
                "output_dir": str(output_dir), "best_dir": str(best.dir) if best and best.saved else None,
-               "metric_source": str(metric_ref.path) if metric_ref else "builtin"},
+               "metric_source": str(metric_ref.path) if metric_ref else "builtin",
+               "label_names": data.label_names if not data.regression else None,
+               "text_columns": list(data.text_columns), "report_to": list(t.report_to), **telemetry},
     )
+    log(tele.summary_line(telemetry))
     ctx.writer.write("done", step=trainer.state.global_step, epoch=trainer.state.epoch, headline=headline,
                      value=final.get(headline))
     _plot(plot_curves, ctx, names, preset_headline, headline)

@@ -228,7 +228,9 @@ def callbacks(ctx: Context, **kw) -> list:
     """hpcft's progress/signal/NaN callback plus any registered extra ones."""
     main = prog.make_callback(progress=ctx.writer, is_main=ctx.task.is_main, process_start=ctx.process_start,
                               checkpoint_steps=ctx.job.train.checkpoint_steps, restart=ctx.restart, **kw)
-    return [main, *(factory(ctx) for factory in EXTRA_CALLBACKS)]
+    from . import telemetry
+
+    return [main, telemetry.callback(ctx.process_start), *(factory(ctx) for factory in EXTRA_CALLBACKS)]
 
 
 _TRAINER_CLS = None
@@ -242,12 +244,14 @@ def trainer_class():
     from transformers import Trainer
 
     from . import checkpoints as ck
+    from .telemetry import timed
 
     class HpcftTrainer(Trainer):
         def _save_checkpoint(self, model, trial):
             folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
             try:
-                return super()._save_checkpoint(model, trial)
+                with timed("save"):
+                    return super()._save_checkpoint(model, trial)
             except OSError as exc:
                 raise ck.describe_failure(exc, folder, Path(self.args.output_dir)) from exc
 
@@ -274,6 +278,9 @@ def handed_over(ctx: Context, trainer) -> bool:
     if not (prog.SignalState.requested and trainer.state.global_step < trainer.state.max_steps):
         prog.SignalState.phase = "finish"
         return False
+    from .telemetry import end_leg
+
+    end_leg(ctx)  # this leg's time and throughput, for the final metrics.json
     ctx.writer.write("requeue", step=trainer.state.global_step, saved=prog.SignalState.saved,
                      restart=ctx.restart)
     log(f"checkpoint at step {trainer.state.global_step} saved; handing over for requeue")
@@ -290,7 +297,8 @@ def final_eval(trainer) -> dict:
     if not evals or evals[-1].get("step") != trainer.state.global_step:
         trainer.evaluate()
         evals = [h for h in trainer.state.log_history if "eval_loss" in h]
-    return {k.removeprefix("eval_"): v for k, v in evals[-1].items()} if evals else {}
+    return {k.removeprefix("eval_"): v for k, v in evals[-1].items()
+            if k != "num_input_tokens_seen"} if evals else {}  # a training counter, not an eval metric
 
 
 def save_final(ctx: Context, trainer, tokenizer) -> Path:

@@ -1,0 +1,161 @@
+"""Using a trained run's model from the login side: ``hpcft predict`` and ``hpcft serve``.
+
+The model code lives in the worker (:mod:`hpcft.worker.predict`, :mod:`hpcft.worker.serve`); the
+login side never imports it (nor torch). It either starts it as a subprocess here, on the login
+node's CPU, with the offline environment, or submits it as a one-task Slurm job on the run's
+partition: a script rendered from the run's own job (same environment, modules, devices, offline
+variables; ``templates/aux.sbatch.j2``) whose log and outputs go into the run folder.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from . import slurm
+from .atomic import atomic_write_text, read_json
+from .config import Settings
+from .errors import ConfigError, HpcftError, NotFoundError
+from .offline import OFFLINE_FLAGS, offline_env
+from .render import ScriptPlan, _environment, make_plan, q
+from .rundir import LaunchSpec, RunPaths
+from .runs import RunRecord
+
+
+@dataclass
+class RunModel:
+    """A run's saved model and what the worker needs to use it."""
+
+    record: RunRecord
+    paths: RunPaths
+    model_dir: Path
+    kind: str                     # the task's kind: train | script
+    text_columns: list[str]
+    device: str                   # gpu | npu | cpu: the run's device (used with --submit)
+
+
+def run_model(record: RunRecord, best: bool = False) -> RunModel:
+    paths = RunPaths(record.run_dir)
+    metrics = read_json(paths.metrics) or {}
+    try:
+        spec = LaunchSpec.read(paths.dir)
+        out, device = Path(spec.output_dir), spec.device
+    except (OSError, ValueError, TypeError):
+        out, device = paths.output, "cpu"
+    if metrics.get("output_dir"):
+        out = Path(metrics["output_dir"])
+    model_dir = out / "best" if best else out
+    if not (model_dir / "config.json").is_file():
+        if best:
+            raise NotFoundError(f"run {record.run_id} has no best model ({model_dir}); it is saved with "
+                                "train.save_best: true. Use the final model (without --best)")
+        raise NotFoundError(f"run {record.run_id} has no saved model in {model_dir} (state {record.state}); "
+                            "predict and serve use a finished run (see: hpcft status)")
+    return RunModel(record, paths, model_dir, record.kind, list(metrics.get("text_columns") or []), device)
+
+
+# --------------------------------------------------------------------------- on the login node
+
+def local_env(settings: Settings, threads: Optional[int] = None) -> dict[str, str]:
+    """The subprocess's environment: this one, made offline, pointed at the hpcft cache."""
+    env = dict(os.environ)
+    off = offline_env(settings.cache, os.environ.get("PYTHONPATH"))
+    env.update(off)
+    env.update(OFFLINE_FLAGS)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env["GRADIO_ANALYTICS_ENABLED"] = "False"
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def require_local_torch(command: str) -> None:
+    """The login node's Python must have torch and transformers to run the model here."""
+    missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise HpcftError(f"hpcft {command} on the login node needs {' and '.join(missing)} in {sys.executable}: "
+                         "pip install 'hpcft[train]', or run it on a compute node with --submit")
+
+
+def worker_argv(module: str, args: list[str], python: Optional[str] = None) -> list[str]:
+    return [python or sys.executable, "-u", "-m", f"hpcft.worker.{module}", *args]
+
+
+# --------------------------------------------------------------------------- as a Slurm job
+
+@dataclass
+class AuxPlan(ScriptPlan):
+    """The run's own script plan, for a one-task helper job (predict, serve) whose log goes
+    into ``log_dir``; no requeue signal (nothing to checkpoint)."""
+
+    aux: str = "predict"
+    log_dir: Optional[Path] = None
+
+    def sbatch_options(self):
+        opts = dict(super().sbatch_options())
+        for key in ("signal", "open-mode"):
+            opts.pop(key, None)
+        opts["output"] = str(self.log_dir / f"{self.aux}.%j.out")
+        opts["error"] = str(self.log_dir / f"{self.aux}.%j.err")
+        return sorted(opts.items())
+
+
+@dataclass
+class AuxJob:
+    job_id: str
+    script: Path
+    log: Path
+    err: Path
+
+
+def _loaded_job(model: RunModel, aux: str, time: str):
+    """The run's resolved job, narrowed to one task with one device of the run's kind."""
+    import yaml
+
+    from .job import Job, LoadedJob
+
+    try:
+        data = yaml.safe_load(model.paths.job_yaml.read_text(encoding="utf-8"))
+        job = Job.model_validate(data)
+    except (OSError, ValueError) as exc:
+        raise ConfigError([f"{model.paths.job_yaml}: cannot read the run's job: {exc}"]) from None
+    r = job.resources
+    res = r.model_copy(update={"nodes": 1, "time": time, "exclusive": False,
+                               "gpus_per_node": 1 if r.gpus_per_node else None,
+                               "npus_per_node": 1 if r.npus_per_node else None})
+    job = job.model_copy(update={"name": f"{job.name}-{aux}", "resources": res})
+    try:
+        base = Path(LaunchSpec.read(model.paths.dir).base_dir)
+    except (OSError, ValueError, TypeError):
+        base = model.paths.dir
+    return LoadedJob(job, None, data, base)
+
+
+def submit_aux(model: RunModel, settings: Settings, aux: str, module: str, args: list[str],
+               time: str, log_dir: Path) -> AuxJob:
+    """Render and sbatch a one-task job that runs ``python -m hpcft.worker.<module> ARGS``."""
+    loaded = _loaded_job(model, aux, time)
+    base = make_plan(loaded, settings, model.paths.dir, model.record.partition)
+    plan = AuxPlan(**{k: getattr(base, k) for k in base.__dataclass_fields__}, aux=aux, log_dir=log_dir)
+    argv = worker_argv(module, args, python=plan.python)
+    command = " ".join(q(a) for a in argv)
+    parent = f"{loaded.job.resources.device}.sbatch.j2"
+    text = _environment(settings).get_template("aux.sbatch.j2").render(
+        parent=parent, plan=plan, job=loaded.job, settings=settings, version=_version(), aux=aux,
+        job_file=str(model.paths.job_yaml), command=command)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    script = atomic_write_text(log_dir / f"{aux}-{stamp}.sh", text, mode=0o755)
+    job_id = slurm.sbatch(str(script))
+    return AuxJob(job_id, script, log_dir / f"{aux}.{job_id}.out", log_dir / f"{aux}.{job_id}.err")
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
