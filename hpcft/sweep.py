@@ -115,6 +115,7 @@ def expand(loaded: LoadedJob) -> list[tuple[dict[str, Any], LoadedJob]]:
     if problems:
         raise ConfigError(problems)
     out: list[tuple[dict[str, Any], LoadedJob]] = []
+    found: dict[tuple[str, str], list[int]] = {}  # (field, message) -> the points that have it
     for index, point in enumerate(points):
         data = copy.deepcopy(base)
         for key, value in point.items():
@@ -126,9 +127,12 @@ def expand(loaded: LoadedJob) -> list[tuple[dict[str, Any], LoadedJob]]:
         except ValidationError as exc:
             for err in exc.errors():
                 loc = ".".join(str(p) for p in err["loc"]) or "job"
-                problems.append(f"{label}: sweep point {index} ({describe(point)}): {loc}: {err['msg']}")
+                found.setdefault((loc, err["msg"]), []).append(index)
             continue
         out.append((point, LoadedJob(job, loaded.source, data, loaded.base_dir)))
+    for (loc, msg), where in found.items():  # one line per problem, not one per point
+        more = f" and {len(where) - 1} more" if len(where) > 1 else ""
+        problems.append(f"{label}: sweep point {where[0]} ({describe(points[where[0]])}){more}: {loc}: {msg}")
     if problems:
         raise ConfigError(problems)
     return out
