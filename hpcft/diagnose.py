@@ -56,6 +56,8 @@ KNOWN: list[tuple[str, str]] = [
     (r"hpcft: conda activate (.+) failed|EnvironmentNameNotFound|Could not find conda environment",
      "the job's conda environment does not exist on the node: check env.conda against `conda env list` on "
      "the login node, or create it from envs/ (conda env create -f envs/gpu.yml)"),
+    (r"module: command not found",
+     "environment modules are not available on this node: remove env.modules or ask the admins"),
     (r"hpcft: module load (.+) failed|Unable to locate a modulefile|The following module\(s\) are unknown",
      "an environment module in env.modules does not exist on the node: check the name with `module avail` "
      "(or `module spider NAME`) and fix env.modules"),
@@ -66,8 +68,6 @@ KNOWN: list[tuple[str, str]] = [
     (r"Address already in use",
      "port clash: another job on this node uses MASTER_PORT; hpcft derives it from the job id, so "
      "check that your script does not hard-code a port"),
-    (r"module: command not found",
-     "environment modules are not available on this node: remove env.modules or ask the admins"),
     (r"No space left on device|ENOSPC",
      "disk full: free space in the output folder or point output_dir at a larger filesystem"),
     (r"DUE TO NODE FAILURE|Node failure on", NODE_FAIL),
