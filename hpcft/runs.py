@@ -66,8 +66,8 @@ class RunStore:
         self.index = self.root / "index.jsonl"
         self.lock = self.root / ".index.lock"
 
-    def save(self, record: RunRecord) -> None:
-        atomic_write_json(RunPaths(record.run_dir).record, asdict(record))
+    def save(self, record: RunRecord, durable: bool = True) -> None:
+        atomic_write_json(RunPaths(record.run_dir).record, asdict(record), durable=durable)
 
     def add(self, record: RunRecord) -> None:
         """Write run.json, then append the run to the index under the lock."""
@@ -77,7 +77,7 @@ class RunStore:
         """Several runs (a sweep's tasks): each run.json, then one append under one lock."""
         lines = []
         for record in records:
-            self.save(record)
+            self.save(record, durable=len(records) == 1)  # a sweep's tasks: the index append below is the sync
             entry = {"run_id": record.run_id, "name": record.name, "job_id": record.job_id,
                      "submitted_at": record.submitted_at, "run_dir": record.run_dir}
             if record.sweep:

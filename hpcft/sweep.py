@@ -180,8 +180,11 @@ def write_task(loaded: LoadedJob, settings: Settings, paths: RunPaths, partition
     plan = make_plan(loaded, settings, paths.dir, partition, scow_dir=scow_dir)
     if loaded.source and loaded.source.is_file():
         shutil.copyfile(loaded.source, paths.source_yaml)
-    atomic_write_text(paths.job_yaml, yaml.safe_dump(loaded.job.model_dump(mode="json"), sort_keys=False))
-    plan.launch_spec().write()
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml: 10x faster for 100s of tasks
+    text = yaml.dump(loaded.job.model_dump(mode="json"), Dumper=dumper, sort_keys=False)
+    # fresh folders nobody reads before sbatch: atomic, without one fsync per file
+    atomic_write_text(paths.job_yaml, text, durable=False)
+    plan.launch_spec().write(durable=False)
     _link(f"../{paths.script.name}", paths.script)
     _link(f"../{paths.submitit.name}", paths.submitit)
     plan.output_dir.mkdir(parents=True, exist_ok=True)

@@ -200,6 +200,7 @@ def private_cluster(tmp_path):
             while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
                 time.sleep(0.2)
         shutil.rmtree(state, ignore_errors=True)
+        Path(f"{state}.lock").unlink(missing_ok=True)  # dev-slurm's lock beside its dir
 
 
 def test_node_failure_hint(slurm, private_cluster, tmp_path, monkeypatch):
