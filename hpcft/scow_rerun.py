@@ -39,7 +39,7 @@ def rerun(run_dir: str | Path, job_id: str) -> RunPaths:
     loaded = LoadedJob(job, source, data, Path(LaunchSpec.read(src.dir).base_dir))
     scow_dir = job_folder(settings, job.name)
     paths = new_run_dir(settings.runs, job.name)
-    plan, script = prepare_run(loaded, settings, paths, old.partition, scow_dir=scow_dir)
+    prepare_run(loaded, settings, paths, old.partition, scow_dir=scow_dir)
     paths.submitit.mkdir(exist_ok=True)
     delayed = DelayedSubmission(WorkerCall(str(paths.dir)))
     delayed.set_timeout(max(1, job.resources.time_seconds // 60), job.max_requeues)

@@ -51,8 +51,8 @@ def _view(store, sweep):
 
 
 def status(args, store, sweep) -> int:
-    from ..sweepview import counts
     from ..sweep import describe
+    from ..sweepview import counts
 
     recs, states = _view(store, sweep)
     if args.json:
