@@ -175,3 +175,25 @@ def test_save_template_needs_scow(slurm, tmp_path, monkeypatch):
     job.write_text("name: plain\nscript: hello.py\nresources: {time: '5'}\n")
     proc = hpcft("submit", str(job), "--save-template")
     assert proc.returncode == 2 and "SCOW placement" in proc.stderr
+
+
+@pytest.mark.slurm
+def test_sweep_tasks_log_in_the_scow_folder(slurm, fake_home, tmp_path):
+    env = {"HOME": str(fake_home)}
+    (tmp_path / "hello.py").write_text(HELLO)
+    job = tmp_path / "sweep.yaml"
+    job.write_text("name: scow-sweep\nscript: hello.py\nresources: {time: '5'}\n"
+                   "sweep: {points: [{args: [a]}, {args: [b]}]}\n")
+    sub = hpcft_json("submit", str(job), env=env)
+    deadline = time.monotonic() + 90
+    while hpcft_json("status", sub["sweep_id"], env=env)["states"] != {"COMPLETED": 2}:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    folder = fake_home / "scow" / "jobs" / "scow-sweep"
+    array = sub["job_id"]
+    assert (folder / f"job.{array}.sh").read_text() == (Path(sub["run_dir"]) / "job.sh").read_text()
+    for i, run_id in enumerate(sub["tasks"]):
+        out = folder / f"job.{array}_{i}.out"
+        assert f"HELLO from {sub['run_dir']}/{run_id}" in out.read_text()
+        assert os.path.samefile(Path(sub["run_dir"]) / run_id / f"job.{array}_{i}.out", out)
+        assert "HELLO from" in hpcft("logs", f"{array}_{i}", env=env, check=True).stdout
