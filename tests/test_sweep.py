@@ -163,3 +163,51 @@ def test_cancel_sweep_cancels_every_task(slurm, tmp_path):
         assert time.monotonic() < deadline, st
         time.sleep(0.5)
     assert not [ln for ln in _queue_names() if ln.endswith(" sweep-cancel")]
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_an_array_task_requeues_and_resumes_on_its_own(slurm, hpcft_home, tmp_path):
+    """USR2 (what Slurm sends before the time limit) to one task: it checkpoints, requeues
+    itself (`scontrol requeue <array>_<i>`) and resumes from its own run folder; the other
+    task is untouched."""
+    from devtools.faults import fault_env
+    from devtools.runs import fixture_folders, stage_standard
+
+    stage_standard(hpcft_home / "cache", fixture_folders(tmp_path / "fixtures"))
+    doc = {"name": "sweep-requeue", "executor": "slurm",
+           "train": {"model": "bert-base-uncased", "dataset": "glue/mrpc", "metric": "glue", "epochs": 2,
+                     "batch_size": 16, "logging_steps": 5, "learning_rate": 3e-3},
+           "resources": {"partition": "cpu", "time": "00:10:00"},
+           "env": {"vars": {"OMP_NUM_THREADS": "1", **fault_env(step_sleep=0.1)}},
+           "sweep": {"grid": {"train.seed": [1, 2]}}}
+    path = tmp_path / "requeue.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    sub = hpcft_json("submit", str(path), timeout=120)
+    task = Path(sub["run_dir"]) / sub["tasks"][1]
+
+    def events(folder: Path) -> list[dict]:
+        p = folder / "progress.jsonl"
+        return [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []
+
+    deadline = time.monotonic() + 180
+    while not any(e["event"] == "train" and e.get("step", 0) >= 20 for e in events(task)):
+        assert time.monotonic() < deadline, hpcft("logs", f"{sub['job_id']}_1").stdout[-2000:]
+        time.sleep(0.3)
+    subprocess.run(["scancel", "--signal=USR2", f"{sub['job_id']}_1"], check=True)
+    deadline = time.monotonic() + 420
+    while (st := hpcft_json("status", sub["sweep_id"]))["states"] != {"COMPLETED": 2}:
+        assert time.monotonic() < deadline and "FAILED" not in st["states"], st
+        time.sleep(2)
+    one = hpcft_json("status", f"{sub['job_id']}_1")
+    assert one["restarts"] >= 1, one
+    ev = events(task)
+    stop = next(e for e in ev if e["event"] == "signal")["step"]
+    assert next(e for e in ev if e["event"] == "resume")["step"] == stop
+    assert not [e for e in events(Path(sub["run_dir"]) / sub["tasks"][0]) if e["event"] in ("signal", "resume")]
+
+
+def test_render_prints_the_array_script(tmp_path):
+    proc = hpcft("render", str(_job(tmp_path, {"grid": GRID, "max_parallel": 3})), "--partition", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert "#SBATCH --array=0-8%3" in proc.stdout and "/job.%A_%a.out" in proc.stdout
