@@ -211,3 +211,18 @@ def test_render_prints_the_array_script(tmp_path):
     proc = hpcft("render", str(_job(tmp_path, {"grid": GRID, "max_parallel": 3})), "--partition", "cpu")
     assert proc.returncode == 0, proc.stderr
     assert "#SBATCH --array=0-8%3" in proc.stdout and "/job.%A_%a.out" in proc.stdout
+
+
+@pytest.mark.slurm
+def test_preflight_refuses_an_array_larger_than_max_array_size(slurm, tmp_path):
+    (tmp_path / "hello.py").write_text("print('hi')\n")
+    size = int(parse_config(subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
+                                           check=True).stdout)["MaxArraySize"]) + 1
+    doc = {"name": "sweep-too-big", "script": "hello.py", "resources": {"time": "5"},
+           "sweep": {"grid": {"args": [[str(i)] for i in range(size)]}}}
+    path = tmp_path / "big.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    proc = hpcft("submit", str(path))
+    assert proc.returncode == 2, proc.stderr
+    assert f"array size: {size} points but the site's MaxArraySize is {size - 1}" in proc.stderr
+    assert not [ln for ln in _queue_names() if ln.endswith(" sweep-too-big")]
