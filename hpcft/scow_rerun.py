@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from .errors import ConfigError, HpcftError
 from .rundir import RunPaths
 from .scow import job_folder, place
 
@@ -35,6 +36,11 @@ def rerun(run_dir: str | Path, job_id: str) -> RunPaths:
     old = RunStore(src.dir.parent).load(src.dir)
     data = yaml.safe_load(src.job_yaml.read_text(encoding="utf-8"))
     job = Job.model_validate(data)
+    ntasks = int(os.environ.get("SLURM_NTASKS") or 1)
+    if ntasks != job.resources.world_size:  # the portal's form has no tasks-per-node (nor NPU) field
+        raise ConfigError([f"hpcft: {job.name} runs {job.resources.world_size} tasks (one per device) but this "
+                           f"job from the SCOW portal has {ntasks}; resubmit it with: hpcft submit "
+                           f"{old.job_file or src.job_yaml}"])
     source = Path(old.job_file) if old.job_file else None
     loaded = LoadedJob(job, source, data, Path(LaunchSpec.read(src.dir).base_dir))
     scow_dir = job_folder(settings, job.name)
@@ -56,7 +62,12 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1 or not os.environ.get("SLURM_JOB_ID"):
         print("usage (inside a Slurm job): python -m hpcft.scow_rerun RUN_DIR", file=sys.stderr)
         return 2
-    paths = rerun(argv[0], os.environ["SLURM_JOB_ID"])
+    try:
+        paths = rerun(argv[0], os.environ["SLURM_JOB_ID"])
+    except HpcftError as exc:  # in the job's log, where the user looks
+        for line in exc.lines():
+            print(line, file=sys.stderr)
+        return exc.exit_code
     sys.stdout.flush()
     os.execv("/bin/bash", ["bash", str(paths.script)])
     return 0  # not reached

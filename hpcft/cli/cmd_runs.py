@@ -18,37 +18,31 @@ def register(sub) -> None:
 
 def headline(run_dir: str) -> str:
     """The headline eval metric from metrics.json, e.g. 'accuracy 0.861'."""
-    name, value = headline_value(run_dir)
-    return f"{name} {value:.4f}" if value is not None else ""
-
-
-def headline_value(run_dir: str):
     try:
         metrics = json.loads(RunPaths(run_dir).metrics.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
-        return None, None
+        return ""
     name = metrics.get("headline")
     value = metrics.get("eval", {}).get(name) if name else None
-    return name, value if isinstance(value, (int, float)) else None
+    return f"{name} {value:.4f}" if isinstance(value, (int, float)) else ""
 
 
 def run(args) -> int:
     from ..monitor import status
     from ..runs import RunStore
     from ..slurm import TERMINAL_STATES
-    from .sweep_views import group_rows
+    from .sweep_views import recent, sweep_row
 
-    records = RunStore(settings().runs).records(limit=args.limit)
+    store = RunStore(settings().runs)
     rows = []
-    for rec in reversed(records):
+    for rec, sweep in recent(store, args.limit):  # newest first; a sweep is one row, all its tasks
+        if sweep is not None:
+            rows.append(sweep_row(store, sweep))
+            continue
         state = rec.state if rec.state in TERMINAL_STATES else status(rec).state
-        row = {"run_id": rec.run_id, "name": rec.name, "job_id": rec.job_id, "executor": rec.executor,
-               "state": state, "submitted_at": rec.submitted_at, "metric": headline(rec.run_dir),
-               "run_dir": rec.run_dir}
-        if rec.sweep:
-            row.update(sweep=rec.sweep, value=headline_value(rec.run_dir)[1])
-        rows.append(row)
-    rows = group_rows(rows)  # a sweep's tasks: one row
+        rows.append({"run_id": rec.run_id, "name": rec.name, "job_id": rec.job_id, "executor": rec.executor,
+                     "state": state, "submitted_at": rec.submitted_at, "metric": headline(rec.run_dir),
+                     "run_dir": rec.run_dir})
     if args.json:
         print_json(rows)
         return 0

@@ -111,34 +111,42 @@ def show(args, store, sweep) -> int:
     return 0
 
 
-def group_rows(rows: list[dict]) -> list[dict]:
-    """``hpcft runs``: the tasks of one sweep as one row (state counts, best metric)."""
-    from ..sweep import Sweep
-    from ..sweepview import counts
+def recent(store, limit: int) -> list[tuple]:
+    """The newest ``limit`` entries of ``hpcft runs``, newest first, as (record, None) for a run
+    and (None, sweep) for a sweep (however many tasks it has)."""
+    from pathlib import Path
 
-    out: list[dict] = []
-    groups: dict[str, dict] = {}
-    for row in rows:
-        sid = row.get("sweep")
-        if not sid:
-            out.append(row)
+    from ..errors import NotFoundError
+    from ..sweep import Sweep
+
+    out: list[tuple] = []
+    seen: set[str] = set()
+    for entry in reversed(store.entries()):
+        if len(out) >= limit:
+            break
+        sid = entry.get("sweep")
+        if sid:
+            if sid not in seen:
+                seen.add(sid)
+                sweep = Sweep.load(Path(entry["run_dir"]).parent)
+                if sweep is not None:
+                    out.append((None, sweep))
             continue
-        if sid not in groups:
-            sweep = Sweep.load(str(row["run_dir"]).rsplit("/", 1)[0])
-            groups[sid] = {"run_id": sid, "name": row["name"], "executor": "slurm", "states": [],
-                           "job_id": sweep.array_job_id if sweep else None, "submitted_at": row["submitted_at"],
-                           "metric": "", "run_dir": sweep.run_dir if sweep else None, "sweep": sid,
-                           "tasks": 0, "goal": sweep.goal if sweep else "max", "_values": []}
-            out.append(groups[sid])
-        g = groups[sid]
-        g["tasks"] += 1
-        g["states"].append(row["state"])
-        if row.get("value") is not None:
-            g["_values"].append((row["value"], row["metric"]))
-    for g in groups.values():
-        g["state"] = f"sweep of {g['tasks']}: {counts(g.pop('states'))}"
-        values = g.pop("_values")
-        if values:
-            best = max(values) if g["goal"] == "max" else min(values)
-            g["metric"] = f"best {best[1]}"
+        try:
+            out.append((store.load(Path(entry["run_dir"])), None))
+        except NotFoundError:
+            continue  # run folder deleted by the user
     return out
+
+
+def sweep_row(store, sweep) -> dict:
+    """A sweep as one ``hpcft runs`` row: every task's state counted, the best point's metric."""
+    from ..sweepview import counts, rank
+
+    recs, states = _view(store, sweep)
+    ranked = rank(sweep, recs, states)
+    best = ranked[0] if ranked and ranked[0].value is not None else None
+    return {"run_id": sweep.sweep_id, "name": sweep.name, "job_id": sweep.array_job_id, "executor": "slurm",
+            "state": f"sweep of {sweep.size}: {counts(states)}", "submitted_at": sweep.submitted_at,
+            "metric": f"best {best.metric} {best.value:.4f}" if best else "", "run_dir": sweep.run_dir,
+            "sweep": sweep.sweep_id}
