@@ -166,8 +166,8 @@ def test_every_hint_from_its_real_error(slurm, tmp_path):
     # the text form users read, and `hpcft logs` after the log
     text = hpcft("status", subs["adamw"]["run_id"], check=True).stdout
     assert "hint:     transformers 5 removed AdamW" in text
-    logs = hpcft("logs", subs["offline-model"]["run_id"], check=True)
-    assert "hpcft stage bert-base-uncased" in logs.stderr and "We couldn't connect to" in logs.stdout
+    logs = hpcft("logs", subs["offline-model"]["run_id"], "--err", check=True)  # the traceback, then the hint
+    assert "We couldn't connect to" in logs.stdout and "hpcft stage bert-base-uncased" in logs.stderr
 
 
 # --------------------------------------------------------------------------- node failure
