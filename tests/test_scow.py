@@ -197,3 +197,24 @@ def test_sweep_tasks_log_in_the_scow_folder(slurm, fake_home, tmp_path):
         assert f"HELLO from {sub['run_dir']}/{run_id}" in out.read_text()
         assert os.path.samefile(Path(sub["run_dir"]) / run_id / f"job.{array}_{i}.out", out)
         assert "HELLO from" in hpcft("logs", f"{array}_{i}", env=env, check=True).stdout
+
+
+@pytest.mark.slurm
+def test_portal_rerun_of_a_multi_task_job_says_what_to_do(slurm, fake_home, tmp_path):
+    """The portal's form has no tasks-per-node field: a 2-GPU job resubmitted from it gets one
+    task, so the rerun stops with the command that runs it right instead of hanging."""
+    env = {"HOME": str(fake_home)}
+    (tmp_path / "hello.py").write_text(HELLO)
+    job = tmp_path / "job.yaml"
+    job.write_text("name: scow-2gpu\nscript: hello.py\nresources: {partition: gpu, gpus_per_node: 2, time: '5'}\n")
+    sub = hpcft_json("submit", str(job), "--save-template", env=env)
+    assert _wait(sub["run_id"], env)["state"] == "COMPLETED"
+    doc = json.loads((fake_home / "scow" / "savedJobs" / f"scow-2gpu-{sub['job_id']}").read_text())
+    assert doc["gpuCount"] == 2 and doc["coreCount"] == 2
+    script = tmp_path / "portal.sh"
+    script.write_text(portal_script(doc))
+    new_id = subprocess.run(["sbatch", "--wait", str(script)], capture_output=True, text=True,
+                            env={**os.environ, **env}, timeout=120).stdout.split()[-1]
+    err = (fake_home / "scow" / "jobs" / "scow-2gpu" / f"job.{new_id}.err").read_text()
+    assert "runs 2 tasks (one per device) but this job from the SCOW portal has 1; resubmit it with: " \
+           f"hpcft submit {job}" in err, err
