@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from ..rundir import RunPaths
 from .common import print_json, settings, table
