@@ -226,3 +226,18 @@ def test_preflight_refuses_an_array_larger_than_max_array_size(slurm, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert f"array size: {size} points but the site's MaxArraySize is {size - 1}" in proc.stderr
     assert not [ln for ln in _queue_names() if ln.endswith(" sweep-too-big")]
+
+
+def test_array_script_golden(tmp_path, monkeypatch):
+    from hpcft.render import make_plan, render_script
+    from tests.test_render import check_golden
+
+    monkeypatch.delenv("HPCFT_CACHE", raising=False)
+    settings = Settings(runs_dir=Path("/runs"), cache_dir=Path("/cache"))
+    pairs = expand(load_job(_job(tmp_path, {"grid": GRID, "max_parallel": 3}), settings))
+    root = Path("/runs/SWEEP-ID")
+    plan = make_plan(pairs[0][1], settings, root, "cpu", python="python", array=array_spec(9, 3),
+                     log_dir=f"{root}/SWEEP-ID-%a")
+    plan.created = "2026-01-01 00:00:00 +0000"
+    text = render_script(plan).replace(str(tmp_path), "<job-dir>")
+    check_golden("sweep-array.sbatch", text)
