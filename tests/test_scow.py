@@ -88,7 +88,7 @@ def test_saved_job_matches_the_portal_schema(fake_home, tmp_path):
 HELLO = "import os\nprint('HELLO from', os.environ['HPCFT_RUN_DIR'], 'in', os.getcwd(), flush=True)\n"
 
 
-def _wait(ref: str, env: dict, timeout: float = 60) -> dict:
+def _wait(ref: str, env: dict, timeout: float = 240) -> dict:
     deadline = time.monotonic() + timeout
     while True:
         st = hpcft_json("status", ref, env=env)
@@ -152,7 +152,7 @@ def test_scow_job_logs_script_template_and_portal_rerun(slurm, fake_home, tmp_pa
     out = subprocess.run(["sbatch", str(script)], capture_output=True, text=True, check=True,
                          env={**os.environ, **env}).stdout
     new_id = out.split()[-1]
-    deadline = time.monotonic() + 60  # the rerun registers its run folder once the job starts
+    deadline = time.monotonic() + 240  # the rerun registers its run folder once the job starts
     while hpcft("status", new_id, env=env).returncode != 0:
         assert time.monotonic() < deadline, subprocess.run(["scontrol", "show", "job", new_id],
                                                            capture_output=True, text=True).stdout
@@ -185,7 +185,7 @@ def test_sweep_tasks_log_in_the_scow_folder(slurm, fake_home, tmp_path):
     job.write_text("name: scow-sweep\nscript: hello.py\nresources: {time: '5'}\n"
                    "sweep: {points: [{args: [a]}, {args: [b]}]}\n")
     sub = hpcft_json("submit", str(job), env=env)
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 240
     while hpcft_json("status", sub["sweep_id"], env=env)["states"] != {"COMPLETED": 2}:
         assert time.monotonic() < deadline
         time.sleep(0.5)
@@ -214,7 +214,7 @@ def test_portal_rerun_of_a_multi_task_job_says_what_to_do(slurm, fake_home, tmp_
     script = tmp_path / "portal.sh"
     script.write_text(portal_script(doc))
     new_id = subprocess.run(["sbatch", "--wait", str(script)], capture_output=True, text=True,
-                            env={**os.environ, **env}, timeout=120).stdout.split()[-1]
+                            env={**os.environ, **env}, timeout=300).stdout.split()[-1]
     err = (fake_home / "scow" / "jobs" / "scow-2gpu" / f"job.{new_id}.err").read_text()
     assert "runs 2 tasks (one per device) but this job from the SCOW portal has 1; resubmit it with: " \
            f"hpcft submit {job}" in err, err
