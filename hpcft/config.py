@@ -55,6 +55,16 @@ class Aliases(_Strict):
     metrics: dict[str, str] = {}
 
 
+class Scow(_Strict):
+    """SCOW (OpenSCOW) placement: jobs land where the portal looks. Mirrors the admin's
+    ``portal.yaml`` (``submitJobDefaultPwd``, ``savedJobsDir``; paths under ``$HOME``)."""
+
+    enabled: Optional[bool] = None                 # None: on when ~/scow exists
+    job_dir: str = "scow/jobs/{{ name }}"           # submitJobDefaultPwd
+    saved_jobs_dir: str = "scow/savedJobs"          # savedJobsDir
+    save_template: bool = False                     # write the portal's saved job on every submit
+
+
 class Settings(_Strict):
     partitions: Partitions = Partitions()
     # partition used when a job asks for devices but names no partition
@@ -77,6 +87,7 @@ class Settings(_Strict):
     signal_delay_s: int = Field(120, ge=10)
     # executor when a job says "auto": slurm if sbatch works, else local
     executor: Literal["auto", "slurm", "local"] = "auto"
+    scow: Scow = Scow()
 
     # ---- resolved locations -------------------------------------------------
     @property

@@ -204,6 +204,25 @@ class Assets(_Strict):
     metrics: list[str] = []
 
 
+class SweepSpec(_Strict):
+    """A hyperparameter sweep: one Slurm array task per point (expanded by hpcft.sweep)."""
+
+    grid: dict[str, list[Any]] = {}         # every combination, e.g. {"train.learning_rate": [1e-5, 2e-5]}
+    points: list[dict[str, Any]] = []       # or explicit points, e.g. [{"train.seed": 1}, ...]
+    max_parallel: Optional[int] = Field(None, ge=1)  # the %K of --array
+    metric: Optional[str] = None            # rank points by this eval metric (default: the headline)
+    goal: Literal["max", "min"] = "max"
+
+    @model_validator(mode="after")
+    def _shape(self) -> "SweepSpec":
+        if bool(self.grid) == bool(self.points):
+            raise ValueError("a sweep needs grid: (every combination) or points: (a list), exactly one of them")
+        empty = [k for k, v in self.grid.items() if not v]
+        if empty:
+            raise ValueError(f"grid key {empty[0]!r} has no values")
+        return self
+
+
 class Job(_Strict):
     name: str = Field(min_length=1, max_length=128)
     train: Optional[TrainSpec] = None
@@ -216,6 +235,7 @@ class Job(_Strict):
     output_dir: Optional[str] = None
     executor: Literal["auto", "slurm", "local"] = "auto"
     max_requeues: int = Field(3, ge=0, le=100)
+    sweep: Optional[SweepSpec] = None
 
     _single = field_validator("name", "script", "workdir", "output_dir")(_one_line)
 

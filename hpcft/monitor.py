@@ -152,12 +152,13 @@ def status(record: RunRecord) -> Status:
     if st.state in ("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"):
         if not st.error:
             st.error = _result_state(paths, job_id)[1] or _error_from_logs(paths, job_id)
-        from .diagnose import diagnose_files
+        from .diagnose import diagnose_run
 
         logs = [paths.stderr(job_id), paths.stdout(job_id)]
         if paths.logs.is_dir():
             logs += sorted(paths.logs.glob(f"job.{job_id}.rank*.out"))
-        st.hint = diagnose_files(logs)
+        has_checkpoint = paths.checkpoints.is_dir() and any(paths.checkpoints.iterdir())
+        st.hint = diagnose_run(logs, st.state, has_checkpoint)
     st.progress = last_progress(paths)
     if st.state != record.state and st.state != "UNKNOWN":
         record.state = st.state

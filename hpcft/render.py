@@ -52,6 +52,9 @@ class ScriptPlan:
     python: str
     partition: Optional[str]
     created: str
+    scow_dir: Optional[Path] = None  # SCOW placement: working directory, logs and script go here
+    array: Optional[str] = None      # a sweep: "0-(N-1)%K", one array task per point
+    log_dir: Optional[str] = None    # where job.<id>.out/err go (default: scow_dir, else run_dir)
 
     @property
     def job(self):
@@ -87,17 +90,22 @@ class ScriptPlan:
     def sbatch_options(self) -> list[tuple[str, Optional[str]]]:
         """(option, value) pairs, sorted by option; values are raw (the template quotes)."""
         job, r, s = self.job, self.job.resources, self.settings
+        log_dir = self.log_dir or str(self.scow_dir or self.run_dir)
+        stem = "job.%A_%a" if self.array else "job.%j"  # array tasks: <array id>_<index>, as Slurm names them
         opts: dict[str, Optional[str]] = {
             "job-name": job.name,
             "nodes": str(r.nodes),
             "ntasks-per-node": str(self.ntasks_per_node),
             "time": _slurm_minutes(r.time_seconds),
-            "output": str(self.run_dir / "job.%j.out"),
-            "error": str(self.run_dir / "job.%j.err"),
+            "output": f"{log_dir}/{stem}.out",
+            "error": f"{log_dir}/{stem}.err",
             "open-mode": "append",  # keep the first run's log across requeues
             "signal": f"USR2@{s.signal_delay_s}",
-            "chdir": str(self.workdir),
+            # SCOW: the portal's working directory; the worker still runs a script in its own workdir
+            "chdir": str(self.scow_dir or self.workdir),
         }
+        if self.array:
+            opts["array"] = self.array
         if self.partition:
             opts["partition"] = self.partition
         if r.cpus_per_task:
@@ -166,7 +174,8 @@ def _slurm_minutes(seconds: int) -> str:
 
 
 def make_plan(loaded: LoadedJob, settings: Settings, run_dir: Path, partition: Optional[str],
-              python: Optional[str] = None) -> ScriptPlan:
+              python: Optional[str] = None, *, scow_dir: Optional[Path] = None, array: Optional[str] = None,
+              log_dir: Optional[str] = None) -> ScriptPlan:
     import sys
 
     env = loaded.job.env
@@ -177,6 +186,7 @@ def make_plan(loaded: LoadedJob, settings: Settings, run_dir: Path, partition: O
         loaded=loaded, settings=settings, run_dir=run_dir, submitit_dir=run_dir / "submitit",
         python=python, partition=partition,
         created=_dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %z"),
+        scow_dir=scow_dir, array=array, log_dir=log_dir,
     )
 
 

@@ -106,8 +106,8 @@ class LaunchSpec:
     def paths(self) -> RunPaths:
         return RunPaths(self.run_dir)
 
-    def write(self) -> None:
-        atomic_write_json(self.paths.launch, asdict(self))
+    def write(self, durable: bool = True) -> None:
+        atomic_write_json(self.paths.launch, asdict(self), durable=durable)
 
     @classmethod
     def read(cls, run_dir: Path | str) -> "LaunchSpec":

@@ -33,6 +33,8 @@ class RunRecord:
     job_id: Optional[str] = None
     state: str = "NEW"
     partition: Optional[str] = None
+    sweep: Optional[str] = None        # the sweep id, for an array task of a sweep
+    sweep_index: Optional[int] = None  # its array index
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunRecord":
@@ -64,18 +66,27 @@ class RunStore:
         self.index = self.root / "index.jsonl"
         self.lock = self.root / ".index.lock"
 
-    def save(self, record: RunRecord) -> None:
-        atomic_write_json(RunPaths(record.run_dir).record, asdict(record))
+    def save(self, record: RunRecord, durable: bool = True) -> None:
+        atomic_write_json(RunPaths(record.run_dir).record, asdict(record), durable=durable)
 
     def add(self, record: RunRecord) -> None:
         """Write run.json, then append the run to the index under the lock."""
-        self.save(record)
-        line = json.dumps({"run_id": record.run_id, "name": record.name, "job_id": record.job_id,
-                           "submitted_at": record.submitted_at, "run_dir": record.run_dir}) + "\n"
+        self.add_many([record])
+
+    def add_many(self, records: list[RunRecord]) -> None:
+        """Several runs (a sweep's tasks): each run.json, then one append under one lock."""
+        lines = []
+        for record in records:
+            self.save(record, durable=len(records) == 1)  # a sweep's tasks: the index append below is the sync
+            entry = {"run_id": record.run_id, "name": record.name, "job_id": record.job_id,
+                     "submitted_at": record.submitted_at, "run_dir": record.run_dir}
+            if record.sweep:
+                entry["sweep"] = record.sweep
+            lines.append(json.dumps(entry) + "\n")
         with file_lock(self.lock):
             fd = os.open(self.index, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             try:
-                os.write(fd, line.encode())
+                os.write(fd, "".join(lines).encode())
                 os.fsync(fd)
             finally:
                 os.close(fd)

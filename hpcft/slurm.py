@@ -243,3 +243,81 @@ def cancel(job_id: str) -> None:
 def sbatch(script_path: str) -> str:
     """Queue a rendered script as is (helper jobs such as ``hpcft predict --submit``); its job id."""
     return read_job_id(_run(["sbatch", "--parsable", script_path]).stdout)
+# --------------------------------------------------------------------------- job arrays (sweeps)
+
+def parse_config(text: str) -> dict[str, str]:
+    """``scontrol show config`` -> {key: value}."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() and " " not in key.strip():
+            out[key.strip()] = value.strip()
+    return out
+
+
+def config() -> dict[str, str]:
+    return parse_config(_run(["scontrol", "show", "config"], check=False).stdout)
+
+
+def parse_index_set(text: str) -> list[int]:
+    """Slurm's array index set ``0-3,7,9-11:2%4`` -> [0, 1, 2, 3, 7, 9, 11]."""
+    text = text.split("%")[0]
+    out: list[int] = []
+    for part in filter(None, text.split(",")):
+        rng, _, step = part.partition(":")
+        lo, _, hi = rng.partition("-")
+        out += list(range(int(lo), int(hi or lo) + 1, int(step or 1)))
+    return out
+
+
+def parse_array_states(text: str, array_id: str) -> dict[int, str]:
+    """``scontrol show job -o ARRAYID`` -> {task index: state} for the tasks the controller
+    still knows (a pending remainder is one line with ``ArrayTaskId=3-8%2``)."""
+    states: dict[int, str] = {}
+    for line in text.splitlines():
+        kv = parse_key_values(line)
+        if kv.get("ArrayJobId") != array_id or "ArrayTaskId" not in kv:
+            continue
+        state = kv.get("JobState", "UNKNOWN").split()[0]
+        try:
+            for index in parse_index_set(kv["ArrayTaskId"]):
+                states[index] = state
+        except ValueError:
+            continue  # an index set this parser does not know: those tasks fall back to the run folders
+    return states
+
+
+def array_states(array_id: str) -> dict[int, str]:
+    """Task states of a job array from one controller call ({} once Slurm has forgotten it)."""
+    proc = _run(["scontrol", "show", "job", "-o", array_id], check=False)
+    return parse_array_states(proc.stdout, array_id) if proc.returncode == 0 else {}
+
+
+def queued_jobs(user: str) -> int:
+    """Jobs of the user in the queue, array tasks counted one by one (what MaxSubmitJobs counts)."""
+    proc = _run(["squeue", "-h", "-r", "-u", user, "-o", "%i"], check=False)
+    return len(proc.stdout.split()) if proc.returncode == 0 else 0
+
+
+def parse_submit_limits(text: str) -> list[int]:
+    """``sacctmgr -n -P show assoc ... format=maxsubmit`` / ``show qos format=maxsubmitpu``
+    output -> the limits that are set."""
+    return [int(v) for v in text.split() if v.strip().isdigit()]
+
+
+def submit_limit(user: str) -> Optional[int]:
+    """The tightest MaxSubmitJobs that applies to the user (association or QOS), when accounting
+    enforces limits; None when there is none."""
+    if not accounting_enabled() or shutil.which("sacctmgr") is None:
+        return None
+    limits: list[int] = []
+    out = _run(["sacctmgr", "-n", "-P", "show", "assoc", "where", f"user={user}", "format=maxsubmit"],
+               check=False).stdout
+    limits += parse_submit_limits(out)
+    qos = {row["qos"] for row in associations(user)}
+    names = sorted({q for entry in qos for q in entry.split(",") if q})
+    if names:
+        out = _run(["sacctmgr", "-n", "-P", "show", "qos", "where", f"name={','.join(names)}",
+                    "format=maxsubmitpu"], check=False).stdout
+        limits += parse_submit_limits(out)
+    return min(limits) if limits else None

@@ -15,7 +15,15 @@ def run(args) -> int:
     from ..monitor import cancel
     from ..runs import RunStore
 
-    record = RunStore(settings().runs).find(args.ref)
+    from ..sweepview import find as find_sweep
+
+    store = RunStore(settings().runs)
+    sweep = find_sweep(store, args.ref)
+    if sweep is not None:  # a sweep: its tasks by state / cancel the array / ranked points
+        from .sweep_views import cancel
+
+        return cancel(args, store, sweep)
+    record = store.find(args.ref)
     cancel(record)
     print(f"cancelled job {record.job_id} (run {record.run_id})")
     return 0

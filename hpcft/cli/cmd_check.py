@@ -25,7 +25,12 @@ def run(args) -> int:
             return exc.exit_code
         print(f"✗ job file: {len(exc.lines())} problem(s)")
         raise
-    result = submit(loaded, settings, dry_run=True, executor=args.executor, raise_on_failure=False)
+    if loaded.job.sweep is not None:  # every point validated, plus the array's own limits
+        from ..sweep import submit_sweep
+
+        result = submit_sweep(loaded, settings, dry_run=True, executor=args.executor)
+    else:
+        result = submit(loaded, settings, dry_run=True, executor=args.executor, raise_on_failure=False)
     ok = all(c.ok for c in result.checks)
     if args.json:
         print_json({"ok": ok, "checks": [c.__dict__ for c in result.checks]})

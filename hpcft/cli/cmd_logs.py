@@ -28,4 +28,6 @@ def run(args) -> int:
         if st.hint:
             print(f"hpcft: hint: {st.hint}", file=sys.stderr)
         return 0 if st.state == "COMPLETED" else 1
+    if st.hint:  # a finished failed job: the cause and the fix after its log
+        print(f"hpcft: job {record.job_id} {st.state}; hint: {st.hint}", file=sys.stderr)
     return 0

@@ -15,11 +15,22 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from .. import scow
     from ..render import make_plan, render_script
 
     loaded, settings = load(args)
     partition = loaded.job.resources.partition or args.partition or \
         settings.default_partition.get(loaded.job.resources.device)
-    plan = make_plan(loaded, settings, settings.runs / "<run-id>", partition)
+    scow_dir = scow.job_folder(settings, loaded.job.name) if scow.enabled(settings) else None
+    if loaded.job.sweep is not None:  # the one array script (every point validated first)
+        from ..sweep import array_spec, expand
+
+        pairs = expand(loaded)
+        root = settings.runs / "<sweep-id>"
+        plan = make_plan(pairs[0][1], settings, root, partition, scow_dir=scow_dir,
+                         array=array_spec(len(pairs), loaded.job.sweep.max_parallel),
+                         log_dir=None if scow_dir else f"{root}/<sweep-id>-%a")
+    else:
+        plan = make_plan(loaded, settings, settings.runs / "<run-id>", partition, scow_dir=scow_dir)
     sys.stdout.write(render_script(plan))
     return 0

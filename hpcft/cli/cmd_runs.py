@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from ..rundir import RunPaths
 from .common import print_json, settings, table
@@ -31,10 +30,14 @@ def run(args) -> int:
     from ..monitor import status
     from ..runs import RunStore
     from ..slurm import TERMINAL_STATES
+    from .sweep_views import recent, sweep_row
 
-    records = RunStore(settings().runs).records(limit=args.limit)
+    store = RunStore(settings().runs)
     rows = []
-    for rec in reversed(records):
+    for rec, sweep in recent(store, args.limit):  # newest first; a sweep is one row, all its tasks
+        if sweep is not None:
+            rows.append(sweep_row(store, sweep))
+            continue
         state = rec.state if rec.state in TERMINAL_STATES else status(rec).state
         rows.append({"run_id": rec.run_id, "name": rec.name, "job_id": rec.job_id, "executor": rec.executor,
                      "state": state, "submitted_at": rec.submitted_at, "metric": headline(rec.run_dir),

@@ -77,7 +77,15 @@ def run(args) -> int:
     from ..runs import RunStore
     from ..slurm import TERMINAL_STATES
 
-    record = RunStore(settings().runs).find(args.ref)
+    from ..sweepview import find as find_sweep
+
+    store = RunStore(settings().runs)
+    sweep = find_sweep(store, args.ref)
+    if sweep is not None:  # a sweep: its tasks by state / cancel the array / ranked points
+        from .sweep_views import show
+
+        return show(args, store, sweep)
+    record = store.find(args.ref)
     if record.state not in TERMINAL_STATES:
         record.state = status(record).state
     info = collect(record)

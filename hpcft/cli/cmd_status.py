@@ -30,7 +30,15 @@ def run(args) -> int:
     from ..runs import RunStore
     from ..slurm_time import format_duration
 
-    record = RunStore(settings().runs).find(args.ref)
+    from ..sweepview import find as find_sweep
+
+    store = RunStore(settings().runs)
+    sweep = find_sweep(store, args.ref)
+    if sweep is not None:  # a sweep: its tasks by state / cancel the array / ranked points
+        from .sweep_views import status
+
+        return status(args, store, sweep)
+    record = store.find(args.ref)
     st = status(record)
     if args.json:
         print_json({**st.as_dict(), "run_dir": record.run_dir, "name": record.name, "executor": record.executor})

@@ -20,14 +20,21 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--executor", choices=["slurm", "local"], help="override the job's executor")
     p.add_argument("--wait", action="store_true", help="follow the log until the job ends; exit 0 only if it completed")
+    p.add_argument("--save-template", action="store_true", default=None,
+                   help="also save the job in the SCOW portal's saved-jobs list (resubmit it from the web form)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    loaded, settings = load(args)
+    if loaded.job.sweep is not None:
+        from .sweep_views import submit_sweep_command
+
+        return submit_sweep_command(args, loaded, settings)
     from ..submit import submit
 
-    loaded, settings = load(args)
-    result = submit(loaded, settings, dry_run=args.dry_run, executor=args.executor)
+    result = submit(loaded, settings, dry_run=args.dry_run, executor=args.executor,
+                    save_template=args.save_template)
     if args.dry_run:
         if args.json:
             print_json({"dry_run": True, "script": result.script,
@@ -41,7 +48,8 @@ def run(args) -> int:
     rec = result.record
     if args.json:
         print_json({"run_id": rec.run_id, "job_id": rec.job_id, "executor": rec.executor,
-                    "run_dir": rec.run_dir, "log": str(result.log), "partition": rec.partition})
+                    "run_dir": rec.run_dir, "log": str(result.log), "partition": rec.partition,
+                    "template": str(result.template) if result.template else None})
     else:
         for check in result.checks:
             print(check.line())
@@ -49,6 +57,8 @@ def run(args) -> int:
         print(f"job:    {rec.job_id} ({rec.executor}{', partition ' + rec.partition if rec.partition else ''})")
         print(f"folder: {rec.run_dir}")
         print(f"log:    {result.log}")
+        if result.template:
+            print(f"portal: saved job {result.template.name} (SCOW: job templates)")
         print(f"watch:  hpcft logs -f {rec.run_id}")
     if args.wait:
         from ..monitor import follow
