@@ -147,10 +147,24 @@ class DeepSpeedSpec(_Strict):
     config: Optional[str] = None   # a user's DeepSpeed JSON; overrides stage/offload
 
 
+class LoraSpec(_Strict):
+    """LoRA adapter settings (peft) for ``task: causal-lm, method: lora``."""
+
+    r: int = Field(8, ge=1, le=1024)
+    alpha: float = Field(16, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: Union[Literal["all-linear"], list[str]] = "all-linear"  # every linear layer but the head
+
+
+# fields that only the causal-lm task reads; set on another task, each is reported
+LLM_FIELDS = ("method", "lora", "data_format", "packing", "gradient_checkpointing", "system_prompt",
+              "sample_prompts", "max_new_tokens")
+
+
 class TrainSpec(_Strict):
     """Built-in fine-tuning (the worker implements it)."""
 
-    task: Literal["sequence-classification"] = "sequence-classification"
+    task: Literal["sequence-classification", "causal-lm"] = "sequence-classification"
     model: str
     dataset: str                            # glue/mrpc, yelp_review_full, org/name[:config], path, file.csv
     dataset_config: Optional[str] = None
@@ -177,6 +191,39 @@ class TrainSpec(_Strict):
     logging_steps: int = Field(10, ge=1)
     checkpoint_steps: Optional[int] = Field(None, ge=1)  # besides the per-epoch and on-signal checkpoints
     deepspeed: Union[bool, DeepSpeedSpec, None] = None  # None: the default for the device count
+    # ---- causal-lm (supervised fine-tuning of an LLM); see docs/llm.md
+    method: Optional[Literal["lora", "full"]] = None           # default lora
+    lora: Optional[LoraSpec] = None
+    data_format: Optional[Literal["auto", "alpaca", "messages", "sharegpt", "text"]] = None  # default auto
+    packing: Optional[bool] = None                               # default false
+    gradient_checkpointing: Optional[bool] = None                # default on for causal-lm
+    system_prompt: Optional[str] = None
+    sample_prompts: Optional[int] = Field(None, ge=0, le=100)    # held-out prompts answered into samples.jsonl
+    max_new_tokens: Optional[int] = Field(None, ge=1, le=8192)
+
+    @model_validator(mode="after")
+    def _per_task(self) -> "TrainSpec":
+        if self.task != "causal-lm":
+            wrong = [f for f in LLM_FIELDS if getattr(self, f) is not None]
+            if wrong:
+                raise ValueError(f"{', '.join(wrong)}: only for task: causal-lm (this job's task is {self.task})")
+        else:
+            wrong = [f for f in ("text_columns", "label_column", "num_labels", "metric", "save_best")
+                     if getattr(self, f) not in (None, False)]
+            if wrong:
+                raise ValueError(f"{', '.join(wrong)}: only for task: sequence-classification "
+                                 "(task: causal-lm trains on the whole prompt/response)")
+            if self.lora is not None and self.method == "full":
+                raise ValueError("lora: is set but method is full; remove lora: or use method: lora")
+        return self
+
+    @property
+    def is_llm(self) -> bool:
+        return self.task == "causal-lm"
+
+    @property
+    def llm_method(self) -> str:
+        return self.method or "lora"
 
     @field_validator("deepspeed", mode="before")
     @classmethod
