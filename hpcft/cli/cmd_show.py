@@ -52,10 +52,29 @@ def collect(record) -> dict:
         "curves": str(paths.curves) if paths.curves.is_file() else None,
         "output_dir": str(out_dir),
         "best_model": str(out_dir / "best") if (out_dir / "best").is_dir() else None,
+        "samples": str(paths.dir / "samples.jsonl") if (paths.dir / "samples.jsonl").is_file() else None,
     }
     return {"run_id": record.run_id, "name": record.name, "job_id": record.job_id, "executor": record.executor,
             "state": record.state, "submitted_at": record.submitted_at, "partition": record.partition,
-            "job": job, "metrics": _read_json(paths.metrics), "progress": last_progress(paths), "files": files}
+            "job": job, "metrics": _read_json(paths.metrics), "progress": last_progress(paths), "files": files,
+            "samples": _samples(paths.dir / "samples.jsonl", 2)}
+
+
+def _samples(path: Path, n: int) -> list[dict]:
+    """The first n generated answers of a causal-lm run (samples.jsonl)."""
+    out = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return out
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+        if len(out) == n:
+            break
+    return out
 
 
 def _fmt(v) -> str:
@@ -87,7 +106,7 @@ def run(args) -> int:
     train = job.get("train")
     if train:
         print("config:")
-        keys = ["model", "dataset", "dataset_config", "metric", "epochs", "max_steps", "learning_rate",
+        keys = ["task", "method", "model", "dataset", "dataset_config", "metric", "epochs", "max_steps", "learning_rate",
                 "batch_size", "gradient_accumulation", "max_seq_length", "precision", "seed", "train_subset"]
         for k in keys:
             if train.get(k) is not None:
@@ -117,6 +136,11 @@ def run(args) -> int:
         p = info["progress"]
         print(f"progress:  step {p.get('step')}/{p.get('max_steps')} epoch {_num(p.get('epoch'))} "
               f"loss {_num(p.get('loss'))} eta {p.get('eta')}")
+    for i, sample in enumerate(info["samples"], 1):
+        prompt = " ".join(str(sample.get("prompt", "")).split())
+        print(f"sample {i}:  prompt:    {prompt[-160:]}")
+        print(f"           generated: {' '.join(str(sample.get('generated', '')).split())[:300]}")
+        print(f"           reference: {' '.join(str(sample.get('reference', '')).split())[:300]}")
     print("files:")
     for k, v in info["files"].items():
         if v:

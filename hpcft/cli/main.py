@@ -10,7 +10,7 @@ from .. import __version__
 from ..errors import ConfigError, HpcftError
 
 # command modules, in help order; each defines register(subparsers) and run(args) -> int
-COMMANDS = ["stage", "cache", "submit", "render", "check", "status", "logs", "cancel", "runs", "show"]
+COMMANDS = ["stage", "cache", "submit", "render", "check", "status", "logs", "cancel", "runs", "show", "export"]
 
 EPILOG = """examples:
   hpcft stage bert-base-uncased glue/mrpc     # on the login node: fetch into the shared cache
