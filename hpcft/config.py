@@ -72,6 +72,9 @@ class Settings(_Strict):
     signal_delay_s: int = Field(120, ge=10)
     # executor when a job says "auto": slurm if sbatch works, else local
     executor: Literal["auto", "slurm", "local"] = "auto"
+    # memory of one GPU/NPU, keyed by gres type, partition or node feature, e.g. {a100: 80G, 910b: 64G}
+    # (the LLM memory pre-flight compares its estimate with it; see docs/llm.md)
+    device_memory: dict[str, str] = {}
 
     # ---- resolved locations -------------------------------------------------
     @property

@@ -59,7 +59,7 @@ KNOWN_DEVICES = {"h100": 80, "h800": 80, "h200": 141, "h20": 96, "a800": 80, "a1
                  "a6000": 48, "a40": 48, "4090": 24, "3090": 24, "910b": 64, "910b1": 64, "910b2": 64,
                  "910b3": 64, "910b4": 32, "910a": 32, "910": 32}
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
-_FEATURE_MEM = re.compile(r"(?:^|[_:=-])([0-9]+)g(?:b|ib)?$", re.IGNORECASE)
+_FEATURE_MEM = re.compile(r"(?:^|[^0-9])([0-9]+)g(?:b|ib)?$", re.IGNORECASE)
 
 
 class ModelShapeError(ValueError):

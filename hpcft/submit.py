@@ -15,6 +15,7 @@ from .atomic import atomic_write_text
 from .config import Settings
 from .errors import PreflightError, SlurmError
 from .job import LoadedJob
+from .memcheck import memory_check
 from .preflight import (Check, ClusterView, npu_env_check, output_dir_check, resolve_partition, run_checks,
                         staged_check)
 from .render import ScriptPlan, launch_command, make_plan, render_script
@@ -49,13 +50,15 @@ def preflight(loaded: LoadedJob, settings: Settings, executor: str,
     job = loaded.job
     checks: list[Check] = []
     partition = job.resources.partition
+    view = None
     if executor == "slurm":
         view = ClusterView.live()
         partition = resolve_partition(job, settings, view)
         checks = run_checks(job, settings, view, partition)
     elif executor == "local" and job.resources.nodes > 1:
         checks.append(Check("executor", False, "the local executor runs one node; use executor: slurm"))
-    for extra in (npu_env_check(job, loaded.base_dir), output_dir_check(job, loaded.base_dir)):
+    for extra in (npu_env_check(job, loaded.base_dir), output_dir_check(job, loaded.base_dir),
+                  memory_check(job, settings, view, partition, loaded.base_dir)):
         if extra is not None:
             checks.append(extra)
     if not skip_asset_check:
