@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,102 @@ print("GENERATED", len(out[0]) - ids["input_ids"].shape[1], repr(tok.decode(out[
     assert gen.returncode == 0 and "GENERATED" in gen.stdout, gen.stderr[-3000:]
     assert int(gen.stdout.split("GENERATED", 1)[1].split()[0]) >= 1
     _no_token_under(hpcft_home, dest)
+
+
+# --------------------------------------------------------------------------- ranks, ZeRO-3, requeue
+
+def _stage_local(llama_repo, hpcft_home) -> None:
+    """The model as `hpcft stage` records it (the hub path is tested above; these tests are about training)."""
+    from hpcft.stage.store import Cache, register_local
+
+    register_local(Cache(hpcft_home / "cache"), "model", LLAMA_ID, llama_repo, aliases=["llama3-8b-instruct"])
+
+
+def _events(run_dir: str) -> list[dict]:
+    return [json.loads(x) for x in (Path(run_dir) / "progress.jsonl").read_text().splitlines()]
+
+
+def _submit_ranks(run_hpcft, tmp_path, name: str, data: Path, ranks: int, faults: dict, **train) -> dict:
+    from devtools.faults import fault_env
+
+    job = {"name": name, "executor": "slurm",
+           "resources": {"partition": "gpu", "gpus_per_node": ranks, "time": "00:15:00"} if ranks > 1
+           else {"time": "00:15:00"},
+           "env": {"vars": {"HF_ENDPOINT": DEAD, "HTTPS_PROXY": DEAD,
+                            **fault_env(cpu_fallback=ranks > 1, **faults)}},
+           "train": {"task": "causal-lm", "model": "llama3-8b-instruct", "dataset": str(data), "epochs": 2,
+                     "learning_rate": 2e-2, "batch_size": 4, "max_seq_length": 64, "logging_steps": 2,
+                     "sample_prompts": 2, "max_new_tokens": 6, "seed": 3, **train}}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return json.loads(run_hpcft("submit", str(path), "--json", check=True).stdout)
+
+
+def _wait(run_hpcft, sub: dict, timeout: float = 600) -> dict:
+    proc = run_hpcft("logs", "-f", sub["job_id"], timeout=timeout)
+    st = json.loads(run_hpcft("status", sub["job_id"], "--json", check=True).stdout)
+    assert st["state"] == "COMPLETED", (st, proc.stdout[-4000:], proc.stderr[-2000:])
+    return json.loads((Path(sub["run_dir"]) / "metrics.json").read_text())
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_two_rank_lora_and_zero3_full_fine_tune_save_loadable_models(slurm, llama_repo, hpcft_home, run_hpcft,
+                                                                      tmp_path):
+    _stage_local(llama_repo, hpcft_home)
+    data = write_alpaca(tmp_path / "alpaca.jsonl", n=64)
+    lora = _submit_ranks(run_hpcft, tmp_path, "lora-2rank", data, 2, {}, deepspeed=False)
+    m = _wait(run_hpcft, lora)
+    log = (Path(lora["run_dir"]) / f"job.{lora['job_id']}.out").read_text()
+    assert "2 ranks, backend gloo" in log
+    losses = [e["loss"] for e in _events(lora["run_dir"]) if e["event"] == "train"]
+    assert losses[-1] < losses[0] and (Path(m["output_dir"]) / "adapter_model.safetensors").is_file()
+
+    full = _submit_ranks(run_hpcft, tmp_path, "full-zero3", data, 2, {}, method="full", deepspeed=3,
+                         learning_rate=1e-3)
+    m = _wait(run_hpcft, full)
+    log = (Path(full["run_dir"]) / f"job.{full['job_id']}.out").read_text()
+    assert "DeepSpeed ZeRO stage 3 on 2 ranks" in log
+    out = Path(m["output_dir"])
+    code = f"""
+import json, torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+m = AutoModelForCausalLM.from_pretrained({str(out)!r})
+ref = AutoModelForCausalLM.from_pretrained({str(llama_repo)!r})
+shapes = all(a.shape == b.shape for a, b in zip(m.state_dict().values(), ref.state_dict().values()))
+moved = any(not torch.equal(a, b) for a, b in zip(m.state_dict().values(), ref.state_dict().values()))
+print("LOADED", sum(p.numel() for p in m.parameters()), shapes, moved)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    n, shapes, moved = proc.stdout.split("LOADED", 1)[1].split()
+    assert int(n) > 100_000 and shapes == "True" and moved == "True"   # consolidated, complete, trained
+    assert len((Path(full["run_dir"]) / "samples.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_requeue_mid_lora_run_resumes_at_the_same_step(slurm, llama_repo, hpcft_home, run_hpcft, tmp_path):
+    _stage_local(llama_repo, hpcft_home)
+    data = write_messages(tmp_path / "messages.jsonl", n=96)
+    sub = _submit_ranks(run_hpcft, tmp_path, "lora-requeue", data, 1, {"step_sleep": 0.3}, epochs=3)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        p = Path(sub["run_dir"]) / "progress.jsonl"
+        if p.exists() and any(e.get("step", 0) >= 8 for e in _events(sub["run_dir"]) if e["event"] == "train"):
+            break
+        time.sleep(0.3)
+    else:
+        pytest.fail("the job never reached step 8: " + run_hpcft("logs", sub["job_id"]).stdout[-2000:])
+    subprocess.run(["scancel", "--signal=USR2", sub["job_id"]], check=True)
+    m = _wait(run_hpcft, sub, timeout=400)
+    ev = _events(sub["run_dir"])
+    stop = next(e for e in ev if e["event"] == "signal")["step"]
+    resume = next(e for e in ev if e["event"] == "resume")
+    assert resume["step"] == stop and resume["restart"] == 1
+    steps = [e["step"] for e in ev if e["event"] == "train"]
+    assert steps == sorted(set(steps))
+    assert m["restarts"] == 1 and m["resumes"] == 1 and m["train"]["global_step"] == 3 * 22
+    assert (Path(m["output_dir"]) / "adapter_model.safetensors").is_file()

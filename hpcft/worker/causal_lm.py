@@ -132,8 +132,7 @@ def run(ctx: rt.Context) -> dict:
         dataloader_num_workers=0,
         dataloader_pin_memory=device.kind != "cpu",
         remove_unused_columns=False,
-        gradient_checkpointing=grad_ckpt,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if grad_ckpt else None,
+        **_checkpointing_args(TrainingArguments, grad_ckpt),
         deepspeed=rt.deepspeed_config(ctx),
         ddp_find_unused_parameters=False if task.world_size > 1 else None,
         ddp_backend=dist_backend(device.kind) if task.world_size > 1 else None,
@@ -192,6 +191,14 @@ def run(ctx: rt.Context) -> dict:
     _plot(plot_curves, ctx)
     rt.finish(ctx, "perplexity", final.get("perplexity"))
     return metrics
+
+
+def _checkpointing_args(args_cls, on: bool) -> dict:
+    """Gradient checkpointing under the name this transformers uses (5.24 renamed it
+    ``activation_checkpointing``; older releases only know ``gradient_checkpointing``)."""
+    name = "activation_checkpointing" if "activation_checkpointing" in args_cls.__dataclass_fields__ \
+        else "gradient_checkpointing"
+    return {name: on, f"{name}_kwargs": {"use_reentrant": False} if on else None}
 
 
 def _with_lora(model, t):
