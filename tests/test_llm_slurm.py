@@ -241,3 +241,25 @@ def test_requeue_mid_lora_run_resumes_at_the_same_step(slurm, llama_repo, hpcft_
     assert steps == sorted(set(steps))
     assert m["restarts"] == 1 and m["resumes"] == 1 and m["train"]["global_step"] == 3 * 22
     assert (Path(m["output_dir"]) / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.hub
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_users_own_peft_script_runs_unmodified_offline(slurm, llama_repo, hpcft_home, run_hpcft, tmp_path):
+    """Deliverable 5: a peft + Trainer script that loads the model by its hub id, staged by name."""
+    _stage_llama(llama_repo, hpcft_home, run_hpcft, tmp_path)  # through the (gated) hub, then stopped
+    script = Path(__file__).resolve().parent / "tutorial" / "sft_peft.py"
+    data = write_alpaca(tmp_path / "alpaca.jsonl", n=32)
+    out = tmp_path / "adapter"
+    job = {"name": "own-sft", "executor": "slurm", "script": str(script), "args": [str(data), str(out)],
+           "assets": {"models": ["llama3-8b-instruct"]}, "resources": {"time": "00:10:00"},
+           "env": {"vars": {"HF_ENDPOINT": DEAD, "HTTPS_PROXY": DEAD, "HTTP_PROXY": DEAD}}}
+    path = tmp_path / "own.yaml"
+    path.write_text(yaml.safe_dump(job))
+    assert "✓ assets staged" in run_hpcft("check", str(path), check=True).stdout
+    sub = json.loads(run_hpcft("submit", str(path), "--json", check=True).stdout)
+    proc = run_hpcft("logs", "-f", sub["job_id"], timeout=400)
+    assert "SFT-DONE loss" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert (out / "adapter_model.safetensors").is_file()
+    _no_token_under(hpcft_home)
