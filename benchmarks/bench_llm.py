@@ -47,7 +47,8 @@ def make_data(path: Path, n: int) -> Path:
     r = random.Random(0)
     rows = []
     for _ in range(n):
-        w, k = r.choice(THINGS), int(r.paretovariate(1.2)) % 40 + 1
+        # most answers short, a long tail (as in alpaca): 70 % of 1-5 words, 30 % of 20-60
+        w, k = r.choice(THINGS), (r.randint(1, 5) if r.random() < 0.7 else r.randint(20, 60))
         rows.append({"instruction": f"Repeat the word {w} {k} times.", "input": "", "output": " ".join([w] * k)})
     path.write_text("".join(json.dumps(x) + "\n" for x in rows))
     return path

@@ -17,7 +17,7 @@ def tok(tmp_path_factory):
 
 
 def _trained(tok, enc) -> str:
-    return tok.decode([i for i, lab in zip(enc["input_ids"], enc["labels"]) if lab != ld.IGNORE])
+    return tok.decode([i for i, lab in zip(enc["input_ids"], enc["labels"], strict=True) if lab != ld.IGNORE])
 
 
 def test_detects_each_format_and_names_the_columns_when_it_cannot():

@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from devtools.hub.llm_fixtures import (DECOYS, LLAMA_ID, make_tiny_llama, needed_files, write_alpaca,
-                                       write_messages)
+from devtools.hub.llm_fixtures import DECOYS, LLAMA_ID, make_tiny_llama, needed_files, write_alpaca, write_messages
 from devtools.hub.server import HubServer
 
 DEAD = "http://127.0.0.1:9"

@@ -14,8 +14,7 @@ import yaml
 from hpcft.config import Settings, load_settings
 from hpcft.job import load_job
 from hpcft.memcheck import memory_check
-from hpcft.memory import (LLAMA2_CONFIGS, LLAMA_FACTORY_TABLE, Plan, Shape, device_memory, estimate,
-                          parse_size_gib)
+from hpcft.memory import LLAMA2_CONFIGS, LLAMA_FACTORY_TABLE, Plan, Shape, device_memory, estimate, parse_size_gib
 from hpcft.preflight import ClusterView
 from hpcft.slurm import Node, Partition, parse_gres_types
 from hpcft.stage.store import Cache, register_local

@@ -9,8 +9,13 @@ import sys
 
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
-from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer,
-                          TrainingArguments)
+from transformers import (
+                          AutoModelForCausalLM,
+                          AutoTokenizer,
+                          DataCollatorForLanguageModeling,
+                          Trainer,
+                          TrainingArguments,
+)
 
 MODEL = "meta-llama/Meta-Llama-3-8B-Instruct"
 data, out = sys.argv[1], sys.argv[2]
