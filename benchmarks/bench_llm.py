@@ -41,6 +41,12 @@ MAX_LEN = 256
 TARGET = 1.3
 
 
+def _die(msg: str) -> None:
+    """A crash, not a missed target (exit 1): scripts/bench treats other codes as fatal."""
+    print(msg, file=sys.stderr)
+    sys.exit(3)
+
+
 def make_data(path: Path, n: int) -> Path:
     from devtools.hub.llm_fixtures import THINGS
 
@@ -83,7 +89,7 @@ def run_script(model: Path, data: Path, pad: bool, tmp: Path, env: dict) -> dict
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(model), str(data), "pad" if pad else "dyn",
                            str(tmp / ("pad" if pad else "dyn"))], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
-        raise SystemExit(f"baseline script failed:\n{proc.stderr[-3000:]}")
+        _die(f"baseline script failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.split("RESULT", 1)[1])
 
 
@@ -105,7 +111,7 @@ print("RESULT", json.dumps({{"real_tokens": m["train"]["real_tokens"], "seconds"
                           env={**env, "HPCFT_HOME": str(home), "HPCFT_CACHE": str(home / "cache"),
                                "HPCFT_CONFIG": str(home / "none.yaml"), "PYTHONPATH": str(ROOT)})
     if proc.returncode != 0:
-        raise SystemExit(f"worker run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+        _die(f"worker run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.split("RESULT", 1)[1])
 
 
@@ -128,7 +134,7 @@ def staging_bytes(work: Path) -> dict:
         proc = subprocess.run([sys.executable, "-m", "hpcft.cli.main", "stage", "llama3-8b-instruct", "--json", "-q"],
                               capture_output=True, text=True, env=env)
         if proc.returncode != 0:
-            raise SystemExit(f"staging failed:\n{proc.stderr[-3000:]}")
+            _die(f"staging failed:\n{proc.stderr[-3000:]}")
         served = hub.log.bytes_served(LLAMA_ID)
     a = json.loads(proc.stdout)["assets"][0]
     return {"repo_bytes": total, "fetched_bytes": a["fetched"], "served_bytes": served, "files": a["files"],

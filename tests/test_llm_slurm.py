@@ -83,7 +83,8 @@ def _submit(run_hpcft, tmp_path, name: str, data: Path, **train) -> dict:
                      "sample_prompts": 3, "max_new_tokens": 12, **train}}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(job))
-    return json.loads(run_hpcft("submit", str(path), "--json", check=True).stdout)
+    # a token in the submitting shell must not reach any file of the run either
+    return json.loads(run_hpcft("submit", str(path), "--json", check=True, env={"HF_TOKEN": TOKEN}).stdout)
 
 
 def _losses(run_dir: str) -> list[float]:
