@@ -1,9 +1,9 @@
 """causal-lm SFT throughput: the worker against a plain peft + Trainer script, side by side.
 
-    .venv/bin/python benchmarks/bench_llm.py            # ~3 min on 2 CPU cores
+    .venv/bin/python benchmarks/bench_llm.py            # ~5 min on 2 idle CPU cores
     .venv/bin/python benchmarks/bench_llm.py --quick    # smaller, for a smoke run
 
-Same machine, same run, same random Llama-architecture model (hidden 512, 8 layers, ~25M
+Same machine, same run, same random Llama-architecture model (hidden 512, 8 layers, ~19M
 parameters, the fixtures' byte-level BPE tokenizer), same alpaca-style data whose answers vary
 from a few to ~150 tokens (as instruction data does), same CPU threads, LoRA r=8 on every linear
 layer, batch 8, 1 epoch, fp32:
@@ -148,7 +148,7 @@ def main() -> int:
     from devtools.hub.llm_fixtures import make_tiny_llama
     from hpcft.stage.store import Cache, register_local
 
-    n = 96 if args.quick else 320
+    n = 64 if args.quick else 160
     threads = str(min(2, os.cpu_count() or 1))
     env = {**os.environ, "OMP_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_VERBOSITY": "error", "DS_ACCELERATOR": "cpu"}

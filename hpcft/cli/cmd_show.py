@@ -125,8 +125,10 @@ def run(args) -> int:
         print(f"result:    {head} {_fmt(ev.get(head))}" if head in ev else "result:    -")
         print(f"eval:      {shown}")
         tr = m.get("train") or {}
+        rate = (f"{_num(tr.get('tokens_per_second'))} tokens/s" if "tokens_per_second" in tr
+                else f"{_num(tr.get('samples_per_second'))} samples/s")
         print(f"train:     {tr.get('global_step')} steps, {_num(tr.get('runtime_s'))} s this leg, "
-              f"{_num(tr.get('samples_per_second'))} samples/s, loss {_num(tr.get('loss'))}")
+              f"{rate}, loss {_num(tr.get('loss'))}")
         mem = m.get("peak_memory_mb") or {}
         print(f"device:    {m.get('device_name') or m.get('device')}, {m.get('precision')}, peak host "
               f"{mem.get('host_rss_mb')} MiB" + (f", device {mem['device_mb']} MiB" if 'device_mb' in mem else ""))

@@ -95,7 +95,7 @@ def run(ctx: rt.Context) -> dict:
     dtype = torch.float32
     if method == "lora" and device.precision in ("bf16", "fp16"):
         dtype = torch.bfloat16 if device.precision == "bf16" else torch.float16  # frozen base in 16 bits
-    model = AutoModelForCausalLM.from_pretrained(str(model_ref.path), dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(str(model_ref.path), **dtype_kw(dtype))
     model.config.use_cache = False
     grad_ckpt = True if t.gradient_checkpointing is None else t.gradient_checkpointing
     if method == "lora":
@@ -191,6 +191,14 @@ def run(ctx: rt.Context) -> dict:
     _plot(plot_curves, ctx)
     rt.finish(ctx, "perplexity", final.get("perplexity"))
     return metrics
+
+
+def dtype_kw(dtype) -> dict:
+    """``dtype=`` for from_pretrained (transformers >= 4.56), ``torch_dtype=`` before it."""
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
 
 
 def _checkpointing_args(args_cls, on: bool) -> dict:

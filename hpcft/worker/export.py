@@ -30,7 +30,9 @@ def export(output_dir: Path, base_model: Path, dest: Path, merge: bool) -> Path:
             from peft import PeftModel
             from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-            base = AutoModelForCausalLM.from_pretrained(str(base_model), dtype=torch.float32)
+            from .causal_lm import dtype_kw
+
+            base = AutoModelForCausalLM.from_pretrained(str(base_model), **dtype_kw(torch.float32))
             merged = PeftModel.from_pretrained(base, str(output_dir)).merge_and_unload()
             dtype = getattr(base.config, "torch_dtype", None) or getattr(base.config, "dtype", None)
             if isinstance(dtype, str):
