@@ -88,6 +88,9 @@ class Settings(_Strict):
     # executor when a job says "auto": slurm if sbatch works, else local
     executor: Literal["auto", "slurm", "local"] = "auto"
     scow: Scow = Scow()
+    # memory of one GPU/NPU, keyed by gres type, partition or node feature, e.g. {a100: 80G, 910b: 64G}
+    # (the LLM memory pre-flight compares its estimate with it; see docs/llm.md)
+    device_memory: dict[str, str] = {}
 
     # ---- resolved locations -------------------------------------------------
     @property

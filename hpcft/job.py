@@ -11,7 +11,7 @@ import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -147,10 +147,28 @@ class DeepSpeedSpec(_Strict):
     config: Optional[str] = None   # a user's DeepSpeed JSON; overrides stage/offload
 
 
+class LoraSpec(_Strict):
+    """LoRA adapter settings (peft) for ``task: causal-lm, method: lora``."""
+
+    r: int = Field(8, ge=1, le=1024)
+    alpha: float = Field(16, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: Union[Literal["all-linear"], list[str]] = "all-linear"  # every linear layer but the head
+
+
+# fields that only the causal-lm task reads; set on another task, each is reported
+LLM_FIELDS = ("method", "lora", "data_format", "packing", "gradient_checkpointing", "system_prompt",
+              "sample_prompts", "max_new_tokens")
+
+
 class TrainSpec(_Strict):
     """Built-in fine-tuning (the worker implements it)."""
 
-    task: Literal["sequence-classification"] = "sequence-classification"
+    # causal-lm defaults where the classification ones would mislead (LLaMA-Factory/torchtune-like)
+    LLM_MAX_SEQ_LENGTH: ClassVar[int] = 1024
+    LLM_LEARNING_RATE: ClassVar[dict] = {"lora": 1e-4, "full": 1e-5}
+
+    task: Literal["sequence-classification", "causal-lm"] = "sequence-classification"
     model: str
     dataset: str                            # glue/mrpc, yelp_review_full, org/name[:config], path, file.csv
     dataset_config: Optional[str] = None
@@ -162,13 +180,13 @@ class TrainSpec(_Strict):
     eval_split: Optional[str] = None         # default: validation, else test, else a held-out slice
     epochs: float = Field(3, gt=0)
     max_steps: Optional[int] = Field(None, ge=1)
-    learning_rate: float = Field(2e-5, gt=0)
+    learning_rate: float = Field(None, gt=0)   # default per task: 2e-5; causal-lm 1e-4 (LoRA), 1e-5 (full)
     batch_size: int = Field(16, ge=1)       # per device
     eval_batch_size: Optional[int] = Field(None, ge=1)
     gradient_accumulation: int = Field(1, ge=1)
     warmup_ratio: float = Field(0.0, ge=0, le=1)
     weight_decay: float = Field(0.0, ge=0)
-    max_seq_length: int = Field(128, ge=8, le=32768)
+    max_seq_length: int = Field(None, ge=8, le=32768)  # default per task: 128; causal-lm 1024
     seed: int = 42
     train_subset: Optional[int] = Field(None, ge=1)
     eval_subset: Optional[int] = Field(None, ge=1)
@@ -185,6 +203,47 @@ class TrainSpec(_Strict):
         if v is None or v == "none":
             return []
         return [v] if isinstance(v, str) else v
+
+    # ---- causal-lm (supervised fine-tuning of an LLM); see docs/llm.md
+    method: Optional[Literal["lora", "full"]] = None           # default lora
+    lora: Optional[LoraSpec] = None
+    data_format: Optional[Literal["auto", "alpaca", "messages", "sharegpt", "text"]] = None  # default auto
+    packing: Optional[bool] = None                               # default false
+    gradient_checkpointing: Optional[bool] = None                # default on for causal-lm
+    system_prompt: Optional[str] = None
+    sample_prompts: Optional[int] = Field(None, ge=0, le=100)    # held-out prompts answered into samples.jsonl
+    max_new_tokens: Optional[int] = Field(None, ge=1, le=8192)
+
+    @model_validator(mode="after")
+    def _per_task(self) -> "TrainSpec":
+        # per-task defaults, resolved here so the run folder's job.yaml records the value used
+        if self.max_seq_length is None:
+            self.max_seq_length = self.LLM_MAX_SEQ_LENGTH if self.task == "causal-lm" else 128
+        if self.learning_rate is None:
+            self.learning_rate = (self.LLM_LEARNING_RATE[self.method or "lora"] if self.task == "causal-lm"
+                                  else 2e-5)
+        if self.task != "causal-lm":
+            wrong = [f for f in LLM_FIELDS if getattr(self, f) is not None]
+            if wrong:
+                raise ValueError(f"{', '.join(wrong)}: only for task: causal-lm (this job's task is {self.task})")
+        else:
+            wrong = [f for f in ("text_columns", "label_column", "num_labels", "metric", "save_best")
+                     if getattr(self, f) not in (None, False)]
+            if wrong:
+                raise ValueError(f"{', '.join(wrong)}: only for task: sequence-classification "
+                                 "(task: causal-lm trains on the whole prompt/response)")
+            if self.lora is not None and self.method == "full":
+                raise ValueError("lora: is set but method is full; remove lora: or use method: lora")
+        return self
+
+    @property
+    def is_llm(self) -> bool:
+        return self.task == "causal-lm"
+
+    @property
+    def llm_method(self) -> str:
+        return self.method or "lora"
+
 
     @field_validator("deepspeed", mode="before")
     @classmethod

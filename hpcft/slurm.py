@@ -38,6 +38,18 @@ def parse_key_values(line: str) -> dict[str, str]:
     return out
 
 
+def parse_gres_types(text: str) -> dict[str, list[str]]:
+    """``gpu:a100:4(S:0),gpu:v100:2`` -> {'gpu': ['a100', 'v100']} (untyped gres: no entry)."""
+    out: dict[str, list[str]] = {}
+    if not text or text in ("(null)", "N/A"):
+        return out
+    for item in re.split(r",(?![^(]*\))", text):
+        parts = re.sub(r"\(.*?\)", "", item).strip().split(":")
+        if len(parts) >= 3 or (len(parts) == 2 and not parts[1].isdigit()):
+            out.setdefault(parts[0], []).append(parts[1])
+    return out
+
+
 def parse_gres(text: str) -> dict[str, int]:
     """``gpu:2,npu:2(S:0-1)`` or ``gpu:a100:4(S:0),gpu:v100:2`` -> {'gpu': 6, 'npu': 2}."""
     out: dict[str, int] = {}
@@ -95,6 +107,8 @@ class Node:
     memory_mb: int
     gres: dict[str, int]
     partitions: list[str]
+    gres_types: dict[str, list[str]] = field(default_factory=dict)  # {'gpu': ['a100']} from gpu:a100:4
+    features: list[str] = field(default_factory=list)              # AvailableFeatures
 
 
 def parse_nodes(text: str) -> dict[str, Node]:
@@ -106,7 +120,9 @@ def parse_nodes(text: str) -> dict[str, Node]:
         nodes[kv["NodeName"]] = Node(
             name=kv["NodeName"], state=kv.get("State", "UNKNOWN"), cpus=int(kv.get("CPUTot", "0") or 0),
             memory_mb=int(kv.get("RealMemory", "0") or 0), gres=parse_gres(kv.get("Gres", "")),
-            partitions=[p for p in kv.get("Partitions", "").split(",") if p])
+            partitions=[p for p in kv.get("Partitions", "").split(",") if p],
+            gres_types=parse_gres_types(kv.get("Gres", "")),
+            features=[f for f in kv.get("AvailableFeatures", "").split(",") if f and f != "(null)"])
     return nodes
 
 

@@ -16,6 +16,7 @@ from .config import Settings
 from .errors import PreflightError, SlurmError
 from .job import LoadedJob
 from .offline import link_openmind_cache
+from .memcheck import memory_check
 from .preflight import (Check, ClusterView, npu_env_check, output_dir_check, resolve_partition, run_checks,
                         staged_check)
 from .render import ScriptPlan, launch_command, make_plan, render_script
@@ -51,6 +52,7 @@ def preflight(loaded: LoadedJob, settings: Settings, executor: str,
     job = loaded.job
     checks: list[Check] = []
     partition = job.resources.partition
+    view = None
     if executor == "slurm":
         view = ClusterView.live()
         partition = resolve_partition(job, settings, view)
@@ -60,7 +62,7 @@ def preflight(loaded: LoadedJob, settings: Settings, executor: str,
     from .trackers import tracker_check
 
     for extra in (npu_env_check(job, loaded.base_dir), output_dir_check(job, loaded.base_dir),
-                  tracker_check(job, loaded.base_dir)):
+                  tracker_check(job, loaded.base_dir), memory_check(job, settings, view, partition, loaded.base_dir)):
         if extra is not None:
             checks.append(extra)
     if not skip_asset_check:

@@ -188,6 +188,12 @@ class Handler(BaseHTTPRequestHandler):
     def _hf_repo(self, kind: str, segs: list[str]) -> tuple[Repo | None, list[str]]:
         rid, repo, alias, n = self.hub.find(kind, segs)
         self.entry.kind, self.entry.repo_id = kind, rid
+        need = self.hub.gated.get((kind, rid)) if repo is not None else None
+        if need is not None and self.headers.get("Authorization") != f"Bearer {need}":
+            # huggingface.co: a gated repo without a (valid) token is a 401 GatedRepo
+            self._hf_error(401, "GatedRepo", f"Access to model {rid} is restricted. You must have access to it "
+                                             "and be authenticated to access it.")
+            raise _Done()
         if alias is not None:
             # huggingface.co answers renamed/legacy repo ids with a 307 to the canonical id.
             # huggingface_hub follows it only because it is relative (same host).

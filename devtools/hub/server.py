@@ -53,6 +53,7 @@ class HubServer:
         self.lfs_threshold = lfs_threshold  # files this big are LFS even without .gitattributes
         self.repos: dict[tuple[str, str], Repo] = {}
         self.aliases: dict[tuple[str, str], str] = {}  # legacy name -> canonical id (redirects)
+        self.gated: dict[tuple[str, str], str] = {}    # (kind, repo id) -> the token it needs (HF protocol)
         self.faults = Faults()
         self.log = RequestLog()
         self._httpd: ThreadingHTTPServer | None = None

@@ -56,10 +56,29 @@ def collect(record) -> dict:
         "tensorboard": str(paths.tensorboard) if paths.tensorboard.is_dir() else None,
         "swanlog": str(paths.swanlog) if paths.swanlog.is_dir() else None,
         "serve": str(paths.serve_info) if paths.serve_info.is_file() else None,
+        "samples": str(paths.dir / "samples.jsonl") if (paths.dir / "samples.jsonl").is_file() else None,
     }
     return {"run_id": record.run_id, "name": record.name, "job_id": record.job_id, "executor": record.executor,
             "state": record.state, "submitted_at": record.submitted_at, "partition": record.partition,
-            "job": job, "metrics": _read_json(paths.metrics), "progress": last_progress(paths), "files": files}
+            "job": job, "metrics": _read_json(paths.metrics), "progress": last_progress(paths), "files": files,
+            "samples": _samples(paths.dir / "samples.jsonl", 2)}
+
+
+def _samples(path: Path, n: int) -> list[dict]:
+    """The first n generated answers of a causal-lm run (samples.jsonl)."""
+    out = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return out
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+        if len(out) == n:
+            break
+    return out
 
 
 def _fmt(v) -> str:
@@ -99,7 +118,7 @@ def run(args) -> int:
     train = job.get("train")
     if train:
         print("config:")
-        keys = ["model", "dataset", "dataset_config", "metric", "epochs", "max_steps", "learning_rate",
+        keys = ["task", "method", "model", "dataset", "dataset_config", "metric", "epochs", "max_steps", "learning_rate",
                 "batch_size", "gradient_accumulation", "max_seq_length", "precision", "seed", "train_subset"]
         for k in keys:
             if train.get(k) is not None:
@@ -118,8 +137,10 @@ def run(args) -> int:
         print(f"result:    {head} {_fmt(ev.get(head))}" if head in ev else "result:    -")
         print(f"eval:      {shown}")
         tr = m.get("train") or {}
+        rate = (f"{_num(tr.get('tokens_per_second'))} tokens/s" if "tokens_per_second" in tr
+                else f"{_num(tr.get('samples_per_second'))} samples/s")
         print(f"train:     {tr.get('global_step')} steps, {_num(tr.get('runtime_s'))} s this leg, "
-              f"{_num(tr.get('samples_per_second'))} samples/s, loss {_num(tr.get('loss'))}")
+              f"{rate}, loss {_num(tr.get('loss'))}")
         mem = m.get("peak_memory_mb") or {}
         print(f"device:    {m.get('device_name') or m.get('device')}, {m.get('precision')}, peak host "
               f"{mem.get('host_rss_mb')} MiB" + (f", device {mem['device_mb']} MiB" if 'device_mb' in mem else ""))
@@ -130,6 +151,11 @@ def run(args) -> int:
         p = info["progress"]
         print(f"progress:  step {p.get('step')}/{p.get('max_steps')} epoch {_num(p.get('epoch'))} "
               f"loss {_num(p.get('loss'))} eta {p.get('eta')}")
+    for i, sample in enumerate(info["samples"], 1):
+        prompt = " ".join(str(sample.get("prompt", "")).split())
+        print(f"sample {i}:  prompt:    {prompt[-160:]}")
+        print(f"           generated: {' '.join(str(sample.get('generated', '')).split())[:300]}")
+        print(f"           reference: {' '.join(str(sample.get('reference', '')).split())[:300]}")
     print("files:")
     for k, v in info["files"].items():
         if v:

@@ -38,6 +38,9 @@ def register(sub) -> None:
     p.add_argument("--revision", metavar="REV", help="branch, tag or commit (default: main / master)")
     p.add_argument("--cache", metavar="DIR", help="cache dir (default: HPCFT_CACHE or cache_dir of the config)")
     p.add_argument("--job", metavar="JOB.yaml", help="stage what this job file references")
+    p.add_argument("--token-file", metavar="FILE",
+                   help="a file holding an HF access token for gated repos (Llama); default: $HF_TOKEN. "
+                        "Sent to the HF endpoint only, never written to the cache, logs or output")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress, only errors")
     p.set_defaults(func=run)
@@ -99,7 +102,15 @@ def run(args) -> int:
                            "JOB.yaml (see hpcft stage --help)"])
     refs = plan(models, datasets, metrics, table, with_metrics=not args.no_metric)
     cache = Path(args.cache).expanduser() if args.cache else s.cache
-    opts = StageOptions(source=args.source, revision=args.revision, quiet=args.quiet)
+    token = None
+    if args.token_file:
+        try:
+            token = Path(args.token_file).expanduser().read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError([f"--token-file {args.token_file}: cannot read it ({exc.strerror})"]) from None
+        if not token or any(c.isspace() for c in token):
+            raise ConfigError([f"--token-file {args.token_file}: expected one token on one line"])
+    opts = StageOptions(source=args.source, revision=args.revision, quiet=args.quiet, token=token)
     try:
         results = stage(refs, s, cache, table, opts)
     except KeyboardInterrupt:

@@ -10,8 +10,8 @@ from .. import __version__
 from ..errors import ConfigError, HpcftError
 
 # command modules, in help order; each defines register(subparsers) and run(args) -> int
-COMMANDS = ["stage", "cache", "submit", "render", "check", "status", "logs", "cancel", "runs", "show"]
-COMMANDS += ["compare", "predict", "serve"]  # after training (issue 10)
+COMMANDS = ["stage", "cache", "submit", "render", "check", "status", "logs", "cancel", "runs", "show",
+            "export", "compare", "predict", "serve"]
 
 EPILOG = """examples:
   hpcft stage bert-base-uncased glue/mrpc     # on the login node: fetch into the shared cache

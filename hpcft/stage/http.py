@@ -89,9 +89,26 @@ class Policy:
         return min(self.backoff_max_s, self.backoff_s * (2 ** attempt)) * (0.8 + 0.4 * random.random())
 
 
+# endpoint prefix -> access token (gated HF repos). Sent only to URLs under that endpoint and
+# never along a redirect (an LFS redirect goes to a CDN): an "unredirected" header.
+_TOKENS: dict[str, str] = {}
+
+
+def set_token(endpoint: str, token: Optional[str]) -> None:
+    prefix = endpoint.rstrip("/") + "/"
+    if token:
+        _TOKENS[prefix] = token
+    else:
+        _TOKENS.pop(prefix, None)
+
+
 def _request(url: str, *, headers: Optional[dict] = None, timeout: float, method: str = "GET"):
     req = urllib.request.Request(url, method=method, headers={
         "User-Agent": USER_AGENT, "Accept-Encoding": "identity", **(headers or {})})
+    for prefix, token in _TOKENS.items():
+        if url.startswith(prefix):
+            req.add_unredirected_header("Authorization", f"Bearer {token}")
+            break
     try:
         return urllib.request.urlopen(req, timeout=timeout)
     except urllib.error.HTTPError as exc:

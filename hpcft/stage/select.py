@@ -17,7 +17,8 @@ from typing import Iterable, Optional
 # weights in formats a PyTorch job never reads
 DENY_EXT = (".h5", ".msgpack", ".onnx", ".onnx_data", ".ot", ".mlmodel", ".tflite", ".gguf", ".ggml",
             ".pb", ".keras", ".ckpt.index", ".nemo")
-DENY_DIRS = ("onnx", "coreml", "openvino", "tflite", "tf", "flax", "mlx", "gguf", ".git")
+DENY_DIRS = ("onnx", "coreml", "openvino", "tflite", "tf", "flax", "mlx", "gguf", ".git",
+             "original")  # Llama repos: Meta's own format (a 16 GB consolidated.00.pth) in original/
 # small files that make up a model besides its weights
 MODEL_EXTRA = ("*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja", "*.py", "*.spm", "*.vocab",
                "*.bpe", "tokenizer*", "*.yaml")
@@ -39,9 +40,30 @@ def _match(path: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(path, p) for p in patterns)
 
 
-def select_model(paths: Iterable[str]) -> set[str]:
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+
+
+def shards_of(index_text: str) -> set[str]:
+    """The weight files a ``*.safetensors.index.json`` names (its ``weight_map`` values)."""
+    import json
+
+    try:
+        data = json.loads(index_text)
+    except ValueError:
+        return set()
+    wm = data.get("weight_map") if isinstance(data, dict) else None
+    return {v for v in wm.values() if isinstance(v, str)} if isinstance(wm, dict) else set()
+
+
+def select_model(paths: Iterable[str], shards: Optional[set[str]] = None) -> set[str]:
+    """``shards``: the files the safetensors index names; when given, only those weights are
+    kept (a sharded checkpoint next to a stray ``consolidated.safetensors`` or an older copy)."""
     paths = [p for p in paths if not _deny(p)]
     safetensors = [p for p in paths if p.endswith(".safetensors")]
+    if shards:
+        named = [p for p in safetensors if p in shards]
+        if len(named) == len(shards):  # an index that names missing files is not trusted
+            safetensors = named
     keep: set[str] = set()
     if safetensors:
         keep.update(safetensors)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import StageError
-from .http import HTTPFailure, Policy, Unreachable, get_json
+from .http import HTTPFailure, Policy, Unreachable, get_json, set_token
 from .resolve import AssetRef
 
 SOURCES = ("hf", "modelscope", "modelers")
@@ -317,7 +317,9 @@ def modelers_token(settings) -> Optional[str]:
     return lines[0] if lines else None
 
 
-def make_sources(settings, only: Optional[str] = None) -> list[Source]:
+def make_sources(settings, only: Optional[str] = None, token: Optional[str] = None) -> list[Source]:
+    """The sources to ask, in order. ``token`` (else ``HF_TOKEN``) is sent to the HF endpoint only,
+    for gated repos such as Llama; it is never written anywhere."""
     s = settings.sources
     order = list(dict.fromkeys(s.order)) or ["hf", "modelscope"]
     n = 1 if (only and only != "auto") else len(order)
@@ -327,6 +329,7 @@ def make_sources(settings, only: Optional[str] = None) -> list[Source]:
                     meta_timeout_s=max(2.0, float(s.timeout_s) / n),
                     backoff_s=float(os.environ.get("HPCFT_RETRY_BACKOFF_S") or 0.5))
     hf = HFSource(os.environ.get("HF_ENDPOINT") or s.hf_endpoint, policy)
+    set_token(hf.endpoint, token or os.environ.get("HF_TOKEN") or None)
     ms = ModelScopeSource(os.environ.get("MODELSCOPE_ENDPOINT") or s.modelscope_endpoint, policy)
     by: dict[str, Source] = {"hf": hf, "modelscope": ms}
     if only == "modelers" or "modelers" in order:

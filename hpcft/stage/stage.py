@@ -36,6 +36,7 @@ class StageOptions:
     stream: TextIO = field(default_factory=lambda: sys.stderr)
     quiet: bool = False
     tty: Optional[bool] = None
+    token: Optional[str] = field(default=None, repr=False)  # HF token (else HF_TOKEN); never stored
 
 
 @dataclass
@@ -68,9 +69,9 @@ class _Ctx:
     def __init__(self, settings, cache: Cache, table: AliasTable, opts: StageOptions):
         self.settings, self.cache, self.table, self.opts = settings, cache, table, opts
         self.perms = layout.Perms.from_settings(settings)
-        self.sources = make_sources(settings, opts.source)
+        self.sources = make_sources(settings, opts.source, opts.token)
         # evaluate metrics live on the HF endpoint only (ModelScope and Modelers host none)
-        self.metric_sources = [s for s in self.sources if s.name == "hf"] or make_sources(settings, "hf")
+        self.metric_sources = [s for s in self.sources if s.name == "hf"] or make_sources(settings, "hf", opts.token)
         self.parallel = settings.sources.parallel
 
     def say(self, line: str) -> None:
@@ -299,11 +300,16 @@ def _select(ref: AssetRef, ctx: _Ctx, src: Source, listing: Listing, staging: Pa
     """(the files to stage, bytes fetched to decide: a dataset's card)."""
     paths = [f.path for f in listing.files]
     if ref.kind == "model":
-        wanted = select.select_model(paths)
+        shards, pre = None, 0
+        index = listing.by_path().get(select.SAFETENSORS_INDEX)
+        if index is not None:  # a sharded checkpoint: fetch exactly the shards its index names
+            pre, _ = _download_all(ref, ctx, [index], staging, quiet=True)
+            shards = select.shards_of((staging / index.path).read_text(encoding="utf-8", errors="replace"))
+        wanted = select.select_model(paths, shards)
         if not any(p.endswith((".safetensors", ".bin", ".pth", ".pt")) for p in wanted):
             raise StageError(f"model {ref.label}: the repo has no PyTorch weights (safetensors or .bin); "
                              f"files: {', '.join(paths[:12])}")
-        return wanted, 0
+        return wanted, pre
     if ref.kind == "metric":
         wanted = select.select_metric(paths, listing.repo_id.split("/")[-1])
         if not wanted:

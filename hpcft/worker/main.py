@@ -17,7 +17,7 @@ from . import runtime as rt
 from .progress import log
 
 # train.task -> the module that implements it (a sibling with run(ctx) -> metrics)
-TASKS = {"sequence-classification": "classify"}
+TASKS = {"sequence-classification": "classify", "causal-lm": "causal_lm"}
 
 _PEER_FAILURE = ("Connection closed by peer", "Connection reset by peer", "remote worker crashing",
                  "NCCL communicator was aborted", "ProcessGroupNCCL", "HCCL", "DistNetworkError")

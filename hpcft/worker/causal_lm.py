@@ -1,0 +1,306 @@
+"""Built-in task ``causal-lm``: supervised fine-tuning of a chat/base LLM (Llama, Qwen, ...)
+with LoRA (peft) or full weights, offline, on the staged model and an instruction dataset.
+
+Data formats, prompts and loss masking are :mod:`hpcft.worker.llm_data`'s. Gradient
+checkpointing is on by default; precision is bf16 where the device has it, fp16 on other
+accelerators, fp32 on CPU. LoRA trains adapters on every linear layer (``lora.target_modules``)
+over frozen weights loaded in the training precision; ``method: full`` trains every weight in
+fp32 master copies (mixed precision), with ZeRO-3 across ranks when asked. After training
+the adapter (or model) is saved with the tokenizer, eval loss and perplexity are in
+``metrics.json``, and a few held-out prompts are answered into ``samples.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from . import runtime as rt
+from .progress import log
+
+SAMPLES = "samples.jsonl"
+
+
+def run(ctx: rt.Context) -> dict:
+    t = ctx.job.train
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+
+    from . import llm_data as ld
+    from . import telemetry as tele
+    from .compat import warmup_kwargs
+    from .data import load_raw
+    from .tracking import training_args as tracking_args
+    from .device import detect, dist_backend, peak_memory_mb
+    from .results import eval_history, plot_curves, read_progress, write_metrics
+
+    transformers.logging.set_verbosity_warning()
+    transformers.utils.logging.disable_progress_bar()
+    import datasets
+    import torch
+
+    datasets.disable_progress_bars()
+    task, paths = ctx.task, ctx.paths
+    model_ref, data_ref = ctx.assets[0], ctx.assets[1]
+    method = t.llm_method
+    log(f"model {t.model} -> {model_ref.path}")
+    log(f"dataset {t.dataset} -> {data_ref.path}")
+    device = detect(ctx.device, t.precision)
+    log(f"device {device.name}, precision {device.precision}, rank {task.rank}/{task.world_size}, method {method}")
+    if task.world_size > 1 and task.is_main:
+        log(f"rendezvous {task.master_addr}:{task.master_port}, {task.world_size} ranks, "
+            f"backend {dist_backend(device.kind)}")
+    transformers.set_seed(t.seed)
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_ref.path))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    renderer = ld.Renderer(tokenizer)
+
+    dd = load_raw(data_ref)
+    if t.train_split not in dd:
+        raise ld.DataFormatError(f"dataset {t.dataset}: no split {t.train_split!r}; it has: {', '.join(dd)} "
+                                 "(set train.train_split)")
+    raw_train = dd[t.train_split]
+    fmt = ld.detect_format(raw_train.column_names, t.data_format)
+    eval_name = t.eval_split or next((s for s in ("validation", "test") if s in dd and s != t.train_split), None)
+    if eval_name:
+        raw_eval = dd[eval_name]
+    else:  # the same held-out slice every run (also the prompts for samples.jsonl)
+        parts = raw_train.train_test_split(test_size=min(max(0.1, 2 / max(len(raw_train), 1)), 0.5,
+                                                         500 / max(len(raw_train), 1)), seed=t.seed)
+        raw_train, raw_eval, eval_name = parts["train"], parts["test"], f"{t.train_split}[held-out]"
+    if t.train_subset and t.train_subset < len(raw_train):
+        raw_train = raw_train.shuffle(seed=t.seed).select(range(t.train_subset))
+    if t.eval_subset and t.eval_subset < len(raw_eval):
+        raw_eval = raw_eval.shuffle(seed=t.seed).select(range(t.eval_subset))
+
+    max_len = t.max_seq_length
+
+    def tokenize(ds, desc):
+        enc = ds.map(lambda row: ld.encode(tokenizer, renderer, row, fmt, max_len, t.system_prompt),
+                     remove_columns=ds.column_names, desc=f"tokenize {desc}")
+        return enc.filter(lambda row: any(x != ld.IGNORE for x in row["labels"]), desc=f"{desc}: drop empty")
+
+    train_ds, eval_ds = tokenize(raw_train, "train"), tokenize(raw_eval, "eval")
+    if len(train_ds) == 0:
+        raise ld.DataFormatError(f"dataset {t.dataset}: no example has a response within max_seq_length "
+                                 f"{max_len}; raise train.max_seq_length")
+    n_real = ld.real_tokens(train_ds)
+    examples = len(train_ds)
+    if t.packing:
+        train_ds = datasets.Dataset.from_list(ld.pack(list(train_ds), max_len))
+    log(f"data: {fmt} format, {examples} train / {len(eval_ds)} eval ({eval_name}), prompts with {renderer.name}, "
+        f"{n_real} train tokens{f', packed into {len(train_ds)} sequences' if t.packing else ''}")
+
+    dtype = torch.float32
+    if method == "lora" and device.precision in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if device.precision == "bf16" else torch.float16  # frozen base in 16 bits
+    model = AutoModelForCausalLM.from_pretrained(str(model_ref.path), **dtype_kw(dtype))
+    model.config.use_cache = False
+    grad_ckpt = True if t.gradient_checkpointing is None else t.gradient_checkpointing
+    if method == "lora":
+        model = _with_lora(model, t)
+        if task.is_main:
+            trainable, total = _count(model)
+            log(f"LoRA r={(t.lora.r if t.lora else 8)}: {trainable:,} trainable of {total:,} parameters "
+                f"({100 * trainable / max(total, 1):.2f}%)")
+
+    args = TrainingArguments(
+        output_dir=str(paths.checkpoints),
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.eval_batch_size or t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay,
+        **warmup_kwargs(t.warmup_ratio, transformers.__version__),  # a ratio means different args in 4.x/5.x
+        lr_scheduler_type="linear",
+        optim=rt.optimizer_name(device.kind),
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=2,
+        logging_strategy="steps",
+        logging_steps=t.logging_steps,
+        logging_nan_inf_filter=False,
+        **tracking_args(paths, t.report_to, task.is_main),  # offline trackers, logs in the run folder
+        disable_tqdm=True,
+        seed=t.seed,
+        bf16=device.precision == "bf16",
+        fp16=device.precision == "fp16",
+        use_cpu=device.kind == "cpu",
+        dataloader_num_workers=0,
+        dataloader_pin_memory=device.kind != "cpu",
+        remove_unused_columns=False,
+        **_checkpointing_args(TrainingArguments, grad_ckpt),
+        deepspeed=rt.deepspeed_config(ctx),
+        ddp_find_unused_parameters=False if task.world_size > 1 else None,
+        ddp_backend=dist_backend(device.kind) if task.world_size > 1 else None,
+    )
+    collator = ld.Collator(tokenizer.pad_token_id, 8 if device.kind != "cpu" else None)
+    plot = (lambda: _plot(plot_curves, ctx)) if task.is_main else None
+    trainer = _trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                               processing_class=tokenizer, data_collator=collator,
+                               callbacks=rt.callbacks(ctx, on_eval=plot))
+    trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
+
+    resume = rt.resume_point(ctx)
+    t0 = time.time()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    leg_s = time.time() - t0
+    if rt.handed_over(ctx, trainer):
+        return {}
+
+    with tele.timed("eval"):
+        final = rt.final_eval(trainer)
+    records = read_progress(paths.progress)
+    with tele.timed("save"):
+        output_dir = rt.save_final(ctx, trainer, tokenizer)
+    samples = _samples(ctx, trainer, tokenizer, renderer, raw_eval, fmt, device)
+    telemetry = tele.finish(ctx, device)  # every rank records its memory; rank 0 gets the run's figures
+    if not task.is_main:
+        return {}
+    if samples is not None:
+        _write_samples(ctx.paths.dir / SAMPLES, samples)
+    legs = [r for r in records if r.get("event") in ("start", "resume")]
+    first = next((r for r in records if r.get("event") == "first_step"), None)
+    steps_leg = trainer.state.global_step - (legs[-1].get("step", 0) if legs else 0)
+    epochs_leg = steps_leg / max(trainer.state.max_steps, 1) * (trainer.state.num_train_epochs or 1)
+    train_metrics = {
+        "runtime_s": round(leg_s, 3),
+        "tokens_per_second": round(n_real * epochs_leg / leg_s, 1) if leg_s > 0 else None,
+        "real_tokens": n_real,
+        "global_step": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "loss": result.training_loss,
+        "first_loss": next((r.get("loss") for r in records if r.get("event") == "train"), None),
+        "trainer": dict(result.metrics or {}),
+    }
+    metrics = write_metrics(
+        paths.metrics, headline="perplexity", eval_metrics=final, train_metrics=train_metrics,
+        history=eval_history(records), device=device.as_dict(),
+        extra={"completed": True, "task": "causal-lm", "method": method, "restarts": ctx.restart,
+               "resumes": max(0, len(legs) - 1),
+               "first_step_s": round(first["seconds_since_start"], 3) if first else None,
+               "peak_memory_mb": peak_memory_mb(device.kind), "model": t.model, "base_model": str(model_ref.path),
+               "dataset": t.dataset, "data": {"format": fmt, "train_examples": examples,
+                                               "eval_examples": len(eval_ds), "eval_split": eval_name,
+                                               "packing": bool(t.packing), "template": renderer.name},
+               "output_dir": str(output_dir), "adapter": method == "lora",
+               "samples": str(ctx.paths.dir / SAMPLES) if samples else None,
+               "report_to": list(t.report_to), **(telemetry or {})},
+    )
+    if telemetry:
+        log(tele.summary_line(telemetry))
+    ctx.writer.write("done", step=trainer.state.global_step, epoch=trainer.state.epoch, headline="perplexity",
+                     value=final.get("perplexity"))
+    _plot(plot_curves, ctx)
+    rt.finish(ctx, "perplexity", final.get("perplexity"))
+    return metrics
+
+
+def dtype_kw(dtype) -> dict:
+    """``dtype=`` for from_pretrained (transformers >= 4.56), ``torch_dtype=`` before it."""
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+
+
+def _checkpointing_args(args_cls, on: bool) -> dict:
+    """Gradient checkpointing under the name this transformers uses (5.24 renamed it
+    ``activation_checkpointing``; older releases only know ``gradient_checkpointing``)."""
+    name = "activation_checkpointing" if "activation_checkpointing" in args_cls.__dataclass_fields__ \
+        else "gradient_checkpointing"
+    return {name: on, f"{name}_kwargs": {"use_reentrant": False} if on else None}
+
+
+def _with_lora(model, t):
+    from peft import LoraConfig, get_peft_model
+
+    spec = t.lora
+    cfg = LoraConfig(task_type="CAUSAL_LM", r=spec.r if spec else 8, lora_alpha=spec.alpha if spec else 16,
+                     lora_dropout=spec.dropout if spec else 0.05,
+                     target_modules=(spec.target_modules if spec else "all-linear"))
+    return get_peft_model(model, cfg)
+
+
+def _count(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+_CLS = None
+
+
+def _trainer_class():
+    """hpcft's checkpoint-safe Trainer plus perplexity next to every eval loss."""
+    global _CLS
+    if _CLS is None:
+        base = rt.trainer_class()
+
+        class CausalLMTrainer(base):
+            def log(self, logs, *a, **kw):
+                if isinstance(logs.get("eval_loss"), (int, float)):
+                    logs["eval_perplexity"] = math.exp(min(logs["eval_loss"], 50.0))
+                return super().log(logs, *a, **kw)
+
+        _CLS = CausalLMTrainer
+    return _CLS
+
+
+def _samples(ctx: rt.Context, trainer, tokenizer, renderer, raw_eval, fmt: str, device) -> list[dict] | None:
+    """Greedy answers to the first held-out prompts. Under ZeRO-3 every rank takes part
+    (the weights are sharded), else rank 0 alone."""
+    import torch
+
+    from . import llm_data as ld
+
+    t = ctx.job.train
+    n = 3 if t.sample_prompts is None else t.sample_prompts
+    if n == 0:
+        return None
+    zero3 = _zero3(trainer)
+    if not ctx.task.is_main and not zero3:
+        return None
+    model = trainer.model_wrapped if zero3 else trainer.model
+    model = getattr(model, "module", model)
+    model.eval()
+    model.config.use_cache = True
+    out = []
+    dev = next(model.parameters()).device
+    for row in list(raw_eval)[:n]:
+        pr = ld.prompt_and_reference(renderer, row, fmt, t.system_prompt)
+        if pr is None:
+            continue
+        prompt, reference = pr
+        enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=not renderer.chat)
+        enc = {k: v.to(dev) for k, v in enc.items()}
+        with torch.no_grad():
+            gen = model.generate(**enc, max_new_tokens=t.max_new_tokens or 64, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id, synced_gpus=zero3)
+        answer = tokenizer.decode(gen[0][enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        out.append({"prompt": prompt, "reference": reference, "generated": answer})
+    log(f"answered {len(out)} held-out prompt(s) into {SAMPLES}")
+    return out
+
+
+def _zero3(trainer) -> bool:
+    ds = getattr(trainer.args, "hf_deepspeed_config", None)
+    return bool(ds is not None and ds.is_zero3())
+
+
+def _write_samples(path: Path, samples: list[dict]) -> None:
+    from ..atomic import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+
+
+def _plot(plot_curves, ctx: rt.Context) -> None:
+    try:
+        plot_curves(ctx.paths.progress, ctx.paths.curves, "perplexity")
+    except Exception as exc:  # noqa: BLE001 - a plotting problem must never fail training
+        log(f"warning: could not draw curves.png: {exc}")
