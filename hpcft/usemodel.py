@@ -94,14 +94,14 @@ class AuxPlan(ScriptPlan):
     into ``log_dir``; no requeue signal (nothing to checkpoint)."""
 
     aux: str = "predict"
-    log_dir: Optional[Path] = None
 
     def sbatch_options(self):
         opts = dict(super().sbatch_options())
         for key in ("signal", "open-mode"):
             opts.pop(key, None)
-        opts["output"] = str(self.log_dir / f"{self.aux}.%j.out")
-        opts["error"] = str(self.log_dir / f"{self.aux}.%j.err")
+        log_dir = Path(self.log_dir or self.run_dir)
+        opts["output"] = str(log_dir / f"{self.aux}.%j.out")
+        opts["error"] = str(log_dir / f"{self.aux}.%j.err")
         return sorted(opts.items())
 
 
@@ -141,7 +141,8 @@ def submit_aux(model: RunModel, settings: Settings, aux: str, module: str, args:
     """Render and sbatch a one-task job that runs ``python -m hpcft.worker.<module> ARGS``."""
     loaded = _loaded_job(model, aux, time)
     base = make_plan(loaded, settings, model.paths.dir, model.record.partition)
-    plan = AuxPlan(**{k: getattr(base, k) for k in base.__dataclass_fields__}, aux=aux, log_dir=log_dir)
+    fields = {k: getattr(base, k) for k in base.__dataclass_fields__ if k != "log_dir"}
+    plan = AuxPlan(**fields, aux=aux, log_dir=str(log_dir))
     argv = worker_argv(module, args, python=plan.python)
     command = " ".join(q(a) for a in argv)
     parent = f"{loaded.job.resources.device}.sbatch.j2"
