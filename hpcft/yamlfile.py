@@ -379,8 +379,9 @@ def _fields_at(model: type, loc: Loc) -> list[str]:
 
 
 def _model_in(annotation: Any) -> Any:
-    from pydantic import BaseModel
     import typing
+
+    from pydantic import BaseModel
 
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation

@@ -11,8 +11,7 @@ import os
 
 import pytest
 
-from hpcft.worker.compat import (installed_out_of_range, out_of_range, training_args_kwargs, version_tuple,
-                                 warmup_kwargs)
+from hpcft.worker.compat import installed_out_of_range, out_of_range, training_args_kwargs, version_tuple, warmup_kwargs
 
 pytestmark = pytest.mark.worker
 

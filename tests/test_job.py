@@ -7,7 +7,6 @@ import pytest
 from hpcft.config import load_settings
 from hpcft.errors import ConfigError
 from hpcft.job import load_job
-
 from tests.conftest import hpcft
 
 

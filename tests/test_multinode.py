@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import IN_CI, ROOT, hpcft
-from devtools.hub.pytest_fixtures import hub_fixtures  # noqa: F401
 from devtools.faults import fault_env
+from devtools.hub.pytest_fixtures import hub_fixtures  # noqa: F401
 from devtools.hub.server import HubServer
+from tests.conftest import IN_CI, ROOT, hpcft
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

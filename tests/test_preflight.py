@@ -24,7 +24,8 @@ def job(**resources):
     return Job(name="t", script="x.py", resources=resources)
 
 
-def failures(j, settings=Settings()):
+def failures(j, settings=None):
+    settings = settings or Settings()
     part = resolve_partition(j, settings, VIEW)
     return [c.message for c in run_checks(j, settings, VIEW, part) if not c.ok]
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from hpcft import assets as A
 from hpcft.config import Settings
 from hpcft.errors import ConfigError, StageError
-from hpcft.job import Assets
-from hpcft.stage import select
-from hpcft import assets as A
-from hpcft.job import Job
+from hpcft.job import Assets, Job
 from hpcft.preflight import staged_check as _staged_check
+from hpcft.stage import select
 from hpcft.stage.resolve import load_table, plan, resolve
 from hpcft.stage.store import Cache, register_local
 

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pytest
 
+from devtools.hub.pytest_fixtures import hub, hub_fixtures, hub_server  # noqa: F401
 from hpcft.config import load_settings
 from hpcft.errors import StageError
 from hpcft.stage import stage as stage_mod
 from hpcft.stage.resolve import load_table, plan
 from hpcft.stage.stage import StageOptions, stage
 from hpcft.stage.store import Cache
-from devtools.hub.pytest_fixtures import hub, hub_fixtures, hub_server  # noqa: F401
 
 pytestmark = pytest.mark.hub
 

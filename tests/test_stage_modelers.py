@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from devtools.hub.pytest_fixtures import hub, hub_fixtures, hub_server, modelers_fixtures  # noqa: F401
 from hpcft.config import load_settings
 from hpcft.errors import StageError
 from hpcft.stage.resolve import load_table, plan
 from hpcft.stage.stage import StageOptions, stage
 from hpcft.stage.store import Cache
-from devtools.hub.pytest_fixtures import hub, hub_fixtures, hub_server, modelers_fixtures  # noqa: F401
 
 pytestmark = pytest.mark.hub
 

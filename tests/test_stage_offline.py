@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from hpcft.offline import offline_env, shim_path
 from devtools.hub.pytest_fixtures import hub_fixtures  # noqa: F401
 from devtools.hub.server import HubServer
+from hpcft.offline import offline_env, shim_path
 
 pytestmark = pytest.mark.hub
 ROOT = Path(__file__).resolve().parent.parent

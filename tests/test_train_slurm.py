@@ -22,8 +22,8 @@ import yaml
 
 from devtools.faults import fault_env
 from devtools.hub.pytest_fixtures import hub_fixtures  # noqa: F401
-from tests.test_train_tutorial import stage_from_loopback_hub
 from devtools.runs import make_run, run_worker, stage_standard, tiny_job
+from tests.test_train_tutorial import stage_from_loopback_hub
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

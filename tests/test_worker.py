@@ -16,16 +16,17 @@ from types import SimpleNamespace
 
 import pytest
 
+from devtools.runs import make_run, tiny_job
+from hpcft import assets
 from hpcft.config import load_settings
 from hpcft.errors import NotStagedError
 from hpcft.job import Job, load_job
-from hpcft.stage.store import Cache, register_local
-from hpcft import assets
 from hpcft.stage.resolve import load_table
-from hpcft.worker import checkpoints as ck, metrics as mt
+from hpcft.stage.store import Cache, register_local
+from hpcft.worker import checkpoints as ck
+from hpcft.worker import metrics as mt
 from hpcft.worker.presets import preset_for
 from hpcft.worker.progress import NaNLossError, ProgressWriter, _CallbackMixin
-from devtools.runs import make_run, tiny_job
 
 pytestmark = pytest.mark.worker  # also run on the floor lane (.venv-floor)
 
@@ -137,8 +138,8 @@ def test_launch_and_light_worker_modules_never_import_torch():
 
 
 def test_missing_columns_list_the_columns_the_dataset_has(tmp_path):
-    from hpcft.worker.data import DataError, prepare
     from hpcft.assets import JobAsset
+    from hpcft.worker.data import DataError, prepare
 
     csv = tmp_path / "reviews.csv"
     csv.write_text("id,review,stars\n1,great,5\n2,bad,1\n")

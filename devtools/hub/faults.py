@@ -10,9 +10,9 @@ matches either the raw request path (with query string) or the request's
 from __future__ import annotations
 
 import fnmatch
-from collections import deque
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 

@@ -4,9 +4,8 @@ The hub's glue.py imports scipy and sklearn; this one computes accuracy, F1,
 Matthews correlation and Pearson/Spearman with numpy so it loads anywhere.
 """
 import datasets
-import numpy as np
-
 import evaluate
+import numpy as np
 
 _DESCRIPTION = "GLUE, the General Language Understanding Evaluation benchmark."
 _CITATION = "Wang et al., GLUE: A Multi-Task Benchmark and Analysis Platform for NLU, 2019."

@@ -160,9 +160,7 @@ class HubServer:
 
     def add_standard_fixtures(self, fixtures_dir, *, aliases: bool = True) -> dict:
         """Create (cached in ``fixtures_dir``) and serve the standard fixture set."""
-        from .fixtures import make_standard_fixtures
-
-        from .fixtures import make_modelers_fixtures
+        from .fixtures import make_modelers_fixtures, make_standard_fixtures
 
         repos = make_standard_fixtures(fixtures_dir)
         for (kind, rid), folder in repos.items():

@@ -14,7 +14,6 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..monitor import cancel
     from ..runs import RunStore
-
     from ..sweepview import find as find_sweep
 
     store = RunStore(settings().runs)

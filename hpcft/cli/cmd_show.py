@@ -95,7 +95,6 @@ def run(args) -> int:
     from ..monitor import status
     from ..runs import RunStore
     from ..slurm import TERMINAL_STATES
-
     from ..sweepview import find as find_sweep
 
     store = RunStore(settings().runs)

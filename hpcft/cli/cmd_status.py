@@ -29,7 +29,6 @@ def run(args) -> int:
     from ..monitor import status
     from ..runs import RunStore
     from ..slurm_time import format_duration
-
     from ..sweepview import find as find_sweep
 
     store = RunStore(settings().runs)

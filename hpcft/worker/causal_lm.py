@@ -32,9 +32,9 @@ def run(ctx: rt.Context) -> dict:
     from . import telemetry as tele
     from .compat import warmup_kwargs
     from .data import load_raw
-    from .tracking import training_args as tracking_args
     from .device import detect, dist_backend, peak_memory_mb
     from .results import eval_history, plot_curves, read_progress, write_metrics
+    from .tracking import training_args as tracking_args
 
     transformers.logging.set_verbosity_warning()
     transformers.utils.logging.disable_progress_bar()

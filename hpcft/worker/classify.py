@@ -18,16 +18,20 @@ from .progress import log
 def run(ctx: rt.Context) -> dict:
     t = ctx.job.train
     import transformers
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
-                              TrainingArguments)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        TrainingArguments,
+    )
 
+    from . import telemetry as tele
     from .compat import installed_out_of_range, training_args_kwargs
     from .data import prepare
     from .device import detect, dist_backend, peak_memory_mb
     from .metrics import builtin_names, headline_of, load_staged, make_compute_metrics
     from .presets import preset_for
     from .results import eval_history, plot_curves, read_progress, write_metrics
-    from . import telemetry as tele
     from .tracking import training_args as tracking_args
 
     transformers.logging.set_verbosity_warning()
