@@ -30,11 +30,9 @@ def run(ctx: rt.Context) -> dict:
 
     from . import llm_data as ld
     from . import telemetry as tele
-    from .compat import warmup_kwargs
     from .data import load_raw
     from .device import detect, dist_backend, peak_memory_mb
     from .results import eval_history, plot_curves, read_progress, write_metrics
-    from .tracking import training_args as tracking_args
 
     transformers.logging.set_verbosity_warning()
     transformers.utils.logging.disable_progress_bar()
@@ -108,37 +106,10 @@ def run(ctx: rt.Context) -> dict:
             log(f"LoRA r={(t.lora.r if t.lora else 8)}: {trainable:,} trainable of {total:,} parameters "
                 f"({100 * trainable / max(total, 1):.2f}%)")
 
-    args = TrainingArguments(
-        output_dir=str(paths.checkpoints),
-        per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.eval_batch_size or t.batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation,
-        num_train_epochs=t.epochs,
-        max_steps=t.max_steps or -1,
-        learning_rate=t.learning_rate,
-        weight_decay=t.weight_decay,
-        **warmup_kwargs(t.warmup_ratio, transformers.__version__),  # a ratio means different args in 4.x/5.x
-        lr_scheduler_type="linear",
-        optim=rt.optimizer_name(device.kind),
-        eval_strategy="epoch",
-        save_strategy="epoch",
-        save_total_limit=2,
-        logging_strategy="steps",
-        logging_steps=t.logging_steps,
-        logging_nan_inf_filter=False,
-        **tracking_args(paths, t.report_to, task.is_main),  # offline trackers, logs in the run folder
-        disable_tqdm=True,
-        seed=t.seed,
-        bf16=device.precision == "bf16",
-        fp16=device.precision == "fp16",
-        use_cpu=device.kind == "cpu",
-        dataloader_num_workers=0,
-        dataloader_pin_memory=device.kind != "cpu",
-        remove_unused_columns=False,
+    args = rt.training_args(
+        ctx, device,
         **_checkpointing_args(TrainingArguments, grad_ckpt),
-        deepspeed=rt.deepspeed_config(ctx),
         ddp_find_unused_parameters=False if task.world_size > 1 else None,
-        ddp_backend=dist_backend(device.kind) if task.world_size > 1 else None,
     )
     collator = ld.Collator(tokenizer.pad_token_id, 8 if device.kind != "cpu" else None)
     plot = (lambda: _plot(plot_curves, ctx)) if task.is_main else None

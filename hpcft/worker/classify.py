@@ -22,7 +22,6 @@ def run(ctx: rt.Context) -> dict:
         AutoModelForSequenceClassification,
         AutoTokenizer,
         DataCollatorWithPadding,
-        TrainingArguments,
     )
 
     from . import telemetry as tele
@@ -32,7 +31,6 @@ def run(ctx: rt.Context) -> dict:
     from .metrics import builtin_names, headline_of, load_staged, make_compute_metrics
     from .presets import preset_for
     from .results import eval_history, plot_curves, read_progress, write_metrics
-    from .tracking import training_args as tracking_args
 
     transformers.logging.set_verbosity_warning()
     transformers.utils.logging.disable_progress_bar()
@@ -78,38 +76,13 @@ def run(ctx: rt.Context) -> dict:
         str(model_ref.path), num_labels=data.num_labels,
         problem_type="regression" if data.regression else "single_label_classification", **kw)
 
-    args = TrainingArguments(
-        output_dir=str(paths.checkpoints),
-        per_device_train_batch_size=t.batch_size,
+    args = rt.training_args(
+        ctx, device,
         per_device_eval_batch_size=t.eval_batch_size or t.batch_size * 2,
-        gradient_accumulation_steps=t.gradient_accumulation,
-        num_train_epochs=t.epochs,
-        max_steps=t.max_steps or -1,
-        learning_rate=t.learning_rate,
-        weight_decay=t.weight_decay,
-        lr_scheduler_type="linear",
-        optim=rt.optimizer_name(device.kind),
-        eval_strategy="epoch",
-        save_strategy="epoch",
-        save_total_limit=2,          # the newest and the one before: a failed write never leaves none
-        logging_strategy="steps",
-        logging_steps=t.logging_steps,
-        logging_nan_inf_filter=False,  # a NaN must reach the guard, not be averaged away
-        **tracking_args(paths, t.report_to, task.is_main),  # report_to, run_name: offline trackers in the run folder
-        **tele.TRAINING_ARGS,                  # count real (non-padding) tokens for tokens/s
-        disable_tqdm=True,
-        seed=t.seed,
-        bf16=device.precision == "bf16",
-        fp16=device.precision == "fp16",
-        use_cpu=device.kind == "cpu",
-        dataloader_num_workers=0,
-        dataloader_pin_memory=device.kind != "cpu",
-        remove_unused_columns=False,
-        deepspeed=rt.deepspeed_config(ctx),
+        **tele.TRAINING_ARGS,  # count real (non-padding) tokens for tokens/s
         # warmup and average_tokens_across_devices: their names and meanings differ across releases
         # (a sequence classifier's loss is a per-batch mean: never scale it by the rank count)
         **training_args_kwargs(warmup_ratio=t.warmup_ratio, transformers_version=transformers.__version__),
-        ddp_backend=dist_backend(device.kind) if task.world_size > 1 else None,
     )
     best = rt.BestSaver(ctx.output_dir / "best", tokenizer,
                         lambda m: headline_of(names, preset_headline, m)) if t.save_best and task.is_main else None

@@ -213,6 +213,50 @@ def deepspeed_config(ctx: Context):
     return cfg
 
 
+def training_args(ctx: Context, device, **task_args):
+    """The TrainingArguments every built-in task shares (schedule, checkpoints every epoch,
+    logging that reaches the NaN guard, offline trackers, precision, DeepSpeed, backend); a task
+    adds or overrides its own in ``task_args``."""
+    import transformers
+    from transformers import TrainingArguments
+
+    from .compat import warmup_kwargs
+    from .tracking import training_args as tracking_args
+
+    t, task = ctx.job.train, ctx.task
+    common: dict[str, Any] = dict(
+        output_dir=str(ctx.paths.checkpoints),
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.eval_batch_size or t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay,
+        **warmup_kwargs(t.warmup_ratio, transformers.__version__),  # a ratio means different args in 4.x/5.x
+        lr_scheduler_type="linear",
+        optim=optimizer_name(device.kind),
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=2,            # the newest and the one before: a failed write never leaves none
+        logging_strategy="steps",
+        logging_steps=t.logging_steps,
+        logging_nan_inf_filter=False,  # a NaN must reach the guard, not be averaged away
+        **tracking_args(ctx.paths, t.report_to, task.is_main),  # offline trackers, logs in the run folder
+        disable_tqdm=True,
+        seed=t.seed,
+        bf16=device.precision == "bf16",
+        fp16=device.precision == "fp16",
+        use_cpu=device.kind == "cpu",
+        dataloader_num_workers=0,
+        dataloader_pin_memory=device.kind != "cpu",
+        remove_unused_columns=False,
+        deepspeed=deepspeed_config(ctx),
+        ddp_backend=dev.dist_backend(device.kind) if task.world_size > 1 else None,
+    )
+    return TrainingArguments(**{**common, **task_args})
+
+
 def optimizer_name(kind: str) -> str:
     """Fused AdamW (one kernel over all parameters) where torch has it, else the foreach one."""
     import torch
