@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 from . import runtime as rt
@@ -118,18 +117,11 @@ def run(ctx: rt.Context) -> dict:
                                callbacks=rt.callbacks(ctx, on_eval=plot))
     trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
 
-    resume = rt.resume_point(ctx)
-    t0 = time.time()
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    leg_s = time.time() - t0
-    if rt.handed_over(ctx, trainer):
+    leg = rt.train_leg(ctx, trainer, tokenizer)
+    if leg is None:  # stopped for the time limit: the job is being requeued
         return {}
-
-    with tele.timed("eval"):
-        final = rt.final_eval(trainer)
+    result, leg_s, final, output_dir = leg
     records = read_progress(paths.progress)
-    with tele.timed("save"):
-        output_dir = rt.save_final(ctx, trainer, tokenizer)
     samples = _samples(ctx, trainer, tokenizer, renderer, raw_eval, fmt, device)
     telemetry = tele.finish(ctx, device)  # every rank records its memory; rank 0 gets the run's figures
     if not task.is_main:

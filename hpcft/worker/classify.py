@@ -8,7 +8,6 @@ are :mod:`hpcft.worker.runtime`'s; this module holds only what is specific to th
 
 from __future__ import annotations
 
-import time
 from typing import Any, Optional
 
 from . import runtime as rt
@@ -95,19 +94,12 @@ def run(ctx: rt.Context) -> dict:
                                                         on_eval=plot))
     trainer.remove_callback(transformers.trainer_callback.PrinterCallback)  # our own log lines instead
 
-    resume = rt.resume_point(ctx)
-    t0 = time.time()
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    leg_s = time.time() - t0
-    if rt.handed_over(ctx, trainer):
+    leg = rt.train_leg(ctx, trainer, tokenizer)
+    if leg is None:  # stopped for the time limit: the job is being requeued
         return {}
-
-    with tele.timed("eval"):
-        final = rt.final_eval(trainer)
+    result, leg_s, final, output_dir = leg
     records = read_progress(paths.progress)
     headline = headline_of(names, preset_headline, final)
-    with tele.timed("save"):
-        output_dir = rt.save_final(ctx, trainer, tokenizer)
     telemetry = tele.finish(ctx, device)  # every rank records its memory; rank 0 gets the run's figures
     if not task.is_main:
         return {}

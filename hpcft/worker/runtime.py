@@ -334,6 +334,25 @@ def handed_over(ctx: Context, trainer) -> bool:
     return True
 
 
+def train_leg(ctx: Context, trainer, tokenizer):
+    """Resume from the latest complete checkpoint, train, and unless this leg stopped for the
+    time limit, run the final evaluation and save. Returns None after a hand-over, else
+    (train result, seconds of this leg, final eval metrics, output folder)."""
+    from . import telemetry as tele
+
+    resume = resume_point(ctx)
+    t0 = time.time()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    leg_s = time.time() - t0
+    if handed_over(ctx, trainer):
+        return None
+    with tele.timed("eval"):
+        final = final_eval(trainer)
+    with tele.timed("save"):
+        output_dir = save_final(ctx, trainer, tokenizer)
+    return result, leg_s, final, output_dir
+
+
 def final_eval(trainer) -> dict:
     """The last evaluation, run again only if the Trainer's own log (restored on resume, the same
     on every rank: evaluate is collective) has none at the final step."""
