@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import add_job_args, load, print_json
+from .common import add_job_args, load, print_dry_run, print_json
 
 
 def register(sub) -> None:
@@ -36,15 +36,7 @@ def run(args) -> int:
     result = submit(loaded, settings, dry_run=args.dry_run, executor=args.executor,
                     save_template=args.save_template)
     if args.dry_run:
-        if args.json:
-            print_json({"dry_run": True, "script": result.script,
-                        "checks": [c.__dict__ for c in result.checks]})
-        else:
-            sys.stdout.write(result.script)
-            for check in result.checks:
-                print(f"# {check.line()}", file=sys.stderr)
-            print("# dry run: nothing submitted", file=sys.stderr)
-        return 0
+        return print_dry_run(result, args.json)
     rec = result.record
     if args.json:
         print_json({"run_id": rec.run_id, "job_id": rec.job_id, "executor": rec.executor,

@@ -43,3 +43,15 @@ def table(rows: Iterable[Sequence[Any]], headers: Sequence[str]) -> str:
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [fmt.format(*headers)] + [fmt.format(*row) for row in rows]
     return "\n".join(line.rstrip() for line in lines)
+
+
+def print_dry_run(result, as_json: bool) -> int:
+    """What ``submit --dry-run`` prints, for a job or a sweep: the script and every check."""
+    if as_json:
+        print_json({"dry_run": True, "script": result.script, "checks": [c.__dict__ for c in result.checks]})
+    else:
+        sys.stdout.write(result.script)
+        for check in result.checks:
+            print(f"# {check.line()}", file=sys.stderr)
+        print("# dry run: nothing submitted", file=sys.stderr)
+    return 0

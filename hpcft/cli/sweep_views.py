@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict
 
-from .common import print_json, table
+from .common import print_dry_run, print_json, table
 
 
 def submit_sweep_command(args, loaded, settings) -> int:
@@ -18,14 +18,7 @@ def submit_sweep_command(args, loaded, settings) -> int:
                            "SCOW portal's saved jobs cannot express; save one point as its own job"])
     result = submit_sweep(loaded, settings, dry_run=args.dry_run, executor=args.executor)
     if args.dry_run:
-        if args.json:
-            print_json({"dry_run": True, "script": result.script, "checks": [c.__dict__ for c in result.checks]})
-        else:
-            sys.stdout.write(result.script)
-            for check in result.checks:
-                print(f"# {check.line()}", file=sys.stderr)
-            print("# dry run: nothing submitted", file=sys.stderr)
-        return 0
+        return print_dry_run(result, args.json)
     sw = result.sweep
     if args.json:
         print_json({"sweep_id": sw.sweep_id, "job_id": sw.array_job_id, "size": sw.size, "run_dir": sw.run_dir,
