@@ -164,7 +164,8 @@ def compare(records: list[RunRecord]) -> list[RunRow]:
 
 
 def _ratio(v: Optional[float], base: Optional[float]) -> Optional[float]:
-    return round(v / base, 3) if v is not None and base else None
+    # Not rounded here: the table formats it once (.2f); rounding twice turned 1.1749 into 1.18.
+    return v / base if v is not None and base else None
 
 
 # --------------------------------------------------------------------------- output
