@@ -120,7 +120,9 @@ def saved_job(plan: "ScriptPlan", job_id: str, run_id: str, script_path: Path) -
         doc["qos"] = qos
     mb = _megabytes(r.mem)
     if mb is not None:
-        doc["memory"] = mb
+        # A string with its unit, as the portal's form writes it (`${memorySize}MB`) and its
+        # submitJob reads it back (`Number(memory.split("M")[0])`); a bare number breaks that split.
+        doc["memory"] = f"{mb}MB"
     return doc
 
 

@@ -76,11 +76,13 @@ def test_saved_job_matches_the_portal_schema(fake_home, tmp_path):
     assert path.parent == fake_home / "scow" / "savedJobs" and path.name == 'x"; touch _tmp_pwned-123'
     doc = json.loads(path.read_text())
     jsonschema.validate(doc, SCHEMA)
-    assert doc["gpuCount"] == 2 and doc["coreCount"] == 8 and doc["memory"] == 16384 and doc["maxTime"] == 120
+    assert doc["gpuCount"] == 2 and doc["coreCount"] == 8 and doc["memory"] == "16384MB" and doc["maxTime"] == 120
     assert doc["qos"] == "normal" and doc["account"] == "lab" and doc["comment"] == "hpcft run RUN-ID"
     assert doc["command"].startswith("bash ") and doc["command"].endswith(" --rerun")
     with pytest.raises(jsonschema.ValidationError):  # the schema does reject what the portal cannot read
         jsonschema.validate({**doc, "nodeCount": "1"}, SCHEMA)
+    with pytest.raises(jsonschema.ValidationError):  # a bare number: the portal's memory.split fails
+        jsonschema.validate({**doc, "memory": 16384}, SCHEMA)
 
 
 # --------------------------------------------------------------------------- on the dev Slurm
