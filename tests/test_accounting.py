@@ -81,3 +81,48 @@ def test_accounted_job_and_sacct_status(acct, tmp_path, monkeypatch):
         assert time.monotonic() < deadline, "job never showed up in sacct"
         time.sleep(0.5)
     assert info.source == "sacct" and info.state == "COMPLETED" and info.exit_code == "0:0"
+
+
+def _sacctmgr(*args: str) -> None:
+    subprocess.run(["sacctmgr", "-i", "-Q", *args], check=True, capture_output=True, text=True, timeout=60)
+
+
+def _raw_array_accepted(size: int) -> bool:
+    """Slurm's own answer to an array of ``size`` tasks (cancelled at once when accepted)."""
+    proc = subprocess.run(["sbatch", "--parsable", "--hold", f"--array=0-{size - 1}", "-t", "1", "--wrap", "true"],
+                          capture_output=True, text=True, timeout=60)
+    if proc.returncode == 0:
+        subprocess.run(["scancel", proc.stdout.strip().split(";")[0]], capture_output=True, timeout=60)
+    return proc.returncode == 0
+
+
+def test_sweep_above_max_submit_jobs_refused_before_sbatch(acct, tmp_path):
+    """The user's MaxSubmitJobs, set in the accounting database the way a site admin sets it:
+    a 9-point sweep is refused by the pre-flight (where Slurm itself would reject the array),
+    a 3-point sweep is accepted and runs."""
+    (tmp_path / "hello.py").write_text("import sys; print('point', sys.argv[1:])\n")
+
+    def sweep(name: str, points: int) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(f"name: {name}\nscript: hello.py\nresources: {{time: '5', account: research}}\n"
+                        f"sweep: {{grid: {{args: {[[str(i)] for i in range(points)]}}}}}\n")
+        return path
+
+    _sacctmgr("modify", "user", "where", "name=root", "set", "maxsubmitjobs=4")
+    try:
+        deadline = time.monotonic() + 30  # slurmctld learns the limit from slurmdbd a moment later
+        while _raw_array_accepted(9):
+            assert time.monotonic() < deadline, "Slurm never enforced MaxSubmitJobs=4"
+            time.sleep(1)
+        proc = hpcft("submit", str(sweep("too-many", 9)))
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "9 tasks exceed your MaxSubmitJobs 4" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+        res = hpcft_json("submit", str(sweep("fits", 3)))
+        assert len(res["tasks"]) == 3
+        deadline = time.monotonic() + 120
+        while (st := hpcft_json("status", res["sweep_id"]))["states"] != {"COMPLETED": 3}:
+            assert time.monotonic() < deadline and "FAILED" not in st["states"], st
+            time.sleep(1)
+    finally:
+        _sacctmgr("modify", "user", "where", "name=root", "set", "maxsubmitjobs=-1")
