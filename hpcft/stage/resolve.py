@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import ConfigError, StageError
+from . import names
 
 KIND_SECTIONS = {"model": "models", "dataset": "datasets", "metric": "metrics"}
 
@@ -132,7 +133,19 @@ def _local_ref(kind: str, name: str) -> AssetRef:
     if not path.exists():
         raise StageError(f"{kind} {name}: no such file or folder")
     path = path.resolve()
-    return AssetRef(kind, f"local/{path.name}", name, names=(name, str(path)), local=path)
+    return AssetRef(kind, names.local_id(path.name), name, names=(name, str(path)), local=path)
+
+
+def _checked(ref: AssetRef) -> AssetRef:
+    """Every id and config that will become part of a cache path, validated (names.py)."""
+    what = f"{ref.kind} {ref.typed}"
+    names.repo_id(ref.repo_id, what)
+    for other in (ref.ms_id, ref.om_id):
+        if other:
+            names.repo_id(other, what)
+    if ref.config is not None:
+        names.config_name(ref.config, what)
+    return ref
 
 
 def _split_config(name: str) -> tuple[str, Optional[str]]:
@@ -141,7 +154,13 @@ def _split_config(name: str) -> tuple[str, Optional[str]]:
 
 
 def resolve(kind: str, name: str, table: AliasTable, config: Optional[str] = None) -> AssetRef:
-    """Resolve a typed name; raises StageError for an unknown config of a known dataset."""
+    """Resolve a typed name; raises StageError for an unknown config of a known dataset, and for
+    an id or config that is not one a hub could have (``../x``, ``a/b/c/d``, a NUL, ...)."""
+    ref = _resolve(kind, name, table, config)
+    return ref if ref.local is not None else _checked(ref)
+
+
+def _resolve(kind: str, name: str, table: AliasTable, config: Optional[str] = None) -> AssetRef:
     name = name.strip()
     if not name:
         raise StageError(f"empty {kind} name")

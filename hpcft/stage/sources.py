@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import StageError
-from .http import HTTPFailure, Policy, Unreachable, get_json, set_token
+from . import names
+from .http import BadAnswer, HTTPFailure, Policy, Unreachable, get_json, set_token
 from .resolve import AssetRef
 
 SOURCES = ("hf", "modelscope", "modelers")
+MAX_FILES = 100_000  # entries in one repo listing; more is a mirror that never stops paging
 
 
 @dataclass
@@ -31,6 +33,11 @@ class RemoteFile:
     url: str
     sha256: Optional[str] = None
     git_oid: Optional[str] = None
+
+    @property
+    def verified(self) -> bool:
+        """The listing gives a hash to check the bytes against."""
+        return bool(self.sha256 or self.git_oid)
 
 
 @dataclass
@@ -82,8 +89,31 @@ class Source:
             return get_json(url, self.policy, self.headers())
         except Unreachable as exc:
             raise SourceError(self, "unreachable", f"cannot reach {self.endpoint} ({exc})") from None
+        except BadAnswer as exc:
+            raise SourceError(self, "error", f"{what}: {exc.message()}; refused") from None
         except HTTPFailure as exc:
             raise self._http_error(exc, what) from None
+
+    def file(self, item_path: object, size: object, url_of, what: str, *, sha256: object = None,
+             git_oid: object = None) -> RemoteFile:
+        """One listing entry, validated: the name before it can become a path, the size and hashes
+        before they are believed."""
+        try:
+            path = names.rel_path(item_path, f"{what} file list")
+            n = names.size(size, f"{what} file list", path)
+        except names.UnsafeName as exc:
+            raise SourceError(self, "error", str(exc)) from None
+        return RemoteFile(path, n, url_of(path), sha256=names.sha256(sha256), git_oid=names.git_oid(git_oid))
+
+    def commit(self, value: object, what: str) -> str:
+        try:
+            return names.commit(value, f"{self.name} ({self.endpoint})", what)
+        except names.UnsafeName as exc:
+            raise SourceError(self, "error", str(exc)) from None
+
+    def check_count(self, files: list, what: str) -> None:
+        if len(files) > MAX_FILES:
+            raise SourceError(self, "error", f"{what}: the file list has more than {MAX_FILES} entries; refused")
 
     def _http_error(self, exc: HTTPFailure, what: str) -> SourceError:
         raise NotImplementedError
@@ -116,23 +146,32 @@ class HFSource(Source):
         sha = info.get("sha") if isinstance(info, dict) else None
         if not sha:
             raise SourceError(self, "error", f"{ref.kind} {rid}: the endpoint's answer has no commit sha")
+        sha = self.commit(sha, f"{ref.kind} {rid}")
         canonical = info.get("id") or rid
-        if "/" not in canonical:
+        if not isinstance(canonical, str) or "/" not in canonical:
             canonical = rid
+        try:
+            canonical = names.repo_id(canonical, f"{ref.kind} {rid}: the endpoint's answer")
+        except names.UnsafeName as exc:
+            raise SourceError(self, "error", str(exc)) from None
         files: list[RemoteFile] = []
         url = f"{self.endpoint}/api/{api}/{canonical}/tree/{sha}?recursive=true&expand=false"
+        base = f"{self.endpoint}/{self.PREFIX[ref.kind]}{canonical}/resolve/{sha}/"
         while url:
             items, headers = self._get(url, f"{ref.kind} {rid} file list")
             for it in items if isinstance(items, list) else []:
-                if it.get("type") != "file":
+                if not isinstance(it, dict) or it.get("type") != "file":
                     continue
-                lfs = it.get("lfs") or {}
-                path = it["path"]
-                files.append(RemoteFile(
-                    path, int(lfs.get("size") or it.get("size") or 0),
-                    f"{self.endpoint}/{self.PREFIX[ref.kind]}{canonical}/resolve/{sha}/{urllib.parse.quote(path)}",
-                    sha256=lfs.get("oid") or lfs.get("sha256"), git_oid=None if lfs else it.get("oid")))
+                lfs = it.get("lfs") if isinstance(it.get("lfs"), dict) else {}
+                files.append(self.file(it.get("path"), lfs.get("size") or it.get("size") or 0,
+                                       lambda p: base + urllib.parse.quote(p), f"{ref.kind} {rid}",
+                                       sha256=lfs.get("oid") or lfs.get("sha256"),
+                                       git_oid=None if lfs else it.get("oid")))
+            self.check_count(files, f"{ref.kind} {rid}")
             url = _next_link(headers.get("Link") or headers.get("link") or "")
+            if url and not url.startswith(self.endpoint + "/"):
+                raise SourceError(self, "error", f"{ref.kind} {rid}: the file list pages to another host "
+                                                 f"({url[:80]}); refused")
         return Listing(self.name, self.endpoint, canonical, rev, sha, files)
 
 
@@ -179,17 +218,19 @@ class ModelScopeSource(Source):
                 raw += batch
                 if len(batch) < 200:
                     break
+                if len(raw) > MAX_FILES:
+                    self.check_count(raw, what)
                 page += 1
         files = []
         for it in raw:
-            if it.get("Type") == "tree":
+            if not isinstance(it, dict) or it.get("Type") == "tree":
                 continue
-            path = it["Path"]
-            files.append(RemoteFile(
-                path, int(it.get("Size") or 0),
-                f"{self.endpoint}/api/v1/{plural}/{rid}/repo?Revision={_q(rev)}&FilePath={_q(path)}",
-                sha256=it.get("Sha256") or None))
-        sha = self._commit(plural, rid, rev) or _content_sha(files)
+            files.append(self.file(it.get("Path"), it.get("Size") or 0,
+                                   lambda p: f"{self.endpoint}/api/v1/{plural}/{rid}/repo?Revision={_q(rev)}"
+                                             f"&FilePath={_q(p)}", what, sha256=it.get("Sha256")))
+        self.check_count(files, what)
+        commit = self._commit(plural, rid, rev)
+        sha = self.commit(commit, what) if commit is not None else _content_sha(files)
         return Listing(self.name, self.endpoint, ref.repo_id, rev, sha, files)
 
     def _commit(self, plural: str, rid: str, rev: str) -> Optional[str]:
@@ -199,9 +240,10 @@ class ModelScopeSource(Source):
         except (Unreachable, HTTPFailure):
             return None
         revmap = ((data or {}).get("Data") or {}).get("RevisionMap") or {}
-        for item in (revmap.get("Branches") or []) + (revmap.get("Tags") or []):
-            if item.get("Revision") == rev and item.get("CommitId"):
-                return str(item["CommitId"])
+        items = (revmap.get("Branches") or []) + (revmap.get("Tags") or []) if isinstance(revmap, dict) else []
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, dict) and item.get("Revision") == rev and item.get("CommitId"):
+                return item["CommitId"]
         return None
 
 
@@ -209,7 +251,11 @@ def _ms_files(src: Source, data, what: str) -> list[dict]:
     if not isinstance(data, dict) or (data.get("Code") not in (None, 200) and not data.get("Success")):
         msg = data.get("Message") if isinstance(data, dict) else "unexpected answer"
         raise SourceError(src, "not_found" if "not found" in str(msg).lower() else "error", f"{what}: {msg}")
-    return list(((data.get("Data") or {}).get("Files")) or [])
+    body = data.get("Data") if isinstance(data.get("Data"), dict) else {}
+    files = body.get("Files") or []
+    if not isinstance(files, list):
+        raise SourceError(src, "error", f"{what}: unexpected file list from the endpoint")
+    return files
 
 
 def _content_sha(files: list[RemoteFile]) -> str:
@@ -268,20 +314,27 @@ class ModelersSource(Source):
             if not isinstance(body, dict) or not isinstance(body.get("tree"), list):
                 raise SourceError(self, "error", f"{what}: unexpected file list from the endpoint")
             if sha is None:
-                sha = str((((body.get("last_commit") or {}).get("commit")) or {}).get("commit_sha") or "") or None
+                sha = _dig(body, "last_commit", "commit", "commit_sha") or None
             for it in body["tree"]:
-                path = str(it.get("path") or "").strip("/")
-                if not path or path in seen:
+                if not isinstance(it, dict):
+                    continue
+                path = it.get("path")
+                try:
+                    path = names.rel_path(path, f"{what} file list")
+                except names.UnsafeName as exc:
+                    raise SourceError(self, "error", str(exc)) from None
+                if path in seen:
                     continue
                 seen.add(path)
-                if path.startswith("~") or ".." in path.split("/"):
-                    raise SourceError(self, "error", f"{what}: the file list names an unsafe path {path!r}")
+                if len(seen) > MAX_FILES:
+                    self.check_count(list(seen), what)
                 if it.get("type") == "dir":
                     todo.append(path)
                 elif it.get("type") == "file":
                     files.append(self._file(rid, rev, path, it, what))
-        if not sha or not re.fullmatch(r"[0-9a-f]{40}", sha):
+        if not sha:
             raise SourceError(self, "error", f"{what}: the endpoint's answer has no commit sha")
+        sha = self.commit(sha, what)
         return Listing(self.name, self.endpoint, ref.repo_id, rev, sha, files)
 
     def _file(self, rid: str, rev: str, path: str, it: dict, what: str) -> RemoteFile:
@@ -290,9 +343,15 @@ class ModelersSource(Source):
         if not re.fullmatch(r"[0-9a-f]{64}" if lfs else r"[0-9a-f]{40}", etag):
             raise SourceError(self, "error", f"{what}: {path} is listed without a usable etag ({etag[:70]!r}), "
                                              "so its download could not be verified")
-        return RemoteFile(path, int(it.get("size") or 0),
-                          f"{self.endpoint}/api/v1/file/{rid}/{_q(rev)}/media/{urllib.parse.quote(path)}",
-                          sha256=etag if lfs else None, git_oid=None if lfs else etag)
+        return self.file(path, it.get("size") or 0,
+                         lambda p: f"{self.endpoint}/api/v1/file/{rid}/{_q(rev)}/media/{urllib.parse.quote(p)}",
+                         what, sha256=etag if lfs else None, git_oid=None if lfs else etag)
+
+
+def _dig(data: object, *keys: str) -> object:
+    for key in keys:
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
 
 
 def _modelers_code(body: bytes) -> str:
@@ -327,7 +386,8 @@ def make_sources(settings, only: Optional[str] = None, token: Optional[str] = No
     # source of --source auto is a black hole: split the budget between them (>= 2 s each)
     policy = Policy(timeout_s=float(s.timeout_s), retries=int(s.retries),
                     meta_timeout_s=max(2.0, float(s.timeout_s) / n),
-                    backoff_s=float(os.environ.get("HPCFT_RETRY_BACKOFF_S") or 0.5))
+                    backoff_s=float(os.environ.get("HPCFT_RETRY_BACKOFF_S") or 0.5),
+                    max_json_bytes=int(float(s.max_listing_mb) * (1 << 20)), min_speed=float(s.min_speed_kbs) * 1000)
     hf = HFSource(os.environ.get("HF_ENDPOINT") or s.hf_endpoint, policy)
     set_token(hf.endpoint, token or os.environ.get("HF_TOKEN") or None)
     ms = ModelScopeSource(os.environ.get("MODELSCOPE_ENDPOINT") or s.modelscope_endpoint, policy)
