@@ -15,7 +15,8 @@ from hpcft.config import load_settings
 from hpcft.job import load_job
 from hpcft.rundir import RunPaths
 from hpcft.runs import new_run_dir
-from hpcft.stage.store import Cache, register_local
+from hpcft.stage.layout import register_local
+from hpcft.stage.store import Cache
 
 ROOT = Path(__file__).resolve().parents[1]
 GLUE_CONFIGS = ("mrpc", "cola", "sst2")

@@ -27,7 +27,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int = 0o644, 
             fh.flush()
             if durable:
                 os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
+            os.fchmod(fh.fileno(), mode)  # on the descriptor: a name swapped meanwhile changes nothing
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

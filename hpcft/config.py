@@ -38,6 +38,10 @@ class Sources(_Strict):
     timeout_s: float = Field(30, gt=0)
     retries: int = Field(5, ge=0)
     parallel: int = Field(4, ge=1, le=32)
+    # a mirror is a third party: the largest JSON listing answer accepted, and the slowest average
+    # speed a download may keep (a request gets timeout_s + size / min_speed in all)
+    max_listing_mb: float = Field(8, gt=0, le=1024)
+    min_speed_kbs: float = Field(10, gt=0)
 
 
 class Partitions(_Strict):
@@ -77,6 +81,9 @@ class Settings(_Strict):
     qos: Optional[str] = None
     cache_dir: Optional[Path] = None
     cache_group: Optional[str] = None
+    # the user who looks after a shared cache: files they own are trusted by everybody (see
+    # docs/staging.md, "Security model")
+    cache_admin: Optional[str] = None
     runs_dir: Optional[Path] = None
     templates_dir: Optional[Path] = None
     sources: Sources = Sources()

@@ -17,7 +17,8 @@ from hpcft.memcheck import memory_check
 from hpcft.memory import LLAMA2_CONFIGS, LLAMA_FACTORY_TABLE, Plan, Shape, device_memory, estimate, parse_size_gib
 from hpcft.preflight import ClusterView
 from hpcft.slurm import Node, Partition, parse_gres_types
-from hpcft.stage.store import Cache, register_local
+from hpcft.stage.layout import register_local
+from hpcft.stage.store import Cache
 
 # Llama-3-8B-Instruct's config.json (the fields the estimate reads)
 LLAMA3_8B = {"architectures": ["LlamaForCausalLM"], "hidden_size": 4096, "intermediate_size": 14336,

@@ -240,8 +240,9 @@ def test_disk_full_removes_temp_files(env, monkeypatch):
     real = stage_mod.download
 
     def full(url, part, **kw):
-        if part.name == "model.safetensors.part":
-            part.write_bytes(b"x" * 1000)
+        if part.rel == "model.safetensors.part":  # a PartFile: written through the staging folder's descriptor
+            with part.open_append() as fh:
+                fh.write(b"x" * 1000)
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(url, part, **kw)
 
@@ -352,9 +353,12 @@ def test_cache_group_gives_setgid_group_dirs(env, hpcft_home):
     proc = cli("stage", "bert-base-uncased", "--source", "hf", umask=0o077)
     assert proc.returncode == 0, proc.stderr
     snap = cache().find("model", "bert-base-uncased").path
-    for p in (snap, snap.parent, cache().root / "manifests" / "model", cache().root / "hf" / "datasets"):
+    # shared folders: setgid + sticky (the group adds entries, only an entry's owner renames or removes it)
+    for p in (snap.parent, cache().root / "manifests" / "model", cache().root / "hf" / "datasets", cache().tmp):
         st = os.stat(p)
-        assert stat.S_IMODE(st.st_mode) == 0o2775 and st.st_gid == os.getgid(), (p, oct(st.st_mode))
+        assert stat.S_IMODE(st.st_mode) == 0o3775 and st.st_gid == os.getgid(), (p, oct(st.st_mode))
+    # a staged asset: the group reads, only the stager writes (nobody can add a file to it either)
+    assert stat.S_IMODE(os.stat(snap).st_mode) == 0o2755
     assert stat.S_IMODE(os.stat(snap / "model.safetensors").st_mode) == 0o644
     config(hpcft_home, "cache_group: no-such-group-hpcft\n")
     bad = cli("stage", "bert-base-cased", "--source", "hf")

@@ -102,8 +102,14 @@ def test_shim_passes_through_unstaged_names_and_local_paths(tmp_path, monkeypatc
     folder.mkdir()
     (tmp_path / "manifests" / "dataset" / "x.json").write_text(json.dumps(
         {"repo_id": "nyu-mll/glue", "config": "mrpc", "aliases": ["glue", "glue/mrpc"], "path": str(folder),
-         "revision": "main", "sha": "abc"}))
+         "revision": "main", "sha": "abc", "files": []}))
     assert s.staged_dataset("glue", "mrpc") == (str(folder), "mrpc")
+    # a manifest is believed only when its folder lies inside the cache (hpcft_trust)
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    (tmp_path / "manifests" / "dataset" / "y.json").write_text(json.dumps(
+        {"repo_id": "evil/glue", "config": "cola", "aliases": ["glue"], "path": str(outside), "files": []}))
+    assert s.staged_dataset("glue", "cola") is None
     assert s.staged_dataset("nyu-mll/glue", "mrpc", revision="abc") == (str(folder), "mrpc")
     assert s.staged_dataset("glue", "cola") is None
     assert s.staged_dataset("glue", "mrpc", revision="v2") is None

@@ -41,6 +41,12 @@ def register(sub) -> None:
     p.add_argument("--token-file", metavar="FILE",
                    help="a file holding an HF access token for gated repos (Llama); default: $HF_TOKEN. "
                         "Sent to the HF endpoint only, never written to the cache, logs or output")
+    p.add_argument("--allow-unverified", action="store_true",
+                   help="accept files the mirror lists without a hash (refused by default; the manifest "
+                        "records which)")
+    p.add_argument("--cross-check", action="store_true",
+                   help="check every file's bytes against the hashes a second configured source "
+                        "(sources.order) lists for the same repo, so one hostile mirror cannot poison it")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress, only errors")
     p.set_defaults(func=run)
@@ -110,7 +116,8 @@ def run(args) -> int:
             raise ConfigError([f"--token-file {args.token_file}: cannot read it ({exc.strerror})"]) from None
         if not token or any(c.isspace() for c in token):
             raise ConfigError([f"--token-file {args.token_file}: expected one token on one line"])
-    opts = StageOptions(source=args.source, revision=args.revision, quiet=args.quiet, token=token)
+    opts = StageOptions(source=args.source, revision=args.revision, quiet=args.quiet, token=token,
+                        allow_unverified=args.allow_unverified, cross_check=args.cross_check)
     try:
         results = stage(refs, s, cache, table, opts)
     except KeyboardInterrupt:

@@ -31,6 +31,11 @@ import json
 import os
 import sys
 
+try:
+    from . import hpcft_trust  # imported as hpcft.offline_shim.sitecustomize
+except ImportError:
+    import hpcft_trust  # as a job's sitecustomize: this folder is on PYTHONPATH
+
 _TRUE = ("1", "true", "yes", "on")
 
 
@@ -39,7 +44,10 @@ def _offline() -> bool:
 
 
 def _manifests(kind: str) -> list:
-    base = os.path.join(os.environ.get("HPCFT_CACHE", ""), "manifests", kind)
+    """The cache's trusted manifests of ``kind`` (hpcft_trust: a manifest another group member forged
+    or planted, or one pointing outside the cache, is ignored)."""
+    root = os.environ.get("HPCFT_CACHE", "")
+    base = os.path.join(root, "manifests", kind)
     out = []
     try:
         names = sorted(os.listdir(base))
@@ -47,11 +55,15 @@ def _manifests(kind: str) -> list:
         return out
     for n in names:
         if n.endswith(".json"):
+            path = os.path.join(base, n)
             try:
-                with open(os.path.join(base, n), encoding="utf-8") as fh:
-                    out.append(json.load(fh))
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+                with os.fdopen(fd, "rb") as fh:
+                    data = json.loads(fh.read(16 << 20))
             except (OSError, ValueError):
                 continue
+            if not hpcft_trust.problem(root, path, data):
+                out.append(data)
     return out
 
 

@@ -12,11 +12,13 @@ runs of two configs of one snapshot), and rewritten by ``hpcft cache rm``.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Optional
 
-from ..atomic import atomic_write_text, file_lock
+from .safefs import Dir, Lock, Modes, rel_parts
 from .select import dataset_configs
 
 REPOYAML = ".huggingface.yaml"
@@ -36,26 +38,34 @@ def _card_configs(readme: str) -> list[dict]:
     return [c for c in configs or [] if isinstance(c, dict)]
 
 
-def sync_staged_configs(folder: Path, lock_dir: Path) -> Optional[Path]:
-    """Write (or remove) ``folder/.huggingface.yaml`` so it lists the configs staged in ``folder``.
+def sync_staged_configs(cache, folder: Path, modes: Optional[Modes] = None) -> Optional[Path]:
+    """Write (or remove) ``folder/.huggingface.yaml`` so it lists the configs staged in ``folder``
+    (an asset folder of ours in ``cache``), through descriptors, under the folder's lock.
 
     Returns the file when one is needed: the card lists configs and not all of them are here."""
     import yaml
 
+    modes = modes or Modes()
     folder = Path(folder)
-    readme = folder / "README.md"
-    target = folder / REPOYAML
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with file_lock(lock_dir / f"card--{folder.parent.parent.name}--{folder.name}.lock"):
-        text = readme.read_text(encoding="utf-8", errors="replace") if readme.is_file() else ""
+    rel = rel_parts(folder, cache.root)
+    with Dir.open_root(cache.root) as root, root.sub("locks", create=True, modes=modes) as locks, \
+            Lock(locks, f"card--{folder.parent.parent.name}--{folder.name}.lock"), \
+            root.sub(rel, shared=False) as d:
+        st = d.lstat("README.md")
+        text = ""
+        if st is not None and stat.S_ISREG(st.st_mode):
+            with os.fdopen(d.open("README.md", os.O_RDONLY), "rb") as fh:
+                text = fh.read(16 << 20).decode("utf-8", "replace")
         entries = _card_configs(text)
-        paths = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+        paths = list(d.walk_files())
         present = {name for name, files in dataset_configs(paths, text).items() if files}
         keep = [c for c in entries if str(c.get("config_name", "default")) in present]
         if not entries or not keep or len(keep) == len(entries):
-            target.unlink(missing_ok=True)
+            if d.lstat(REPOYAML) is not None:
+                d.unlink(REPOYAML)
             return None
-        atomic_write_text(target, "# written by hpcft: the configs staged in this folder (datasets reads this\n"
+        d.write_atomic(REPOYAML, ("# written by hpcft: the configs staged in this folder (datasets reads this\n"
                                   "# file instead of README.md's configs:, see hpcft/stage/cards.py)\n"
-                          + yaml.safe_dump({"configs": keep}, sort_keys=False, allow_unicode=True))
-        return target
+                                  + yaml.safe_dump({"configs": keep}, sort_keys=False, allow_unicode=True)).encode(),
+                       modes)
+        return folder / REPOYAML

@@ -9,186 +9,305 @@ For each staged asset (``store.py`` has the base layout)::
     hf/modules/evaluate_modules/metrics/evaluate-metric--NAME/HASH/NAME.py
                                                    what evaluate.load("NAME") finds offline
 
-Permissions: files 0644, folders 0755 -- or, with ``cache_group``, folders 2775 (setgid)
-and everything chgrp'ed to the group, so the group can stage and read. Never world-writable.
+Every write goes through :mod:`safefs` (descriptors, ``O_NOFOLLOW``, random temp names): the
+cache may be shared by a Unix group whose members can plant links. Modes: see
+:class:`safefs.Modes` (shared folders 3775, an asset's folders 2755 and files 0644 with a
+``cache_group``; 0755/0644 without).
 """
 
 from __future__ import annotations
 
+import errno
 import grp
 import hashlib
 import os
-import shutil
-from dataclasses import dataclass
+import pwd
+import stat
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterable, Optional
 
 from ..errors import StageError
-from .store import Cache, asset_key
+from . import names as safe_names
+from .safefs import ME, O_NEW, Dir, Lock, Modes, owner_name, remove_tree, rename
+from .store import Cache, StagedAsset, asset_key
 
 # writable-by-jobs folders of HF_HOME (datasets' arrow cache, evaluate's module and metric caches),
 # and ModelScope's cache
 RUNTIME_DIRS = ("hf/datasets", "hf/modules", "hf/metrics", "modelscope")
+TOP_DIRS = ("tmp", "locks", "manifests/model", "manifests/dataset", "manifests/metric", "metrics", "hf/hub",
+            *RUNTIME_DIRS)
 
 
-@dataclass
-class Perms:
-    gid: Optional[int] = None
-
-    @classmethod
-    def from_settings(cls, settings) -> "Perms":
-        group = getattr(settings, "cache_group", None)
-        if not group:
-            return cls(None)
-        try:
-            return cls(grp.getgrnam(group).gr_gid)
-        except KeyError:
-            raise StageError(f"cache_group {group!r} is not a group on this machine (check `getent group "
-                             f"{group}` and cache_group in the hpcft config)") from None
-
-    @property
-    def dir_mode(self) -> int:
-        return 0o2775 if self.gid is not None else 0o755
-
-    def dir(self, path: Path) -> None:
-        if self.gid is not None:
-            _chgrp(path, self.gid)
-        os.chmod(path, self.dir_mode)
-
-    def file(self, path: Path) -> None:
-        if self.gid is not None:
-            _chgrp(path, self.gid)
-        os.chmod(path, 0o644)
-
-    def tree(self, root: Path) -> None:
-        self.dir(root)
-        for dirpath, dirnames, filenames in os.walk(root):
-            for d in dirnames:
-                p = Path(dirpath, d)
-                if not p.is_symlink():
-                    self.dir(p)
-            for f in filenames:
-                p = Path(dirpath, f)
-                if not p.is_symlink():
-                    self.file(p)
-
-    def makedirs(self, path: Path, top: Path) -> Path:
-        """mkdir -p, setting our mode/group on each folder created below ``top``."""
-        path = Path(path)
-        missing = []
-        p = path
-        while not p.exists() and p != top and p != p.parent:
-            missing.append(p)
-            p = p.parent
-        for d in reversed(missing):
-            try:
-                d.mkdir()
-            except FileExistsError:
-                continue
-            self.dir(d)
-        return path
-
-
-def _chgrp(path: Path, gid: int) -> None:
+def modes_for(settings) -> Modes:
+    group = getattr(settings, "cache_group", None)
+    if not group:
+        return Modes(None)
     try:
-        if os.lstat(path).st_gid != gid:
-            os.chown(path, -1, gid, follow_symlinks=False)
-    except PermissionError:
-        raise StageError(f"cannot give {path} to group {gid}: you must be a member of cache_group") from None
+        return Modes(grp.getgrnam(group).gr_gid)
+    except KeyError:
+        raise StageError(f"cache_group {group!r} is not a group on this machine (check `getent group "
+                         f"{group}` and cache_group in the hpcft config)") from None
 
 
-def prepare_cache(cache: Cache, perms: Perms) -> None:
-    """Create the cache's top folders; fail clearly when the cache is not writable."""
+def admin_uids(settings) -> frozenset:
+    """The cache admin (``cache_admin`` in the cluster config), whose files every user trusts."""
+    name = getattr(settings, "cache_admin", None)
+    if not name:
+        return frozenset()
+    try:
+        return frozenset({pwd.getpwnam(name).pw_uid})
+    except KeyError:
+        raise StageError(f"cache_admin {name!r} is not a user on this machine (check `getent passwd {name}` "
+                         "and cache_admin in the hpcft config)") from None
+
+
+def cache_for(settings, root: Optional[Path] = None) -> Cache:
+    return Cache(root if root is not None else settings.cache, admin_uids(settings))
+
+
+def prepare_cache(cache: Cache, modes: Modes) -> None:
+    """Create the cache's top folders; fail clearly when the cache is not writable or a folder
+    in it is a planted link."""
     root = cache.root
     try:
         if not root.exists():
             try:
                 root.mkdir(parents=True)
-                perms.dir(root)
+                with Dir.open_root(root) as r:
+                    modes.apply(r.fd, modes.shared_dir, str(root))
             except FileExistsError:
                 pass  # another stage process created it a moment ago: that is fine
-        for sub in ("tmp", "locks", "manifests/model", "manifests/dataset", "manifests/metric", "metrics",
-                    "hf/hub", *RUNTIME_DIRS):
-            perms.makedirs(root / sub, root)
-        probe = cache.tmp / f".probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        with Dir.open_root(root) as r:
+            for sub in TOP_DIRS:
+                r.sub(sub, create=True, modes=modes).close()
+            with r.sub("tmp") as tmp:  # can we create there?
+                name, probe = tmp.mkdtemp(".probe-")
+                probe.close()
+                os.rmdir(name, dir_fd=tmp.fd)
     except OSError as exc:
         raise StageError(f"cache dir {root} is not writable ({exc.strerror or exc}); choose another with "
                          "--cache DIR, HPCFT_CACHE or cache_dir in the hpcft config") from None
 
 
-def repo_root(cache: Cache, kind: str, repo_id: str) -> Path:
-    """hf/hub/models--ORG--NAME (the parent of snapshots/)."""
-    return cache.asset_dir(kind, repo_id, "x").parent.parent
+def lock(cache: Cache, kind: str, repo_id: str, config: Optional[str], *,
+         on_wait: Optional[Callable] = None, timeout: Optional[float] = None) -> "_CacheLock":
+    return _CacheLock(cache, cache.lock_path(kind, repo_id, config).name, on_wait, timeout)
 
 
-def install(cache: Cache, perms: Perms, kind: str, repo_id: str, sha: str, staging: Path) -> Path:
-    """Move a verified folder into its final place: one rename if new, else file by file."""
-    final = cache.asset_dir(kind, repo_id, sha)
-    perms.tree(staging)
-    perms.makedirs(final.parent, cache.root)
-    if not final.exists():
+class _CacheLock:
+    def __init__(self, cache: Cache, name: str, on_wait, timeout):
+        self.cache, self.name, self.on_wait, self.timeout = cache, name, on_wait, timeout
+
+    def __enter__(self):
+        self.root = Dir.open_root(self.cache.root)
         try:
-            os.replace(staging, final)
-            return final
-        except OSError:
-            if not final.exists():
-                raise
-    # the snapshot exists (another config of the same dataset at the same commit): merge
-    for src in sorted(staging.rglob("*")):
-        rel = src.relative_to(staging)
-        dst = final / rel
-        if src.is_dir():
-            perms.makedirs(dst, final)
-        elif not dst.exists():
-            perms.makedirs(dst.parent, final)
-            os.replace(src, dst)
-    return final
+            self.folder = self.root.sub("locks", create=True)
+            self.lock = Lock(self.folder, self.name, on_wait=self.on_wait, timeout=self.timeout)
+            self.lock.__enter__()
+        except BaseException:
+            self.root.close()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.lock.__exit__(*exc)
+        self.folder.close()
+        self.root.close()
 
 
-def write_ref(cache: Cache, perms: Perms, kind: str, repo_id: str, revision: str, sha: str) -> None:
+class PartFile:
+    """A partial download inside a private staging folder, reached only through descriptors."""
+
+    def __init__(self, folder: Dir, rel: str):
+        self.folder, self.rel = folder, rel
+
+    def __str__(self) -> str:
+        return self.folder.join(self.rel)
+
+    def size(self) -> int:
+        st = self.folder.lstat(self.rel)
+        return st.st_size if st is not None and stat.S_ISREG(st.st_mode) else 0
+
+    def exists(self) -> bool:
+        return self.folder.lstat(self.rel) is not None
+
+    def remove(self) -> None:
+        try:
+            self.folder.unlink(self.rel)
+        except FileNotFoundError:
+            pass
+
+    def open_append(self):
+        fd = self.folder.open(self.rel, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600, create_dirs=True)
+        return os.fdopen(fd, "ab", buffering=0)
+
+    def open_read(self):
+        return os.fdopen(self.folder.open(self.rel, os.O_RDONLY), "rb")
+
+
+class Staging:
+    """A private folder under ``tmp/`` (0700, ours, unpredictable name) for one asset's download.
+
+    The prefix names the asset, source and commit; an earlier interrupted run's folder is resumed
+    only when it is a real folder, ours and private. Its ``files/`` becomes the asset's folder."""
+
+    def __init__(self, cache: Cache, modes: Modes, prefix: str):
+        self.cache, self.modes = cache, modes
+        root = Dir.open_root(cache.root)
+        try:
+            self.parent = root.sub("tmp", create=True, modes=modes)
+        finally:
+            root.close()
+        self.name, self.dir = self._resume(prefix) or self.parent.mkdtemp(prefix + ".")
+        self.files = self.dir.sub("files", create=True, shared=False)
+        self.path = Path(self.files.path)
+
+    def _resume(self, prefix: str) -> Optional[tuple[str, Dir]]:
+        for name in sorted(self.parent.entries()):
+            if name.startswith(prefix + "."):
+                d = self.parent.own_private(name)
+                if d is not None:
+                    return name, d
+        return None
+
+    def part(self, rel: str) -> PartFile:
+        return PartFile(self.files, rel)
+
+    def read_text(self, rel: str) -> str:
+        with PartFile(self.files, rel).open_read() as fh:
+            return fh.read(64 << 20).decode("utf-8", "replace")
+
+    def close(self) -> None:
+        for d in (self.files, self.dir, self.parent):
+            d.close()
+
+    def remove(self) -> None:
+        """Delete the staging folder (through descriptors) and close it."""
+        self.files.close()
+        self.dir.close()
+        try:
+            remove_tree(self.parent, self.name)
+        except FileNotFoundError:
+            pass
+        self.parent.close()
+
+    def prune_siblings(self, prefix: str) -> None:
+        """Our own leftovers of the same asset from another source or commit."""
+        for name in self.parent.entries():
+            if name.startswith(prefix) and name != self.name:
+                d = self.parent.own_private(name)
+                if d is not None:
+                    d.close()
+                    remove_tree(self.parent, name)
+
+
+def staging_prefix(kind: str, repo_id: str, config: Optional[str], source: str = "", sha: str = "") -> str:
+    base = f"{kind}--{asset_key(kind, repo_id, config)}"
+    return f"{base}--{source}-{sha[:12]}" if source else base
+
+
+def install(cache: Cache, modes: Modes, kind: str, repo_id: str, sha: str, staging: Staging) -> Path:
+    """Move a verified folder into its final place: one rename when new; merged file by file into a
+    snapshot of our own (another config of the same dataset at the same commit); for a dataset
+    whose snapshot folder belongs to another user, a folder of our own beside it. Anything else
+    in the way is refused with the name of its owner."""
+    rel = cache.asset_rel(kind, repo_id, sha)
+    parent_rel, name = rel.rsplit("/", 1)
+    staging.files.fix_tree(modes)
+    candidates = [name, f"{name}.u{ME}"] if kind == "dataset" else [name]
+    with Dir.open_root(cache.root) as root, root.sub(parent_rel, create=True, modes=modes) as parent:
+        for cand in candidates:
+            st = parent.lstat(cand)
+            if st is None:
+                try:
+                    rename(staging.dir, "files", parent, cand)
+                    return Path(parent.join(cand))
+                except OSError as exc:
+                    if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                        raise
+                    st = parent.lstat(cand)
+            if st is not None and stat.S_ISDIR(st.st_mode) and st.st_uid == ME:
+                with parent.sub(cand, shared=False) as final:
+                    _merge(staging.files, final, modes)
+                return Path(parent.join(cand))
+        who = owner_name(st.st_uid) if st is not None else "another user"
+        raise StageError(f"{parent.join(name)}: already exists and belongs to {who}, but no manifest of theirs "
+                         f"describes it; refused. Ask {who} or the cache admin to remove it (hpcft cache doctor "
+                         "lists such folders)")
+
+
+def _merge(src: Dir, final: Dir, modes: Modes) -> None:
+    from .store import sha256_fd
+
+    for rel in sorted(src.walk_files()):
+        head = rel.rpartition("/")[0]
+        dst = final.sub(head, create=True, modes=modes, shared=False) if head else None
+        try:
+            target = dst or final
+            base = rel.rpartition("/")[2]
+            st = target.lstat(base)
+            if st is not None:
+                same = False
+                if stat.S_ISREG(st.st_mode) and st.st_uid == ME:
+                    with PartFile(target, base).open_read() as a, PartFile(src, rel).open_read() as b:
+                        same = sha256_fd(a) == sha256_fd(b)
+                if same:
+                    src.unlink(rel)
+                    continue
+                remove_tree(target, base)  # ours to replace: the folder is ours
+            with (src.sub(head, shared=False) if head else Dir(os.dup(src.fd), src.path)) as sdir:
+                rename(sdir, base, target, base)
+        finally:
+            if dst is not None:
+                dst.close()
+
+
+def write_ref(cache: Cache, modes: Modes, kind: str, repo_id: str, revision: str, sha: str) -> list[str]:
+    """``refs/main`` (and the asked revision) -> sha. Returns warnings (a ref another user owns)."""
     if kind == "metric":
-        return
-    refs = repo_root(cache, kind, repo_id) / "refs"
-    perms.makedirs(refs, cache.root)
-    for name in {revision, "main"} if revision in ("main", "master") or revision == sha else {revision}:
-        if name == sha:
-            continue
-        target = refs / name
-        perms.makedirs(target.parent, refs)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        tmp.write_text(sha)
-        perms.file(tmp)
-        os.replace(tmp, target)
+        return []
+    repo_rel = cache.asset_rel(kind, repo_id, sha).rsplit("/snapshots/", 1)[0]
+    warnings = []
+    with Dir.open_root(cache.root) as root:
+        for name in {revision, "main"} if revision in ("main", "master") or revision == sha else {revision}:
+            if name == sha:
+                continue
+            head, _, base = f"refs/{name}".rpartition("/")
+            with root.sub(f"{repo_rel}/{head}", create=True, modes=modes) as folder:
+                try:
+                    folder.write_atomic(base, sha.encode(), modes)
+                except StageError as exc:
+                    warnings.append(str(exc))
+    return warnings
 
 
-def link_aliases(cache: Cache, kind: str, repo_id: str, names) -> list[str]:
+def link_aliases(cache: Cache, modes: Modes, kind: str, repo_id: str, names: Iterable[str]) -> list[str]:
     """``models--bert-base-uncased -> models--google-bert--bert-base-uncased`` for hub-style names."""
     if kind == "metric":
         return []
     made = []
-    real = repo_root(cache, kind, repo_id)
-    for name in names:
-        if not name or name == repo_id or name.count("/") > 1 or " " in name or ":" in name \
-                or name.startswith((".", "/", "~")):
-            continue
-        link = repo_root(cache, kind, name)
-        if link == real:
-            continue
-        if link.is_symlink() and os.readlink(link) == real.name:
-            made.append(link.name)
-            continue
-        if link.exists() or link.is_symlink():
-            continue  # a real repo of that name, or an alias to another repo: leave it
-        tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
-        try:
-            os.symlink(real.name, tmp)
-            os.replace(tmp, link)
-            made.append(link.name)
-        except OSError:
-            if tmp.is_symlink():
-                tmp.unlink()
+    real = cache.asset_rel(kind, repo_id, "x").split("/")[2]
+    with Dir.open_root(cache.root) as root, root.sub("hf/hub", create=True, modes=modes) as hub:
+        for name in names:
+            try:
+                safe_names.repo_id(name, "alias")
+            except StageError:
+                continue  # config-bearing or path-like names get no hub-layout link
+            if name == repo_id:
+                continue
+            link = cache.asset_rel(kind, name, "x").split("/")[2]
+            if link == real:
+                continue
+            st = hub.lstat(link)
+            if st is not None:
+                if stat.S_ISLNK(st.st_mode) and os.readlink(link, dir_fd=hub.fd) == real:
+                    made.append(link)
+                continue  # a real repo of that name, or an alias to another repo: leave it
+            try:
+                hub.symlink(real, link)
+                made.append(link)
+            except OSError:
+                continue  # another user's entry appeared meanwhile (sticky folder): theirs stays
     return made
 
 
@@ -196,42 +315,101 @@ def metric_module_dir(cache: Cache, repo_id: str) -> Path:
     return cache.root / "hf" / "modules" / "evaluate_modules" / "metrics" / repo_id.replace("/", "--")
 
 
-def install_metric_module(cache: Cache, perms: Perms, repo_id: str, folder: Path) -> Optional[Path]:
+def install_metric_module(cache: Cache, modes: Modes, repo_id: str, folder: Path) -> Optional[Path]:
     """Lay the module out as evaluate's own module cache does after an online load, so that
     ``evaluate.load("glue")`` with HF_EVALUATE_OFFLINE=1 finds it with no network."""
     name = repo_id.split("/")[-1]
-    script = folder / f"{name}.py"
-    if not script.is_file():
-        return None
-    pys = sorted(p for p in folder.glob("*.py"))
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in pys)).hexdigest()
-    base = cache.root / "hf" / "modules"
-    top = metric_module_dir(cache, repo_id)
-    final = top / digest
-    for pkg in (base / "evaluate_modules", base / "evaluate_modules" / "metrics", top):
-        perms.makedirs(pkg, cache.root)
-        init = pkg / "__init__.py"
-        if not init.exists():
-            init.touch()
-            perms.file(init)
-    if final.is_dir():
-        return final
-    tmp = top / f".{digest}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for p in pys:
-        shutil.copyfile(p, tmp / p.name)
-    (tmp / "__init__.py").touch()
-    (tmp / f"{name}.json").write_text(
-        f'{{"original file path": "{script}", "local file path": "{final / (name + ".py")}"}}')
-    perms.tree(tmp)
-    try:
-        os.replace(tmp, final)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with Dir.open_root(cache.root) as root, root.sub(_rel(cache, folder), shared=False) as src:
+        pys = sorted(p for p in src.entries() if p.endswith(".py"))
+        if f"{name}.py" not in pys:
+            return None
+        code = {p: PartFile(src, p).open_read().read() for p in pys}
+    digest = hashlib.sha256(b"".join(code[p] for p in pys)).hexdigest()
+    top_rel = _rel(cache, metric_module_dir(cache, repo_id))
+    final = metric_module_dir(cache, repo_id) / digest
+    with Dir.open_root(cache.root) as root:
+        for pkg in ("hf/modules/evaluate_modules", "hf/modules/evaluate_modules/metrics", top_rel):
+            with root.sub(pkg, create=True, modes=modes) as d:
+                _touch(d, "__init__.py", modes)
+        with root.sub(top_rel, modes=modes) as top:
+            if top.lstat(digest) is not None:
+                return final
+            tmp_name, tmp = top.mkdtemp(f".{digest[:16]}.")
+            try:
+                for p, data in code.items():
+                    _write_new(tmp, p, data, modes)
+                _write_new(tmp, "__init__.py", b"", modes)
+                _write_new(tmp, f"{name}.json", (f'{{"original file path": "{folder / (name + ".py")}", '
+                                                 f'"local file path": "{final / (name + ".py")}"}}').encode(), modes)
+                tmp.fix_tree(modes)
+                try:
+                    rename(top, tmp_name, top, digest)
+                except OSError:
+                    remove_tree(top, tmp_name)  # another process installed it meanwhile
+            finally:
+                tmp.close()
     return final
 
 
-def tmp_dir(cache: Cache, kind: str, repo_id: str, config: Optional[str], source: str, sha: str) -> Path:
-    """A fixed name per (asset, source, commit): the next run finds and resumes it."""
-    return cache.tmp / f"{kind}--{asset_key(kind, repo_id, config)}--{source}-{sha[:12]}"
+def _rel(cache: Cache, path: Path) -> str:
+    from .safefs import rel_parts
+
+    return rel_parts(path, cache.root)
+
+
+def _touch(folder: Dir, name: str, modes: Modes) -> None:
+    try:
+        fd = os.open(name, O_NEW, 0o644, dir_fd=folder.fd)
+    except FileExistsError:
+        return
+    try:
+        modes.apply(fd, modes.file, folder.join(name))
+    finally:
+        os.close(fd)
+
+
+def _write_new(folder: Dir, name: str, data: bytes, modes: Modes) -> None:
+    fd = os.open(name, O_NEW, 0o600, dir_fd=folder.fd)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+
+
+def register_local(cache: Cache, kind: str, repo_id: str, folder: Path, *, config: Optional[str] = None,
+                   aliases: Iterable[str] = (), source: str = "local", modes: Optional[Modes] = None
+                   ) -> StagedAsset:
+    """Stage a local folder (a model dir, a dataset folder, a metric module) under a name.
+
+    Copied into a private temporary folder inside the cache, hashed, renamed into place, then the
+    manifest is written: a crash at any point leaves nothing visible as staged.
+    """
+    from .store import sha256_fd
+
+    modes = modes or Modes()
+    folder = Path(folder)
+    prepare_cache(cache, modes)
+    with lock(cache, kind, repo_id, config):
+        staging = Staging(cache, modes, staging_prefix(kind, repo_id, config) + "--local")
+        try:
+            files = []
+            for dirpath, dirnames, filenames in os.walk(folder):
+                dirnames.sort()
+                for fname in sorted(filenames):
+                    src = Path(dirpath, fname)
+                    rel = src.relative_to(folder).as_posix()
+                    if not src.is_file():
+                        continue
+                    part = staging.part(rel)
+                    with open(src, "rb") as fin, part.open_append() as out:
+                        while chunk := fin.read(1 << 20):
+                            out.write(chunk)
+                    with part.open_read() as fh:
+                        files.append({"path": rel, "size": src.stat().st_size, "sha256": sha256_fd(fh)})
+            files.sort(key=lambda f: f["path"])
+            sha = hashlib.sha256("".join(f"{f['path']}:{f['sha256']}" for f in files).encode()).hexdigest()[:40]
+            final = install(cache, modes, kind, repo_id, sha, staging)
+            manifest = cache.write_manifest(kind, repo_id, config, final, source=source, endpoint=None,
+                                            revision=None, sha=sha, files=files, aliases=aliases,
+                                            extra={"local_source": str(folder.resolve())}, modes=modes)
+        finally:
+            staging.remove()
+    return StagedAsset(kind, repo_id, config, final, manifest)

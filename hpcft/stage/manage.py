@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import os
-import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from ..atomic import file_lock
 from ..errors import ConfigError, NotFoundError
 from .cards import sync_staged_configs
-from .layout import metric_module_dir, repo_root
+from .layout import lock, metric_module_dir
+from .safefs import ME, Dir, owner_name, rel_parts, remove_tree
 from .store import Cache, sha256_file
 
 
@@ -47,26 +47,48 @@ def rows(cache: Cache) -> list[dict[str, Any]]:
 class Problem:
     asset: str
     path: str
-    what: str  # missing | size | sha256
+    what: str  # missing | size | sha256 | untrusted: why
 
     def line(self) -> str:
         return f"{self.asset}: {self.path}: {self.what}"
 
 
+def untrusted(cache: Cache, name: Optional[str] = None, kind: Optional[str] = None) -> list[Problem]:
+    """Manifests that fail the trust check (forged, planted, pointing outside the cache or at
+    another user's files): ignored by every lookup, reported here."""
+    out = []
+    for path, data, why in cache.records():
+        if not why:
+            continue
+        if isinstance(data, dict) and ((kind and data.get("kind") != kind) or (name and name not in _names(data))):
+            continue
+        if not isinstance(data, dict) and (name or kind):
+            continue
+        who = owner_name(os.lstat(path).st_uid) if os.path.lexists(path) else "?"
+        out.append(Problem(f"manifest by {who}", str(path), f"not trusted, ignored: {why}"))
+    return out
+
+
 def verify(cache: Cache, name: Optional[str] = None, kind: Optional[str] = None) -> tuple[list[dict], list[Problem]]:
     found = matching(cache, name, kind)
-    if name is not None and not found:
+    bad = untrusted(cache, name, kind)
+    if name is not None and not found and not bad:
         raise NotFoundError(f"nothing staged under the name {name!r} in {cache.root} (see hpcft cache ls)")
-    problems: list[Problem] = []
+    problems: list[Problem] = list(bad)
     for m in found:
         label = f"{m['kind']} {m['repo_id']}" + (f":{m['config']}" if m.get("config") else "")
         folder = Path(m["path"])
         for f in m.get("files", []):
             p = folder / f["path"]
-            if not p.is_file():
+            try:
+                st = os.lstat(p)
+            except OSError:
                 problems.append(Problem(label, str(p), "missing"))
-            elif p.stat().st_size != f["size"]:
-                problems.append(Problem(label, str(p), f"size {p.stat().st_size} != {f['size']}"))
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                problems.append(Problem(label, str(p), "not a regular file"))
+            elif st.st_size != f["size"]:
+                problems.append(Problem(label, str(p), f"size {st.st_size} != {f['size']}"))
             elif sha256_file(p) != f["sha256"]:
                 problems.append(Problem(label, str(p), "sha256 differs from the manifest"))
     return found, problems
@@ -79,6 +101,11 @@ def remove(cache: Cache, name: str, kind: Optional[str] = None) -> list[dict]:
     if len({m["kind"] for m in found}) > 1:
         raise ConfigError([f"hpcft cache rm {name}: the name matches " + ", ".join(
             f"{m['kind']} {m['repo_id']}" for m in found) + "; add --kind model|dataset|metric"])
+    theirs = [m for m in found if m.get("_owner") not in (ME, None) and ME not in (0, *cache.admins)]
+    if theirs:
+        who = ", ".join(sorted({owner_name(m["_owner"]) for m in theirs}))
+        raise ConfigError([f"hpcft cache rm {name}: staged by {who}; only they or the cache admin can remove it "
+                           "(the cache's folders are sticky)"])
     for m in found:
         _remove_one(cache, m)
     return found
@@ -86,34 +113,59 @@ def remove(cache: Cache, name: str, kind: Optional[str] = None) -> list[dict]:
 
 def _remove_one(cache: Cache, m: dict) -> None:
     kind, rid, cfg = m["kind"], m["repo_id"], m.get("config")
-    with file_lock(cache.lock_path(kind, rid, cfg)):
-        cache.manifest_path(kind, rid, cfg).unlink(missing_ok=True)  # first: no longer staged
+    with lock(cache, kind, rid, cfg), Dir.open_root(cache.root) as root:
+        with root.sub(rel_parts(cache.manifest_path(kind, rid, cfg).parent, cache.root)) as mdir:
+            try:
+                mdir.unlink(cache.manifest_path(kind, rid, cfg).name)  # first: no longer staged
+            except FileNotFoundError:
+                pass
         folder = Path(m["path"])
+        parent_rel, base = rel_parts(folder, cache.root).rsplit("/", 1)
         others = [o for o in cache.manifests() if o.get("path") == m["path"]]
         if others:  # another config shares the snapshot: drop only files nobody else lists
             keep = {f["path"] for o in others for f in o.get("files", [])}
-            for f in m.get("files", []):
-                if f["path"] not in keep:
-                    (folder / f["path"]).unlink(missing_ok=True)
+            with root.sub(f"{parent_rel}/{base}", shared=False) as d:
+                for f in m.get("files", []):
+                    if f["path"] not in keep and d.lstat(f["path"]) is not None:
+                        d.unlink(f["path"])
             if kind == "dataset":
-                sync_staged_configs(folder, cache.root / "locks")
+                sync_staged_configs(cache, folder)
             return
-        if kind == "metric":
-            shutil.rmtree(folder.parent, ignore_errors=True)
-            shutil.rmtree(metric_module_dir(cache, rid), ignore_errors=True)
-            _prune(folder.parent.parent, cache.root)
+        if kind == "metric":  # metrics/ORG--NAME/SHA/NAME: the SHA folder goes
+            sha_rel = parent_rel
+            top_rel, sha = sha_rel.rsplit("/", 1)
+            with root.sub(top_rel) as top:
+                remove_tree(top, sha)
+            mod = metric_module_dir(cache, rid)
+            if mod.is_dir() and not mod.is_symlink():
+                mrel, mbase = rel_parts(mod, cache.root).rsplit("/", 1)
+                with root.sub(mrel) as mparent:
+                    remove_tree(mparent, mbase)
+            _prune(root, top_rel)
             return
-        shutil.rmtree(folder, ignore_errors=True)
-        root = repo_root(cache, kind, rid)
+        with root.sub(parent_rel) as parent:
+            remove_tree(parent, base)
+        repo_rel = parent_rel.rsplit("/snapshots", 1)[0]
         if not any(o.get("repo_id") == rid and o.get("kind") == kind for o in cache.manifests()):
-            shutil.rmtree(root, ignore_errors=True)
-            hub = root.parent
-            for link in hub.iterdir() if hub.is_dir() else []:
-                if link.is_symlink() and os.readlink(link) == root.name:
-                    link.unlink()
+            hub_rel, repo_name = repo_rel.rsplit("/", 1)
+            with root.sub(hub_rel) as hub:
+                st = hub.lstat(repo_name)
+                if st is not None and st.st_uid == ME:
+                    remove_tree(hub, repo_name)
+                for link in hub.entries():
+                    lst = hub.lstat(link)
+                    if lst is not None and stat.S_ISLNK(lst.st_mode) and lst.st_uid == ME \
+                            and os.readlink(link, dir_fd=hub.fd) == repo_name:
+                        hub.unlink(link)
 
 
-def _prune(folder: Path, top: Path) -> None:
-    while folder != top and folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
-        folder = folder.parent
+def _prune(root: Dir, rel: str) -> None:
+    """Remove ``rel`` and its parents while they are empty (and ours)."""
+    while "/" in rel and rel.split("/")[0] in ("metrics",) and rel != "metrics":
+        parent_rel, base = rel.rsplit("/", 1)
+        with root.sub(parent_rel) as parent:
+            try:
+                os.rmdir(base, dir_fd=parent.fd)
+            except OSError:
+                return
+        rel = parent_rel

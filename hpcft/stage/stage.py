@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Optional, TextIO
 
 from ..errors import StageError
-from . import layout, select
+from . import layout, names, select
 from .cards import sync_staged_configs
-from .http import HTTPFailure, Unreachable, VerifyError, download
+from .http import HTTPFailure, Unreachable, VerifyError, download, git_blob_sha1_prefix
 from .progress import Progress, human
 from .resolve import AliasTable, AssetRef
+from .safefs import ME, owner_name
 from .sources import Listing, RemoteFile, Source, SourceError, make_sources
-from .store import Cache, StagedAsset, register_local, sha256_file
+from .store import Cache, StagedAsset, sha256_fd
 
 
 @dataclass
@@ -37,6 +38,8 @@ class StageOptions:
     quiet: bool = False
     tty: Optional[bool] = None
     token: Optional[str] = field(default=None, repr=False)  # HF token (else HF_TOKEN); never stored
+    allow_unverified: bool = False  # accept files the listing gives no hash for (recorded in the manifest)
+    cross_check: bool = False       # compare the hashes another configured source lists before installing
 
 
 @dataclass
@@ -68,7 +71,7 @@ class StageResult:
 class _Ctx:
     def __init__(self, settings, cache: Cache, table: AliasTable, opts: StageOptions):
         self.settings, self.cache, self.table, self.opts = settings, cache, table, opts
-        self.perms = layout.Perms.from_settings(settings)
+        self.modes = layout.modes_for(settings)
         self.sources = make_sources(settings, opts.source, opts.token)
         # evaluate metrics live on the HF endpoint only (ModelScope and Modelers host none)
         self.metric_sources = [s for s in self.sources if s.name == "hf"] or make_sources(settings, "hf", opts.token)
@@ -82,9 +85,11 @@ class _Ctx:
 def stage(refs: list[AssetRef], settings, cache_root: Path, table: AliasTable,
           opts: Optional[StageOptions] = None) -> list[StageResult]:
     opts = opts or StageOptions()
-    cache = Cache(cache_root)
+    if opts.revision is not None:
+        names.revision(opts.revision, "--revision")
+    cache = layout.cache_for(settings, Path(cache_root))
     ctx = _Ctx(settings, cache, table, opts)
-    layout.prepare_cache(cache, ctx.perms)
+    layout.prepare_cache(cache, ctx.modes)
     return [stage_one(ref, ctx) for ref in refs]
 
 
@@ -108,19 +113,64 @@ def _cached(ref: AssetRef, ctx: _Ctx) -> Optional[StageResult]:
     if asset is None or not _satisfies(asset, ctx.opts.revision):
         return None
     m = asset.manifest
+    owner = m.get("_owner", ME)
+    changed = _changed_files(asset)
+    if changed:
+        label = f"{ref.kind} {ref.label}"
+        if owner != ME:
+            who = owner_name(owner)
+            raise StageError(f"{label}: staged by {who}, but its files no longer match the manifest "
+                             f"({'; '.join(changed[:3])}); ask {who} or the cache admin to run `hpcft cache rm "
+                             f"{ref.typed}`, then stage it again")
+        ctx.say(f"! {label}: the staged files no longer match the manifest ({'; '.join(changed[:3])}); "
+                "staging it again")
+        return None
     new = set(ref.names) - set(m.get("aliases", [])) - {asset.repo_id}
-    if new:  # remember the new name (and make it resolvable offline)
+    if new and owner == ME:  # remember the new name (and make it resolvable offline)
         keep = {k: v for k, v in m.items() if k not in ("kind", "repo_id", "config", "aliases", "source",
                                                            "endpoint", "revision", "sha", "path", "files",
                                                            "size", "staged_at", "hpcft_version")}
         m = ctx.cache.write_manifest(asset.kind, asset.repo_id, asset.config, asset.path, source=m["source"],
                                      endpoint=m.get("endpoint"), revision=m.get("revision"), sha=m["sha"],
-                                     files=m["files"], aliases=[*m.get("aliases", []), *new], extra=keep)
-        layout.link_aliases(ctx.cache, ref.kind, asset.repo_id, _alias_names(ref, ctx.table))
+                                     files=m["files"], aliases=[*m.get("aliases", []), *new], extra=keep,
+                                     modes=ctx.modes)
+        layout.link_aliases(ctx.cache, ctx.modes, ref.kind, asset.repo_id, _alias_names(ref, ctx.table))
     return StageResult(ref.kind, asset.repo_id, asset.config, ref.typed, "cached", str(asset.path),
                        sha=m.get("sha"), source=m.get("source"), endpoint=m.get("endpoint"),
                        files=len(m.get("files", [])), bytes=int(m.get("size", 0)),
                        skipped=list(m.get("skipped", [])))
+
+
+def _changed_files(asset: StagedAsset) -> list[str]:
+    """Files that no longer match the manifest. A cheap look first (type, size, not modified after
+    the manifest was written); only a file that fails it is hashed again."""
+    import os
+    import stat as st_
+
+    try:
+        written = os.lstat(asset.manifest["_manifest"]).st_mtime
+    except (OSError, KeyError):
+        written = None
+    out = []
+    for f in asset.manifest.get("files", []):
+        p = asset.path / f["path"]
+        try:
+            st = os.lstat(p)
+        except OSError:
+            out.append(f"{f['path']}: missing")
+            continue
+        if not st_.S_ISREG(st.st_mode) or st.st_size != f["size"]:
+            out.append(f"{f['path']}: size {st.st_size} != {f['size']}" if st_.S_ISREG(st.st_mode)
+                       else f"{f['path']}: not a regular file")
+            continue
+        if written is None or st.st_mtime > written + 1:
+            try:
+                with open(os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as fh:
+                    if sha256_fd(fh) != f.get("sha256"):
+                        out.append(f"{f['path']}: sha256 differs")
+            except OSError as exc:
+                out.append(f"{f['path']}: {exc.strerror or exc}")
+    return out
 
 
 def stage_one(ref: AssetRef, ctx: _Ctx) -> StageResult:
@@ -138,28 +188,12 @@ def stage_one(ref: AssetRef, ctx: _Ctx) -> StageResult:
         return _stage_remote(ref, ctx)
 
 
-class _asset_lock:
-    def __init__(self, ctx: _Ctx, ref: AssetRef):
-        from filelock import FileLock, Timeout
+def _asset_lock(ctx: _Ctx, ref: AssetRef):
+    def waiting(seconds: float, path: str) -> None:
+        ctx.say(f"… {ref.kind} {ref.label}: another hpcft stage is fetching it; waiting ({seconds:.0f} s, "
+                f"lock {path})")
 
-        self.ctx, self.ref, self.Timeout = ctx, ref, Timeout
-        path = ctx.cache.lock_path(ref.kind, ref.repo_id, ref.config)
-        ctx.perms.makedirs(path.parent, ctx.cache.root)
-        self.lock = FileLock(str(path), mode=0o664)
-
-    def __enter__(self):
-        waited = 0.0
-        while True:
-            try:
-                self.lock.acquire(timeout=2 if waited == 0 else 30)
-                return self
-            except self.Timeout:
-                waited += 2 if waited == 0 else 30
-                self.ctx.say(f"… {self.ref.kind} {self.ref.label}: another hpcft stage is fetching it; "
-                             f"waiting ({waited:.0f} s, lock {self.lock.lock_file})")
-
-    def __exit__(self, *exc):
-        self.lock.release()
+    return layout.lock(ctx.cache, ref.kind, ref.repo_id, ref.config, on_wait=waiting)
 
 
 def _stage_local(ref: AssetRef, ctx: _Ctx) -> StageResult:
@@ -169,10 +203,9 @@ def _stage_local(ref: AssetRef, ctx: _Ctx) -> StageResult:
         return StageResult(ref.kind, ref.repo_id, None, ref.typed, "local", str(ref.local),
                            files=1, bytes=ref.local.stat().st_size)
     t0 = time.monotonic()
-    asset = register_local(ctx.cache, ref.kind, ref.repo_id, ref.local, aliases=ref.names)
-    ctx.perms.tree(asset.path)
+    asset = layout.register_local(ctx.cache, ref.kind, ref.repo_id, ref.local, aliases=ref.names, modes=ctx.modes)
     if ref.kind == "metric":
-        layout.install_metric_module(ctx.cache, ctx.perms, ref.repo_id, asset.path)
+        layout.install_metric_module(ctx.cache, ctx.modes, ref.repo_id, asset.path)
     m = asset.manifest
     ctx.say(f"✓ {ref.kind} {ref.typed}: copied into the cache ({len(m['files'])} files, {human(m['size'])}) "
             f"at {asset.path}")
@@ -223,15 +256,23 @@ class _SourceFailed(Exception):
 
 
 def _fetch(ref: AssetRef, ctx: _Ctx, src: Source, listing: Listing, tried: list[str]) -> StageResult:
-    cache, perms = ctx.cache, ctx.perms
+    cache, modes = ctx.cache, ctx.modes
     t0 = time.monotonic()
-    tmp = layout.tmp_dir(cache, ref.kind, listing.repo_id, ref.config, src.name, listing.sha)
-    staging = tmp / "files"
-    perms.makedirs(staging, cache.root)
+    prefix = layout.staging_prefix(ref.kind, listing.repo_id, ref.config, src.name, listing.sha)
+    try:
+        staging = layout.Staging(cache, modes, prefix)
+    except OSError as exc:
+        raise StageError(f"{ref.kind} {ref.label}: cannot create a temporary folder in {cache.tmp} "
+                         f"({exc.strerror or exc}); check the cache dir's permissions or use --cache DIR") from None
     by_path = listing.by_path()
     try:
         wanted, pre = _select(ref, ctx, src, listing, staging)
         todo = [by_path[p] for p in sorted(wanted)]
+        unverified = [f.path for f in todo if not f.verified]
+        if unverified and not ctx.opts.allow_unverified:
+            raise _SourceFailed(f"the file list gives no hash for {', '.join(unverified[:5])}"
+                                f"{' …' if len(unverified) > 5 else ''}, so the bytes could not be verified; "
+                                "refused (--allow-unverified accepts such files and records them in the manifest)")
         skipped = [{"path": f.path, "size": f.size} for f in listing.files if f.path not in wanted]
         _check_space(cache, todo, staging)
         nbytes = sum(f.size for f in todo)
@@ -243,48 +284,54 @@ def _fetch(ref: AssetRef, ctx: _Ctx, src: Source, listing: Listing, tried: list[
         fetched, digests = _download_all(ref, ctx, todo, staging, headers=src.headers())
         fetched += pre
         # anything else lying in the folder (an older selection) is not part of the asset
-        for p in sorted(staging.rglob("*"), reverse=True):
-            rel = p.relative_to(staging).as_posix()
-            if p.is_file() and rel not in wanted:
-                p.unlink()
+        for rel in list(staging.files.walk_files()):
+            if rel not in wanted:
+                staging.files.unlink(rel)
+        if ctx.opts.cross_check:
+            _cross_check(ref, ctx, src, todo, digests, staging)
         # sha256 as computed while streaming (and checked against the listing): no second read
         files = [{"path": f.path, "size": f.size, "sha256": digests[f.path]} for f in todo]
-        final = layout.install(cache, perms, ref.kind, listing.repo_id, listing.sha, staging)
+        final = layout.install(cache, modes, ref.kind, listing.repo_id, listing.sha, staging)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            shutil.rmtree(tmp, ignore_errors=True)
+            staging.remove()
             raise StageError(f"{ref.kind} {ref.label}: disk full while writing to {cache.root} "
                              f"({exc.strerror}); the partial download was removed. Free space there, or "
                              "stage into another cache with --cache DIR / HPCFT_CACHE") from None
+        staging.close()
         raise StageError(f"{ref.kind} {ref.label}: cannot write {getattr(exc, 'filename', '') or cache.root} "
                          f"({exc.strerror or exc}); check the cache dir's permissions or use --cache DIR") from None
-    layout.write_ref(cache, perms, ref.kind, listing.repo_id, listing.revision, listing.sha)
+    except BaseException:
+        staging.close()
+        raise
+    for warning in layout.write_ref(cache, modes, ref.kind, listing.repo_id, listing.revision, listing.sha):
+        ctx.say(f"! {ref.kind} {ref.label}: {warning}")
     if ref.kind == "dataset":  # only some configs here: tell `datasets` which (cards.py says why)
-        card = sync_staged_configs(final, cache.root / "locks")
-        if card is not None:
-            perms.file(card)
-    names = [*ref.names]
+        sync_staged_configs(cache, final, modes)
+    names_ = [*ref.names]
     if listing.repo_id != ref.repo_id:
-        names.append(ref.repo_id)
+        names_.append(ref.repo_id)
     # the hub's own name, when it differs (google-bert/bert-base-cased is PyTorch-NPU/bert_base_cased on
     # Modelers): openmind_hub's offline lookups use it
     hub_name = ref.om_id if src.name == "modelers" and ref.om_id and ref.om_id != listing.repo_id else None
     if hub_name:
-        names.append(hub_name)
-    layout.link_aliases(cache, ref.kind, listing.repo_id, [*_alias_names(ref, ctx.table),
-                                                          *([ref.repo_id] if listing.repo_id != ref.repo_id else []),
-                                                          *([hub_name] if hub_name else [])])
-    extra = {"skipped": skipped, "typed": ref.typed}
+        names_.append(hub_name)
+    layout.link_aliases(cache, modes, ref.kind, listing.repo_id,
+                        [*_alias_names(ref, ctx.table), *([ref.repo_id] if listing.repo_id != ref.repo_id else []),
+                         *([hub_name] if hub_name else [])])
+    extra: dict = {"skipped": skipped, "typed": ref.typed}
+    if unverified:
+        extra["unverified"] = unverified
+    if ctx.opts.cross_check:
+        extra["cross_checked"] = True
     if ref.kind == "metric":
-        mod = layout.install_metric_module(cache, perms, listing.repo_id, final)
+        mod = layout.install_metric_module(cache, modes, listing.repo_id, final)
         extra["evaluate_module"] = str(mod) if mod else None
     manifest = cache.write_manifest(ref.kind, listing.repo_id, ref.config, final, source=src.name,
                                     endpoint=src.endpoint, revision=listing.revision, sha=listing.sha,
-                                    files=files, aliases=names, extra=extra)
-    perms.file(cache.manifest_path(ref.kind, listing.repo_id, ref.config))
-    shutil.rmtree(tmp, ignore_errors=True)
-    for other in cache.tmp.glob(f"{ref.kind}--{tmp.name.split('--', 1)[1].rsplit('--', 1)[0]}--*"):
-        shutil.rmtree(other, ignore_errors=True)  # leftovers from another source/commit
+                                    files=files, aliases=names_, extra=extra, modes=modes)
+    staging.prune_siblings(layout.staging_prefix(ref.kind, listing.repo_id, ref.config) + "--")
+    staging.remove()
     secs = time.monotonic() - t0
     res = StageResult(ref.kind, listing.repo_id, ref.config, ref.typed, "staged", str(final), sha=listing.sha,
                       source=src.name, endpoint=src.endpoint, files=len(files), bytes=manifest["size"],
@@ -292,19 +339,60 @@ def _fetch(ref: AssetRef, ctx: _Ctx, src: Source, listing: Listing, tried: list[
     rate = fetched / secs if secs > 0 else 0.0
     ctx.say(f"✓ {ref.kind} {ref.label}: {len(files)} files, {human(res.bytes)} in {secs:.1f} s "
             f"({human(rate)}/s){f', saved {human(res.saved)} by skipping {len(skipped)} files' if skipped else ''}"
-            f" -> {final}")
+            f"{f', {len(unverified)} unverified (--allow-unverified)' if unverified else ''} -> {final}")
     return res
 
 
-def _select(ref: AssetRef, ctx: _Ctx, src: Source, listing: Listing, staging: Path) -> tuple[set[str], int]:
+def _cross_check(ref: AssetRef, ctx: _Ctx, src: Source, todo: list[RemoteFile], digests: dict[str, str],
+                 staging: layout.Staging) -> None:
+    """``--cross-check``: every file's bytes must match what a second configured source lists for the
+    same repo, so that one hostile mirror cannot serve a poisoned file that passes its own hash."""
+    said = []
+    sources = ctx.metric_sources if ref.kind == "metric" else ctx.sources
+    for other in [s for s in sources if s is not src]:
+        try:
+            theirs = other.listing(ref, ctx.opts.revision).by_path()
+        except SourceError as exc:
+            said.append(exc.line())
+            continue
+        unconfirmed = []
+        for f in todo:
+            o = theirs.get(f.path)
+            if o is not None and o.sha256:
+                ok = o.sha256 == digests[f.path]
+            elif o is not None and o.git_oid:
+                with staging.part(f.path).open_read() as fh:
+                    h = git_blob_sha1_prefix(f.size)
+                    while chunk := fh.read(1 << 20):
+                        h.update(chunk)
+                ok = h.hexdigest() == o.git_oid
+            else:
+                unconfirmed.append(f.path)
+                continue
+            if not ok:
+                raise StageError(f"{ref.kind} {ref.label}: --cross-check: {f.path} from {src.name} ({src.endpoint}) "
+                                 f"has sha256 {digests[f.path][:16]}…, but {other.name} ({other.endpoint}) lists "
+                                 "another hash; one of the mirrors serves a different file. Nothing was installed")
+        if unconfirmed:
+            raise StageError(f"{ref.kind} {ref.label}: --cross-check: {other.name} ({other.endpoint}) lists no hash "
+                             f"for {', '.join(unconfirmed[:5])}; those files could not be cross-checked. Nothing "
+                             "was installed")
+        ctx.say(f"✓ {ref.kind} {ref.label}: {len(todo)} files cross-checked against {other.name} ({other.endpoint})")
+        return
+    raise StageError(f"{ref.kind} {ref.label}: --cross-check needs a second source that carries the repo; "
+                     f"{'; '.join(said) or 'only one source is configured (sources.order)'}. Nothing was installed")
+
+
+def _select(ref: AssetRef, ctx: _Ctx, src: Source, listing: Listing,
+            staging: layout.Staging) -> tuple[set[str], int]:
     """(the files to stage, bytes fetched to decide: a dataset's card)."""
     paths = [f.path for f in listing.files]
     if ref.kind == "model":
         shards, pre = None, 0
         index = listing.by_path().get(select.SAFETENSORS_INDEX)
         if index is not None:  # a sharded checkpoint: fetch exactly the shards its index names
-            pre, _ = _download_all(ref, ctx, [index], staging, quiet=True)
-            shards = select.shards_of((staging / index.path).read_text(encoding="utf-8", errors="replace"))
+            pre, _ = _download_all(ref, ctx, [index], staging, quiet=True, headers=src.headers())
+            shards = select.shards_of(staging.read_text(index.path))
         wanted = select.select_model(paths, shards)
         if not any(p.endswith((".safetensors", ".bin", ".pth", ".pt")) for p in wanted):
             raise StageError(f"model {ref.label}: the repo has no PyTorch weights (safetensors or .bin); "
@@ -319,7 +407,7 @@ def _select(ref: AssetRef, ctx: _Ctx, src: Source, listing: Listing, staging: Pa
     if "README.md" in listing.by_path():
         pre, _ = _download_all(ref, ctx, [listing.by_path()["README.md"]], staging, quiet=True,
                                headers=src.headers())  # its configs
-        readme = (staging / "README.md").read_text(encoding="utf-8", errors="replace")
+        readme = staging.read_text("README.md")
     wanted, configs = select.select_dataset(paths, readme, ref.config)
     if not wanted or not any(p not in select.DATASET_META for p in wanted):
         if ref.config and ref.config not in configs:
@@ -332,15 +420,15 @@ def _select(ref: AssetRef, ctx: _Ctx, src: Source, listing: Listing, staging: Pa
     return wanted, pre
 
 
-def _check_space(cache: Cache, todo: list[RemoteFile], staging: Path) -> None:
-    have = sum((staging / f.path).stat().st_size for f in todo if (staging / f.path).exists())
+def _check_space(cache: Cache, todo: list[RemoteFile], staging: layout.Staging) -> None:
+    have = sum(staging.part(f.path).size() for f in todo)
     need = sum(f.size for f in todo) - have
     free = shutil.disk_usage(cache.root).free
     if need > free:
         raise OSError(errno.ENOSPC, f"needs {human(need)} more, {human(free)} free")
 
 
-def _download_all(ref: AssetRef, ctx: _Ctx, todo: list[RemoteFile], staging: Path,
+def _download_all(ref: AssetRef, ctx: _Ctx, todo: list[RemoteFile], staging: layout.Staging,
                   quiet: bool = False, headers: Optional[dict] = None) -> tuple[int, dict[str, str]]:
     """Fetch ``todo`` in parallel into ``staging``; (bytes fetched now, {path: sha256})."""
     policy = ctx.sources[0].policy
@@ -353,27 +441,27 @@ def _download_all(ref: AssetRef, ctx: _Ctx, todo: list[RemoteFile], staging: Pat
     lock = threading.Lock()
 
     def one(f: RemoteFile) -> None:
-        part = staging / (f.path + ".part")
-        dest = staging / f.path
-        if dest.exists() and dest.stat().st_size == f.size and not part.exists():
-            digest = sha256_file(dest)  # finished by an earlier, interrupted run: check again
-            if digest == f.sha256 or (not f.sha256 and _git_ok(dest, f.git_oid)):
+        part = staging.part(f.path + ".part")
+        dest = staging.part(f.path)
+        if dest.exists() and dest.size() == f.size and not part.exists():
+            with dest.open_read() as fh:  # finished by an earlier, interrupted run: check again
+                digest = sha256_fd(fh)
+            if digest == f.sha256 or (not f.sha256 and _git_ok(dest, f.git_oid, f.size)):
                 with lock:
                     digests[f.path] = digest
                 prog.add(f.path, f.size)
                 prog.file_done(f.path)
                 return
-            dest.unlink()
-        ctx.perms.makedirs(part.parent, staging)
+            dest.remove()
         prog.file_started(f.path, f.size)
-        before = part.stat().st_size if part.exists() else 0
+        before = part.size()
 
         def on_bytes(n: int) -> None:
             prog.add(f.path, n)
 
         try:
             digest = download(f.url, part, size=f.size, sha256=f.sha256, git_oid=f.git_oid, policy=policy,
-                     on_bytes=on_bytes, stop=stop, headers=headers)
+                              on_bytes=on_bytes, stop=stop, headers=headers)
         except VerifyError as exc:
             raise _SourceFailed(f"{f.path}: {exc} (the mirror served a corrupt file)") from None
         except HTTPFailure as exc:
@@ -386,8 +474,7 @@ def _download_all(ref: AssetRef, ctx: _Ctx, todo: list[RemoteFile], staging: Pat
                 raise
             raise _SourceFailed(f"{f.path}: {exc} after {policy.retries} retries; run the same command "
                                 "again to resume") from None
-        ctx.perms.file(part)
-        part.replace(dest)
+        staging.files.rename_file(f.path + ".part", f.path)
         with lock:
             fetched[0] += f.size - before
             digests[f.path] = digest
@@ -409,11 +496,11 @@ def _download_all(ref: AssetRef, ctx: _Ctx, todo: list[RemoteFile], staging: Pat
     return fetched[0], digests
 
 
-def _git_ok(path: Path, git_oid: Optional[str]) -> bool:
+def _git_ok(part: layout.PartFile, git_oid: Optional[str], size: int) -> bool:
     if not git_oid:
         return True
-    from .http import git_blob_sha1_prefix
-
-    h = git_blob_sha1_prefix(path.stat().st_size)
-    h.update(path.read_bytes())
+    h = git_blob_sha1_prefix(size)
+    with part.open_read() as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
     return h.hexdigest() == git_oid

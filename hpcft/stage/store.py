@@ -18,15 +18,16 @@ last, atomically: an asset without a manifest is not staged.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import shutil
-import tempfile
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from .. import __version__
-from ..atomic import atomic_write_json, file_lock, read_json
+from ..offline_shim import hpcft_trust as trust
+from .safefs import Dir, Modes
 
 KINDS = ("model", "dataset", "metric")
 
@@ -50,8 +51,12 @@ class StagedAsset:
 
 
 class Cache:
-    def __init__(self, root: Path):
+    """The cache at ``root``. Manifests are read through :func:`trust.problem`: one that fails it
+    (a forged or planted manifest of another group member) is invisible to lookups."""
+
+    def __init__(self, root: Path, admins: Iterable[int] = ()):
         self.root = Path(root).expanduser()
+        self.admins = frozenset(admins)
 
     # ---- locations -------------------------------------------------------
     def manifest_path(self, kind: str, repo_id: str, config: Optional[str] = None) -> Path:
@@ -64,31 +69,39 @@ class Cache:
     def tmp(self) -> Path:
         return self.root / "tmp"
 
-    def asset_dir(self, kind: str, repo_id: str, sha: str) -> Path:
+    def asset_rel(self, kind: str, repo_id: str, sha: str) -> str:
+        """Where an asset's files go, relative to the root (``hf/hub/models--ORG--NAME/snapshots/SHA``)."""
         safe = repo_id.strip("/").replace("/", "--")
         if kind == "metric":
-            return self.root / "metrics" / safe / sha / repo_id.strip("/").split("/")[-1]
-        return self.root / "hf" / "hub" / f"{kind}s--{safe}" / "snapshots" / sha
+            return f"metrics/{safe}/{sha}/{repo_id.strip('/').split('/')[-1]}"
+        return f"hf/hub/{kind}s--{safe}/snapshots/{sha}"
+
+    def asset_dir(self, kind: str, repo_id: str, sha: str) -> Path:
+        return self.root / self.asset_rel(kind, repo_id, sha)
 
     # ---- manifests -------------------------------------------------------
-    def manifests(self) -> list[dict[str, Any]]:
+    def records(self) -> list[tuple[Path, Any, str]]:
+        """Every manifest file: (its path, its data, "" if trusted else why not)."""
         out = []
         base = self.root / "manifests"
         for kind in KINDS:
             for path in sorted((base / kind).glob("*.json")) if (base / kind).is_dir() else []:
-                data = read_json(path)
-                if isinstance(data, dict):
-                    out.append(data)
+                data = _read_manifest(path)
+                out.append((path, data, trust.problem(str(self.root), str(path), data, self.admins)
+                            if data is not None else "not valid JSON, or not a regular file"))
         return out
 
+    def manifests(self) -> list[dict[str, Any]]:
+        """The trusted manifests."""
+        return [dict(data, _owner=_uid(path), _manifest=str(path)) for path, data, why in self.records() if not why]
+
     def load(self, kind: str, repo_id: str, config: Optional[str] = None) -> Optional[StagedAsset]:
-        data = read_json(self.manifest_path(kind, repo_id, config))
-        if not isinstance(data, dict):
+        path = self.manifest_path(kind, repo_id, config)
+        data = _read_manifest(path)
+        if not isinstance(data, dict) or trust.problem(str(self.root), str(path), data, self.admins):
             return None
-        path = Path(data["path"])
-        if not path.is_dir():
-            return None
-        return StagedAsset(kind, data["repo_id"], data.get("config"), path, data)
+        return StagedAsset(kind, data["repo_id"], data.get("config"), Path(data["path"]),
+                           dict(data, _owner=_uid(path), _manifest=str(path)))
 
     def find(self, kind: str, name: str, config: Optional[str] = None) -> Optional[StagedAsset]:
         """By repo id or by any alias recorded at staging time."""
@@ -104,8 +117,8 @@ class Cache:
 
     def write_manifest(self, kind: str, repo_id: str, config: Optional[str], path: Path, *,
                        source: str, endpoint: Optional[str], revision: Optional[str], sha: str,
-                       files: list[dict[str, Any]], aliases: Iterable[str] = (), extra: Optional[dict] = None
-                       ) -> dict[str, Any]:
+                       files: list[dict[str, Any]], aliases: Iterable[str] = (), extra: Optional[dict] = None,
+                       modes: Optional[Modes] = None) -> dict[str, Any]:
         import datetime as _dt
 
         manifest = {
@@ -113,54 +126,45 @@ class Cache:
             "source": source, "endpoint": endpoint, "revision": revision, "sha": sha, "path": str(path),
             "files": files, "size": sum(f["size"] for f in files),
             "staged_at": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "hpcft_version": __version__, **(extra or {}),
+            "hpcft_version": __version__, **{k: v for k, v in (extra or {}).items() if not k.startswith("_")},
         }
-        atomic_write_json(self.manifest_path(kind, repo_id, config), manifest)
+        data = (json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode()
+        with Dir.open_root(self.root) as root, root.sub(f"manifests/{kind}", create=True,
+                                                         modes=modes or Modes()) as folder:
+            folder.write_atomic(self.manifest_path(kind, repo_id, config).name, data, modes or Modes())
         return manifest
 
 
-def sha256_file(path: Path, bufsize: int = 1 << 20) -> str:
+def _read_manifest(path: Path) -> Any:
+    """A manifest's JSON, opened without following a link (a planted link reads as no manifest)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return None
+            return json.loads(fh.read(16 << 20))
+    except (OSError, ValueError):
+        return None
+
+
+def _uid(path: Path) -> int:
+    try:
+        return os.lstat(path).st_uid
+    except OSError:
+        return -1
+
+
+def sha256_fd(fh, bufsize: int = 1 << 20) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(bufsize):
-            h.update(chunk)
+    while chunk := fh.read(bufsize):
+        h.update(chunk)
     return h.hexdigest()
 
 
-def file_entries(folder: Path) -> list[dict[str, Any]]:
-    entries = []
-    for p in sorted(folder.rglob("*")):
-        if p.is_file() and not p.is_symlink():
-            entries.append({"path": p.relative_to(folder).as_posix(), "size": p.stat().st_size,
-                            "sha256": sha256_file(p)})
-    return entries
-
-
-def register_local(cache: Cache, kind: str, repo_id: str, folder: Path, *, config: Optional[str] = None,
-                   aliases: Iterable[str] = (), source: str = "local") -> StagedAsset:
-    """Stage a local folder (a model dir, a dataset folder, a metric module) under a name.
-
-    Copied into a temporary folder inside the cache, hashed, renamed into place,
-    then the manifest is written: a crash at any point leaves nothing visible as staged.
-    """
-    folder = Path(folder)
-    with file_lock(cache.lock_path(kind, repo_id, config)):
-        cache.tmp.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=cache.tmp))
-        try:
-            staging = tmp / "files"
-            shutil.copytree(folder, staging, symlinks=False)
-            files = file_entries(staging)
-            sha = hashlib.sha256("".join(f"{f['path']}:{f['sha256']}" for f in files).encode()).hexdigest()[:40]
-            final = cache.asset_dir(kind, repo_id, sha)
-            if not final.is_dir():
-                final.parent.mkdir(parents=True, exist_ok=True)
-                for p in staging.rglob("*"):
-                    os.chmod(p, 0o755 if p.is_dir() else 0o644)
-                os.replace(staging, final)
-            manifest = cache.write_manifest(kind, repo_id, config, final, source=source, endpoint=None,
-                                            revision=None, sha=sha, files=files, aliases=aliases,
-                                            extra={"local_source": str(folder.resolve())})
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return StagedAsset(kind, repo_id, config, final, manifest)
+def sha256_file(path: Path, bufsize: int = 1 << 20) -> str:
+    """sha256 of a file, opened without following a link at its last component."""
+    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as fh:
+        return sha256_fd(fh, bufsize)
