@@ -14,7 +14,7 @@ PKG = ROOT / "hpcft"
 SHARED = {
     "hpcft", "hpcft.errors", "hpcft.atomic", "hpcft.config", "hpcft.yamlfile", "hpcft.job", "hpcft.dsconfig",
     "hpcft.slurm_time", "hpcft.slurmfmt", "hpcft.offline", "hpcft.rundir", "hpcft.assets",
-    "hpcft.stage", "hpcft.stage.store", "hpcft.stage.resolve",
+    "hpcft.stage", "hpcft.stage.store", "hpcft.stage.resolve", "hpcft.stage.names", "hpcft.stage.safefs",
 }
 WORKER = "hpcft.worker"
 

@@ -9,6 +9,8 @@ EPILOG = """examples:
   hpcft cache verify                  # re-hash every staged file against its manifest
   hpcft cache verify bert-base-uncased
   hpcft cache rm glue/mrpc
+  hpcft cache doctor                  # is the shared cache safe to share? (sticky folders, links, manifests)
+  hpcft cache doctor --fix            # repair what you own; the rest names its owner
 """
 
 
@@ -18,7 +20,7 @@ def register(sub) -> None:
     p = sub.add_parser("cache", help="list, verify or remove staged assets",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cache", metavar="DIR", help="cache dir (default: HPCFT_CACHE or cache_dir of the config)")
-    csub = p.add_subparsers(dest="cache_command", metavar="ls|verify|rm")
+    csub = p.add_subparsers(dest="cache_command", metavar="ls|verify|rm|doctor")
     ls = csub.add_parser("ls", help="list staged assets")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=run_ls)
@@ -31,16 +33,21 @@ def register(sub) -> None:
     rm.add_argument("name", metavar="NAME")
     rm.add_argument("--kind", choices=["model", "dataset", "metric"])
     rm.set_defaults(func=run_rm)
+    doc = csub.add_parser("doctor", help="check the permissions, links and manifests of a shared cache "
+                                         "(exit 1 on findings left unfixed)")
+    doc.add_argument("--fix", action="store_true", help="repair what you own (modes, group); report the rest")
+    doc.add_argument("--json", action="store_true")
+    doc.set_defaults(func=run_doctor)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
 def _cache(args):
     from pathlib import Path
 
-    from ..stage.store import Cache
+    from ..stage.layout import cache_for
     from .common import settings
 
-    return Cache(Path(args.cache).expanduser() if args.cache else settings().cache)
+    return cache_for(settings(), Path(args.cache).expanduser() if args.cache else None)
 
 
 def run_ls(args) -> int:
@@ -88,4 +95,30 @@ def run_rm(args) -> int:
     cache = _cache(args)
     for m in remove(cache, args.name, args.kind):
         print(f"removed {m['kind']} {m['repo_id']}" + (f":{m['config']}" if m.get("config") else ""))
+    return 0
+
+
+def run_doctor(args) -> int:
+    from ..stage.doctor import examine
+    from ..stage.layout import modes_for
+    from .common import print_json, settings
+
+    cache = _cache(args)
+    if not cache.root.is_dir():
+        print(f"nothing to check: {cache.root} does not exist")
+        return 0
+    findings = examine(cache, modes_for(settings()), fix=args.fix)
+    left = [f for f in findings if not f.fixed]
+    if args.json:
+        print_json({"cache": str(cache.root), "ok": not left, "findings": [f.__dict__ for f in findings]})
+        return 1 if left else 0
+    for f in findings:
+        print(f.line(), file=sys.stderr if not f.fixed else sys.stdout)
+    if left:
+        print(f"{len(left)} finding(s) in {cache.root}" + ("" if args.fix else "; `hpcft cache doctor --fix` repairs "
+              "what you own") + "; the rest needs its owner or the cache admin (docs/staging.md, Security model)",
+              file=sys.stderr)
+        return 1
+    print(f"✓ {cache.root}: shared folders sticky, staged files read-only for the group, no foreign links, "
+          "every manifest trusted" + (f" ({len(findings)} fixed)" if findings else ""))
     return 0
