@@ -147,7 +147,7 @@ def main() -> int:
     args = ap.parse_args()
     from devtools.hub.llm_fixtures import make_tiny_llama
     from hpcft.stage.layout import register_local
-from hpcft.stage.store import Cache
+    from hpcft.stage.store import Cache
 
     n = 64 if args.quick else 160
     threads = str(min(2, os.cpu_count() or 1))

@@ -46,7 +46,7 @@ def setup(home: Path, n_train: int) -> None:
 
     from devtools.hub.fixtures import make_glue_dataset
     from hpcft.stage.layout import register_local
-from hpcft.stage.store import Cache
+    from hpcft.stage.store import Cache
 
     data = make_glue_dataset(home / "glue", configs=("mrpc",), n_train=n_train, n_val=64, n_test=8)
     cache = Cache(home / "cache")

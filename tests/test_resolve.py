@@ -10,8 +10,8 @@ from hpcft.errors import ConfigError, StageError
 from hpcft.job import Assets, Job
 from hpcft.preflight import staged_check as _staged_check
 from hpcft.stage import select
-from hpcft.stage.resolve import load_table, plan, resolve
 from hpcft.stage.layout import register_local
+from hpcft.stage.resolve import load_table, plan, resolve
 from hpcft.stage.store import Cache
 
 GLUE_CONFIGS = ["ax", "cola", "mnli", "mnli_matched", "mnli_mismatched", "mrpc", "qnli", "qqp", "rte", "sst2",

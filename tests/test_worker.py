@@ -21,8 +21,8 @@ from hpcft import assets
 from hpcft.config import load_settings
 from hpcft.errors import NotStagedError
 from hpcft.job import Job, load_job
-from hpcft.stage.resolve import load_table
 from hpcft.stage.layout import register_local
+from hpcft.stage.resolve import load_table
 from hpcft.stage.store import Cache
 from hpcft.worker import checkpoints as ck
 from hpcft.worker import metrics as mt
