@@ -8,8 +8,11 @@
    after another and ``curl --parallel``. Target: ratio vs curl --parallel >= 0.9.
 4. LLM-sized shards (4 x 500 MB, as Llama/Qwen checkpoints are split): the same against
    ``curl --parallel`` (skip with ``--big-shard-mb 0``).
+5. With ``--baseline REF``: the same one big file and the same shards staged by hpcft as it was
+   at git commit REF (its ``hpcft/`` exported to a temp folder), alternating with today's, in the
+   same run. Used for "the safety checks cost nothing": target ratio (REF time / ours) >= 0.95.
 
-    python benchmarks/bench_stage.py [--size-mb 200] [--repeat 3] [--big-shard-mb 500] [--json]
+    python benchmarks/bench_stage.py [--size-mb 200] [--repeat 3] [--big-shard-mb 500] [--baseline REF] [--json]
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ def _config(folder: Path) -> None:
     (folder / "config.json").write_text('{"model_type": "bert"}\n')
 
 
-def _stage(url: str, cache: Path, name: str, parallel: int) -> dict:
+def _stage(url: str, cache: Path, name: str, parallel: int, root: Path = ROOT) -> dict:
     cfg = cache.parent / "config.yaml"
     cfg.parent.mkdir(parents=True, exist_ok=True)
     cfg.write_text(f"sources:\n  parallel: {parallel}\n")
@@ -66,7 +69,7 @@ def _stage(url: str, cache: Path, name: str, parallel: int) -> dict:
            "HPCFT_CONFIG": "/nonexistent", "HPCFT_USER_CONFIG": str(cfg)}
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "hpcft.cli.main", "stage", name, "--source", "hf", "--json", "-q"],
-                          env=env, capture_output=True, text=True, cwd=ROOT)
+                          env=env, capture_output=True, text=True, cwd=root)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"hpcft stage failed: {proc.stderr}")
@@ -93,6 +96,7 @@ def main(argv=None) -> int:
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--big-shard-mb", type=int, default=500)
+    ap.add_argument("--baseline", metavar="REF", help="also stage with hpcft as of this git commit (same run)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if not shutil.which("curl"):
@@ -121,6 +125,7 @@ def main(argv=None) -> int:
                 raise SystemExit("hub did not start")
         url = line.split()[1]
         results: dict = {}
+        m = statistics.median
 
         # 1. the saving
         out = _stage(url, work / "c-bert" / "cache", "bert-base-uncased", 4)
@@ -160,7 +165,6 @@ def main(argv=None) -> int:
             oursn.append(_stage(url, work / f"c-sn-{r}" / "cache", "bench/sharded", args.shards)["seconds"])
             for d in (f"curl-s-{r}", f"curl-p-{r}", f"c-s1-{r}", f"c-sn-{r}"):
                 shutil.rmtree(work / d)
-        m = statistics.median
         results["shards"] = {"files": args.shards, "bytes": shard * args.shards, "curl_seq_s": m(seq),
                              "curl_parallel_s": m(par), "hpcft_1_s": m(ours1), "hpcft_parallel_s": m(oursn),
                              "ratio_vs_curl_parallel": m(par) / m(oursn), "ratio_vs_curl_seq": m(seq) / m(oursn)}
@@ -177,6 +181,23 @@ def main(argv=None) -> int:
                 shutil.rmtree(work / f"c-bn-{r}")
             results["big_shards"] = {"files": args.shards, "bytes": big * args.shards, "curl_parallel_s": m(par),
                                      "hpcft_parallel_s": m(oursn), "ratio_vs_curl_parallel": m(par) / m(oursn)}
+        # 5. today's hpcft against itself at an earlier commit, alternating, same hub, same files
+        if args.baseline:
+            base_root = work / "baseline"
+            base_root.mkdir()
+            tar = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline, "hpcft"], check=True,
+                                 capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(base_root)], input=tar, check=True)
+            rows = {}
+            for case, name, par_n in (("big", "bench/big", 4), ("shards", "bench/sharded", args.shards)):
+                old, new = [], []
+                for r in range(args.repeat):
+                    old.append(_stage(url, work / f"c-old-{r}" / "cache", name, par_n, base_root)["seconds"])
+                    new.append(_stage(url, work / f"c-new-{r}" / "cache", name, par_n)["seconds"])
+                    shutil.rmtree(work / f"c-old-{r}")
+                    shutil.rmtree(work / f"c-new-{r}")
+                rows[case] = {"baseline_s": m(old), "hpcft_s": m(new), "ratio": m(old) / m(new)}
+            results["baseline"] = {"ref": args.baseline, **rows}
     finally:
         server.stdin.close()
         server.wait(timeout=10)
@@ -203,6 +224,12 @@ def main(argv=None) -> int:
               f"{bs['hpcft_parallel_s']:.2f} s ({bs['bytes'] / bs['hpcft_parallel_s'] / 1e6:.0f} MB/s, incl. sha256), "
               f"curl --parallel {bs['curl_parallel_s']:.2f} s: ratio {bs['ratio_vs_curl_parallel']:.2f} "
               "(target >= 0.9)")
+    if "baseline" in results:
+        bl = results["baseline"]
+        for case in ("big", "shards"):
+            r = bl[case]
+            print(f"{case}: hpcft now {r['hpcft_s']:.2f} s, hpcft at {bl['ref']} {r['baseline_s']:.2f} s: "
+                  f"ratio {r['ratio']:.2f} (target >= 0.95)")
     return 0
 
 
