@@ -47,11 +47,13 @@ class Handler(BaseHTTPRequestHandler):
 
     # ------------------------------------------------------------------ plumbing
     def _handle(self, method: str) -> None:
+        target = self.path
+        self.path = self.hub.hostile.rewrite(target)  # a fake commit id back to the real one
         raw, _, query = self.path.partition("?")
         self.query = urllib.parse.parse_qs(query, keep_blank_values=True)
         # Split before unquoting: an encoded "/" (refs%2Fpr%2F1) stays inside its segment.
         self.segs = [urllib.parse.unquote(s) for s in raw.split("/") if s]
-        self.entry = LogEntry(method, self.path, 0, range=self.headers.get("Range"),
+        self.entry = LogEntry(method, target, 0, range=self.headers.get("Range"),
                               auth=self.headers.get("Authorization"))
         self.file_key = None
         # Read any request body now, so an unrouted POST cannot desync a keep-alive connection.
@@ -106,6 +108,23 @@ class Handler(BaseHTTPRequestHandler):
             if self.entry.protocol == "ms":
                 self._json(rule.status, _ms_body(None, f"injected fault {rule.status}", code=rule.status))
             self._json(rule.status, {"error": f"injected fault {rule.status}"})
+        location = self.hub.hostile.redirect_for(self.file_key)
+        if location is not None:
+            self._mark("redirect")
+            self._send(302, b"", {"Location": location})
+
+    def _listing(self, listing: str, obj, sha: str, headers: dict | None = None) -> None:
+        """Send a file listing answer, unless hostile mode streams it (endless / drip)."""
+        if self.hub.hostile.stream(self, listing, self.entry.repo_id, obj, sha):
+            raise _Done
+        self._json(200, obj, headers)
+
+    def _extra(self, path: str) -> None:
+        """Serve a file that only hostile mode lists (see hostile.Hostile.extra_file)."""
+        data = self.hub.hostile.extra(self.entry.repo_id, path)
+        if data is not None:
+            self._mark("hostile")
+            self._send(200, data, content_type="application/octet-stream")
 
     def _missing(self, method: str) -> bool:
         if self.hub.faults.take("missing", method, (self.path, self.file_key)):
@@ -221,7 +240,7 @@ class Handler(BaseHTTPRequestHandler):
         if snap is None:
             self._hf_error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
         if action in ("", "revision"):
-            self._json(200, self._hf_info(repo, snap))
+            self._json(200, self.hub.hostile.hf_info(repo.repo_id, self._hf_info(repo, snap)))
         if action == "paths-info":
             self._hf_paths_info(repo, snap)
         # tree/{rev}[/{path}]?recursive=&expand=&cursor=
@@ -232,6 +251,7 @@ class Handler(BaseHTTPRequestHandler):
         expand = self.query.get("expand", ["false"])[0].lower() in ("1", "true")
         items = [self._hf_tree_entry(repo, snap, t, p, expand) for t, p in snap.entries(root, recursive)
                  if t == "directory" or not self.hub.faults.hidden(f"{repo.repo_id}/{p}")]
+        items = self.hub.hostile.hf_tree(repo.repo_id, items)
         offset = _decode_cursor(self.query.get("cursor", [""])[0])
         size = self.hub.tree_page_size
         headers = {}
@@ -242,7 +262,7 @@ class Handler(BaseHTTPRequestHandler):
             host = self.headers.get("Host") or f"{self.hub.host}:{self.hub.port}"
             nxt = f"http://{host}{self.path.partition('?')[0]}?{urllib.parse.urlencode(q)}"
             headers["Link"] = f'<{nxt}>; rel="next"'
-        self._json(200, items[offset:offset + size], headers)
+        self._listing("hf-tree", items[offset:offset + size], snap.sha, headers)
 
     def _hf_tree_entry(self, repo: Repo, snap: Snapshot, typ: str, path: str, expand: bool) -> dict:
         if typ == "directory":
@@ -319,6 +339,8 @@ class Handler(BaseHTTPRequestHandler):
         snap = repo.snapshot(rev)
         if snap is None:
             self._hf_error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
+        if path not in snap.files:
+            self._extra(path)
         if path not in snap.files or self._missing(method):
             self._hf_error(404, "EntryNotFound", f"Entry not found: {path}", snap.sha)
         e = snap.files[path]
@@ -347,7 +369,7 @@ class Handler(BaseHTTPRequestHandler):
         if repo is None:
             self._json(404, _ms_body(None, f"{kind} {rid} not found", code=10010205001))
         if tail == ["revisions"]:
-            self._json(200, _ms_body(_ms_revisions(repo)))
+            self._json(200, _ms_body(self.hub.hostile.ms_revisions(rid, _ms_revisions(repo))))
         snap = repo.snapshot(rev)
         if snap is None:
             self._json(404, _ms_body(None, f"revision {rev} not found", code=10010205002))
@@ -358,12 +380,15 @@ class Handler(BaseHTTPRequestHandler):
             recursive = q.get("Recursive", "False").lower() == "true"
             files = [_ms_entry(repo, snap, t, p, rev) for t, p in snap.entries(root, recursive)
                      if t == "directory" or not self.hub.faults.hidden(f"{rid}/{p}")]
+            files = self.hub.hostile.ms_files(rid, files, rev, snap.sha)
             if tail[1] == "tree":  # datasets page; the client stops at a short page
                 n, size = int(q.get("PageNumber") or 1), int(q.get("PageSize") or 100)
                 files = files[(n - 1) * size:n * size]
-            self._json(200, _ms_body({"Files": files}))
+            self._listing("ms-files", _ms_body({"Files": files}), snap.sha)
         if tail == ["repo"] and self.entry.file:
             path = self.entry.file
+            if path not in snap.files:
+                self._extra(path)
             if path not in snap.files or self._missing(method):
                 self._json(404, _ms_body(None, f"file {path} not found", code=10010205003))
             e = snap.files[path]

@@ -58,6 +58,8 @@ def handle(h, method: str) -> None:
         _file_info(h, repo, snap, rev, (q.get("path") or "").strip("/"))
     if h.entry.file is not None:
         path = h.entry.file
+        if path not in snap.files:
+            h._extra(path)
         if path not in snap.files or h._missing(method):
             _error(h, 404, "branch_or_path_not_found", f"{path} not found")
         h._send_file(method, snap, path, {"ETag": f'"{snap.files[path].etag}"'})
@@ -91,7 +93,8 @@ def _tree(h, repo: Repo, snap: Snapshot, folder: str) -> None:
             e = snap.files[path]
             tree.append({"type": "file", "path": path, "size": e.size, "etag": e.etag, "is_lfs": e.lfs,
                          "commit": _commit(snap)["commit"]})
-    h._json(200, {"data": {"tree": tree, "last_commit": _commit(snap)}})
+    body = h.hub.hostile.om_tree(repo.repo_id, folder, {"tree": tree, "last_commit": _commit(snap)})
+    h._listing("om-tree", {"data": body}, snap.sha)
 
 
 def _file_info(h, repo: Repo, snap: Snapshot, rev: str, path: str) -> None:

@@ -6,8 +6,9 @@ modelscope.cn or modelers.cn: point ``HF_ENDPOINT``, ``MODELSCOPE_ENDPOINT`` and
 ``OPENMIND_HUB_ENDPOINT`` at ``.url`` (openmind_hub needs https and a modelers.cn name:
 ``HubServer(tls=Cert.make(dir), hostname="hub.modelers.cn")``, see ``tls.py``).
 Stdlib only.  Fault knobs (5xx, dropped connections, slow bodies, missing files,
-corrupted bytes) and a request log let tests check retry/resume/verification and
-"which files were fetched".
+corrupted bytes), a hostile mode (``hub.hostile``, see ``hostile.py``: unsafe names, fake
+commits, endless listings, redirects) and a request log let tests check retry/resume/verification,
+"which files were fetched" and that a lying mirror cannot reach outside the cache.
 
     with HubServer() as hub:
         hub.add_repo("model", "google-bert/bert-base-uncased", folder)
@@ -32,6 +33,7 @@ from pathlib import Path
 
 from .faults import Faults, LogEntry, RequestLog
 from .handlers import KIND_PREFIX, Handler
+from .hostile import Hostile
 from .repos import Repo
 
 __all__ = ["HubServer", "Faults", "RequestLog", "LogEntry", "Repo", "main"]
@@ -55,6 +57,7 @@ class HubServer:
         self.aliases: dict[tuple[str, str], str] = {}  # legacy name -> canonical id (redirects)
         self.gated: dict[tuple[str, str], str] = {}    # (kind, repo id) -> the token it needs (HF protocol)
         self.faults = Faults()
+        self.hostile = Hostile(self)  # a mirror that lies on purpose (hostile.py); tests arm it
         self.log = RequestLog()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -133,8 +136,9 @@ class HubServer:
             self.repos.pop((kind, repo_id), None)
 
     def reset(self) -> None:
-        """Clear faults and the request log (repos stay)."""
+        """Clear faults, hostile rules and the request log (repos stay)."""
         self.faults.clear()
+        self.hostile.clear()
         self.log.clear()
 
     def find(self, kind: str, segments: list[str]) -> tuple[str, Repo | None, str | None, int]:
