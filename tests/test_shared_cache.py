@@ -72,15 +72,21 @@ def people():
     pytest runs on one machine take turns with the shared homes."""
     try:
         users.check_tools()
-        gid = users.ensure_group(GROUP)
-        a, b = users.ensure_user("hpcfta", GROUP), users.ensure_user("hpcftb", GROUP)
-        python = users.user_python(b, ROOT)
+        users.root_dir(users.USERS_ROOT)
     except users.Unavailable as exc:
         if IN_CI:
             pytest.fail(f"real users are required under CI=true: {exc}")
         pytest.skip(f"no real users: {exc}")
     with open(users.USERS_ROOT / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_EX)  # before anything touches the homes
+        try:
+            gid = users.ensure_group(GROUP)
+            a, b = users.ensure_user("hpcfta", GROUP), users.ensure_user("hpcftb", GROUP)
+            python = users.user_python(b, ROOT)
+        except users.Unavailable as exc:
+            if IN_CI:
+                pytest.fail(f"real users are required under CI=true: {exc}")
+            pytest.skip(f"no real users: {exc}")
         yield People(a, b, gid, python)
 
 
