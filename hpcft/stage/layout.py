@@ -282,10 +282,13 @@ def write_ref(cache: Cache, modes: Modes, kind: str, repo_id: str, revision: str
 
 
 def link_aliases(cache: Cache, modes: Modes, kind: str, repo_id: str, names: Iterable[str]) -> list[str]:
-    """``models--bert-base-uncased -> models--google-bert--bert-base-uncased`` for hub-style names."""
+    """``models--bert-base-uncased -> models--google-bert--bert-base-uncased`` for hub-style names.
+
+    Returns problems: a name already taken by a link that leads out of the hub folder (another
+    user's plant; an unmodified script's ``from_pretrained(name)`` on the node would follow it)."""
     if kind == "metric":
         return []
-    made = []
+    problems = []
     real = cache.asset_rel(kind, repo_id, "x").split("/")[2]
     with Dir.open_root(cache.root) as root, root.sub("hf/hub", create=True, modes=modes) as hub:
         for name in names:
@@ -299,16 +302,21 @@ def link_aliases(cache: Cache, modes: Modes, kind: str, repo_id: str, names: Ite
             if link == real:
                 continue
             st = hub.lstat(link)
+            if st is not None and stat.S_ISLNK(st.st_mode):
+                target = os.readlink(link, dir_fd=hub.fd)
+                if target != real and ("/" in target or hub.lstat(target) is None):
+                    problems.append(f"{hub.join(link)} is a link to {target!r}, made by {owner_name(st.st_uid)}: a "
+                                    f"job's from_pretrained/load_dataset({name!r}) on the node would load that, "
+                                    "not what you staged. Ask them or the cache admin to remove it (hpcft cache "
+                                    f"doctor lists it); meanwhile use {repo_id!r}")
+                continue  # ours, or an alias to another staged repo: leave it
             if st is not None:
-                if stat.S_ISLNK(st.st_mode) and os.readlink(link, dir_fd=hub.fd) == real:
-                    made.append(link)
-                continue  # a real repo of that name, or an alias to another repo: leave it
+                continue  # a real repo of that name: leave it
             try:
                 hub.symlink(real, link)
-                made.append(link)
             except OSError:
                 continue  # another user's entry appeared meanwhile (sticky folder): theirs stays
-    return made
+    return problems
 
 
 def metric_module_dir(cache: Cache, repo_id: str) -> Path:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional, TextIO
 
 from ..errors import StageError
-from . import layout, names, select
+from . import layout, names, recheck, select
 from .cards import sync_staged_configs
 from .http import HTTPFailure, Unreachable, VerifyError, download, git_blob_sha1_prefix
 from .progress import Progress, human
@@ -76,6 +76,7 @@ class _Ctx:
         # evaluate metrics live on the HF endpoint only (ModelScope and Modelers host none)
         self.metric_sources = [s for s in self.sources if s.name == "hf"] or make_sources(settings, "hf", opts.token)
         self.parallel = settings.sources.parallel
+        self.problems: list[str] = []
 
     def say(self, line: str) -> None:
         if not self.opts.quiet:
@@ -90,7 +91,10 @@ def stage(refs: list[AssetRef], settings, cache_root: Path, table: AliasTable,
     cache = layout.cache_for(settings, Path(cache_root))
     ctx = _Ctx(settings, cache, table, opts)
     layout.prepare_cache(cache, ctx.modes)
-    return [stage_one(ref, ctx) for ref in refs]
+    results = [stage_one(ref, ctx) for ref in refs]
+    if ctx.problems:  # staged, but a name users type leads elsewhere: say so and exit non-zero
+        raise StageError("staged, but " + "; ".join(dict.fromkeys(ctx.problems)))
+    return results
 
 
 def _alias_names(ref: AssetRef, table: AliasTable) -> list[str]:
@@ -114,7 +118,7 @@ def _cached(ref: AssetRef, ctx: _Ctx) -> Optional[StageResult]:
         return None
     m = asset.manifest
     owner = m.get("_owner", ME)
-    changed = _changed_files(asset)
+    changed = recheck.changed_files(asset)
     if changed:
         label = f"{ref.kind} {ref.label}"
         if owner != ME:
@@ -125,6 +129,11 @@ def _cached(ref: AssetRef, ctx: _Ctx) -> Optional[StageResult]:
         ctx.say(f"! {label}: the staged files no longer match the manifest ({'; '.join(changed[:3])}); "
                 "staging it again")
         return None
+    if owner not in (ME, 0, *ctx.cache.admins):  # another user's copy: check it once, as they could change it
+        sources = ctx.metric_sources if ref.kind == "metric" else ctx.sources
+        note = recheck.check_foreign(asset, sources, ctx.settings.home / "checked-assets.json", ref.typed)
+        if note:
+            ctx.say(f"  {ref.kind} {ref.label}: {note}")
     new = set(ref.names) - set(m.get("aliases", [])) - {asset.repo_id}
     if new and owner == ME:  # remember the new name (and make it resolvable offline)
         keep = {k: v for k, v in m.items() if k not in ("kind", "repo_id", "config", "aliases", "source",
@@ -134,43 +143,11 @@ def _cached(ref: AssetRef, ctx: _Ctx) -> Optional[StageResult]:
                                      endpoint=m.get("endpoint"), revision=m.get("revision"), sha=m["sha"],
                                      files=m["files"], aliases=[*m.get("aliases", []), *new], extra=keep,
                                      modes=ctx.modes)
-        layout.link_aliases(ctx.cache, ctx.modes, ref.kind, asset.repo_id, _alias_names(ref, ctx.table))
+    ctx.problems += layout.link_aliases(ctx.cache, ctx.modes, ref.kind, asset.repo_id, _alias_names(ref, ctx.table))
     return StageResult(ref.kind, asset.repo_id, asset.config, ref.typed, "cached", str(asset.path),
                        sha=m.get("sha"), source=m.get("source"), endpoint=m.get("endpoint"),
                        files=len(m.get("files", [])), bytes=int(m.get("size", 0)),
                        skipped=list(m.get("skipped", [])))
-
-
-def _changed_files(asset: StagedAsset) -> list[str]:
-    """Files that no longer match the manifest. A cheap look first (type, size, not modified after
-    the manifest was written); only a file that fails it is hashed again."""
-    import os
-    import stat as st_
-
-    try:
-        written = os.lstat(asset.manifest["_manifest"]).st_mtime
-    except (OSError, KeyError):
-        written = None
-    out = []
-    for f in asset.manifest.get("files", []):
-        p = asset.path / f["path"]
-        try:
-            st = os.lstat(p)
-        except OSError:
-            out.append(f"{f['path']}: missing")
-            continue
-        if not st_.S_ISREG(st.st_mode) or st.st_size != f["size"]:
-            out.append(f"{f['path']}: size {st.st_size} != {f['size']}" if st_.S_ISREG(st.st_mode)
-                       else f"{f['path']}: not a regular file")
-            continue
-        if written is None or st.st_mtime > written + 1:
-            try:
-                with open(os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as fh:
-                    if sha256_fd(fh) != f.get("sha256"):
-                        out.append(f"{f['path']}: sha256 differs")
-            except OSError as exc:
-                out.append(f"{f['path']}: {exc.strerror or exc}")
-    return out
 
 
 def stage_one(ref: AssetRef, ctx: _Ctx) -> StageResult:
@@ -316,7 +293,7 @@ def _fetch(ref: AssetRef, ctx: _Ctx, src: Source, listing: Listing, tried: list[
     hub_name = ref.om_id if src.name == "modelers" and ref.om_id and ref.om_id != listing.repo_id else None
     if hub_name:
         names_.append(hub_name)
-    layout.link_aliases(cache, modes, ref.kind, listing.repo_id,
+    ctx.problems += layout.link_aliases(cache, modes, ref.kind, listing.repo_id,
                         [*_alias_names(ref, ctx.table), *([ref.repo_id] if listing.repo_id != ref.repo_id else []),
                          *([hub_name] if hub_name else [])])
     extra: dict = {"skipped": skipped, "typed": ref.typed}
