@@ -46,7 +46,7 @@ def examine(cache: Cache, modes: Modes, fix: bool = False) -> list[Finding]:
         if rel_dir.startswith(_RUNTIME):
             dirs[:] = []
         _check_dir(out, dirpath, rel_dir, os.stat(dfd), dfd, modes, fix, is_root=not rel_dir)
-        for name in files:
+        for name in [*dirs, *files]:  # fwalk lists a link to a folder among the folders (and skips it)
             rel = f"{rel_dir}/{name}" if rel_dir else name
             st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
             path = os.path.join(dirpath, name)
