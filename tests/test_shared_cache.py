@@ -183,7 +183,9 @@ class Shared:
 
     # ---- checks
     def outside(self) -> dict[str, dict]:
-        return {"B's home": snapshot(self.b.home), "A's home": snapshot(self.a.home),
+        """Both homes (but HPCFT_HOME, hpcft's own state there) and /tmp/hpcft-shared but the cache."""
+        return {"B's home": snapshot(self.b.home, exclude=[self.b.home / "hpcft"]),
+                "A's home": snapshot(self.a.home, exclude=[self.a.home / "hpcft"]),
                 "/tmp/hpcft-shared (the cache excluded)": snapshot(SHARED_ROOT, exclude=[self.cache])}
 
     def assert_untouched(self, before: dict[str, dict]) -> None:
