@@ -117,27 +117,7 @@ class Dir:
         try:
             for part in [p for p in rel.split("/") if p]:
                 path = f"{path.rstrip('/')}/{part}"
-                made = False
-                try:
-                    nfd = os.open(part, O_DIR, dir_fd=fd)
-                except FileNotFoundError:
-                    if not create:
-                        raise
-                    try:
-                        os.mkdir(part, 0o700, dir_fd=fd)
-                        made = True
-                    except FileExistsError:
-                        pass
-                    try:
-                        nfd = os.open(part, O_DIR, dir_fd=fd)
-                    except OSError as exc:
-                        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                            raise _planted(path, exc) from None
-                        raise
-                except OSError as exc:
-                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                        raise _planted(path, exc) from None
-                    raise
+                nfd, made = _enter(fd, part, path, create, shared)
                 os.close(fd)
                 fd = nfd
                 if made and modes is not None:
@@ -301,6 +281,39 @@ class Dir:
                 st = os.stat(name, dir_fd=rootfd, follow_symlinks=False)
                 if stat.S_ISREG(st.st_mode):
                     yield os.path.normpath(os.path.join(root, name))
+
+
+def _enter(fd: int, part: str, path: str, create: bool, shared: bool) -> tuple[int, bool]:
+    """Open (or make and open) one folder below ``fd``; (its descriptor, whether we made it).
+
+    Another user's process may have just made a folder it has not yet given its shared mode (the
+    moment between ``mkdir`` and ``fchmod``): a permission error then is retried for a few
+    seconds before it counts."""
+    import time
+
+    deadline = time.monotonic() + 3.0
+    while True:
+        made = False
+        try:
+            try:
+                return os.open(part, O_DIR, dir_fd=fd), False
+            except FileNotFoundError:
+                if not create:
+                    raise
+                try:
+                    os.mkdir(part, 0o755 if shared else 0o700, dir_fd=fd)
+                    made = True
+                except FileExistsError:
+                    pass
+                return os.open(part, O_DIR, dir_fd=fd), made
+        except PermissionError:
+            if not create or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise _planted(path, exc) from None
+            raise
 
 
 def _check_shared(fd: int, path: str, modes: Optional[Modes]) -> None:
