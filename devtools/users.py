@@ -151,26 +151,70 @@ def _blocked_by(path: Path) -> str | None:
     return None
 
 
-def user_python(user: User, repo: Path) -> str:
-    """An interpreter ``user`` can run that imports hpcft from ``repo`` and this venv's packages.
+def _readable_copy(repo: Path) -> Path:
+    """A copy of ``repo/hpcft`` under USERS_ROOT that every user can read (CI may clone under /root)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in (repo / "hpcft").rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    for p in files:
+        digest.update(p.relative_to(repo).as_posix().encode() + b"\0" + p.read_bytes())
+    dst = USERS_ROOT / f"src-{digest.hexdigest()[:12]}"
+    if not dst.is_dir():
+        tmp = Path(tempfile.mkdtemp(prefix=".src-", dir=USERS_ROOT))
+        shutil.copytree(repo / "hpcft", tmp / "src" / "hpcft", ignore=shutil.ignore_patterns("__pycache__"))
+        for d, _dirs, names in os.walk(tmp):
+            os.chmod(d, 0o755)
+            for n in names:
+                os.chmod(os.path.join(d, n), 0o644)
+        try:
+            os.rename(tmp / "src", dst)
+        except OSError:  # a concurrent run made it first
+            pass
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dst
 
-    This interpreter when ``user`` can run it; else a side venv (USERS_ROOT/venv-py3.X-HASH)
-    made from a world-executable python3.X whose ``.pth`` adds this venv's site-packages."""
+
+def _readable_site(ver: str) -> Path:
+    """The login side's few dependencies, pip-installed (as root) where every user can read them."""
+    site = USERS_ROOT / f"site-{ver}"
+    if not (site / ".done").exists():
+        tmp = Path(tempfile.mkdtemp(prefix=".site-", dir=USERS_ROOT))
+        proc = _run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target",
+                     str(tmp / "site"), "pydantic>=2", "pyyaml", "filelock", "jinja2"])
+        if proc.returncode != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise Unavailable(f"pip install --target for other users failed: {proc.stderr.strip()[-400:]}")
+        (tmp / "site" / ".done").write_text("")
+        for d, _dirs, names in os.walk(tmp):
+            os.chmod(d, 0o755)
+            for n in names:
+                os.chmod(os.path.join(d, n), 0o644)
+        try:
+            os.rename(tmp / "site", site)
+        except OSError:
+            pass
+        shutil.rmtree(tmp, ignore_errors=True)
+    return site
+
+
+def user_python(user: User, repo: Path) -> tuple[str, Path]:
+    """An interpreter ``user`` can run, and the folder to put on its PYTHONPATH for hpcft.
+
+    The checkout and this interpreter when ``user`` can use them; else a side venv
+    (USERS_ROOT/venv-py3.X-HASH) made from a world-executable python3.X whose ``.pth`` adds this
+    venv's site-packages (or, when that is unreadable too, a pip-installed copy of the login
+    side's dependencies), with a copy of ``hpcft/`` when the checkout is unreadable."""
     repo = Path(repo).resolve()
-    why = _blocked_by(repo / "hpcft" / "__init__.py")
-    if why:
-        raise Unavailable(f"the checkout {repo} is not readable by other users ({why}); "
-                          "clone it somewhere others can read, e.g. under /srv or /tmp")
+    if _blocked_by(repo / "hpcft" / "__init__.py"):
+        repo = _readable_copy(repo)
     ok, out = _probe(user, sys.executable, repo)
     if ok:
-        return sys.executable
+        return sys.executable, repo
     own = f"{sys.executable} (-> {os.path.realpath(sys.executable)}) cannot be run by {user.name}: " + \
         (_blocked_by(Path(os.path.realpath(sys.executable))) or out)
-    site = sysconfig.get_paths()["purelib"]
-    why = _blocked_by(Path(site) / "x")
-    if why:
-        raise Unavailable(f"{own}; and its site-packages {site} is not readable by others ({why})")
     ver = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    site = sysconfig.get_paths()["purelib"]
+    if _blocked_by(Path(site) / "x"):
+        site = str(_readable_site(ver))
     cands = [c for c in (f"/usr/bin/{ver}", f"/usr/local/bin/{ver}", shutil.which(ver, path=BASE_PATH)) if c]
     for cand in dict.fromkeys(cands):
         if not os.access(cand, os.X_OK) or _blocked_by(Path(os.path.realpath(cand))):
@@ -194,6 +238,6 @@ def user_python(user: User, repo: Path) -> str:
         python = str(side / "bin" / "python")
         ok, out2 = _probe(user, python, repo)
         if ok:
-            return python
+            return python, repo
         own += f"; side venv {side} from {cand} failed: {out2}"
     raise Unavailable(own + f"; no usable world-executable {ver} found ({', '.join(cands) or 'none'})")

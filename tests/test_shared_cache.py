@@ -63,7 +63,8 @@ class People:
     a: users.User
     b: users.User
     gid: int
-    python: str  # an interpreter both users can run, importing hpcft from ROOT
+    python: str  # an interpreter both users can run
+    src: Path    # what it imports hpcft from: ROOT, or a readable copy (CI may clone under /root)
 
 
 @pytest.fixture(scope="session")
@@ -82,12 +83,12 @@ def people():
         try:
             gid = users.ensure_group(GROUP)
             a, b = users.ensure_user("hpcfta", GROUP), users.ensure_user("hpcftb", GROUP)
-            python = users.user_python(b, ROOT)
+            python, src = users.user_python(b, ROOT)
         except users.Unavailable as exc:
             if IN_CI:
                 pytest.fail(f"real users are required under CI=true: {exc}")
             pytest.skip(f"no real users: {exc}")
-        yield People(a, b, gid, python)
+        yield People(a, b, gid, python, src)
 
 
 @dataclass
@@ -149,7 +150,7 @@ class Shared:
         home = user.home
         return {"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "HPCFT_HOME": str(home / "hpcft"),
                 "HPCFT_CONFIG": str(self.config), **self.hub.env(), "HPCFT_RETRY_BACKOFF_S": "0.05",
-                "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1", **extra}
+                "PYTHONPATH": str(self.people.src), "PYTHONDONTWRITEBYTECODE": "1", **extra}
 
     def _who(self, user: users.User) -> str:
         return "A" if user == self.a else "B"
@@ -408,7 +409,9 @@ def test_forged_manifest_is_not_trusted(shared, target, action, layout):
         assert proc.rc != 0 and "Traceback" not in proc.err and proc.err.strip(), \
             f"rm went ahead on a manifest B did not write:\n{proc}"
     elif action == "shim":
-        env = {**shared.env(b), **offline_env(shared.cache, str(ROOT))}
+        src = shared.people.src  # the shim from the copy B can read (the checkout may be under /root)
+        env = {**shared.env(b), **offline_env(shared.cache, str(src)),
+               "PYTHONPATH": f"{src / 'hpcft' / 'offline_shim'}:{src}"}
         proc = shared.run(b, [shared.people.python, "-c", SHIM_CHECK], env)
         assert proc.rc == 0, str(proc)
         got = json.loads(proc.out.strip().splitlines()[-1])
