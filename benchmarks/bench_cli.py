@@ -40,7 +40,7 @@ def main() -> int:
         env = {**os.environ, "HPCFT_HOME": home, "HPCFT_CONFIG": f"{home}/none.yaml", "XDG_CONFIG_HOME": home}
         job = ROOT / "tests/fixtures/jobs/script-cpu.yaml"
         base = median_wall([sys.executable, "-c", "pass"], args.repeat, env)
-        from hpcft.offline import shim_path
+        from hpcft.core.offline import shim_path
 
         shim_env = {**env, "PYTHONPATH": shim_path(), "HPCFT_CACHE": home}
         rows = [

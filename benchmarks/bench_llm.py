@@ -146,8 +146,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     from devtools.hub.llm_fixtures import make_tiny_llama
+    from hpcft.core.store import Cache
     from hpcft.stage.layout import register_local
-    from hpcft.stage.store import Cache
 
     n = 64 if args.quick else 160
     threads = str(min(2, os.cpu_count() or 1))

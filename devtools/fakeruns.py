@@ -9,9 +9,9 @@ import random
 import time
 from pathlib import Path
 
-from hpcft.atomic import atomic_write_json
-from hpcft.rundir import RunPaths
-from hpcft.runs import RunRecord, RunStore, new_run_dir, now_iso
+from hpcft.core.atomic import atomic_write_json
+from hpcft.core.rundir import RunPaths
+from hpcft.runs.index import RunRecord, RunStore, new_run_dir, now_iso
 
 
 def fake_run(runs_root: Path, name: str, *, partition: str = "gpu", samples_per_s: float = 100.0,

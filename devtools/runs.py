@@ -11,12 +11,12 @@ from typing import Optional
 import yaml
 
 from devtools.hub.fixtures import make_standard_fixtures
-from hpcft.config import load_settings
-from hpcft.job import load_job
-from hpcft.rundir import RunPaths
-from hpcft.runs import new_run_dir
+from hpcft.core.config import load_settings
+from hpcft.core.job import load_job
+from hpcft.core.rundir import RunPaths
+from hpcft.core.store import Cache
+from hpcft.runs.index import new_run_dir
 from hpcft.stage.layout import register_local
-from hpcft.stage.store import Cache
 
 ROOT = Path(__file__).resolve().parents[1]
 GLUE_CONFIGS = ("mrpc", "cola", "sst2")
@@ -50,8 +50,8 @@ def make_run(job: dict, *, job_dir: Optional[Path] = None) -> RunPaths:
     """A run folder exactly as `hpcft submit` writes it (job.yaml, launch.json, run.json), not submitted.
 
     With ``job_dir`` the job file is written there first (relative paths resolve against it)."""
-    from hpcft.runs import RunRecord, RunStore, now_iso
-    from hpcft.submit import prepare_run
+    from hpcft.runs.index import RunRecord, RunStore, now_iso
+    from hpcft.submit.pipeline import prepare_run
 
     settings = load_settings()
     text = yaml.safe_dump(job, sort_keys=False)

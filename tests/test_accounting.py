@@ -63,7 +63,7 @@ def test_accounted_job_and_sacct_status(acct, tmp_path, monkeypatch):
         assert time.monotonic() < deadline and st["state"] not in ("FAILED", "CANCELLED"), st
         time.sleep(0.5)
     # the controller forgets finished jobs after MinJobAge: then state comes from sacct
-    from hpcft import slurm
+    from hpcft.cluster import slurm
 
     real_run = slurm._run
 

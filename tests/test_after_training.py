@@ -112,8 +112,8 @@ def test_compare_two_partitions_table_json_and_png(trained, tmp_path):
         assert s["eval_step"] == [e["step"] for e in events if e["event"] == "eval"] and s["eval_name"] == "accuracy"
 
     # the figure's axes and series, drawn from the same rows
-    from hpcft.compare import compare, figure
-    from hpcft.runs import RunStore
+    from hpcft.runs.compare import compare, figure
+    from hpcft.runs.index import RunStore
 
     store = RunStore(trained["home"] / "runs")
     rows_ = compare([store.find(a["run_id"]), store.find(b["run_id"])])

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from hpcft.errors import StageError
+from hpcft.core import names
+from hpcft.core.errors import StageError
+from hpcft.core.safefs import Dir, Lock, Modes, Planted
+from hpcft.core.store import Cache
 from hpcft.offline_shim import hpcft_trust
-from hpcft.stage import names
 from hpcft.stage.layout import prepare_cache, register_local
-from hpcft.stage.safefs import Dir, Lock, Modes, Planted
-from hpcft.stage.store import Cache
 
 from .conftest import hpcft
 

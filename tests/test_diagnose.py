@@ -2,7 +2,7 @@
 
 import pytest
 
-from hpcft.diagnose import diagnose_files, diagnose_lines
+from hpcft.runs.diagnose import diagnose_files, diagnose_lines
 
 
 @pytest.mark.parametrize("line,needle", [
@@ -51,7 +51,7 @@ def test_hints_from_context(lines, needle):
 
 
 def test_state_decides_when_the_log_cannot(tmp_path):
-    from hpcft.diagnose import diagnose_run
+    from hpcft.runs.diagnose import diagnose_run
 
     log = tmp_path / "job.1.err"
     log.write_text("working\n")

@@ -95,7 +95,7 @@ def test_prepare_task_gives_each_rank_its_log_and_the_ops_cache(tmp_path):
     run.mkdir()
     code = f"""
         import os
-        from hpcft.rundir import LaunchSpec
+        from hpcft.core.rundir import LaunchSpec
         from hpcft.worker.runtime import prepare_task
         spec = LaunchSpec(kind="train", run_dir={str(run)!r}, workdir=".", output_dir=".", base_dir=".",
                           tasks_per_node=2)
@@ -117,7 +117,7 @@ def test_prepare_task_gives_each_rank_its_log_and_the_ops_cache(tmp_path):
 def test_one_process_train_job_stays_out_of_torch_distributed(tmp_path):
     code = f"""
         import os
-        from hpcft.rundir import LaunchSpec
+        from hpcft.core.rundir import LaunchSpec
         from hpcft.worker.runtime import prepare_task
         spec = LaunchSpec(kind="train", run_dir={str(tmp_path)!r}, workdir=".", output_dir=".", base_dir=".")
         prepare_task(spec)

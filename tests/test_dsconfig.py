@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from hpcft.config import load_settings
-from hpcft.dsconfig import build, check, resolve
-from hpcft.errors import ConfigError
-from hpcft.job import TrainSpec, load_job
+from hpcft.core.config import load_settings
+from hpcft.core.dsconfig import build, check, resolve
+from hpcft.core.errors import ConfigError
+from hpcft.core.job import TrainSpec, load_job
 
 
 def train(**kw):
@@ -95,7 +95,7 @@ def test_dsconfig_does_not_import_the_job_schema():
     import ast
     import inspect
 
-    import hpcft.dsconfig as dsconfig
+    import hpcft.core.dsconfig as dsconfig
 
     imported = {node.module for node in ast.walk(ast.parse(inspect.getsource(dsconfig)))
                 if isinstance(node, ast.ImportFrom)}

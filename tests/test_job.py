@@ -4,9 +4,9 @@ import textwrap
 
 import pytest
 
-from hpcft.config import load_settings
-from hpcft.errors import ConfigError
-from hpcft.job import load_job
+from hpcft.core.config import load_settings
+from hpcft.core.errors import ConfigError
+from hpcft.core.job import load_job
 from tests.conftest import hpcft
 
 
@@ -124,7 +124,7 @@ def test_bad_sbatch_extra_and_mem(tmp_path):
 
 def test_set_overrides_and_bad_set(tmp_path):
     path = write(tmp_path, "name: x\nscript: train.py\n")
-    from hpcft.yamlfile import parse_set_options
+    from hpcft.core.yamlfile import parse_set_options
 
     loaded = load_job(path, load_settings(), parse_set_options(["resources.time=02:00:00", "resources.nodes=2"]))
     assert loaded.job.resources.time_seconds == 7200 and loaded.job.resources.nodes == 2

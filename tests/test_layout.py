@@ -1,22 +1,29 @@
-"""The package's shape: no import circles (imports inside functions included), and the two
-sides of the system meet only in the shared modules (job schema, run-folder contract, cache
-lookup). Walks the source with ``ast``; imports nothing from hpcft."""
+"""The package's shape: no import circles (imports inside functions included), and the side each
+module runs on is named by its folder, not by a list kept by hand:
+
+* ``hpcft/core/`` and ``hpcft/offline_shim/``: shared by both sides; they import only each other;
+* ``hpcft/worker/``: the compute side; never imports the login side;
+* every other folder (``cli``, ``cluster``, ``stage``, ``submit``, ``preflight``, ``runs``, ``use``):
+  the login side; never imports the worker;
+* at the top of ``hpcft/`` only names that pickles and saved scripts refer to (each says so).
+
+Walks the source with ``ast``; imports nothing from hpcft. The README's Layout section is
+checked against the tree here too."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "hpcft"
-
-# Both sides may import these; they import only each other.
-SHARED = {
-    "hpcft", "hpcft.errors", "hpcft.atomic", "hpcft.config", "hpcft.yamlfile", "hpcft.job", "hpcft.dsconfig",
-    "hpcft.slurm_time", "hpcft.slurmfmt", "hpcft.offline", "hpcft.rundir", "hpcft.assets",
-    "hpcft.stage", "hpcft.stage.store", "hpcft.stage.resolve", "hpcft.stage.names", "hpcft.stage.safefs",
-}
+SHARED_FOLDERS = ("hpcft.core", "hpcft.offline_shim")
 WORKER = "hpcft.worker"
+LOGIN_FOLDERS = ("hpcft.cli", "hpcft.cluster", "hpcft.stage", "hpcft.submit", "hpcft.preflight", "hpcft.runs",
+                 "hpcft.use")
+# the only modules at the top: the package itself and names that submitit pickles or saved scripts run
+TOP_LEVEL = {"hpcft", "hpcft.entry", "hpcft.launch", "hpcft.scow_rerun", "hpcft.__main__"}
 
 
 def _modules() -> dict[str, Path]:
@@ -102,15 +109,49 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
+def _in(name: str, folders) -> bool:
+    return any(name == f or name.startswith(f + ".") for f in folders)
+
+
 def _side(name: str) -> str:
-    if name in SHARED or name.startswith("hpcft.offline_shim"):
+    if _in(name, SHARED_FOLDERS) or name == "hpcft":
         return "shared"
-    return "worker" if name == WORKER or name.startswith(WORKER + ".") else "login"
+    if _in(name, (WORKER,)):
+        return "worker"
+    if _in(name, LOGIN_FOLDERS) or name in TOP_LEVEL:
+        return "login"
+    raise AssertionError(f"{name}: not in a folder that names its side (core, worker, or a login folder)")
+
+
+def test_every_module_lives_in_a_folder_that_names_its_side():
+    loose = sorted(m for m in _modules() if m.count(".") == 1 and m not in TOP_LEVEL
+                   and not any(m == f for f in (*SHARED_FOLDERS, WORKER, *LOGIN_FOLDERS)))
+    assert loose == [], "modules at the top of hpcft/ (move them into core/, worker/ or a login folder)"
+    for m in _modules():
+        _side(m)
+
+
+def test_top_level_modules_say_why_they_are_there():
+    for name in TOP_LEVEL - {"hpcft", "hpcft.__main__"}:
+        path = PKG / f"{name.split('.')[1]}.py"
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+        assert re.search(r"pickle|saved|Kept at this name|Compatibility name", doc), (name, doc[:120])
+
+
+def test_readme_layout_matches_the_tree():
+    """Every folder of hpcft/ is named in the README's Layout section, and nothing that is gone."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("### Layout"):]
+    section = section[:section.index("\n### ", 5)] if "\n### " in section[5:] else section
+    folders = {p.name for p in PKG.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    named = set(re.findall(r"hpcft/([a-z_]+)/", section))
+    assert folders - named == set(), f"folders missing from the README's Layout: {sorted(folders - named)}"
+    assert named - folders == set(), f"the README's Layout names folders that do not exist: {sorted(named - folders)}"
 
 
 def test_the_walker_sees_imports_inside_functions():
     graph = _graph()
-    assert "hpcft.dsconfig" in graph["hpcft.worker.runtime"]        # imported inside a function
+    assert "hpcft.core.dsconfig" in graph["hpcft.worker.runtime"]        # imported inside a function
     assert "hpcft.worker.progress" in graph["hpcft.worker.runtime"]  # `from . import progress`
 
 
@@ -132,6 +173,7 @@ def test_worker_and_shared_modules_never_import_the_login_side():
     assert {m: v for m, v in bad.items() if v} == {}
 
 
-def test_shared_modules_exist():
-    """The list above is the design: a renamed shared module must be renamed here too."""
-    assert SHARED <= set(_modules())
+def test_the_folders_hold_what_they_say():
+    mods = set(_modules())
+    for folder in (*SHARED_FOLDERS, WORKER, *LOGIN_FOLDERS):
+        assert folder in mods, f"{folder} has no __init__.py"

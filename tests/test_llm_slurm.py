@@ -148,8 +148,8 @@ print("GENERATED", len(out[0]) - ids["input_ids"].shape[1], repr(tok.decode(out[
 
 def _stage_local(llama_repo, hpcft_home) -> None:
     """The model as `hpcft stage` records it (the hub path is tested above; these tests are about training)."""
+    from hpcft.core.store import Cache
     from hpcft.stage.layout import register_local
-    from hpcft.stage.store import Cache
 
     register_local(Cache(hpcft_home / "cache"), "model", LLAMA_ID, llama_repo, aliases=["llama3-8b-instruct"])
 

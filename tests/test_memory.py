@@ -11,14 +11,22 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hpcft.config import Settings, load_settings
-from hpcft.job import load_job
-from hpcft.memcheck import memory_check
-from hpcft.memory import LLAMA2_CONFIGS, LLAMA_FACTORY_TABLE, Plan, Shape, device_memory, estimate, parse_size_gib
-from hpcft.preflight import ClusterView
-from hpcft.slurm import Node, Partition, parse_gres_types
+from hpcft.cluster.slurm import Node, Partition, parse_gres_types
+from hpcft.core.config import Settings, load_settings
+from hpcft.core.job import load_job
+from hpcft.core.store import Cache
+from hpcft.preflight.checks import ClusterView
+from hpcft.preflight.estimate import (
+    LLAMA2_CONFIGS,
+    LLAMA_FACTORY_TABLE,
+    Plan,
+    Shape,
+    device_memory,
+    estimate,
+    parse_size_gib,
+)
+from hpcft.preflight.memcheck import memory_check
 from hpcft.stage.layout import register_local
-from hpcft.stage.store import Cache
 
 # Llama-3-8B-Instruct's config.json (the fields the estimate reads)
 LLAMA3_8B = {"architectures": ["LlamaForCausalLM"], "hidden_size": 4096, "intermediate_size": 14336,
@@ -108,7 +116,7 @@ def test_refuses_8b_full_on_one_80g_gpu_naming_fixes_and_accepts_lora(hpcft_home
 
 
 def test_llm_fields_are_validated_per_task(tmp_path):
-    from hpcft.errors import ConfigError
+    from hpcft.core.errors import ConfigError
 
     settings = Settings()
     bad = {"name": "x", "train": {"model": "bert-base-uncased", "dataset": "glue/mrpc", "method": "lora"}}

@@ -22,8 +22,8 @@ import pytest
 from devtools.hub.pytest_fixtures import hub, hub_fixtures, hub_server, modelers_fixtures  # noqa: F401
 from devtools.hub.server import HubServer
 from devtools.hub.tls import Cert, resolve_in_hosts
-from hpcft.offline import link_openmind_cache, offline_env, openmind_env
-from hpcft.stage.store import Cache
+from hpcft.core.offline import link_openmind_cache, offline_env, openmind_env
+from hpcft.core.store import Cache
 from tests.conftest import IN_CI
 
 pytestmark = pytest.mark.hub

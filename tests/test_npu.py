@@ -28,7 +28,7 @@ JobId=42 JobName=cola-npu
 
 
 def test_each_node_reads_its_own_devices():
-    from hpcft.slurmfmt import node_gres_idx
+    from hpcft.core.slurmfmt import node_gres_idx
 
     assert node_gres_idx(SCONTROL_2_NODES, "npu01") == [0, 1, 2, 3]
     assert node_gres_idx(SCONTROL_2_NODES, "npu02") == [4, 5, 6, 7]

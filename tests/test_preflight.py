@@ -3,10 +3,10 @@
 import os
 from pathlib import Path
 
-from hpcft.config import Settings
-from hpcft.job import Job
-from hpcft.preflight import Check, ClusterView, npu_env_check, output_dir_check, resolve_partition, run_checks
-from hpcft.slurm import parse_nodes, parse_partitions
+from hpcft.cluster.slurm import parse_nodes, parse_partitions
+from hpcft.core.config import Settings
+from hpcft.core.job import Job
+from hpcft.preflight.checks import Check, ClusterView, npu_env_check, output_dir_check, resolve_partition, run_checks
 
 PARTS = ("PartitionName=cpu Default=YES MaxTime=1-00:00:00 Nodes=cn[1-2] State=UP TotalNodes=2\n"
          "PartitionName=a100 Default=NO MaxTime=2-00:00:00 Nodes=g[1-2] State=UP TotalNodes=2\n"

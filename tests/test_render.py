@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from hpcft.config import Settings
-from hpcft.job import load_job
-from hpcft.render import make_plan, render_script
+from hpcft.core.config import Settings
+from hpcft.core.job import load_job
+from hpcft.submit.render import make_plan, render_script
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden"

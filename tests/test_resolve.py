@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from hpcft import assets as A
-from hpcft.config import Settings
-from hpcft.errors import ConfigError, StageError
-from hpcft.job import Assets, Job
-from hpcft.preflight import staged_check as _staged_check
+from hpcft.core import assets as A
+from hpcft.core.config import Settings
+from hpcft.core.errors import ConfigError, StageError
+from hpcft.core.job import Assets, Job
+from hpcft.core.resolve import load_table, plan, resolve
+from hpcft.core.store import Cache
+from hpcft.preflight.checks import staged_check as _staged_check
 from hpcft.stage import select
 from hpcft.stage.layout import register_local
-from hpcft.stage.resolve import load_table, plan, resolve
-from hpcft.stage.store import Cache
 
 GLUE_CONFIGS = ["ax", "cola", "mnli", "mnli_matched", "mnli_mismatched", "mrpc", "qnli", "qqp", "rte", "sst2",
                 "stsb", "wnli"]

@@ -12,10 +12,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from hpcft import scow
-from hpcft.config import Scow, Settings
-from hpcft.job import load_job
-from hpcft.render import make_plan, render_script
+from hpcft.core.config import Scow, Settings
+from hpcft.core.job import load_job
+from hpcft.submit.pipeline import scow
+from hpcft.submit.render import make_plan, render_script
 from tests.conftest import hpcft, hpcft_json
 from tests.test_render import FIXTURES, ROOT, check_golden
 

@@ -33,7 +33,7 @@ import pytest
 from devtools import users
 from devtools.fssnap import diff, snapshot
 from devtools.hub.pytest_fixtures import hub, hub_fixtures, hub_server  # noqa: F401
-from hpcft.offline import offline_env
+from hpcft.core.offline import offline_env
 
 pytestmark = pytest.mark.hub
 

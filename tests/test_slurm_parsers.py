@@ -2,9 +2,9 @@
 
 import pytest
 
-from hpcft import slurm
-from hpcft.slurm_time import format_duration, parse_duration, parse_slurm_elapsed
-from hpcft.slurmfmt import expand_hostlist, node_gres_idx
+from hpcft.cluster import slurm
+from hpcft.core.slurm_time import format_duration, parse_duration, parse_slurm_elapsed
+from hpcft.core.slurmfmt import expand_hostlist, node_gres_idx
 
 PARTITIONS = """\
 PartitionName=cpu AllowGroups=ALL AllowAccounts=ALL AllowQos=ALL AllocNodes=ALL Default=YES QoS=N/A DefaultTime=NONE DisableRootJobs=NO ExclusiveUser=NO GraceTime=0 Hidden=NO MaxNodes=UNLIMITED MaxTime=1-00:00:00 MinNodes=0 LLN=NO MaxCPUsPerNode=UNLIMITED Nodes=vm PriorityJobFactor=1 PriorityTier=1 RootOnly=NO ReqResv=NO OverSubscribe=FORCE:4 OverTimeLimit=NONE PreemptMode=OFF State=UP TotalCPUs=2 TotalNodes=1 SelectTypeParameters=NONE JobDefaults=(null) DefMemPerNode=UNLIMITED MaxMemPerNode=UNLIMITED TRES=cpu=2,mem=19200M,node=1,billing=2

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from devtools.hub.pytest_fixtures import hub, hub_fixtures, hub_server, modelers_fixtures  # noqa: F401
-from hpcft.config import load_settings
-from hpcft.errors import StageError
-from hpcft.stage.resolve import load_table, plan
+from hpcft.core.config import load_settings
+from hpcft.core.errors import StageError
+from hpcft.core.resolve import load_table, plan
+from hpcft.core.store import Cache
 from hpcft.stage.stage import StageOptions, stage
-from hpcft.stage.store import Cache
 
 pytestmark = pytest.mark.hub
 

@@ -1,5 +1,5 @@
 """What a compute node gets: after ``hpcft stage``, a fresh process with only
-``hpcft.offline.offline_env`` set and the hub's port closed loads the names users type
+``hpcft.core.offline.offline_env`` set and the hub's port closed loads the names users type
 with the real transformers / datasets / evaluate / huggingface_hub."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 
 from devtools.hub.pytest_fixtures import hub_fixtures  # noqa: F401
 from devtools.hub.server import HubServer
-from hpcft.offline import offline_env, shim_path
+from hpcft.core.offline import offline_env, shim_path
 
 pytestmark = pytest.mark.hub
 ROOT = Path(__file__).resolve().parent.parent

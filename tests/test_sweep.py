@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hpcft.config import Settings
-from hpcft.errors import ConfigError
-from hpcft.job import load_job
-from hpcft.slurm import parse_array_states, parse_config, parse_index_set
-from hpcft.sweep import array_spec, expand, sweep_points
+from hpcft.cluster.slurm import parse_array_states, parse_config, parse_index_set
+from hpcft.core.config import Settings
+from hpcft.core.errors import ConfigError
+from hpcft.core.job import load_job
+from hpcft.submit.sweep import array_spec, expand, sweep_points
 from tests.conftest import hpcft, hpcft_json
 
 GRID = {"train.learning_rate": ["1e-3", "3e-3", "1e-2"], "train.seed": [1, 2, 3]}
@@ -229,7 +229,7 @@ def test_preflight_refuses_an_array_larger_than_max_array_size(slurm, tmp_path):
 
 
 def test_array_script_golden(tmp_path, monkeypatch):
-    from hpcft.render import make_plan, render_script
+    from hpcft.submit.render import make_plan, render_script
     from tests.test_render import ROOT, check_golden
 
     monkeypatch.delenv("HPCFT_CACHE", raising=False)

@@ -19,8 +19,8 @@ import yaml
 
 from devtools.hub.pytest_fixtures import hub_fixtures  # noqa: F401
 from devtools.hub.server import HubServer
-from hpcft.config import load_settings
-from hpcft.offline import offline_env
+from hpcft.core.config import load_settings
+from hpcft.core.offline import offline_env
 
 pytestmark = pytest.mark.worker  # also run on the floor lane (.venv-floor)
 

@@ -17,13 +17,13 @@ from types import SimpleNamespace
 import pytest
 
 from devtools.runs import make_run, tiny_job
-from hpcft import assets
-from hpcft.config import load_settings
-from hpcft.errors import NotStagedError
-from hpcft.job import Job, load_job
+from hpcft.core import assets
+from hpcft.core.config import load_settings
+from hpcft.core.errors import NotStagedError
+from hpcft.core.job import Job, load_job
+from hpcft.core.resolve import load_table
+from hpcft.core.store import Cache
 from hpcft.stage.layout import register_local
-from hpcft.stage.resolve import load_table
-from hpcft.stage.store import Cache
 from hpcft.worker import checkpoints as ck
 from hpcft.worker import metrics as mt
 from hpcft.worker.presets import preset_for
@@ -120,7 +120,7 @@ def test_script_env_points_scripts_at_the_staged_copies(cache):
 def test_worker_fails_fast_without_importing_torch(cache, tmp_path):
     """A job whose model is not staged fails in seconds, before torch/transformers are imported."""
     paths = make_run(tiny_job(model="bert-large-cased"))
-    code = ("import sys\nfrom hpcft.worker import main\nfrom hpcft.errors import NotStagedError\n"
+    code = ("import sys\nfrom hpcft.worker import main\nfrom hpcft.core.errors import NotStagedError\n"
             f"try:\n    main.run({str(paths.dir)!r})\nexcept NotStagedError as e:\n"
             "    print('HEAVY', sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
@@ -131,7 +131,7 @@ def test_worker_fails_fast_without_importing_torch(cache, tmp_path):
 
 
 def test_launch_and_light_worker_modules_never_import_torch():
-    code = ("import sys, hpcft.entry, hpcft.worker.main, hpcft.worker.runtime, hpcft.assets, hpcft.worker.presets, "
+    code = ("import sys, hpcft.entry, hpcft.worker.main, hpcft.worker.runtime, hpcft.core.assets, hpcft.worker.presets, "
             "hpcft.worker.checkpoints, hpcft.cli.cmd_show\nprint(sorted(m for m in ('torch','transformers','datasets','evaluate') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
@@ -139,7 +139,7 @@ def test_launch_and_light_worker_modules_never_import_torch():
 
 
 def test_missing_columns_list_the_columns_the_dataset_has(tmp_path):
-    from hpcft.assets import JobAsset
+    from hpcft.core.assets import JobAsset
     from hpcft.worker.data import DataError, prepare
 
     csv = tmp_path / "reviews.csv"
@@ -220,7 +220,7 @@ def test_every_example_job_validates():
 
 
 def test_show_prints_config_metrics_and_paths(run_hpcft, hpcft_home):
-    from hpcft.runs import RunRecord, RunStore, now_iso
+    from hpcft.runs.index import RunRecord, RunStore, now_iso
 
     paths = make_run(tiny_job())
     (paths.dir / "curves.png").write_bytes(b"png")

@@ -5,9 +5,9 @@ import time
 
 import pytest
 
-from hpcft.config import load_settings
-from hpcft.errors import ConfigError
-from hpcft.yamlfile import MAX_NODES, load_yaml_file, parse_set_options, parse_yaml, yaml_load
+from hpcft.core.config import load_settings
+from hpcft.core.errors import ConfigError
+from hpcft.core.yamlfile import MAX_NODES, load_yaml_file, parse_set_options, parse_yaml, yaml_load
 
 
 def refused(text, **kw):
@@ -45,13 +45,13 @@ def test_deep_nesting():
 
 
 def test_too_many_values_in_the_text_itself(monkeypatch):
-    monkeypatch.setattr("hpcft.yamlfile.MAX_NODES", 1000)  # the real bound takes seconds to reach
+    monkeypatch.setattr("hpcft.core.yamlfile.MAX_NODES", 1000)  # the real bound takes seconds to reach
     text = "a: [" + ", ".join(["1"] * 1010) + "]\n"
     assert refused(text) == ["j.yaml:1: more than 1000 values"]
 
 
 def test_time_bound(monkeypatch):
-    monkeypatch.setattr("hpcft.yamlfile.MAX_SECONDS", 0)  # any document of 1024+ values is now too slow
+    monkeypatch.setattr("hpcft.core.yamlfile.MAX_SECONDS", 0)  # any document of 1024+ values is now too slow
     assert refused("a: [" + ", ".join(["1"] * 2000) + "]\n") == ["j.yaml:1: took more than 0 s to read"]
     assert parse_yaml("a: [1, 2]\n", "j.yaml").data == {"a": [1, 2]}  # small documents never reach the check
 

@@ -12,9 +12,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..monitor import cancel
-    from ..runs import RunStore
-    from ..sweepview import find as find_sweep
+    from ..runs.index import RunStore
+    from ..runs.monitor import cancel
+    from ..runs.sweeps import find as find_sweep
 
     store = RunStore(settings().runs)
     sweep = find_sweep(store, args.ref)

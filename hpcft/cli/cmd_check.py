@@ -14,8 +14,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..errors import ConfigError
-    from ..submit import submit
+    from ..core.errors import ConfigError
+    from ..submit.pipeline import submit
 
     try:
         loaded, settings = load(args)
@@ -26,7 +26,7 @@ def run(args) -> int:
         print(f"✗ job file: {len(exc.lines())} problem(s)")
         raise
     if loaded.job.sweep is not None:  # every point validated, plus the array's own limits
-        from ..sweep import submit_sweep
+        from ..submit.sweep import submit_sweep
 
         result = submit_sweep(loaded, settings, dry_run=True, executor=args.executor)
     else:

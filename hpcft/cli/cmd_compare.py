@@ -25,8 +25,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..compare import HEADERS, as_json, compare, select, table_rows, write_png
-    from ..runs import RunStore
+    from ..runs.compare import HEADERS, as_json, compare, select, table_rows, write_png
+    from ..runs.index import RunStore
 
     rows = compare(select(RunStore(settings().runs), args.refs, args.last))
     png = write_png(rows, Path(args.png)) if args.png else None

@@ -31,10 +31,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..errors import ConfigError, HpcftError
-    from ..offline import OFFLINE_FLAGS
-    from ..rundir import RunPaths
-    from ..runs import RunStore
+    from ..core.errors import ConfigError, HpcftError
+    from ..core.offline import OFFLINE_FLAGS
+    from ..core.rundir import RunPaths
+    from ..runs.index import RunStore
 
     s = settings()
     record = RunStore(s.runs).find(args.ref)

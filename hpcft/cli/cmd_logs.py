@@ -17,8 +17,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..monitor import follow
-    from ..runs import RunStore
+    from ..runs.index import RunStore
+    from ..runs.monitor import follow
 
     record = RunStore(settings().runs).find(args.ref)
     st = follow(record, err=args.err, rank=args.rank, follow=args.follow)

@@ -40,10 +40,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..compare import find_run
-    from ..errors import ConfigError
-    from ..runs import RunStore
-    from ..usemodel import local_env, require_local_torch, run_model, worker_argv
+    from ..core.errors import ConfigError
+    from ..runs.compare import find_run
+    from ..runs.index import RunStore
+    from ..use.launch import local_env, require_local_torch, run_model, worker_argv
 
     if not args.texts and not args.file:
         raise ConfigError(["hpcft predict: give one or more TEXTs or --file IN.jsonl"])
@@ -66,8 +66,8 @@ def run(args) -> int:
 
 
 def _submit(args, s, model, wargs: list[str]) -> int:
-    from .. import slurm
-    from ..usemodel import submit_aux
+    from ..cluster import slurm
+    from ..use.launch import submit_aux
 
     folder = model.paths.predictions
     folder.mkdir(parents=True, exist_ok=True)
@@ -96,7 +96,7 @@ def _submit(args, s, model, wargs: list[str]) -> int:
             shutil.copyfile(out, args.out)
         print(job.log.read_text(encoding="utf-8", errors="replace") if job.log.is_file() else "", end="")
         return 0
-    from ..errors import HpcftError
+    from ..core.errors import HpcftError
 
     err = job.err.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:] if job.err.is_file() else []
     raise HpcftError(f"predict job {job.job_id} ended {state} without results (log {job.err}): "

@@ -15,15 +15,15 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from .. import scow
-    from ..render import make_plan, render_script
+    from ..submit import scow
+    from ..submit.render import make_plan, render_script
 
     loaded, settings = load(args)
     partition = loaded.job.resources.partition or args.partition or \
         settings.default_partition.get(loaded.job.resources.device)
     scow_dir = scow.job_folder(settings, loaded.job.name) if scow.enabled(settings) else None
     if loaded.job.sweep is not None:  # the one array script (every point validated first)
-        from ..sweep import array_spec, expand
+        from ..submit.sweep import array_spec, expand
 
         pairs = expand(loaded)
         root = settings.runs / "<sweep-id>"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ..rundir import RunPaths
+from ..core.rundir import RunPaths
 from .common import print_json, settings, table
 
 
@@ -27,9 +27,9 @@ def headline(run_dir: str) -> str:
 
 
 def run(args) -> int:
-    from ..monitor import status
-    from ..runs import RunStore
-    from ..slurm import TERMINAL_STATES
+    from ..cluster.slurm import TERMINAL_STATES
+    from ..runs.index import RunStore
+    from ..runs.monitor import status
     from .sweep_views import recent, sweep_row
 
     store = RunStore(settings().runs)

@@ -34,11 +34,11 @@ def register(sub) -> None:
 def run(args) -> int:
     import importlib.util
 
-    from ..compare import find_run
-    from ..errors import HpcftError
-    from ..runs import RunStore
-    from ..serve import how_to_reach
-    from ..usemodel import local_env, require_local_torch, run_model, worker_argv
+    from ..core.errors import HpcftError
+    from ..runs.compare import find_run
+    from ..runs.index import RunStore
+    from ..use.launch import local_env, require_local_torch, run_model, worker_argv
+    from ..use.reach import how_to_reach
 
     s = settings()
     model = run_model(find_run(RunStore(s.runs), args.ref), best=args.best)
@@ -60,8 +60,8 @@ def run(args) -> int:
 
 
 def _submit(args, s, model, wargs: list[str]) -> int:
-    from ..serve import how_to_reach, wait_for_serve
-    from ..usemodel import submit_aux
+    from ..use.launch import submit_aux
+    from ..use.reach import how_to_reach, wait_for_serve
 
     wargs += ["--port", str(args.port or 0), "--device", model.device]
     folder = model.paths.dir / "serve"

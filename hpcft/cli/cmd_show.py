@@ -33,8 +33,8 @@ def collect(record) -> dict:
     """Everything `show` prints, as data (no Slurm calls: works for old runs too)."""
     import yaml
 
-    from ..monitor import last_progress
-    from ..rundir import LaunchSpec, RunPaths
+    from ..core.rundir import LaunchSpec, RunPaths
+    from ..runs.monitor import last_progress
 
     paths = RunPaths(record.run_dir)
     try:
@@ -92,10 +92,10 @@ def _num(v) -> str:
 
 
 def run(args) -> int:
-    from ..monitor import status
-    from ..runs import RunStore
-    from ..slurm import TERMINAL_STATES
-    from ..sweepview import find as find_sweep
+    from ..cluster.slurm import TERMINAL_STATES
+    from ..runs.index import RunStore
+    from ..runs.monitor import status
+    from ..runs.sweeps import find as find_sweep
 
     store = RunStore(settings().runs)
     sweep = find_sweep(store, args.ref)

@@ -53,7 +53,7 @@ def register(sub) -> None:
 
 
 def _job_assets(path: str, s):
-    from ..job import load_job
+    from ..core.job import load_job
 
     loaded = load_job(path, s, {})
     assets = loaded.job.all_assets()
@@ -66,7 +66,7 @@ def _job_assets(path: str, s):
 
 
 def _is_dataset_name(name: str, table) -> bool:
-    from ..stage.resolve import is_local
+    from ..core.resolve import is_local
 
     base = name.split(":", 1)[0]
     head = base.split("/", 1)[0]
@@ -82,9 +82,9 @@ def _is_dataset_name(name: str, table) -> bool:
 def run(args) -> int:
     from pathlib import Path
 
-    from ..errors import ConfigError
+    from ..core.errors import ConfigError
+    from ..core.resolve import load_table, plan
     from ..stage.progress import human
-    from ..stage.resolve import load_table, plan
     from ..stage.stage import StageOptions, stage
     from .common import print_json, settings
 

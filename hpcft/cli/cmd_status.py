@@ -26,10 +26,10 @@ def describe_progress(progress: dict | None) -> str:
 
 
 def run(args) -> int:
-    from ..monitor import status
-    from ..runs import RunStore
-    from ..slurm_time import format_duration
-    from ..sweepview import find as find_sweep
+    from ..core.slurm_time import format_duration
+    from ..runs.index import RunStore
+    from ..runs.monitor import status
+    from ..runs.sweeps import find as find_sweep
 
     store = RunStore(settings().runs)
     sweep = find_sweep(store, args.ref)

@@ -31,7 +31,7 @@ def run(args) -> int:
         from .sweep_views import submit_sweep_command
 
         return submit_sweep_command(args, loaded, settings)
-    from ..submit import submit
+    from ..submit.pipeline import submit
 
     result = submit(loaded, settings, dry_run=args.dry_run, executor=args.executor,
                     save_template=args.save_template)
@@ -53,7 +53,7 @@ def run(args) -> int:
             print(f"portal: saved job {result.template.name} (SCOW: job templates)")
         print(f"watch:  hpcft logs -f {rec.run_id}")
     if args.wait:
-        from ..monitor import follow
+        from ..runs.monitor import follow
 
         st = follow(rec, follow=True, out=sys.stdout if not args.json else sys.stderr)
         print(f"hpcft: job {rec.job_id} {st.state}" + (f": {st.error}" if st.error else ""), file=sys.stderr)

@@ -7,11 +7,11 @@ import sys
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 if TYPE_CHECKING:
-    from ..config import Settings
+    from ..core.config import Settings
 
 
 def settings() -> "Settings":
-    from ..config import load_settings  # pydantic loads only when a command runs, not for --help
+    from ..core.config import load_settings  # pydantic loads only when a command runs, not for --help
 
     return load_settings()
 
@@ -23,8 +23,8 @@ def add_job_args(parser) -> None:
 
 
 def load(args):
-    from ..job import load_job
-    from ..yamlfile import parse_set_options
+    from ..core.job import load_job
+    from ..core.yamlfile import parse_set_options
 
     s = settings()
     return load_job(args.job, s, parse_set_options(args.sets)), s

@@ -7,7 +7,7 @@ import importlib
 import sys
 
 from .. import __version__
-from ..errors import ConfigError, HpcftError
+from ..core.errors import ConfigError, HpcftError
 
 # command modules, in help order; each defines register(subparsers) and run(args) -> int
 COMMANDS = ["stage", "cache", "submit", "render", "check", "status", "logs", "cancel", "runs", "show",

@@ -10,8 +10,8 @@ from .common import print_dry_run, print_json, table
 
 
 def submit_sweep_command(args, loaded, settings) -> int:
-    from ..errors import ConfigError
-    from ..sweep import submit_sweep
+    from ..core.errors import ConfigError
+    from ..submit.sweep import submit_sweep
 
     if args.save_template:
         raise ConfigError([f"{loaded.source or '<job>'}: --save-template: a sweep is a job array, which the "
@@ -37,15 +37,15 @@ def submit_sweep_command(args, loaded, settings) -> int:
 
 
 def _view(store, sweep):
-    from ..sweepview import records, task_states
+    from ..runs.sweeps import records, task_states
 
     recs = records(store, sweep)
     return recs, task_states(sweep, recs)
 
 
 def status(args, store, sweep) -> int:
-    from ..sweep import describe
-    from ..sweepview import counts
+    from ..runs.sweeps import counts
+    from ..submit.sweep import describe
 
     recs, states = _view(store, sweep)
     if args.json:
@@ -70,8 +70,8 @@ def _tally(states: list[str]) -> dict[str, int]:
 
 
 def cancel(args, store, sweep) -> int:
-    from ..sweepview import cancel as cancel_sweep
-    from ..sweepview import records
+    from ..runs.sweeps import cancel as cancel_sweep
+    from ..runs.sweeps import records
 
     n = cancel_sweep(sweep, records(store, sweep))
     print(f"cancelled job array {sweep.array_job_id} (sweep {sweep.sweep_id}: {n} of {sweep.size} tasks "
@@ -80,8 +80,8 @@ def cancel(args, store, sweep) -> int:
 
 
 def show(args, store, sweep) -> int:
-    from ..sweep import describe
-    from ..sweepview import counts, rank
+    from ..runs.sweeps import counts, rank
+    from ..submit.sweep import describe
 
     recs, states = _view(store, sweep)
     ranked = rank(sweep, recs, states)
@@ -109,8 +109,8 @@ def recent(store, limit: int) -> list[tuple]:
     and (None, sweep) for a sweep (however many tasks it has)."""
     from pathlib import Path
 
-    from ..errors import NotFoundError
-    from ..sweep import Sweep
+    from ..core.errors import NotFoundError
+    from ..submit.sweep import Sweep
 
     out: list[tuple] = []
     seen: set[str] = set()
@@ -134,7 +134,7 @@ def recent(store, limit: int) -> list[tuple]:
 
 def sweep_row(store, sweep) -> dict:
     """A sweep as one ``hpcft runs`` row: every task's state counted, the best point's metric."""
-    from ..sweepview import counts, rank
+    from ..runs.sweeps import counts, rank
 
     recs, states = _view(store, sweep)
     ranked = rank(sweep, recs, states)

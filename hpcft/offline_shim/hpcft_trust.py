@@ -1,7 +1,7 @@
 """When a manifest in a shared cache may be believed: the one check, for both sides.
 
 Stdlib only: the offline shim imports it on compute nodes (this folder is on the job's
-``PYTHONPATH``) and :mod:`hpcft.stage.store` imports it on the login node, so the shim,
+``PYTHONPATH``) and :mod:`hpcft.core.store` imports it on the login node, so the shim,
 ``assets.lookup``, ``hpcft cache verify`` and ``hpcft cache rm`` all decide alike.
 
 Anybody in the cache's group can write a file into ``manifests/``. A manifest is trusted only

@@ -1,6 +1,6 @@
 """hpcft's import-time shim for jobs on offline compute nodes (stdlib only).
 
-A job's ``PYTHONPATH`` starts with this folder (``hpcft.offline.offline_env``), so
+A job's ``PYTHONPATH`` starts with this folder (``hpcft.core.offline.offline_env``), so
 Python runs this file at start-up. It imports nothing heavy: it registers a post-import
 hook, and only when the script itself imports ``datasets`` does it wrap
 ``datasets.load_dataset`` / ``load_dataset_builder`` so that the names users type
@@ -14,7 +14,7 @@ openMind hub (``openmind_hub``, the Modelers client): its ``snapshot_download`` 
 ``om_hub_download`` ask the hub whether the repo exists (``check_repo_exists``) before they
 look at ``local_files_only`` -- a network call that fails on a node without internet. Offline,
 the shim makes that check a no-op, so ``local_files_only=True`` resolves from the cache that
-``XDG_CACHE_HOME`` points at (``hpcft.offline.openmind_env``), as the client intends. The
+``XDG_CACHE_HOME`` points at (``hpcft.core.offline.openmind_env``), as the client intends. The
 ``openmind`` library's ``OmDataset.load_dataset("AI_Connect/glue", "cola")`` asks the hub
 (``repo_info``) for any hub name, even with the data on disk: offline, a staged name becomes the
 staged folder, exactly as for ``datasets.load_dataset``.

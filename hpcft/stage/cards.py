@@ -18,7 +18,7 @@ import stat
 from pathlib import Path
 from typing import Optional
 
-from .safefs import Dir, Lock, Modes, rel_parts
+from ..core.safefs import Dir, Lock, Modes, rel_parts
 from .select import dataset_configs
 
 REPOYAML = ".huggingface.yaml"

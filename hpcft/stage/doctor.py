@@ -16,8 +16,8 @@ import stat
 from dataclasses import dataclass
 from typing import Optional
 
-from .safefs import ME, O_DIR, Modes, owner_name
-from .store import Cache
+from ..core.safefs import ME, O_DIR, Modes, owner_name
+from ..core.store import Cache
 
 # folders that hold a staged asset (their files are the asset): relative to the cache root
 _ASSET = re.compile(r"^(hf/hub/(models|datasets)--[^/]+/snapshots/[^/]+|metrics/[^/]+/[^/]+)(/.*)?$")

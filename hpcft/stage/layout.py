@@ -26,10 +26,10 @@ import stat
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from ..errors import StageError
-from . import names as safe_names
-from .safefs import ME, O_NEW, Dir, Lock, Modes, owner_name, remove_tree, rename
-from .store import Cache, StagedAsset, asset_key
+from ..core import names as safe_names
+from ..core.errors import StageError
+from ..core.safefs import ME, O_NEW, Dir, Lock, Modes, owner_name, remove_tree, rename
+from ..core.store import Cache, StagedAsset, asset_key
 
 # writable-by-jobs folders of HF_HOME (datasets' arrow cache, evaluate's module and metric caches),
 # and ModelScope's cache
@@ -237,7 +237,7 @@ def install(cache: Cache, modes: Modes, kind: str, repo_id: str, sha: str, stagi
 
 
 def _merge(src: Dir, final: Dir, modes: Modes) -> None:
-    from .store import sha256_fd
+    from ..core.store import sha256_fd
 
     for rel in sorted(src.walk_files()):
         head = rel.rpartition("/")[0]
@@ -360,7 +360,7 @@ def install_metric_module(cache: Cache, modes: Modes, repo_id: str, folder: Path
 
 
 def _rel(cache: Cache, path: Path) -> str:
-    from .safefs import rel_parts
+    from ..core.safefs import rel_parts
 
     return rel_parts(path, cache.root)
 
@@ -390,7 +390,7 @@ def register_local(cache: Cache, kind: str, repo_id: str, folder: Path, *, confi
     Copied into a private temporary folder inside the cache, hashed, renamed into place, then the
     manifest is written: a crash at any point leaves nothing visible as staged.
     """
-    from .store import sha256_fd
+    from ..core.store import sha256_fd
 
     modes = modes or Modes()
     folder = Path(folder)

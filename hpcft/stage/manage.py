@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from ..errors import ConfigError, NotFoundError
+from ..core.errors import ConfigError, NotFoundError
+from ..core.safefs import ME, Dir, owner_name, rel_parts, remove_tree
+from ..core.store import Cache, sha256_file
 from .cards import sync_staged_configs
 from .layout import lock, metric_module_dir
-from .safefs import ME, Dir, owner_name, rel_parts, remove_tree
-from .store import Cache, sha256_file
 
 
 def _names(m: dict) -> list[str]:

@@ -16,12 +16,12 @@ import stat
 from pathlib import Path
 from typing import Optional
 
-from ..atomic import atomic_write_json, read_json
-from ..errors import StageError
+from ..core.atomic import atomic_write_json, read_json
+from ..core.errors import StageError
+from ..core.safefs import owner_name
+from ..core.store import StagedAsset, sha256_fd
 from .http import git_blob_sha1_prefix
-from .safefs import owner_name
 from .sources import Source, SourceError
-from .store import StagedAsset, sha256_fd
 
 
 def changed_files(asset: StagedAsset) -> list[str]:
@@ -113,7 +113,7 @@ def _against_listing(asset: StagedAsset, sources: list[Source], who: str, label:
     if src is None or m.get("source") == "local" or not m.get("sha"):
         return f"staged by {who}: files match its manifest (not re-checked against a mirror: source " \
                f"{m.get('source')!r} is not configured here)"
-    from .resolve import AssetRef
+    from ..core.resolve import AssetRef
 
     ref = AssetRef(asset.kind, asset.repo_id, typed, config=asset.config)
     try:

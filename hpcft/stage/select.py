@@ -89,8 +89,8 @@ def select_model(paths: Iterable[str], shards: Optional[set[str]] = None) -> set
 
 def parse_card_configs(readme: str) -> dict[str, list[str]]:
     """``{config_name: [data file patterns]}`` from a dataset card's YAML front matter."""
-    from ..errors import ConfigError
-    from ..yamlfile import yaml_load
+    from ..core.errors import ConfigError
+    from ..core.yamlfile import yaml_load
 
     m = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", readme, re.S)
     if not m:

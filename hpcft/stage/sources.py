@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..errors import StageError
-from . import names
+from ..core import names
+from ..core.errors import StageError
+from ..core.resolve import AssetRef
 from .http import BadAnswer, HTTPFailure, Policy, Unreachable, get_json, set_token
-from .resolve import AssetRef
 
 SOURCES = ("hf", "modelscope", "modelers")
 MAX_FILES = 100_000  # entries in one repo listing; more is a mirror that never stops paging

@@ -19,15 +19,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, TextIO
 
-from ..errors import StageError
-from . import layout, names, recheck, select
+from ..core import names
+from ..core.errors import StageError
+from ..core.resolve import AliasTable, AssetRef
+from ..core.safefs import ME, owner_name
+from ..core.store import Cache, StagedAsset, sha256_fd
+from . import layout, recheck, select
 from .cards import sync_staged_configs
 from .http import HTTPFailure, Unreachable, VerifyError, download, git_blob_sha1_prefix
 from .progress import Progress, human
-from .resolve import AliasTable, AssetRef
-from .safefs import ME, owner_name
 from .sources import Listing, RemoteFile, Source, SourceError, make_sources
-from .store import Cache, StagedAsset, sha256_fd
 
 
 @dataclass
@@ -200,7 +201,7 @@ def _failure(ref: AssetRef, errors: list[SourceError]) -> StageError:
         hint = " or ".join(f"{e.source.env_var} / {e.source.config_key}" for e in errors)
         hint = f"check the network from this node, or point {hint} (hpcft config) at a reachable mirror"
     elif "not_found" in kinds:
-        hint = "check the name (org/name as on the hub, or a name from hpcft/stage/aliases.yaml)"
+        hint = "check the name (org/name as on the hub, or a name from hpcft/core/aliases.yaml)"
         if ref.kind != "metric" and "modelers" not in {e.source.name for e in errors}:
             hint += "; for an id on the Modelers (openMind) hub add --source modelers"
     else:

@@ -257,7 +257,7 @@ def _zero3(trainer) -> bool:
 
 
 def _write_samples(path: Path, samples: list[dict]) -> None:
-    from ..atomic import atomic_write_text
+    from ..core.atomic import atomic_write_text
 
     atomic_write_text(path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from ..assets import DATA_FILE_SUFFIXES, JobAsset
+from ..core.assets import DATA_FILE_SUFFIXES, JobAsset
 from .presets import Preset
 
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..rundir import LaunchSpec
+from ..core.rundir import LaunchSpec
 from . import runtime as rt
 from .progress import log
 

@@ -186,7 +186,7 @@ def run(argv: Optional[Iterable[str]] = None) -> int:
     for row in rows:
         print(format_row(row))
     if a.out:
-        from ..atomic import atomic_write_text
+        from ..core.atomic import atomic_write_text
 
         atomic_write_text(a.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         print(f"hpcft: {len(rows)} predictions written to {a.out}", file=sys.stderr)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ..rundir import RunPaths
+from ..core.rundir import RunPaths
 from .taskenv import TaskEnv
 
 

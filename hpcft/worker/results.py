@@ -7,7 +7,7 @@ import platform
 from pathlib import Path
 from typing import Any, Optional
 
-from ..atomic import atomic_write_json
+from ..core.atomic import atomic_write_json
 
 
 def versions() -> dict[str, str]:

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..assets import JobAsset, job_assets, require
-from ..atomic import atomic_write_json, read_json
-from ..job import Job
-from ..offline import OFFLINE_FLAGS, join_paths
-from ..rundir import LaunchSpec, RunPaths
+from ..core.assets import JobAsset, job_assets, require
+from ..core.atomic import atomic_write_json, read_json
+from ..core.job import Job
+from ..core.offline import OFFLINE_FLAGS, join_paths
+from ..core.rundir import LaunchSpec, RunPaths
 from . import device as dev
 from . import progress as prog
 from .progress import ProgressWriter, log
@@ -150,9 +150,9 @@ def load_job(paths: RunPaths) -> Job:
 def start(spec: LaunchSpec, task: TaskEnv, process_start: float) -> Context | dict:
     """Everything before the task's heavy imports. Returns the finished metrics instead when
     this run already completed (a requeue after the end)."""
-    from ..config import load_settings
-    from ..stage.resolve import load_table
-    from ..stage.store import Cache
+    from ..core.config import load_settings
+    from ..core.resolve import load_table
+    from ..core.store import Cache
 
     paths = spec.paths
     writer = ProgressWriter(paths.progress, enabled=task.is_main)
@@ -199,13 +199,13 @@ def run_guarded(ctx: Context, fn: Callable[[Context], dict]) -> dict:
 # --------------------------------------------------------------------------- Trainer pieces
 
 def deepspeed_config(ctx: Context):
-    """DeepSpeed config for the Trainer (None: plain DDP or one process); see hpcft.dsconfig."""
+    """DeepSpeed config for the Trainer (None: plain DDP or one process); see hpcft.core.dsconfig."""
     t = ctx.job.train
     if ctx.task.world_size <= 1:
         if t.deepspeed not in (None, False):
             log("train.deepspeed applies to jobs with several devices; this one runs in one process without it")
         return None
-    from ..dsconfig import resolve
+    from ..core.dsconfig import resolve
 
     cfg = resolve(t, ctx.task.world_size, ctx.spec.device, ctx.base_dir)
     if cfg is not None:

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 
-from ..rundir import LaunchSpec
+from ..core.rundir import LaunchSpec
 from .progress import log
 from .taskenv import TaskEnv
 

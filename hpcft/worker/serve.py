@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
-from ..atomic import atomic_write_json, read_json
+from ..core.atomic import atomic_write_json, read_json
 from .predict import Example, Predictor, parse_text
 
 QUIET_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_SSR_MODE": "False", "HF_HUB_DISABLE_TELEMETRY": "1",

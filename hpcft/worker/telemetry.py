@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from ..atomic import atomic_write_json, read_json
+from ..core.atomic import atomic_write_json, read_json
 from .progress import barrier, log
 
 # what a task passes to TrainingArguments so the Trainer counts real tokens (gathered over ranks)

@@ -8,7 +8,7 @@ Both write only inside the run folder and never reach the network from the compu
   its log in ``<run>/swanlog/``; ``hpcft show`` prints the ``swanlab sync`` / ``swanlab watch``
   command for the login node.
 
-The packages are checked before submit (``hpcft.trackers``) and again here, first thing, so a
+The packages are checked before submit (``hpcft.preflight.trackers``) and again here, first thing, so a
 job in an environment without them stops in a second with the pip command, not after setup.
 """
 
@@ -19,7 +19,7 @@ import os
 import sys
 from typing import Any
 
-from ..rundir import RunPaths
+from ..core.rundir import RunPaths
 from .progress import log
 
 PACKAGES = {"tensorboard": "tensorboard", "swanlab": "swanlab"}

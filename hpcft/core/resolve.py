@@ -16,8 +16,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
-from ..errors import ConfigError, StageError
 from . import names
+from .errors import ConfigError, StageError
 
 KIND_SECTIONS = {"model": "models", "dataset": "datasets", "metric": "metrics"}
 
@@ -103,7 +103,7 @@ def load_table(settings=None) -> AliasTable:
     table = AliasTable()
     for kind, section in KIND_SECTIONS.items():
         for name, value in (_builtin().get(section) or {}).items():
-            table.section(kind)[str(name)] = _entry(kind, name, value, "hpcft/stage/aliases.yaml")
+            table.section(kind)[str(name)] = _entry(kind, name, value, "hpcft/core/aliases.yaml")
     if settings is not None:
         extra = settings.aliases
         for kind, section in KIND_SECTIONS.items():

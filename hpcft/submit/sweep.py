@@ -25,17 +25,18 @@ from typing import Any, Optional
 
 from pydantic import ValidationError
 
-from . import scow, slurm
-from .atomic import atomic_write_json, atomic_write_text, read_json
-from .config import Settings
-from .errors import ConfigError, PreflightError
-from .job import Job, LoadedJob
-from .preflight import Check, staged_check
+from ..cluster import slurm
+from ..core.atomic import atomic_write_json, atomic_write_text, read_json
+from ..core.config import Settings
+from ..core.errors import ConfigError, PreflightError
+from ..core.job import Job, LoadedJob
+from ..core.rundir import RunPaths
+from ..core.yamlfile import set_dotted
+from ..preflight.checks import Check, staged_check
+from ..runs.index import RunRecord, RunStore, new_run_dir, now_iso
+from . import scow
+from .pipeline import _raise_failed, _test_only, choose_executor, preflight, scow_folder, submit_slurm
 from .render import make_plan, render_script
-from .rundir import RunPaths
-from .runs import RunRecord, RunStore, new_run_dir, now_iso
-from .submit import _raise_failed, _test_only, choose_executor, preflight, scow_folder, submit_slurm
-from .yamlfile import set_dotted
 
 # Every array task runs the one script: keys that shape it cannot differ between points.
 SHARED_KEYS = ("name", "resources", "env", "executor", "sweep", "max_requeues")

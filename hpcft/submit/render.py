@@ -13,18 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from . import __version__
-from .config import Settings
-from .errors import ConfigError
-from .job import LoadedJob
-from .offline import offline_env, openmind_env
-from .rundir import LaunchSpec
+from .. import __version__
+from ..core.config import Settings
+from ..core.errors import ConfigError
+from ..core.job import LoadedJob
+from ..core.offline import offline_env, openmind_env
+from ..core.rundir import LaunchSpec
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def builtin_templates_dir() -> Path:
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # the hpcft package: templates/ in a wheel, beside it in a checkout
     for candidate in (here / "templates", here.parent / "templates"):
         if (candidate / "base.sbatch.j2").is_file():
             return candidate
@@ -142,9 +142,9 @@ class ScriptPlan:
         }
         if self.job.script:
             # where the staged assets a script job lists are (HPCFT_MODEL_PATH, ...)
-            from .assets import job_assets, script_env
-            from .stage.resolve import load_table
-            from .stage.store import Cache
+            from ..core.assets import job_assets, script_env
+            from ..core.resolve import load_table
+            from ..core.store import Cache
 
             found = job_assets(self.job, Cache(self.settings.cache), load_table(self.settings),
                                self.loaded.base_dir)

@@ -1,7 +1,7 @@
 """``hpcft serve`` on the login side: where the demo runs and how to reach it from a laptop.
 
 The app itself is :mod:`hpcft.worker.serve` (gradio is imported there only), started as a
-subprocess here or as a one-task Slurm job with ``--submit`` (:mod:`hpcft.usemodel`).
+subprocess here or as a one-task Slurm job with ``--submit`` (:mod:`hpcft.use.launch`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from . import slurm
-from .atomic import read_json
-from .errors import HpcftError
+from ..cluster import slurm
+from ..core.atomic import read_json
+from ..core.errors import HpcftError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 

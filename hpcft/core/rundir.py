@@ -2,9 +2,9 @@
 the login side writes and the compute side reads.
 
 This module is one of the two places where the login side (CLI, submit, monitor) and the
-compute side (:mod:`hpcft.worker`) meet; the other is the job schema (:mod:`hpcft.job`).
+compute side (:mod:`hpcft.worker`) meet; the other is the job schema (:mod:`hpcft.core.job`).
 Everything either side needs to find in a run folder goes through :class:`RunPaths`, and
-:class:`LaunchSpec` has one writer (:func:`hpcft.submit.prepare_run`) and one reader
+:class:`LaunchSpec` has one writer (:func:`hpcft.submit.pipeline.prepare_run`) and one reader
 (:meth:`LaunchSpec.read`, used by the worker and by ``hpcft show``)::
 
     <run_id>/
@@ -12,7 +12,7 @@ Everything either side needs to find in a run folder goes through :class:`RunPat
       job.yaml            the resolved job (all config layers applied)
       launch.json         the launch spec (below)
       job.sh              the rendered sbatch script
-      run.json            run record: ids, paths, executor, last known state (hpcft.runs)
+      run.json            run record: ids, paths, executor, last known state (hpcft.runs.index)
       job.<jobid>.out/err logs, named as SCOW users expect; logs/ has one file per extra rank
       submitit/           submitit's pickles and per-task logs
       output/             default output_dir
@@ -81,7 +81,7 @@ class LaunchSpec:
 
     ``env`` is the complete environment the job exports (offline flags, caches, hpcft's
     variables, the job's own ``env.vars``), with ``PYTHONPATH`` already in its final order
-    (see :func:`hpcft.offline.join_paths`); the batch script prints it and the worker applies
+    (see :func:`hpcft.core.offline.join_paths`); the batch script prints it and the worker applies
     the same dict, so the local executor, which runs no script, gets the same environment.
     """
 

@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .atomic import read_json
-from .errors import ConfigError, NotFoundError
-from .rundir import RunPaths
-from .runs import RunRecord, RunStore
+from ..core.atomic import read_json
+from ..core.errors import ConfigError, NotFoundError
+from ..core.rundir import RunPaths
+from .index import RunRecord, RunStore
 
 SKIP_EVAL = {"loss", "runtime", "samples_per_second", "steps_per_second", "epoch", "step"}
 

@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from . import slurm
-from .atomic import atomic_write_text, read_json
-from .config import Settings
-from .errors import ConfigError, HpcftError, NotFoundError
-from .offline import OFFLINE_FLAGS, offline_env
-from .render import ScriptPlan, _environment, make_plan, q
-from .rundir import LaunchSpec, RunPaths
-from .runs import RunRecord
+from ..cluster import slurm
+from ..core.atomic import atomic_write_text, read_json
+from ..core.config import Settings
+from ..core.errors import ConfigError, HpcftError, NotFoundError
+from ..core.offline import OFFLINE_FLAGS, offline_env
+from ..core.rundir import LaunchSpec, RunPaths
+from ..runs.index import RunRecord
+from ..submit.render import ScriptPlan, _environment, make_plan, q
 
 
 @dataclass
@@ -117,7 +117,7 @@ def _loaded_job(model: RunModel, aux: str, time: str):
     """The run's resolved job, narrowed to one task with one device of the run's kind."""
     import yaml
 
-    from .job import Job, LoadedJob
+    from ..core.job import Job, LoadedJob
 
     try:
         data = yaml.safe_load(model.paths.job_yaml.read_text(encoding="utf-8"))
@@ -157,6 +157,6 @@ def submit_aux(model: RunModel, settings: Settings, aux: str, module: str, args:
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__

@@ -1,12 +1,12 @@
 """Which staged (or local) folders a job uses: the one lookup, for both sides.
 
-The submit-time pre-flight (:func:`hpcft.preflight.staged_check`) and the worker
+The submit-time pre-flight (:func:`hpcft.preflight.checks.staged_check`) and the worker
 (:mod:`hpcft.worker.runtime`, before anything heavy is imported) call the same functions
 here, so a job that passes the check finds exactly the same folders on the node.
 
 Names are the ones users type (``bert-base-uncased``, ``glue/mrpc``, ``glue``, ``./data.csv``);
-the alias table (:mod:`hpcft.stage.resolve`) maps them to (repo id, config), and the cache's
-manifests (:class:`hpcft.stage.store.Cache`) say where each staged copy is. Light: no hub
+the alias table (:mod:`hpcft.core.resolve`) maps them to (repo id, config), and the cache's
+manifests (:class:`hpcft.core.store.Cache`) say where each staged copy is. Light: no hub
 client, no torch.
 """
 
@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import HpcftError, NotStagedError
-from .stage.resolve import DATA_FILE_EXT, DATA_FILE_SUFFIXES, AliasTable, resolve
-from .stage.store import Cache, StagedAsset
+from .resolve import DATA_FILE_EXT, DATA_FILE_SUFFIXES, AliasTable, resolve
+from .store import Cache, StagedAsset
 
 __all__ = ["DATA_FILE_SUFFIXES", "JobAsset", "job_assets", "lookup", "problems", "require", "script_env",
            "stage_command"]

@@ -16,9 +16,9 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .errors import SlurmError
-from .slurm_time import parse_slurm_elapsed
-from .slurmfmt import expand_hostlist
+from ..core.errors import SlurmError
+from ..core.slurm_time import parse_slurm_elapsed
+from ..core.slurmfmt import expand_hostlist
 
 TERMINAL_STATES = {
     "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",

@@ -69,7 +69,7 @@ def link_openmind_cache(cache: Path, run_dir: Path) -> Path:
 
 def shim_path() -> str:
     """The folder holding hpcft's import-time shim (stdlib only, no hpcft import needed)."""
-    return str(Path(__file__).resolve().parent / "offline_shim")
+    return str(Path(__file__).resolve().parent.parent / "offline_shim")
 
 
 def join_paths(*parts: str | None) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from ..errors import StageError
+from .errors import StageError
 
 MAX_PATH = 1024          # a whole relative path inside a repo
 MAX_PART = 255           # one component (the Linux NAME_MAX)

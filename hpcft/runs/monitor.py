@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Optional
 
-from . import slurm
-from .rundir import RunPaths
-from .runs import RunRecord, RunStore
-from .slurm import TERMINAL_STATES
+from ..cluster import slurm
+from ..cluster.slurm import TERMINAL_STATES
+from ..core.rundir import RunPaths
+from .index import RunRecord, RunStore
 
 
 @dataclass

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from . import slurm
-from .errors import NotFoundError
-from .rundir import RunPaths
-from .runs import RunRecord, RunStore
-from .slurm import TERMINAL_STATES
-from .sweep import Sweep
+from ..cluster import slurm
+from ..cluster.slurm import TERMINAL_STATES
+from ..core.errors import NotFoundError
+from ..core.rundir import RunPaths
+from ..submit.sweep import Sweep
+from .index import RunRecord, RunStore
 
 
 def find(store: RunStore, ref: Optional[str]) -> Optional[Sweep]:

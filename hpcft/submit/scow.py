@@ -9,7 +9,7 @@
   the same files.
 * ``--save-template`` writes the portal's saved job (one JSON file named ``<jobName>-<jobId>``
   in ``savedJobsDir``). Its ``command`` calls the rendered script with ``--rerun``; the script
-  then hands over to :func:`hpcft.scow_rerun.rerun` (``python -m hpcft.scow_rerun RUN_DIR``), which makes a fresh run
+  then hands over to :func:`hpcft.submit.rerun.rerun` (``python -m hpcft.scow_rerun RUN_DIR``), which makes a fresh run
   folder for the same resolved job inside the new allocation and runs it.
 
 Shape of the saved job: see tests/schemas/scow_saved_job.schema.json (and the OpenSCOW sources
@@ -24,9 +24,9 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from .atomic import atomic_write_json, atomic_write_text
-from .config import Settings
-from .rundir import RunPaths
+from ..core.atomic import atomic_write_json, atomic_write_text
+from ..core.config import Settings
+from ..core.rundir import RunPaths
 
 if TYPE_CHECKING:
     from .render import ScriptPlan

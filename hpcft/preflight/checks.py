@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from . import slurm
-from .config import Settings
-from .job import Job
-from .slurm_time import format_duration
+from ..cluster import slurm
+from ..core.config import Settings
+from ..core.job import Job
+from ..core.slurm_time import format_duration
 
 
 @dataclass
@@ -209,10 +209,10 @@ STAGED = "assets staged"
 def staged_check(job: Job, settings: Settings, base_dir: Optional[Path] = None) -> Check:
     """Every model/dataset/metric the job names is staged (or is an existing local path); else
     the exact ``hpcft stage ...`` to run on the login node. The worker runs the same lookup
-    (:mod:`hpcft.assets`) before it imports anything heavy."""
-    from .assets import job_assets, problems, stage_command
-    from .stage.resolve import load_table
-    from .stage.store import Cache
+    (:mod:`hpcft.core.assets`) before it imports anything heavy."""
+    from ..core.assets import job_assets, problems, stage_command
+    from ..core.resolve import load_table
+    from ..core.store import Cache
 
     table = load_table(settings)
     found = job_assets(job, Cache(settings.cache), table, base_dir)

@@ -1,5 +1,5 @@
-"""The memory pre-flight as a :class:`hpcft.preflight.Check`: a causal-lm job's per-device
-estimate (:mod:`hpcft.memory`, from the staged model's ``config.json``) against the device
+"""The memory pre-flight as a :class:`hpcft.preflight.checks.Check`: a causal-lm job's per-device
+estimate (:mod:`hpcft.preflight.estimate`, from the staged model's ``config.json``) against the device
 memory of the partition's GPUs/NPUs. A job that cannot fit is refused with the changes that
 would make it fit; ``hpcft check`` prints the estimate either way."""
 
@@ -9,10 +9,10 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from .config import Settings
-from .job import Job
-from .memory import Estimate, ModelShapeError, Plan, Shape, device_memory, estimate, read_shape
-from .preflight import Check
+from ..core.config import Settings
+from ..core.job import Job
+from .checks import Check
+from .estimate import Estimate, ModelShapeError, Plan, Shape, device_memory, estimate, read_shape
 
 NAME = "memory"
 _SIZES = (2, 4, 8, 16, 32, 64, 128)
@@ -85,9 +85,9 @@ def fixes(shape: Shape, plan: Plan, limit: float, per_node: int) -> list[str]:
 
 def memory_check(job: Job, settings: Settings, view, partition: Optional[str], base_dir: Path):
     """None for jobs it does not apply to (not causal-lm, model not staged: the staged check says so)."""
-    from .assets import lookup
-    from .stage.resolve import load_table
-    from .stage.store import Cache
+    from ..core.assets import lookup
+    from ..core.resolve import load_table
+    from ..core.store import Cache
 
     t = job.train
     if t is None or not t.is_llm:

@@ -10,17 +10,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from . import scow, slurm
-from .atomic import atomic_write_text
-from .config import Settings
-from .errors import PreflightError, SlurmError
-from .job import LoadedJob
-from .memcheck import memory_check
-from .offline import link_openmind_cache
-from .preflight import Check, ClusterView, npu_env_check, output_dir_check, resolve_partition, run_checks, staged_check
+from ..cluster import slurm
+from ..core.atomic import atomic_write_text
+from ..core.config import Settings
+from ..core.errors import PreflightError, SlurmError
+from ..core.job import LoadedJob
+from ..core.offline import link_openmind_cache
+from ..core.rundir import RunPaths
+from ..preflight.checks import (
+    Check,
+    ClusterView,
+    npu_env_check,
+    output_dir_check,
+    resolve_partition,
+    run_checks,
+    staged_check,
+)
+from ..preflight.memcheck import memory_check
+from ..runs.index import RunRecord, RunStore, new_run_dir, now_iso
+from . import scow
 from .render import ScriptPlan, launch_command, make_plan, render_script
-from .rundir import RunPaths
-from .runs import RunRecord, RunStore, new_run_dir, now_iso
 
 
 @dataclass
@@ -58,7 +67,7 @@ def preflight(loaded: LoadedJob, settings: Settings, executor: str,
         checks = run_checks(job, settings, view, partition)
     elif executor == "local" and job.resources.nodes > 1:
         checks.append(Check("executor", False, "the local executor runs one node; use executor: slurm"))
-    from .trackers import tracker_check
+    from ..preflight.trackers import tracker_check
 
     for extra in (npu_env_check(job, loaded.base_dir), output_dir_check(job, loaded.base_dir),
                   tracker_check(job, loaded.base_dir), memory_check(job, settings, view, partition, loaded.base_dir)):
@@ -181,7 +190,7 @@ def submit_slurm(plan: ScriptPlan, paths: RunPaths, script: str, run_dirs: list[
     import submitit
     from submitit.core import utils as submitit_utils
 
-    from .entry import WorkerCall
+    from ..entry import WorkerCall
 
     expected = launch_command(plan)
     if (len(run_dirs) > 1) != bool(plan.array):
@@ -237,7 +246,7 @@ def submit_slurm(plan: ScriptPlan, paths: RunPaths, script: str, run_dirs: list[
 def _submit_local(plan: ScriptPlan, paths: RunPaths, loaded: LoadedJob) -> str:
     import submitit
 
-    from .entry import WorkerCall
+    from ..entry import WorkerCall
 
     executor = submitit.LocalExecutor(folder=str(paths.submitit), max_num_timeout=plan.job.max_requeues)
     r = plan.job.resources

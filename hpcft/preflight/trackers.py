@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from .job import Job
-from .preflight import Check, _conda_prefix, _site_packages_of
+from ..core.job import Job
+from .checks import Check, _conda_prefix, _site_packages_of
 
 PACKAGES = {"tensorboard": "tensorboard", "swanlab": "swanlab"}
 

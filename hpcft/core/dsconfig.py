@@ -5,7 +5,7 @@ the worker on the compute node.
 Values that the HF Trainer fills in are left as ``"auto"`` so they always agree with the
 job (batch size, accumulation, learning rate, precision, clipping).
 
-This module takes plain values and imports nothing from hpcft: :mod:`hpcft.job` calls
+This module takes plain values and imports nothing from hpcft: :mod:`hpcft.core.job` calls
 :func:`check` while validating a job, so importing the job schema here would make a cycle.
 """
 

@@ -1,6 +1,6 @@
 """Slurm's text formats, parsed by pure functions: host lists and per-node device indexes.
 
-Shared by both sides: the login side reads ``scontrol``/``sinfo`` output (:mod:`hpcft.slurm`),
+Shared by both sides: the login side reads ``scontrol``/``sinfo`` output (:mod:`hpcft.cluster.slurm`),
 the compute side reads its own allocation (:mod:`hpcft.worker.taskenv`). No commands run here.
 """
 

@@ -1,4 +1,4 @@
-"""Site and user settings, layered: cluster < user (< job file < --set, see :mod:`hpcft.job`).
+"""Site and user settings, layered: cluster < user (< job file < --set, see :mod:`hpcft.core.job`).
 
 * cluster config: ``$HPCFT_CONFIG`` or ``/etc/hpcft/config.yaml`` (written by cluster admins)
 * user config:    ``$HPCFT_USER_CONFIG`` or ``$XDG_CONFIG_HOME/hpcft/config.yaml``

@@ -1,7 +1,7 @@
 """Run folders and the runs index (login side).
 
 One folder per submit under ``Settings.runs``; what lives inside is the run-folder contract
-in :mod:`hpcft.rundir`. The index (``index.jsonl``) is append-only under a lock, so concurrent
+in :mod:`hpcft.core.rundir`. The index (``index.jsonl``) is append-only under a lock, so concurrent
 submits never lose each other's lines; run.json is replaced atomically.
 """
 
@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from .atomic import atomic_write_json, file_lock, read_json
-from .errors import NotFoundError
-from .rundir import RunPaths
+from ..core.atomic import atomic_write_json, file_lock, read_json
+from ..core.errors import NotFoundError
+from ..core.rundir import RunPaths
 
 
 @dataclass

@@ -264,7 +264,7 @@ class Assets(_Strict):
 
 
 class SweepSpec(_Strict):
-    """A hyperparameter sweep: one Slurm array task per point (expanded by hpcft.sweep)."""
+    """A hyperparameter sweep: one Slurm array task per point (expanded by hpcft.submit.sweep)."""
 
     grid: dict[str, list[Any]] = {}         # every combination, e.g. {"train.learning_rate": [1e-5, 2e-5]}
     points: list[dict[str, Any]] = []       # or explicit points, e.g. [{"train.seed": 1}, ...]

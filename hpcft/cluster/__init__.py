@@ -1,0 +1,1 @@
+"""Login side: the one place that runs Slurm commands (sbatch, squeue, scontrol, sacct, sinfo)."""
