@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -289,3 +290,20 @@ def test_a_job_queued_before_the_upgrade_still_unpickles():
     worker = pickle.loads(old)
     assert isinstance(worker, WorkerCall) and worker.run_dir == "/tmp/r"
     assert b"hpcft.entry" in pickle.dumps(WorkerCall("/tmp/r"))  # new pickles name the entry module
+
+
+def test_old_names_still_work_after_the_move(tmp_path):
+    """Saved SCOW portal scripts run ``python -m hpcft.scow_rerun``; run folders written before a
+    field was added (or with one since dropped) still read."""
+    import json
+
+    from hpcft.core.rundir import LaunchSpec
+
+    proc = subprocess.run([sys.executable, "-m", "hpcft.scow_rerun", str(tmp_path)], capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if k != "SLURM_JOB_ID"})
+    assert proc.returncode == 2 and "usage (inside a Slurm job): python -m hpcft.scow_rerun RUN_DIR" in proc.stderr
+    (tmp_path / "launch.json").write_text(json.dumps({
+        "kind": "script", "run_dir": str(tmp_path), "workdir": str(tmp_path), "output_dir": str(tmp_path / "out"),
+        "base_dir": str(tmp_path), "script": "run.py", "a_field_from_an_older_hpcft": 1}))
+    spec = LaunchSpec.read(tmp_path)
+    assert spec.kind == "script" and spec.device == "cpu" and spec.nodes == 1 and spec.args == []
