@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-from ..core.rundir import RunPaths
 from .common import print_json, settings, table
 
 
@@ -17,6 +16,8 @@ def register(sub) -> None:
 
 def headline(run_dir: str) -> str:
     """The headline eval metric from metrics.json, e.g. 'accuracy 0.861'."""
+    from ..core.rundir import RunPaths  # not on the --help path
+
     try:
         metrics = json.loads(RunPaths(run_dir).metrics.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
