@@ -190,7 +190,7 @@ def make_plan(loaded: LoadedJob, settings: Settings, run_dir: Path, partition: O
     )
 
 
-def _environment(settings: Settings):
+def template_environment(settings: Settings):
     import jinja2
 
     loaders = []
@@ -214,7 +214,7 @@ def launch_command(plan: ScriptPlan) -> str:
 def render_script(plan: ScriptPlan) -> str:
     """The sbatch script text, exactly what is submitted."""
     command = launch_command(plan)
-    template = _environment(plan.settings).get_template(f"{plan.job.resources.device}.sbatch.j2")
+    template = template_environment(plan.settings).get_template(f"{plan.job.resources.device}.sbatch.j2")
     job_file = str(plan.loaded.source) if plan.loaded.source else "<no file>"
     return template.render(plan=plan, job=plan.job, settings=plan.settings, version=__version__,
                            job_file=job_file, command=command)

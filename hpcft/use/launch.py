@@ -24,7 +24,7 @@ from ..core.errors import ConfigError, HpcftError, NotFoundError
 from ..core.offline import OFFLINE_FLAGS, offline_env
 from ..core.rundir import LaunchSpec, RunPaths
 from ..runs.index import RunRecord
-from ..submit.render import ScriptPlan, _environment, make_plan, q
+from ..submit.render import ScriptPlan, make_plan, q, template_environment
 
 
 @dataclass
@@ -146,7 +146,7 @@ def submit_aux(model: RunModel, settings: Settings, aux: str, module: str, args:
     argv = worker_argv(module, args, python=plan.python)
     command = " ".join(q(a) for a in argv)
     parent = f"{loaded.job.resources.device}.sbatch.j2"
-    text = _environment(settings).get_template("aux.sbatch.j2").render(
+    text = template_environment(settings).get_template("aux.sbatch.j2").render(
         parent=parent, plan=plan, job=loaded.job, settings=settings, version=_version(), aux=aux,
         job_file=str(model.paths.job_yaml), command=command)
     log_dir.mkdir(parents=True, exist_ok=True)
