@@ -15,7 +15,7 @@ from hpcft.cluster.slurm import Node, Partition, parse_gres_types
 from hpcft.core.config import Settings, load_settings
 from hpcft.core.job import load_job
 from hpcft.core.store import Cache
-from hpcft.preflight.checks import ClusterView
+from hpcft.preflight.checks import ClusterView, Preflight
 from hpcft.preflight.estimate import (
     LLAMA2_CONFIGS,
     LLAMA_FACTORY_TABLE,
@@ -25,7 +25,7 @@ from hpcft.preflight.estimate import (
     estimate,
     parse_size_gib,
 )
-from hpcft.preflight.memcheck import memory_check
+from hpcft.preflight.memcheck import memory
 from hpcft.stage.layout import register_local
 
 # Llama-3-8B-Instruct's config.json (the fields the estimate reads)
@@ -84,6 +84,11 @@ def _job(tmp_path: Path, **train) -> dict:
     return {"name": "llm", "train": {"task": "causal-lm", "model": "llama3-8b-instruct", "dataset": str(data),
                                      "batch_size": 1, "max_seq_length": 1024, **train},
             "resources": {"partition": "gpu", "gpus_per_node": 1}}
+
+
+def memory_check(job, settings, view, partition, base_dir):
+    [check] = memory(Preflight(job, settings, base_dir, "slurm", view, partition))
+    return check
 
 
 def _view(per_node: int = 8) -> ClusterView:

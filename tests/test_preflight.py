@@ -6,7 +6,8 @@ from pathlib import Path
 from hpcft.cluster.slurm import parse_nodes, parse_partitions
 from hpcft.core.config import Settings
 from hpcft.core.job import Job
-from hpcft.preflight.checks import Check, ClusterView, npu_env_check, output_dir_check, resolve_partition, run_checks
+from hpcft.preflight import checks, rules
+from hpcft.preflight.checks import Check, ClusterView, Preflight, resolve_partition
 
 PARTS = ("PartitionName=cpu Default=YES MaxTime=1-00:00:00 Nodes=cn[1-2] State=UP TotalNodes=2\n"
          "PartitionName=a100 Default=NO MaxTime=2-00:00:00 Nodes=g[1-2] State=UP TotalNodes=2\n"
@@ -27,7 +28,19 @@ def job(**resources):
 def failures(j, settings=None):
     settings = settings or Settings()
     part = resolve_partition(j, settings, VIEW)
-    return [c.message for c in run_checks(j, settings, VIEW, part) if not c.ok]
+    return [c.message for c in rules.run(Preflight(j, settings, Path("."), "slurm", VIEW, part, check_assets=False))
+            if not c.ok]
+
+
+def one(rule, j, base_dir):
+    """The check a rule makes for a job, or None when it does not apply."""
+    found = list(rule(Preflight(j, Settings(), base_dir)))
+    assert len(found) <= 1, found
+    return found[0] if found else None
+
+
+def npu_env_check(j, base_dir):
+    return one(checks.torch_npu, j, base_dir)
 
 
 def test_partition_defaults_by_device():
@@ -67,7 +80,7 @@ def test_npu_env_check(tmp_path):
 
 
 def out_check(output_dir, base):
-    return output_dir_check(Job(name="t", script="x.py", output_dir=output_dir), base)
+    return one(checks.output_dir, Job(name="t", script="x.py", output_dir=output_dir), base)
 
 
 def test_output_dir_that_cannot_be_created(tmp_path):

@@ -1,5 +1,9 @@
-"""Pre-flight: can the live cluster run this job as written? One check per line,
-each failure naming the fix. Used by ``hpcft check`` and by ``hpcft submit``."""
+"""Pre-flight: can the live cluster run this job as written? One check per line, each failure
+naming the fix. Used by ``hpcft check`` and by ``hpcft submit``.
+
+A rule is a function ``rule(p: Preflight) -> Iterator[Check]`` that yields nothing when it does
+not apply; :data:`hpcft.preflight.rules.RULES` lists the rules in the order ``hpcft check``
+prints them. :class:`Preflight` holds what they look at, and fetches each cluster fact once."""
 
 from __future__ import annotations
 
@@ -7,9 +11,12 @@ import getpass
 import glob
 import importlib.util
 import os
-from dataclasses import dataclass
+import sys
+import threading
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from ..cluster import slurm
 from ..core.config import Settings
@@ -27,16 +34,40 @@ class Check:
         return f"{'✓' if self.ok else '✗'} {self.name}" + (f": {self.message}" if self.message else "")
 
 
+def side_by_side(*calls: Callable[[], Any]) -> list[Any]:
+    """Run independent calls (Slurm commands: each waits on the controller) at the same time;
+    their results in order, or the first call's error."""
+    results: list[Any] = [None] * len(calls)
+    errors: list[Optional[BaseException]] = [None] * len(calls)
+
+    def one(i: int) -> None:
+        try:
+            results[i] = calls[i]()
+        except BaseException as exc:  # re-raised below, in the caller's thread
+            errors[i] = exc
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(1, len(calls))]
+    for t in threads:
+        t.start()
+    one(0)
+    for t in threads:
+        t.join()
+    for exc in errors:
+        if exc is not None:
+            raise exc
+    return results
+
+
 @dataclass
 class ClusterView:
-    """A snapshot of the cluster's partitions and nodes (one scontrol call each)."""
+    """A snapshot of the cluster's partitions and nodes (one scontrol call each, side by side)."""
 
     partitions: dict[str, slurm.Partition]
     nodes: dict[str, slurm.Node]
 
     @classmethod
     def live(cls) -> "ClusterView":
-        return cls(slurm.partitions(), slurm.nodes())
+        return cls(*side_by_side(slurm.partitions, slurm.nodes))
 
     def default_partition(self) -> Optional[str]:
         for p in self.partitions.values():
@@ -83,92 +114,231 @@ def resolve_partition(job: Job, settings: Settings, view: Optional[ClusterView])
     return view.default_partition()
 
 
-def run_checks(job: Job, settings: Settings, view: ClusterView, partition: Optional[str],
-               extra: tuple[Callable[[], Check], ...] = ()) -> list[Check]:
-    r = job.resources
-    checks: list[Check] = []
-    names = ", ".join(sorted(view.partitions)) or "(none)"
-    if partition is None:
-        checks.append(Check("partition", False, f"no partition given and the cluster has no default; "
-                                                f"set resources.partition (partitions: {names})"))
-        return checks
-    part = view.partitions.get(partition)
-    if part is None:
-        checks.append(Check("partition", False, f"partition '{partition}' not found; partitions: {names}"))
-        return checks
-    if not part.state.startswith("UP"):
-        checks.append(Check("partition", False, f"partition '{partition}' is {part.state}; ask the admins or "
-                                                f"choose another (partitions: {names})"))
+@dataclass
+class Preflight:
+    """What the rules look at: the job, where it runs, and cluster facts fetched once each."""
+
+    job: Job
+    settings: Settings
+    base_dir: Path
+    executor: str = "slurm"
+    view: Optional[ClusterView] = None    # the live cluster (Slurm jobs); None otherwise
+    partition: Optional[str] = None
+    points: list[Job] = field(default_factory=list)  # a sweep: every point, one array task each
+    check_assets: bool = True
+
+    @property
+    def jobs(self) -> list[Job]:
+        return self.points or [self.job]
+
+    @cached_property
+    def part(self) -> Optional[slurm.Partition]:
+        """The job's partition, when the cluster has it (the Slurm rules need it)."""
+        if self.view is None or self.partition is None:
+            return None
+        return self.view.partitions.get(self.partition)
+
+    @cached_property
+    def members(self) -> list[slurm.Node]:
+        return [self.view.nodes[n] for n in self.part.nodes if n in self.view.nodes] if self.part else []
+
+    @cached_property
+    def accounting(self) -> bool:
+        return slurm.accounting_enabled()
+
+    @cached_property
+    def associations(self) -> list[dict[str, str]]:
+        return slurm.associations(getpass.getuser())
+
+    @cached_property
+    def slurm_config(self) -> dict[str, str]:
+        return slurm.config()
+
+    @cached_property
+    def queued(self) -> int:
+        return slurm.queued_jobs(getpass.getuser())
+
+
+
+# --------------------------------------------------------------------------- the job's executor and partition
+
+def local_executor(p: Preflight) -> Iterator[Check]:
+    if p.executor == "local" and p.job.resources.nodes > 1:
+        yield Check("executor", False, "the local executor runs one node; use executor: slurm")
+
+
+def partition(p: Preflight) -> Iterator[Check]:
+    if p.view is None:
+        return
+    names = ", ".join(sorted(p.view.partitions)) or "(none)"
+    if p.partition is None:
+        yield Check("partition", False, f"no partition given and the cluster has no default; "
+                                        f"set resources.partition (partitions: {names})")
+    elif p.part is None:
+        yield Check("partition", False, f"partition '{p.partition}' not found; partitions: {names}")
+    elif not p.part.state.startswith("UP"):
+        yield Check("partition", False, f"partition '{p.partition}' is {p.part.state}; ask the admins or "
+                                        f"choose another (partitions: {names})")
     else:
-        checks.append(Check("partition", True, partition))
+        yield Check("partition", True, p.partition)
 
-    members = [view.nodes[n] for n in part.nodes if n in view.nodes]
-    if r.device != "cpu" and not any(n.gres.get(r.device) for n in members):
-        same = [p for p in sorted(view.partitions) if view.kind(p, settings) == r.device]
-        hint = f"; {r.device} partitions: {', '.join(same)}" if same else ""
-        checks.append(Check("device", False, f"partition '{partition}' has no {r.device.upper()}s{hint}"))
 
-    if r.nodes > max(part.total_nodes, len(part.nodes)):
-        checks.append(Check("nodes", False, f"{r.nodes} nodes requested but partition '{partition}' has "
-                                            f"{max(part.total_nodes, len(part.nodes))}; lower resources.nodes"))
+def device(p: Preflight) -> Iterator[Check]:
+    r = p.job.resources
+    if p.part is None or r.device == "cpu" or any(n.gres.get(r.device) for n in p.members):
+        return
+    same = [name for name in sorted(p.view.partitions) if p.view.kind(name, p.settings) == r.device]
+    hint = f"; {r.device} partitions: {', '.join(same)}" if same else ""
+    yield Check("device", False, f"partition '{p.partition}' has no {r.device.upper()}s{hint}")
+
+
+def nodes(p: Preflight) -> Iterator[Check]:
+    if p.part is None:
+        return
+    want, have = p.job.resources.nodes, max(p.part.total_nodes, len(p.part.nodes))
+    if want > have:
+        yield Check("nodes", False, f"{want} nodes requested but partition '{p.partition}' has {have}; "
+                                    "lower resources.nodes")
     else:
-        checks.append(Check("nodes", True, f"{r.nodes} of {max(part.total_nodes, len(part.nodes))}"))
+        yield Check("nodes", True, f"{want} of {have}")
 
-    if r.devices_per_node:
-        have = max((n.gres.get(r.device, 0) for n in members), default=0)
-        if r.devices_per_node > have:
-            checks.append(Check("gres", False, f"{r.devices_per_node} {r.device}s per node requested but "
-                                               f"nodes of '{partition}' have at most {have}; "
-                                               f"lower resources.{r.device}s_per_node or use more nodes"))
-        else:
-            fitting = sum(1 for n in members if n.gres.get(r.device, 0) >= r.devices_per_node)
-            if fitting < r.nodes:
-                checks.append(Check("gres", False, f"{r.nodes} nodes with {r.devices_per_node} {r.device}s "
-                                                   f"requested but only {fitting} node(s) of '{partition}' have that many"))
-            else:
-                checks.append(Check("gres", True, f"{r.device}:{r.devices_per_node} per node"))
 
-    if r.cpus_per_task:
-        cpus = max((n.cpus for n in members), default=0)
-        need = r.cpus_per_task * max(1, r.devices_per_node)
-        if cpus and need > cpus:
-            checks.append(Check("cpus", False, f"{need} CPUs per node needed ({r.cpus_per_task} per task) but "
-                                               f"nodes of '{partition}' have {cpus}; lower resources.cpus_per_task"))
-
-    limit = part.max_time_s
-    if limit is not None and r.time_seconds > limit:
-        checks.append(Check("time", False, f"time {format_duration(r.time_seconds)} exceeds the MaxTime "
-                                           f"{format_duration(limit)} of partition '{partition}'; "
-                                           f"lower resources.time"))
+def gres(p: Preflight) -> Iterator[Check]:
+    r = p.job.resources
+    if p.part is None or not r.devices_per_node:
+        return
+    have = max((n.gres.get(r.device, 0) for n in p.members), default=0)
+    fitting = sum(1 for n in p.members if n.gres.get(r.device, 0) >= r.devices_per_node)
+    if r.devices_per_node > have:
+        yield Check("gres", False, f"{r.devices_per_node} {r.device}s per node requested but nodes of "
+                                   f"'{p.partition}' have at most {have}; lower resources.{r.device}s_per_node "
+                                   "or use more nodes")
+    elif fitting < r.nodes:
+        yield Check("gres", False, f"{r.nodes} nodes with {r.devices_per_node} {r.device}s requested but "
+                                   f"only {fitting} node(s) of '{p.partition}' have that many")
     else:
-        checks.append(Check("time", True, f"{format_duration(r.time_seconds)} "
-                                          f"(max {format_duration(limit) if limit else 'unlimited'})"))
-
-    account = r.account or settings.account
-    qos = r.qos or settings.qos
-    if (account or qos) and slurm.accounting_enabled():
-        rows = slurm.associations(getpass.getuser())
-        accounts = sorted({row["account"] for row in rows})
-        if account and account not in accounts:
-            checks.append(Check("account", False, f"account '{account}' is not yours; your accounts: "
-                                                  f"{', '.join(accounts) or '(none)'}"))
-        elif account:
-            checks.append(Check("account", True, account))
-        qoses = sorted({q for row in rows for q in row["qos"].split(",") if q})
-        if qos and qoses and qos not in qoses:
-            checks.append(Check("qos", False, f"qos '{qos}' is not allowed for you; allowed: {', '.join(qoses)}"))
-        elif qos:
-            checks.append(Check("qos", True, qos))
-    for fn in extra:
-        checks.append(fn())
-    return checks
+        yield Check("gres", True, f"{r.device}:{r.devices_per_node} per node")
 
 
-def _site_packages_of(prefix: Path) -> list[Path]:
-    return [Path(p) for p in glob.glob(str(prefix / "lib" / "python3*" / "site-packages"))]
+def cpus(p: Preflight) -> Iterator[Check]:
+    r = p.job.resources
+    if p.part is None or not r.cpus_per_task:
+        return
+    have = max((n.cpus for n in p.members), default=0)
+    need = r.cpus_per_task * max(1, r.devices_per_node)
+    if have and need > have:
+        yield Check("cpus", False, f"{need} CPUs per node needed ({r.cpus_per_task} per task) but nodes of "
+                                   f"'{p.partition}' have {have}; lower resources.cpus_per_task")
 
 
-def _conda_prefix(name: str) -> Optional[Path]:
+def time_limit(p: Preflight) -> Iterator[Check]:
+    if p.part is None:
+        return
+    want, limit = p.job.resources.time_seconds, p.part.max_time_s
+    if limit is not None and want > limit:
+        yield Check("time", False, f"time {format_duration(want)} exceeds the MaxTime {format_duration(limit)} "
+                                   f"of partition '{p.partition}'; lower resources.time")
+    else:
+        yield Check("time", True, f"{format_duration(want)} (max {format_duration(limit) if limit else 'unlimited'})")
+
+
+def account(p: Preflight) -> Iterator[Check]:
+    name = p.job.resources.account or p.settings.account
+    if p.part is None or not name or not p.accounting:
+        return
+    yours = sorted({row["account"] for row in p.associations})
+    if name in yours:
+        yield Check("account", True, name)
+    else:
+        yield Check("account", False, f"account '{name}' is not yours; your accounts: {', '.join(yours) or '(none)'}")
+
+
+def qos(p: Preflight) -> Iterator[Check]:
+    name = p.job.resources.qos or p.settings.qos
+    if p.part is None or not name or not p.accounting:
+        return
+    allowed = sorted({q for row in p.associations for q in row["qos"].split(",") if q})
+    if allowed and name not in allowed:
+        yield Check("qos", False, f"qos '{name}' is not allowed for you; allowed: {', '.join(allowed)}")
+    else:
+        yield Check("qos", True, name)
+
+
+# --------------------------------------------------------------------------- a sweep's job array
+
+def array_size(p: Preflight) -> Iterator[Check]:
+    """The site's MaxArraySize."""
+    if not p.points:
+        return
+    size, most = len(p.points), int(p.slurm_config.get("MaxArraySize", "1001") or 1001)
+    if size <= most:
+        yield Check("array size", True, f"{size} points; the site's MaxArraySize allows {most}")
+    else:
+        yield Check("array size", False, f"{size} points but the site's MaxArraySize is {most} (indices "
+                                         f"0-{most - 1}); split the sweep or lower its points")
+
+
+def job_count(p: Preflight) -> Iterator[Check]:
+    """The site's MaxJobCount, counting the jobs already queued."""
+    most = int(p.slurm_config.get("MaxJobCount", "0") or 0) if p.points else 0
+    if not most:
+        return
+    size = len(p.points)
+    if p.queued + size <= most:
+        yield Check("job count", True, f"{p.queued} queued + {size} <= MaxJobCount {most}")
+    else:
+        yield Check("job count", False, f"{p.queued} jobs queued + {size} tasks exceed the site's "
+                                        f"MaxJobCount {most}")
+
+
+def submit_limit(p: Preflight) -> Iterator[Check]:
+    """The user's MaxSubmitJobs (association or QOS), when accounting enforces one."""
+    limit = slurm.submit_limit(getpass.getuser()) if p.points else None
+    if limit is None:
+        return
+    size = len(p.points)
+    if p.queued + size <= limit:
+        yield Check("submit limit", True, f"{p.queued} queued + {size} <= MaxSubmitJobs {limit}")
+    else:
+        yield Check("submit limit", False, f"{p.queued} jobs queued + {size} tasks exceed your MaxSubmitJobs "
+                                           f"{limit}; lower the points or wait for queued jobs")
+
+
+# --------------------------------------------------------------------------- the job's own environment
+
+@dataclass
+class JobEnv:
+    """The Python environment a job activates (``env.venv`` / ``env.conda``), as seen from here."""
+
+    prefix: Optional[Path]  # None: no env given, the job runs this Python
+    label: str              # how messages name it
+    visible: bool           # False: given but not visible from here (the node checks again)
+
+    def site_packages(self) -> list[Path]:
+        return [Path(p) for p in glob.glob(str(self.prefix / "lib" / "python3*" / "site-packages"))]
+
+    def has(self, package: str) -> bool:
+        """Is ``package`` installed there (a package folder or a one-file module)?"""
+        if self.prefix is None:
+            return importlib.util.find_spec(package) is not None
+        return any((sp / package).is_dir() or (sp / f"{package}.py").is_file() for sp in self.site_packages())
+
+    def python(self) -> str:
+        return f"{self.prefix}/bin/python" if self.prefix else sys.executable
+
+
+def job_env(job: Job, base_dir: Path) -> JobEnv:
+    env = job.env
+    if not (env.venv or env.conda):
+        return JobEnv(None, f"this Python ({sys.executable})", True)
+    prefix = Path(env.venv).expanduser() if env.venv else conda_prefix(env.conda)
+    if prefix is not None and not prefix.is_absolute():
+        prefix = base_dir / prefix
+    label = f"venv {env.venv}" if env.venv else f"conda env {env.conda}"
+    return JobEnv(prefix, label, prefix is not None and prefix.is_dir())
+
+
+def conda_prefix(name: str) -> Optional[Path]:
     if "/" in name:
         return Path(name).expanduser()
     roots = [p for p in os.environ.get("CONDA_ENVS_PATH", "").split(":") if p]
@@ -181,64 +351,36 @@ def _conda_prefix(name: str) -> Optional[Path]:
     return None
 
 
-def npu_env_check(job: Job, base_dir: Path) -> Optional[Check]:
+def torch_npu(p: Preflight) -> Iterator[Check]:
     """An NPU train job needs torch_npu in the environment the job activates."""
-    if job.resources.device != "npu" or job.train is None:
-        return None
-    env = job.env
-    if env.venv or env.conda:
-        prefix = Path(env.venv).expanduser() if env.venv else _conda_prefix(env.conda)
-        if prefix is not None and not prefix.is_absolute():
-            prefix = base_dir / prefix
-        label = f"venv {env.venv}" if env.venv else f"conda env {env.conda}"
-        if prefix is None or not prefix.is_dir():
-            return Check("torch_npu", True, f"{label} is not visible from here; checked again on the node")
-        found = any((sp / "torch_npu").is_dir() for sp in _site_packages_of(prefix))
+    if p.job.resources.device != "npu" or p.job.train is None:
+        return
+    env = job_env(p.job, p.base_dir)
+    if not env.visible:
+        yield Check("torch_npu", True, f"{env.label} is not visible from here; checked again on the node")
+    elif env.has("torch_npu"):
+        yield Check("torch_npu", True, env.label)
     else:
-        label = f"this Python ({os.sys.executable})"
-        found = importlib.util.find_spec("torch_npu") is not None
-    if found:
-        return Check("torch_npu", True, label)
-    return Check("torch_npu", False, f"NPU job but {label} has no torch_npu: install hpcft[npu] there "
-                                     "(see envs/npu.yml) or set env.conda/env.venv to an Ascend environment")
-
-
-STAGED = "assets staged"
-
-
-def staged_check(job: Job, settings: Settings, base_dir: Optional[Path] = None) -> Check:
-    """Every model/dataset/metric the job names is staged (or is an existing local path); else
-    the exact ``hpcft stage ...`` to run on the login node. The worker runs the same lookup
-    (:mod:`hpcft.core.assets`) before it imports anything heavy."""
-    from ..core.assets import job_assets, problems, stage_command
-    from ..core.resolve import load_table
-    from ..core.store import Cache
-
-    table = load_table(settings)
-    found = job_assets(job, Cache(settings.cache), table, base_dir)
-    missing = [a for a in found if not a.found]
-    if not missing:
-        return Check(STAGED, True)
-    hub = [a for a in missing if not a.local]
-    if hub:
-        return Check(STAGED, False, stage_command(hub, table))
-    return Check(STAGED, False, "; ".join(problems(missing, table)))
+        yield Check("torch_npu", False, f"NPU job but {env.label} has no torch_npu: install hpcft[npu] there "
+                                        "(see envs/npu.yml) or set env.conda/env.venv to an Ascend environment")
 
 
 _VIRTUAL_ROOTS = (Path("/proc"), Path("/sys"), Path("/dev"))
 
 
-def output_dir_check(job: Job, base_dir: Path) -> Optional[Check]:
-    """Can the job's ``output_dir`` be created and written? None when the job keeps the
+def output_dir(p: Preflight) -> Iterator[Check]:
+    """Can the job's ``output_dir`` be created and written? Nothing when the job keeps the
     default (inside the run folder). Creates nothing: it looks at the nearest existing
     ancestor, which must be a directory you can write and enter."""
-    if not job.output_dir:
-        return None
+    if p.job.output_dir:
+        yield _output_dir(p.job.output_dir, p.base_dir)
+
+
+def _output_dir(given: str, base_dir: Path) -> Check:
     try:
-        path = Path(job.output_dir).expanduser()
+        path = Path(given).expanduser()
     except RuntimeError:
-        return Check("output_dir", False, f"{job.output_dir}: cannot expand "
-                                          f"{job.output_dir.split('/')[0]!r}: no such user")
+        return Check("output_dir", False, f"{given}: cannot expand {given.split('/')[0]!r}: no such user")
     path = Path(os.path.abspath(path if path.is_absolute() else base_dir / path))
     try:
         resolved = path.resolve()
@@ -261,3 +403,37 @@ def output_dir_check(job: Job, base_dir: Path) -> Optional[Check]:
                 else f"cannot be created: {existing} is not writable by you")
         return Check("output_dir", False, f"{path}: {what}")
     return Check("output_dir", True, str(path) if existing == path else f"{path} (will be created)")
+
+
+STAGED = "assets staged"
+
+
+def assets_staged(p: Preflight) -> Iterator[Check]:
+    """Each distinct set of assets once (a sweep may vary the model)."""
+    if not p.check_assets:
+        return
+    seen: set[str] = set()
+    for job in p.jobs:
+        key = job.all_assets().model_dump_json()
+        if key not in seen:
+            seen.add(key)
+            yield staged_check(job, p.settings, p.base_dir)
+
+
+def staged_check(job: Job, settings: Settings, base_dir: Optional[Path] = None) -> Check:
+    """Every model/dataset/metric the job names is staged (or is an existing local path); else
+    the exact ``hpcft stage ...`` to run on the login node. The worker runs the same lookup
+    (:mod:`hpcft.core.assets`) before it imports anything heavy."""
+    from ..core.assets import job_assets, problems, stage_command
+    from ..core.resolve import load_table
+    from ..core.store import Cache
+
+    table = load_table(settings)
+    found = job_assets(job, Cache(settings.cache), table, base_dir)
+    missing = [a for a in found if not a.found]
+    if not missing:
+        return Check(STAGED, True)
+    hub = [a for a in missing if not a.local]
+    if hub:
+        return Check(STAGED, False, stage_command(hub, table))
+    return Check(STAGED, False, "; ".join(problems(missing, table)))

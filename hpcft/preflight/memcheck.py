@@ -1,4 +1,4 @@
-"""The memory pre-flight as a :class:`hpcft.preflight.checks.Check`: a causal-lm job's per-device
+"""The memory pre-flight rule (:func:`memory`): a causal-lm job's per-device
 estimate (:mod:`hpcft.preflight.estimate`, from the staged model's ``config.json``) against the device
 memory of the partition's GPUs/NPUs. A job that cannot fit is refused with the changes that
 would make it fit; ``hpcft check`` prints the estimate either way."""
@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
-from ..core.config import Settings
 from ..core.job import Job
-from .checks import Check
+from .checks import Check, ClusterView, Preflight
 from .estimate import Estimate, ModelShapeError, Plan, Shape, device_memory, estimate, read_shape
 
 NAME = "memory"
@@ -83,46 +82,51 @@ def fixes(shape: Shape, plan: Plan, limit: float, per_node: int) -> list[str]:
     return out
 
 
-def memory_check(job: Job, settings: Settings, view, partition: Optional[str], base_dir: Path):
-    """None for jobs it does not apply to (not causal-lm, model not staged: the staged check says so)."""
+def memory(p: Preflight) -> Iterator[Check]:
+    """Nothing for jobs it does not apply to (not causal-lm, model not staged: the staged check says so)."""
     from ..core.assets import lookup
     from ..core.resolve import load_table
     from ..core.store import Cache
 
+    job, settings = p.job, p.settings
     t = job.train
     if t is None or not t.is_llm:
-        return None
-    model = lookup("model", t.model, Cache(settings.cache), load_table(settings), base_dir=base_dir)
+        return
+    model = lookup("model", t.model, Cache(settings.cache), load_table(settings), base_dir=p.base_dir)
     if not model.found:
-        return None
+        return
     try:
         shape = read_shape(model.path)
     except ModelShapeError as exc:
-        return Check(NAME, True, f"no estimate: {exc}")
-    plan = plan_of(job, base_dir)
+        yield Check(NAME, True, f"no estimate: {exc}")
+        return
+    plan = plan_of(job, p.base_dir)
     est = estimate(shape, plan)
     r = job.resources
     if r.device == "cpu":
-        return Check(NAME, True, f"{est.summary()} (CPU job: host memory, not checked)")
-    gres_types, features, per_node = _partition_facts(view, partition, r.device)
-    limit, source = device_memory(settings.device_memory, partition, gres_types, features)
+        yield Check(NAME, True, f"{est.summary()} (CPU job: host memory, not checked)")
+        return
+    gres_types, features, per_node = _partition_facts(p.view, p.partition, r.device)
+    limit, source = device_memory(settings.device_memory, p.partition, gres_types, features)
     if limit is None:
-        return Check(NAME, True, f"{est.summary()}; device memory of partition '{partition}' unknown "
-                                 "(set device_memory in the cluster config, e.g. {a100: 80G, 910b: 64G})")
-    if est.total <= limit:
-        return Check(NAME, True, f"{est.summary()}; fits {limit:.0f} GiB ({source})")
-    size = f"{est.params / 1e9:.2g}B"
-    zero = f"ZeRO-{plan.zero_stage}" if plan.zero_stage is not None else "ZeRO-0"
-    found = fixes(shape, plan, limit, per_node or max(r.devices_per_node, 8))
-    hint = ("; use " + ", or ".join(found)) if found else "; no single change makes it fit: use a smaller model"
-    return Check(NAME, False, f"{size} {plan.method} fine-tuning needs ~{est.total:.0f} GiB per device at {zero} "
-                              f"but {r.device.upper()}s of '{partition}' have {limit:.0f} GiB ({source}){hint}. "
-                              f"Estimate: {est.summary()}")
+        yield Check(NAME, True, f"{est.summary()}; device memory of partition '{p.partition}' unknown "
+                                "(set device_memory in the cluster config, e.g. {a100: 80G, 910b: 64G})")
+    elif est.total <= limit:
+        yield Check(NAME, True, f"{est.summary()}; fits {limit:.0f} GiB ({source})")
+    else:
+        size = f"{est.params / 1e9:.2g}B"
+        zero = f"ZeRO-{plan.zero_stage}" if plan.zero_stage is not None else "ZeRO-0"
+        found = fixes(shape, plan, limit, per_node or max(r.devices_per_node, 8))
+        hint = ("; use " + ", or ".join(found)) if found else "; no single change makes it fit: use a smaller model"
+        yield Check(NAME, False, f"{size} {plan.method} fine-tuning needs ~{est.total:.0f} GiB per device at {zero} "
+                                 f"but {r.device.upper()}s of '{p.partition}' have {limit:.0f} GiB ({source}){hint}. "
+                                 f"Estimate: {est.summary()}")
 
 
-def _partition_facts(view, partition: Optional[str], device: str) -> tuple[list[str], list[str], int]:
+def _partition_facts(view: Optional[ClusterView], partition: Optional[str], device: str
+                     ) -> tuple[list[str], list[str], int]:
     """(gres types, node features, most devices per node) of a partition, from the live view."""
-    if view is None or partition not in getattr(view, "partitions", {}):
+    if view is None or partition not in view.partitions:
         return [], [], 0
     types: set[str] = set()
     feats: set[str] = set()

@@ -3,43 +3,26 @@ environment the job runs in (checked here, before submit, and again by the worke
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from typing import Optional
+from typing import Iterator
 
-from ..core.job import Job
-from .checks import Check, _conda_prefix, _site_packages_of
+from .checks import Check, Preflight, job_env
 
 PACKAGES = {"tensorboard": "tensorboard", "swanlab": "swanlab"}
 
 
-def _has(prefix: Optional[Path], package: str) -> bool:
-    if prefix is None:
-        return importlib.util.find_spec(package) is not None
-    return any((sp / package).is_dir() or (sp / f"{package}.py").is_file() for sp in _site_packages_of(prefix))
-
-
-def tracker_check(job: Job, base_dir: Path) -> Optional[Check]:
-    """None when the job asks for no tracker; else ✓, or ✗ with the pip command that fixes it."""
-    if job.train is None or not job.train.report_to:
-        return None
-    env = job.env
-    prefix: Optional[Path] = None
-    if env.venv or env.conda:
-        prefix = Path(env.venv).expanduser() if env.venv else _conda_prefix(env.conda)
-        if prefix is not None and not prefix.is_absolute():
-            prefix = base_dir / prefix
-        label = f"venv {env.venv}" if env.venv else f"conda env {env.conda}"
-        if prefix is None or not prefix.is_dir():
-            return Check("trackers", True, f"{label} is not visible from here; checked again on the node")
-        pip = f"{prefix}/bin/python -m pip install"
-    else:
-        label = f"this Python ({sys.executable})"
-        pip = f"{sys.executable} -m pip install"
-    missing = [PACKAGES[t] for t in job.train.report_to if not _has(prefix, PACKAGES[t])]
+def trackers(p: Preflight) -> Iterator[Check]:
+    """Nothing when the job asks for no tracker; else ✓, or ✗ with the pip command that fixes it."""
+    train = p.job.train
+    if train is None or not train.report_to:
+        return
+    env = job_env(p.job, p.base_dir)
+    if not env.visible:
+        yield Check("trackers", True, f"{env.label} is not visible from here; checked again on the node")
+        return
+    missing = [PACKAGES[t] for t in train.report_to if not env.has(PACKAGES[t])]
     if missing:
-        return Check("trackers", False, f"train.report_to needs {', '.join(missing)} but {label} has "
-                                        f"{'none of them' if len(missing) > 1 else 'no ' + missing[0]}; "
-                                        f"install: {pip} {' '.join(missing)}")
-    return Check("trackers", True, f"{', '.join(job.train.report_to)} in {label}")
+        yield Check("trackers", False, f"train.report_to needs {', '.join(missing)} but {env.label} has "
+                                       f"{'none of them' if len(missing) > 1 else 'no ' + missing[0]}; "
+                                       f"install: {env.python()} -m pip install {' '.join(missing)}")
+    else:
+        yield Check("trackers", True, f"{', '.join(train.report_to)} in {env.label}")

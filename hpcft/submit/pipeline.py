@@ -17,16 +17,8 @@ from ..core.errors import PreflightError, SlurmError
 from ..core.job import LoadedJob
 from ..core.offline import link_openmind_cache
 from ..core.rundir import RunPaths
-from ..preflight.checks import (
-    Check,
-    ClusterView,
-    npu_env_check,
-    output_dir_check,
-    resolve_partition,
-    run_checks,
-    staged_check,
-)
-from ..preflight.memcheck import memory_check
+from ..preflight import rules
+from ..preflight.checks import Check, ClusterView, Preflight, resolve_partition
 from ..runs.index import RunRecord, RunStore, new_run_dir, now_iso
 from . import scow
 from .render import ScriptPlan, launch_command, make_plan, render_script
@@ -54,28 +46,15 @@ def choose_executor(loaded: LoadedJob, settings: Settings) -> str:
     return choice
 
 
-def preflight(loaded: LoadedJob, settings: Settings, executor: str,
-              skip_asset_check: bool = False) -> tuple[Optional[str], list[Check]]:
-    """Every pre-flight check, passing or not, and the partition the job will use."""
-    job = loaded.job
-    checks: list[Check] = []
-    partition = job.resources.partition
-    view = None
-    if executor == "slurm":
-        view = ClusterView.live()
-        partition = resolve_partition(job, settings, view)
-        checks = run_checks(job, settings, view, partition)
-    elif executor == "local" and job.resources.nodes > 1:
-        checks.append(Check("executor", False, "the local executor runs one node; use executor: slurm"))
-    from ..preflight.trackers import tracker_check
-
-    for extra in (npu_env_check(job, loaded.base_dir), output_dir_check(job, loaded.base_dir),
-                  tracker_check(job, loaded.base_dir), memory_check(job, settings, view, partition, loaded.base_dir)):
-        if extra is not None:
-            checks.append(extra)
-    if not skip_asset_check:
-        checks.append(staged_check(job, settings, loaded.base_dir))
-    return partition, checks
+def preflight(loaded: LoadedJob, settings: Settings, executor: str, skip_asset_check: bool = False,
+              points: Optional[list] = None) -> tuple[Optional[str], list[Check]]:
+    """Every pre-flight check, passing or not, and the partition the job will use. ``points``:
+    a sweep's jobs, one per array task (``loaded`` is the first)."""
+    view = ClusterView.live() if executor == "slurm" else None
+    partition = resolve_partition(loaded.job, settings, view) if view else loaded.job.resources.partition
+    p = Preflight(loaded.job, settings, loaded.base_dir, executor, view, partition, points=points or [],
+                  check_assets=not skip_asset_check)
+    return partition, rules.run(p)
 
 
 def _raise_failed(loaded: LoadedJob, checks: list[Check]) -> None:

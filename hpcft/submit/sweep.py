@@ -15,7 +15,6 @@ so each task reads its own launch spec, and requeues and resumes on its own.
 from __future__ import annotations
 
 import copy
-import getpass
 import itertools
 import os
 import shutil
@@ -25,14 +24,13 @@ from typing import Any, Optional
 
 from pydantic import ValidationError
 
-from ..cluster import slurm
 from ..core.atomic import atomic_write_json, atomic_write_text, read_json
 from ..core.config import Settings
 from ..core.errors import ConfigError, PreflightError
 from ..core.job import Job, LoadedJob
 from ..core.rundir import RunPaths
 from ..core.yamlfile import set_dotted
-from ..preflight.checks import Check, staged_check
+from ..preflight.checks import Check
 from ..runs.index import RunRecord, RunStore, new_run_dir, now_iso
 from . import scow
 from .pipeline import _raise_failed, _test_only, choose_executor, preflight, scow_folder, submit_slurm
@@ -143,31 +141,6 @@ def array_spec(size: int, max_parallel: Optional[int]) -> str:
     return f"0-{size - 1}" + (f"%{max_parallel}" if max_parallel else "")
 
 
-def array_checks(size: int) -> list[Check]:
-    """The site's MaxArraySize and MaxJobCount, and the user's MaxSubmitJobs (with accounting)."""
-    cfg = slurm.config()
-    checks = []
-    max_array = int(cfg.get("MaxArraySize", "1001") or 1001)
-    checks.append(Check("array size", size <= max_array,
-                        f"{size} points; the site's MaxArraySize allows {max_array}" if size <= max_array else
-                        f"{size} points but the site's MaxArraySize is {max_array} (indices 0-{max_array - 1}); "
-                        "split the sweep or lower its points"))
-    user = getpass.getuser()
-    queued = slurm.queued_jobs(user)
-    max_jobs = int(cfg.get("MaxJobCount", "0") or 0)
-    if max_jobs:
-        ok = queued + size <= max_jobs
-        checks.append(Check("job count", ok, f"{queued} queued + {size} <= MaxJobCount {max_jobs}" if ok else
-                            f"{queued} jobs queued + {size} tasks exceed the site's MaxJobCount {max_jobs}"))
-    limit = slurm.submit_limit(user)
-    if limit is not None:
-        ok = queued + size <= limit
-        checks.append(Check("submit limit", ok, f"{queued} queued + {size} <= MaxSubmitJobs {limit}" if ok else
-                            f"{queued} jobs queued + {size} tasks exceed your MaxSubmitJobs {limit}; lower "
-                            "the points or wait for queued jobs"))
-    return checks
-
-
 def _link(target: str, link: Path) -> None:
     os.symlink(target, link)
 
@@ -203,15 +176,7 @@ def submit_sweep(loaded: LoadedJob, settings: Settings, *, dry_run: bool = False
     pairs = expand(loaded)
     size = len(pairs)
     first = pairs[0][1]
-    partition, checks = preflight(first, settings, executor, skip_asset_check=True)
-    checks += array_checks(size)
-    if not skip_asset_check:  # each distinct set of assets once (a sweep may vary the model)
-        seen: set[str] = set()
-        for _, task in pairs:
-            key = task.job.all_assets().model_dump_json()
-            if key not in seen:
-                seen.add(key)
-                checks.append(staged_check(task.job, settings, task.base_dir))
+    partition, checks = preflight(first, settings, executor, skip_asset_check, points=[t.job for _, t in pairs])
     if not dry_run:
         _raise_failed(loaded, checks)
     array = array_spec(size, spec.max_parallel)

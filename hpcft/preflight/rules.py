@@ -1,0 +1,39 @@
+"""The pre-flight rules, in the order ``hpcft check`` prints their lines. A new rule is one
+function ``rule(p: Preflight) -> Iterator[Check]`` (yielding nothing when it does not apply)
+and one line here."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+from . import checks
+from .checks import Check, Preflight
+from .memcheck import memory
+from .trackers import trackers
+
+Rule = Callable[[Preflight], Iterator[Check]]
+
+RULES: list[Rule] = [
+    checks.local_executor,   # executor: local runs one node
+    checks.partition,        # the Slurm rules: they need the live cluster and the job's partition
+    checks.device,
+    checks.nodes,
+    checks.gres,
+    checks.cpus,
+    checks.time_limit,
+    checks.account,
+    checks.qos,
+    checks.torch_npu,        # the job's own environment and files
+    checks.output_dir,
+    trackers,
+    memory,
+    checks.array_size,       # a sweep's job array
+    checks.job_count,
+    checks.submit_limit,
+    checks.assets_staged,    # last: its fix is a command to run
+]
+
+
+def run(p: Preflight, rules: list[Rule] = RULES) -> list[Check]:
+    """Every rule's checks for one job (or one sweep), passing or not, in rule order."""
+    return [check for rule in rules for check in rule(p)]
