@@ -23,13 +23,10 @@ def run(args) -> int:
         settings.default_partition.get(loaded.job.resources.device)
     scow_dir = scow.job_folder(settings, loaded.job.name) if scow.enabled(settings) else None
     if loaded.job.sweep is not None:  # the one array script (every point validated first)
-        from ..submit.sweep import array_spec, expand
+        from ..submit.sweep import SweepSubmission
 
-        pairs = expand(loaded)
-        root = settings.runs / "<sweep-id>"
-        plan = make_plan(pairs[0][1], settings, root, partition, scow_dir=scow_dir,
-                         array=array_spec(len(pairs), loaded.job.sweep.max_parallel),
-                         log_dir=None if scow_dir else f"{root}/<sweep-id>-%a")
+        sweep = SweepSubmission(loaded, settings, "slurm")
+        plan = sweep.plan(settings.runs / sweep.placeholder, partition, scow_dir)
     else:
         plan = make_plan(loaded, settings, settings.runs / "<run-id>", partition, scow_dir=scow_dir)
     sys.stdout.write(render_script(plan))

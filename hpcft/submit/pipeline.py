@@ -1,4 +1,11 @@
-"""``hpcft submit``: validate, pre-flight, render, and hand the job to submitit."""
+"""``hpcft submit``: one pipeline for a job and for a sweep, each step a public function::
+
+    preflight -> refuse -> SCOW folder -> dry run (render, slurm_accepts)
+              -> run folder -> write -> slurm_accepts -> queue -> record (and place)
+
+:func:`run` goes through the steps for a :class:`Submission`; what differs between a job
+(:class:`JobSubmission`, here) and a sweep (:class:`hpcft.submit.sweep.SweepSubmission`, one
+job array) is what is written into the run folder, and what is recorded and placed after sbatch."""
 
 from __future__ import annotations
 
@@ -8,13 +15,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Generic, Optional, TypeVar
 
 from ..cluster import slurm
 from ..core.atomic import atomic_write_text
 from ..core.config import Settings
 from ..core.errors import PreflightError, SlurmError
-from ..core.job import LoadedJob
+from ..core.job import Job, LoadedJob
 from ..core.offline import link_openmind_cache
 from ..core.rundir import RunPaths
 from ..preflight import rules
@@ -39,6 +46,8 @@ class SubmitResult:
         return RunPaths(Path(self.record.run_dir)).stdout(self.record.job_id)
 
 
+# --------------------------------------------------------------------------- the steps
+
 def choose_executor(loaded: LoadedJob, settings: Settings) -> str:
     choice = loaded.job.executor if loaded.job.executor != "auto" else settings.executor
     if choice == "auto":
@@ -47,7 +56,7 @@ def choose_executor(loaded: LoadedJob, settings: Settings) -> str:
 
 
 def preflight(loaded: LoadedJob, settings: Settings, executor: str, skip_asset_check: bool = False,
-              points: Optional[list] = None) -> tuple[Optional[str], list[Check]]:
+              points: Optional[list[Job]] = None) -> tuple[Optional[str], list[Check]]:
     """Every pre-flight check, passing or not, and the partition the job will use. ``points``:
     a sweep's jobs, one per array task (``loaded`` is the first)."""
     view = ClusterView.live() if executor == "slurm" else None
@@ -57,7 +66,8 @@ def preflight(loaded: LoadedJob, settings: Settings, executor: str, skip_asset_c
     return partition, rules.run(p)
 
 
-def _raise_failed(loaded: LoadedJob, checks: list[Check]) -> None:
+def refuse(loaded: LoadedJob, checks: list[Check]) -> None:
+    """A :class:`PreflightError` naming every failed check, if there is one."""
     failed = [c for c in checks if not c.ok]
     if failed:
         raise PreflightError([f"{loaded.source or '<job>'}: {c.name}: {c.message}" for c in failed])
@@ -68,63 +78,8 @@ def scow_folder(loaded: LoadedJob, settings: Settings, executor: str) -> Optiona
     return scow.job_folder(settings, loaded.job.name) if executor == "slurm" and scow.enabled(settings) else None
 
 
-def submit(loaded: LoadedJob, settings: Settings, *, dry_run: bool = False,
-           executor: Optional[str] = None, skip_asset_check: bool = False,
-           raise_on_failure: bool = True, save_template: Optional[bool] = None) -> SubmitResult:
-    executor = executor or choose_executor(loaded, settings)
-    job = loaded.job
-    partition, checks = preflight(loaded, settings, executor, skip_asset_check)
-    if raise_on_failure or not dry_run:
-        _raise_failed(loaded, checks)
-    scow_dir = scow_folder(loaded, settings, executor)
-    save_template = settings.scow.save_template if save_template is None else save_template
-    if save_template and scow_dir is None:
-        raise PreflightError([f"{loaded.source or '<job>'}: save template: the SCOW portal's saved jobs need "
-                              "SCOW placement and Slurm (scow.enabled in the config, or a ~/scow folder)"])
-
-    store = RunStore(settings.runs)
-    if dry_run:
-        # Render against the folder a real submit would create, but create nothing.
-        run_dir = settings.runs / "<run-id>"
-        plan = make_plan(loaded, settings, run_dir, partition, scow_dir=scow_dir)
-        script = render_script(plan)
-        if executor == "slurm" and all(c.ok for c in checks):
-            checks.append(_test_only(script))
-        if raise_on_failure:
-            _raise_failed(loaded, checks)
-        return SubmitResult(None, script, checks, dry_run=True)
-
-    paths = new_run_dir(settings.runs, job.name)
-    try:
-        plan, script = prepare_run(loaded, settings, paths, partition, scow_dir=scow_dir)
-        if executor == "slurm":
-            check = _test_only(script)
-            checks.append(check)
-            if not check.ok:
-                raise PreflightError([f"{loaded.source or '<job>'}: {check.name}: {check.message}"])
-        record = RunRecord(run_id=paths.run_id, name=job.name, run_dir=str(paths.dir),
-                           job_file=str(loaded.source) if loaded.source else None, kind=job.kind,
-                           executor=executor, submitted_at=now_iso(), partition=partition)
-        if executor == "slurm":
-            [job_id] = submit_slurm(plan, paths, script, [paths.dir])
-        else:
-            job_id = _submit_local(plan, paths, loaded)
-        record.job_id = job_id
-        record.state = "SUBMITTED"
-        store.add(record)
-        result = SubmitResult(record, script, checks)
-        if scow_dir is not None:
-            scow.place(paths, scow_dir, job_id, script)
-            if save_template:
-                result.template = scow.save_template(plan, job_id, paths.run_id, scow_dir / f"job.{job_id}.sh")
-        return result
-    except BaseException:
-        # nothing reached the queue: leave no half-written run behind
-        shutil.rmtree(paths.dir, ignore_errors=True)
-        raise
-
-
-def _test_only(script: str) -> Check:
+def slurm_accepts(script: str) -> Check:
+    """Slurm's own verdict on the script (``sbatch --test-only``), as a check."""
     with tempfile.NamedTemporaryFile("w", suffix=".sh", delete=False) as fh:
         fh.write(script)
     try:
@@ -137,28 +92,158 @@ def _test_only(script: str) -> Check:
     return Check("slurm accepts", False, "; ".join(lines))
 
 
-def prepare_run(loaded: LoadedJob, settings: Settings, paths: RunPaths,
-                partition: Optional[str], *, scow_dir: Optional[Path] = None) -> tuple[ScriptPlan, str]:
-    """Fill a fresh run folder: the job as written and as resolved, the launch spec, the
-    script (rendered once; submitit is handed this exact text). Nothing is queued."""
+def write_script(plan: ScriptPlan, paths: RunPaths) -> str:
+    """Render the script once into the run folder (submitit is handed this exact text). Under
+    SCOW placement the SCOW folder is made first: Slurm opens the logs there and starts the job in it."""
+    if plan.scow_dir is not None:
+        plan.scow_dir.mkdir(parents=True, exist_ok=True)
+    script = render_script(plan)
+    atomic_write_text(paths.script, script, mode=0o755)
+    return script
+
+
+def queue(plan: ScriptPlan, paths: RunPaths, script: str, run_dirs: list[Path], executor: str) -> list[str]:
+    """Hand the script to submitit: one sbatch call (or one local process). The job ids, one per run folder."""
+    if executor == "slurm":
+        return submit_slurm(plan, paths, script, run_dirs)
+    return [submit_local(plan, paths)]
+
+
+R = TypeVar("R")  # what a submission returns: SubmitResult, SweepResult
+
+
+class Submission(Generic[R]):
+    """What one sbatch call submits. A subclass says what goes into the run folder and what is
+    recorded and placed once the job is queued."""
+
+    placeholder = "<run-id>"   # the run folder a dry run renders against (created by no one)
+    dry_run_asks_slurm = True  # a dry run asks ``sbatch --test-only`` too (when every check passed)
+
+    def __init__(self, loaded: LoadedJob, settings: Settings, executor: str):
+        self.loaded, self.settings, self.executor = loaded, settings, executor
+
+    def preflight(self, skip_asset_check: bool) -> tuple[Optional[str], list[Check]]:
+        return preflight(self.loaded, self.settings, self.executor, skip_asset_check)
+
+    def check_options(self, scow_dir: Optional[Path]) -> None:
+        """Refuse options that the checks passed but that cannot work here."""
+
+    def plan(self, root: Path, partition: Optional[str], scow_dir: Optional[Path]) -> ScriptPlan:
+        return make_plan(self.loaded, self.settings, root, partition, scow_dir=scow_dir)
+
+    def write(self, plan: ScriptPlan, paths: RunPaths) -> list[Path]:
+        """Fill the new run folder, the script aside; the run folders to queue (one per task)."""
+        raise NotImplementedError
+
+    def result(self, script: str, checks: list[Check]) -> R:
+        """A dry run's result."""
+        raise NotImplementedError
+
+    def record(self, plan: ScriptPlan, paths: RunPaths, script: str, job_ids: list[str],
+               checks: list[Check]) -> R:
+        """After sbatch: the runs index, and SCOW placement; the result."""
+        raise NotImplementedError
+
+
+def run(sub: Submission[R], *, dry_run: bool = False, skip_asset_check: bool = False,
+        raise_on_failure: bool = True) -> R:
+    """The pipeline. ``raise_on_failure`` False: a dry run returns failed checks instead of raising."""
+    partition, checks = sub.preflight(skip_asset_check)
+    if raise_on_failure or not dry_run:
+        refuse(sub.loaded, checks)
+    scow_dir = scow_folder(sub.loaded, sub.settings, sub.executor)
+    sub.check_options(scow_dir)
+    if dry_run:  # render against the folder a real submit would create, but create nothing
+        script = render_script(sub.plan(sub.settings.runs / sub.placeholder, partition, scow_dir))
+        if sub.dry_run_asks_slurm and sub.executor == "slurm" and all(c.ok for c in checks):
+            checks.append(slurm_accepts(script))
+        if raise_on_failure:
+            refuse(sub.loaded, checks)
+        return sub.result(script, checks)
+
+    paths = new_run_dir(sub.settings.runs, sub.loaded.job.name)
+    try:
+        plan = sub.plan(paths.dir, partition, scow_dir)
+        run_dirs = sub.write(plan, paths)
+        script = write_script(plan, paths)
+        if sub.executor == "slurm":
+            checks.append(slurm_accepts(script))
+            refuse(sub.loaded, checks[-1:])
+        job_ids = queue(plan, paths, script, run_dirs, sub.executor)
+    except BaseException:  # nothing reached the queue: leave no half-written run behind
+        shutil.rmtree(paths.dir, ignore_errors=True)
+        raise
+    return sub.record(plan, paths, script, job_ids, checks)  # queued: the run folder stays, come what may
+
+
+# --------------------------------------------------------------------------- one job
+
+class JobSubmission(Submission[SubmitResult]):
+    def __init__(self, loaded: LoadedJob, settings: Settings, executor: str, save_template: Optional[bool] = None):
+        super().__init__(loaded, settings, executor)
+        self.save_template = settings.scow.save_template if save_template is None else save_template
+
+    def check_options(self, scow_dir: Optional[Path]) -> None:
+        if self.save_template and scow_dir is None:
+            raise PreflightError([f"{self.loaded.source or '<job>'}: save template: the SCOW portal's saved jobs "
+                                  "need SCOW placement and Slurm (scow.enabled in the config, or a ~/scow folder)"])
+
+    def write(self, plan: ScriptPlan, paths: RunPaths) -> list[Path]:
+        write_run(plan, paths)
+        return [paths.dir]
+
+    def result(self, script: str, checks: list[Check]) -> SubmitResult:
+        return SubmitResult(None, script, checks, dry_run=True)
+
+    def record(self, plan: ScriptPlan, paths: RunPaths, script: str, job_ids: list[str],
+               checks: list[Check]) -> SubmitResult:
+        job, [job_id] = self.loaded.job, job_ids
+        record = RunRecord(run_id=paths.run_id, name=job.name, run_dir=str(paths.dir),
+                           job_file=str(self.loaded.source) if self.loaded.source else None, kind=job.kind,
+                           executor=self.executor, submitted_at=now_iso(), partition=plan.partition,
+                           job_id=job_id, state="SUBMITTED")
+        RunStore(self.settings.runs).add(record)
+        result = SubmitResult(record, script, checks)
+        if plan.scow_dir is not None:
+            scow.place(paths, plan.scow_dir, job_id, script)
+            if self.save_template:
+                result.template = scow.save_template(plan, job_id, paths.run_id, plan.scow_dir / f"job.{job_id}.sh")
+        return result
+
+
+def submit(loaded: LoadedJob, settings: Settings, *, dry_run: bool = False,
+           executor: Optional[str] = None, skip_asset_check: bool = False,
+           raise_on_failure: bool = True, save_template: Optional[bool] = None) -> SubmitResult:
+    sub = JobSubmission(loaded, settings, executor or choose_executor(loaded, settings), save_template)
+    return run(sub, dry_run=dry_run, skip_asset_check=skip_asset_check, raise_on_failure=raise_on_failure)
+
+
+def write_run(plan: ScriptPlan, paths: RunPaths) -> None:
+    """A run folder's files but the script: the job as written and as resolved, the launch spec."""
     import yaml
 
-    plan = make_plan(loaded, settings, paths.dir, partition, scow_dir=scow_dir)
-    if scow_dir is not None:
-        scow_dir.mkdir(parents=True, exist_ok=True)  # Slurm opens the logs there and starts the job in it
-    script = render_script(plan)
+    loaded = plan.loaded
     if loaded.source and loaded.source.is_file():
         shutil.copyfile(loaded.source, paths.source_yaml)
     atomic_write_text(paths.job_yaml, yaml.safe_dump(loaded.job.model_dump(mode="json"), sort_keys=False))
     plan.launch_spec().write()
-    atomic_write_text(paths.script, script, mode=0o755)
     if not loaded.job.output_dir:
         paths.output.mkdir(exist_ok=True)
     paths.logs.mkdir(exist_ok=True)
     if loaded.job.script:
-        link_openmind_cache(settings.cache, paths.dir)
-    return plan, script
+        link_openmind_cache(plan.settings.cache, paths.dir)
 
+
+def prepare_run(loaded: LoadedJob, settings: Settings, paths: RunPaths,
+                partition: Optional[str], *, scow_dir: Optional[Path] = None) -> tuple[ScriptPlan, str]:
+    """Fill a fresh run folder: the job as written and as resolved, the launch spec, the
+    script. Nothing is queued (a SCOW portal rerun, the dev tools)."""
+    plan = make_plan(loaded, settings, paths.dir, partition, scow_dir=scow_dir)
+    write_run(plan, paths)
+    return plan, write_script(plan, paths)
+
+
+# --------------------------------------------------------------------------- submitit
 
 def submit_slurm(plan: ScriptPlan, paths: RunPaths, script: str, run_dirs: list[Path]) -> list[str]:
     """One sbatch call for one job (one run folder) or for a job array (one run folder per
@@ -222,7 +307,7 @@ def submit_slurm(plan: ScriptPlan, paths: RunPaths, script: str, run_dirs: list[
     return [str(job.job_id) for job in jobs]
 
 
-def _submit_local(plan: ScriptPlan, paths: RunPaths, loaded: LoadedJob) -> str:
+def submit_local(plan: ScriptPlan, paths: RunPaths) -> str:
     import submitit
 
     from ..entry import WorkerCall

@@ -26,15 +26,15 @@ from pydantic import ValidationError
 
 from ..core.atomic import atomic_write_json, atomic_write_text, read_json
 from ..core.config import Settings
-from ..core.errors import ConfigError, PreflightError
+from ..core.errors import ConfigError
 from ..core.job import Job, LoadedJob
 from ..core.rundir import RunPaths
 from ..core.yamlfile import set_dotted
 from ..preflight.checks import Check
-from ..runs.index import RunRecord, RunStore, new_run_dir, now_iso
+from ..runs.index import RunRecord, RunStore, now_iso
 from . import scow
-from .pipeline import _raise_failed, _test_only, choose_executor, preflight, scow_folder, submit_slurm
-from .render import make_plan, render_script
+from .pipeline import Submission, choose_executor, preflight, run
+from .render import ScriptPlan, make_plan
 
 # Every array task runs the one script: keys that shape it cannot differ between points.
 SHARED_KEYS = ("name", "resources", "env", "executor", "sweep", "max_requeues")
@@ -141,10 +141,6 @@ def array_spec(size: int, max_parallel: Optional[int]) -> str:
     return f"0-{size - 1}" + (f"%{max_parallel}" if max_parallel else "")
 
 
-def _link(target: str, link: Path) -> None:
-    os.symlink(target, link)
-
-
 def write_task(loaded: LoadedJob, settings: Settings, paths: RunPaths, partition: Optional[str],
                scow_dir: Optional[Path]) -> None:
     """A task's run folder: the point's resolved job and launch spec; the array's script and
@@ -159,74 +155,76 @@ def write_task(loaded: LoadedJob, settings: Settings, paths: RunPaths, partition
     # fresh folders nobody reads before sbatch: atomic, without one fsync per file
     atomic_write_text(paths.job_yaml, text, durable=False)
     plan.launch_spec().write(durable=False)
-    _link(f"../{paths.script.name}", paths.script)
-    _link(f"../{paths.submitit.name}", paths.submitit)
+    os.symlink(f"../{paths.script.name}", paths.script)
+    os.symlink(f"../{paths.submitit.name}", paths.submitit)
     plan.output_dir.mkdir(parents=True, exist_ok=True)
     paths.logs.mkdir(exist_ok=True)
 
 
+class SweepSubmission(Submission[SweepResult]):
+    """A sweep through the submit pipeline: every point a run folder of its own, one array script."""
+
+    placeholder = "<sweep-id>"
+    dry_run_asks_slurm = False  # as before the pipeline was shared: a sweep's dry run skips sbatch --test-only
+
+    def __init__(self, loaded: LoadedJob, settings: Settings, executor: str):
+        super().__init__(loaded, settings, executor)
+        self.pairs = expand(loaded)
+        self.first = self.pairs[0][1]  # the job the array script is rendered for
+
+    def task_paths(self, paths: RunPaths) -> list[RunPaths]:
+        return [RunPaths(paths.dir / f"{paths.run_id}-{i}") for i in range(len(self.pairs))]
+
+    def preflight(self, skip_asset_check: bool) -> tuple[Optional[str], list[Check]]:
+        return preflight(self.first, self.settings, self.executor, skip_asset_check,
+                         points=[task.job for _, task in self.pairs])
+
+    def plan(self, root: Path, partition: Optional[str], scow_dir: Optional[Path]) -> ScriptPlan:
+        return make_plan(self.first, self.settings, root, partition, scow_dir=scow_dir,
+                         array=array_spec(len(self.pairs), self.loaded.job.sweep.max_parallel),
+                         log_dir=None if scow_dir else f"{root}/{root.name}-%a")
+
+    def write(self, plan: ScriptPlan, paths: RunPaths) -> list[Path]:
+        tasks = self.task_paths(paths)
+        for task_paths, (_, task) in zip(tasks, self.pairs):
+            task_paths.dir.mkdir()
+            write_task(task, self.settings, task_paths, plan.partition, plan.scow_dir)
+        return [t.dir for t in tasks]
+
+    def result(self, script: str, checks: list[Check]) -> SweepResult:
+        return SweepResult(None, script, checks, dry_run=True)
+
+    def record(self, plan: ScriptPlan, paths: RunPaths, script: str, job_ids: list[str],
+               checks: list[Check]) -> SweepResult:
+        spec, sweep_id, tasks = self.loaded.job.sweep, paths.run_id, self.task_paths(paths)
+        array_id, now = job_ids[0].split("_")[0], now_iso()
+        job_file = str(self.loaded.source) if self.loaded.source else None
+        records = [RunRecord(run_id=p.run_id, name=self.loaded.job.name, run_dir=str(p.dir), job_file=job_file,
+                             kind=task.job.kind, executor="slurm", submitted_at=now, job_id=job_id,
+                             state="SUBMITTED", partition=plan.partition, sweep=sweep_id, sweep_index=i)
+                   for i, (p, (_, task), job_id) in enumerate(zip(tasks, self.pairs, job_ids))]
+        sweep = Sweep(sweep_id=sweep_id, name=self.loaded.job.name, run_dir=str(paths.dir), size=len(tasks),
+                      points=[_plain(p) for p, _ in self.pairs], tasks=[p.run_id for p in tasks],
+                      submitted_at=now, array_job_id=array_id, max_parallel=spec.max_parallel, metric=spec.metric,
+                      goal=spec.goal, job_file=job_file, partition=plan.partition)
+        sweep.save()
+        RunStore(self.settings.runs).add_many(records)
+        if plan.scow_dir is not None:
+            for task_paths, job_id in zip(tasks, job_ids):
+                scow.place(task_paths, plan.scow_dir, job_id, None)
+            scow.place(paths, plan.scow_dir, array_id, script, logs=False)
+        return SweepResult(sweep, script, checks)
+
+
 def submit_sweep(loaded: LoadedJob, settings: Settings, *, dry_run: bool = False,
                  executor: Optional[str] = None, skip_asset_check: bool = False) -> SweepResult:
-    label = str(loaded.source or "<job>")
+    """A dry run returns failed checks rather than raising (``hpcft check`` prints them)."""
     executor = executor or choose_executor(loaded, settings)
     if executor != "slurm":
-        raise ConfigError([f"{label}: sweep: a sweep is one Slurm job array and needs executor slurm "
-                           f"(this one would run with {executor})"])
-    spec = loaded.job.sweep
-    pairs = expand(loaded)
-    size = len(pairs)
-    first = pairs[0][1]
-    partition, checks = preflight(first, settings, executor, skip_asset_check, points=[t.job for _, t in pairs])
-    if not dry_run:
-        _raise_failed(loaded, checks)
-    array = array_spec(size, spec.max_parallel)
-    scow_dir = scow_folder(loaded, settings, executor)
-    if dry_run:
-        root = settings.runs / "<sweep-id>"
-        plan = make_plan(first, settings, root, partition, scow_dir=scow_dir, array=array,
-                         log_dir=None if scow_dir else f"{root}/<sweep-id>-%a")
-        return SweepResult(None, render_script(plan), checks, dry_run=True)
-
-    sweep_paths = new_run_dir(settings.runs, loaded.job.name)
-    sweep_id = sweep_paths.run_id
-    tasks = [RunPaths(sweep_paths.dir / f"{sweep_id}-{i}") for i in range(size)]
-    queued = False
-    try:
-        for paths, (_, task) in zip(tasks, pairs):
-            paths.dir.mkdir()
-            write_task(task, settings, paths, partition, scow_dir)
-        plan = make_plan(first, settings, sweep_paths.dir, partition, scow_dir=scow_dir, array=array,
-                         log_dir=None if scow_dir else f"{sweep_paths.dir}/{sweep_id}-%a")
-        script = render_script(plan)
-        atomic_write_text(sweep_paths.script, script, mode=0o755)
-        check = _test_only(script)
-        checks.append(check)
-        if not check.ok:
-            raise PreflightError([f"{label}: {check.name}: {check.message}"])
-        job_ids = submit_slurm(plan, sweep_paths, script, [p.dir for p in tasks])
-        queued = True
-    except BaseException:
-        if not queued:  # nothing reached the queue: leave no half-written sweep behind
-            shutil.rmtree(sweep_paths.dir, ignore_errors=True)
-        raise
-    array_id = job_ids[0].split("_")[0]
-    now = now_iso()
-    records = [RunRecord(run_id=p.run_id, name=loaded.job.name, run_dir=str(p.dir),
-                         job_file=str(loaded.source) if loaded.source else None, kind=task.job.kind,
-                         executor="slurm", submitted_at=now, job_id=job_id, state="SUBMITTED",
-                         partition=partition, sweep=sweep_id, sweep_index=i)
-               for i, (p, (_, task), job_id) in enumerate(zip(tasks, pairs, job_ids))]
-    sweep = Sweep(sweep_id=sweep_id, name=loaded.job.name, run_dir=str(sweep_paths.dir), size=size,
-                  points=[_plain(p) for p, _ in pairs], tasks=[p.run_id for p in tasks], submitted_at=now,
-                  array_job_id=array_id, max_parallel=spec.max_parallel, metric=spec.metric, goal=spec.goal,
-                  job_file=records[0].job_file, partition=partition)
-    sweep.save()
-    RunStore(settings.runs).add_many(records)
-    if scow_dir is not None:
-        for paths, job_id in zip(tasks, job_ids):
-            scow.place(paths, scow_dir, job_id, None)
-        scow.place(sweep_paths, scow_dir, array_id, script, logs=False)
-    return SweepResult(sweep, script, checks)
+        raise ConfigError([f"{loaded.source or '<job>'}: sweep: a sweep is one Slurm job array and needs "
+                           f"executor slurm (this one would run with {executor})"])
+    return run(SweepSubmission(loaded, settings, executor), dry_run=dry_run, skip_asset_check=skip_asset_check,
+               raise_on_failure=False)
 
 
 def _plain(point: dict[str, Any]) -> dict[str, Any]:
