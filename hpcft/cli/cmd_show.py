@@ -33,8 +33,8 @@ def collect(record) -> dict:
     """Everything `show` prints, as data (no Slurm calls: works for old runs too)."""
     import yaml
 
+    from ..core.progress_log import last_progress, read_jsonl
     from ..core.rundir import LaunchSpec, RunPaths
-    from ..runs.monitor import last_progress
 
     paths = RunPaths(record.run_dir)
     try:
@@ -60,25 +60,9 @@ def collect(record) -> dict:
     }
     return {"run_id": record.run_id, "name": record.name, "job_id": record.job_id, "executor": record.executor,
             "state": record.state, "submitted_at": record.submitted_at, "partition": record.partition,
-            "job": job, "metrics": _read_json(paths.metrics), "progress": last_progress(paths), "files": files,
-            "samples": _samples(paths.dir / "samples.jsonl", 2)}
-
-
-def _samples(path: Path, n: int) -> list[dict]:
-    """The first n generated answers of a causal-lm run (samples.jsonl)."""
-    out = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return out
-    for line in lines:
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-        if len(out) == n:
-            break
-    return out
+            "job": job, "metrics": _read_json(paths.metrics), "progress": last_progress(paths.progress),
+            "files": files,
+            "samples": read_jsonl(paths.dir / "samples.jsonl", limit=2)}  # a causal-lm run's first answers
 
 
 def _fmt(v) -> str:

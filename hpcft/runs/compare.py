@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from ..core.atomic import read_json
 from ..core.errors import ConfigError, NotFoundError
+from ..core.progress_log import read_progress
 from ..core.rundir import RunPaths
 from .index import RunRecord, RunStore
 
@@ -80,20 +81,6 @@ def select(store: RunStore, refs: list[str], last: Optional[int]) -> list[RunRec
 
 # --------------------------------------------------------------------------- reading a run
 
-def _progress(path: Path) -> list[dict]:
-    out = []
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return out
-    for line in text.splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
-
-
 def _num(v: Any) -> Optional[float]:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
@@ -142,7 +129,7 @@ def read_row(record: RunRecord) -> RunRow:
     row.device_hours = _num(m.get("device_hours"))
     row.headline = m.get("headline")
     row.headline_value = _num((m.get("eval") or {}).get(row.headline)) if row.headline else None
-    records = _progress(paths.progress)
+    records = read_progress(paths.progress)
     if row.headline is None:  # still running or failed: name the metric its evaluations produced
         ev = next((r for r in reversed(records) if r.get("event") == "eval"), None)
         row.headline = next((k for k in (ev or {}).get("metrics", {}) if k not in SKIP_EVAL), None)

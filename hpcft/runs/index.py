@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 from ..core.atomic import atomic_write_json, file_lock, read_json
 from ..core.errors import NotFoundError
+from ..core.progress_log import read_jsonl
 from ..core.rundir import RunPaths
 
 
@@ -98,16 +99,7 @@ class RunStore:
         return RunRecord.from_dict(data)
 
     def entries(self) -> list[dict[str, Any]]:
-        if not self.index.is_file():
-            return []
-        out = []
-        for line in self.index.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue  # a torn line from a crashed writer: the others are still good
-        return out
+        return read_jsonl(self.index)  # a torn line from a crashed writer is skipped: the others are still good
 
     def records(self, limit: Optional[int] = None) -> list[RunRecord]:
         entries = self.entries()

@@ -6,7 +6,6 @@ job or the job ran locally, from the run folder (submitit's result file).
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import signal
@@ -18,6 +17,7 @@ from typing import IO, Any, Optional
 
 from ..cluster import slurm
 from ..cluster.slurm import TERMINAL_STATES
+from ..core.progress_log import last_progress
 from ..core.rundir import RunPaths
 from .index import RunRecord, RunStore
 
@@ -75,23 +75,6 @@ def _result_state(paths: RunPaths, job_id: str) -> tuple[Optional[str], Optional
 def _last_error_line(text: str) -> str:
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
     return lines[-1].strip() if lines else text
-
-
-def last_progress(paths: RunPaths) -> Optional[dict[str, Any]]:
-    try:
-        with open(paths.progress, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - 4096))
-            tail = fh.read().decode("utf-8", "replace").strip().splitlines()
-    except FileNotFoundError:
-        return None
-    for line in reversed(tail):
-        try:
-            return json.loads(line)
-        except json.JSONDecodeError:
-            continue
-    return None
 
 
 def _local_alive(pid: str) -> bool:
@@ -159,7 +142,7 @@ def status(record: RunRecord) -> Status:
             logs += sorted(paths.logs.glob(f"job.{job_id}.rank*.out"))
         has_checkpoint = paths.checkpoints.is_dir() and any(paths.checkpoints.iterdir())
         st.hint = diagnose_run(logs, st.state, has_checkpoint)
-    st.progress = last_progress(paths)
+    st.progress = last_progress(paths.progress)
     if st.state != record.state and st.state != "UNKNOWN":
         record.state = st.state
         try:

@@ -1,13 +1,16 @@
-"""What a finished run leaves in its folder: ``metrics.json`` and ``curves.png``."""
+"""What a finished run leaves in its folder: ``metrics.json`` and ``curves.png``.
+
+progress.jsonl is read with :func:`hpcft.core.progress_log.read_progress` (shared with the login
+side); it is imported here, so ``from .results import read_progress`` keeps working."""
 
 from __future__ import annotations
 
-import json
 import platform
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from ..core.atomic import atomic_write_json
+from ..core.progress_log import read_progress
 
 
 def versions() -> dict[str, str]:
@@ -18,20 +21,6 @@ def versions() -> dict[str, str]:
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
-            continue
-    return out
-
-
-def read_progress(path: Path) -> list[dict[str, Any]]:
-    out = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
-    except FileNotFoundError:
-        return out
-    for line in lines:
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
             continue
     return out
 
