@@ -76,9 +76,12 @@ def current(env: Optional[Mapping[str, str]] = None, default_world: int = 1) -> 
     )
 
 
-# ----------------------------------------------------------------- Ascend devices of this node
+# ----------------------------------------------------------------- this job in Slurm; Ascend devices
 
-def _scontrol_job(job_id: str) -> str:
+def scontrol_job(job_id: str) -> str:
+    """``scontrol show job -d JOB_ID`` as text, asked from inside the job (empty when Slurm's
+    tools are missing or do not answer in 30 s). The Ascend device lookup below and the run's
+    queue wait (:func:`hpcft.worker.telemetry.queue_wait`) read it."""
     try:
         return subprocess.run(["scontrol", "show", "job", "-d", job_id], capture_output=True, text=True,
                               timeout=30).stdout
@@ -87,7 +90,7 @@ def _scontrol_job(job_id: str) -> str:
 
 
 def ascend_devices(env: Optional[Mapping[str, str]] = None,
-                   scontrol: Callable[[str], str] = _scontrol_job) -> Optional[str]:
+                   scontrol: Callable[[str], str] = scontrol_job) -> Optional[str]:
     """``ASCEND_RT_VISIBLE_DEVICES`` for the node this task runs on, or None to keep the
     environment's. Slurm's ``--gres=npu`` sets no device variable, so: what an NPU plugin
     exported (PKU slurm-atlas-plugin: ``ASCEND_VISIBLE_DEVICES``, ``SLURM_JOB_NPUS``), else this
@@ -104,7 +107,7 @@ def ascend_devices(env: Optional[Mapping[str, str]] = None,
 
 
 def npu_env(env: Optional[Mapping[str, str]] = None,
-            scontrol: Callable[[str], str] = _scontrol_job) -> dict[str, str]:
+            scontrol: Callable[[str], str] = scontrol_job) -> dict[str, str]:
     """What an NPU task sets before torch_npu is imported: its devices and HCCL defaults
     (the cluster config's ``hccl_env`` values, exported by the script, take precedence)."""
     env = os.environ if env is None else env

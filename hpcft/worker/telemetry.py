@@ -31,6 +31,7 @@ from typing import Any, Iterator, Optional
 
 from ..core.atomic import atomic_write_json, read_json
 from .progress import barrier, log
+from .taskenv import scontrol_job
 
 # what a task passes to TrainingArguments so the Trainer counts real tokens (gathered over ranks)
 TRAINING_ARGS = {"include_num_input_tokens_seen": "non_padding"}
@@ -183,10 +184,8 @@ def parse_queue_wait(scontrol_text: str) -> Optional[float]:
 def queue_wait(env: Optional[dict] = None) -> Optional[float]:
     """This job's wait in the queue, asked of Slurm from inside the job (the controller still
     knows the job then, with or without accounting); None outside Slurm."""
-    from .taskenv import _scontrol_job
-
     job_id = (env or os.environ).get("SLURM_JOB_ID")
-    return parse_queue_wait(_scontrol_job(job_id)) if job_id else None
+    return parse_queue_wait(scontrol_job(job_id)) if job_id else None
 
 
 # --------------------------------------------------------------------------- the summary
