@@ -18,12 +18,10 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from .errors import CheckpointWriteError
+
 MARKER = "hpcft-complete.json"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
-
-
-class CheckpointWriteError(OSError):
-    """Writing a checkpoint failed; the message says which one survives."""
 
 
 def _step(path: Path) -> int:

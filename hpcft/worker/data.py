@@ -11,11 +11,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..core.assets import DATA_FILE_SUFFIXES, JobAsset
+from .errors import DataError
 from .presets import Preset
-
-
-class DataError(ValueError):
-    pass
 
 
 @dataclass

@@ -10,9 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-
-class DeviceError(RuntimeError):
-    pass
+from .errors import DeviceError
 
 
 def dist_backend(kind: str) -> str:

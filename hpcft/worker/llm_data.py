@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
+from .errors import DataFormatError
+
 IGNORE = -100
 
 # The prompt format for models without a chat template (base models), Alpaca's own.
@@ -31,10 +33,6 @@ PLAIN_TEMPLATE = {
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "system": "system",
                   "tool": "tool", "function": "tool", "observation": "tool", "function_call": "assistant"}
-
-
-class DataFormatError(ValueError):
-    pass
 
 
 def detect_format(columns: Iterable[str], named: Optional[str] = None) -> str:

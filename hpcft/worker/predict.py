@@ -23,11 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from .errors import PredictError
+
 PAIR_SEP = "|||"
-
-
-class PredictError(RuntimeError):
-    pass
 
 
 @dataclass

@@ -23,12 +23,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .checkpoints import mark_complete
+from .errors import NaNLossError
 
 EXIT_REQUEUE = 75  # standalone runs: "stopped on the signal, checkpoint saved; run again to resume"
-
-
-class NaNLossError(FloatingPointError):
-    pass
 
 
 def log(msg: str) -> None:

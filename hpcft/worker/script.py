@@ -8,14 +8,11 @@ import subprocess
 import sys
 
 from ..core.rundir import LaunchSpec
+from .errors import ScriptFailed
 from .progress import log
 from .taskenv import TaskEnv
 
 _CHILD: subprocess.Popen | None = None
-
-
-class ScriptFailed(RuntimeError):
-    pass
 
 
 def run(spec: LaunchSpec, task: TaskEnv, on_teardown) -> int:

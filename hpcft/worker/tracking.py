@@ -20,13 +20,10 @@ import sys
 from typing import Any
 
 from ..core.rundir import RunPaths
+from .errors import TrackerMissing
 from .progress import log
 
 PACKAGES = {"tensorboard": "tensorboard", "swanlab": "swanlab"}
-
-
-class TrackerMissing(RuntimeError):
-    pass
 
 
 def require(report_to: list[str]) -> None:
