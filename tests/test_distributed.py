@@ -133,7 +133,7 @@ def test_all_ranks_agree_to_stop_when_only_one_got_the_signal(tmp_path):
     rank that stops alone would hang the other in its next collective."""
     code = """
         import os, sys, torch.distributed as dist
-        from hpcft.worker.progress import agree_on_stop
+        from hpcft.worker.collective import agree_on_stop
         dist.init_process_group("gloo")
         rank = dist.get_rank()
         decisions = [agree_on_stop(rank == 1 and step >= 3) for step in range(6)]
@@ -153,7 +153,7 @@ def test_all_ranks_agree_to_stop_when_only_one_got_the_signal(tmp_path):
     expected = "[False, False, False, True, True, True]"
     assert outs[0][0].strip() == f"0 {expected}", outs[0]
     assert outs[1][0].strip() == f"1 {expected}", outs[1]
-    from hpcft.worker.progress import agree_on_stop
+    from hpcft.worker.collective import agree_on_stop
 
     assert agree_on_stop(True) is True and agree_on_stop(False) is False  # one process: no collective
 

@@ -102,7 +102,7 @@ def test_requeued_run_sums_its_legs(hub_fixtures, hpcft_home):  # noqa: F811
     import time
 
     from devtools.faults import fault_env
-    from hpcft.worker.progress import EXIT_REQUEUE
+    from hpcft.worker.timelimit import EXIT_REQUEUE
 
     stage_standard(hpcft_home / "cache", hub_fixtures)
     job = tiny_job(learning_rate=3e-3, epochs=2)

@@ -21,7 +21,7 @@ from devtools.faults import fault_env
 from devtools.hub.pytest_fixtures import hub_fixtures  # noqa: F401
 from devtools.runs import ROOT, make_run, run_worker, stage_standard, tiny_job
 from hpcft.worker.checkpoints import MARKER
-from hpcft.worker.progress import EXIT_REQUEUE
+from hpcft.worker.timelimit import EXIT_REQUEUE
 
 pytestmark = [pytest.mark.slow, pytest.mark.worker]
 

@@ -27,8 +27,10 @@ from hpcft.core.store import Cache
 from hpcft.stage.layout import register_local
 from hpcft.worker import checkpoints as ck
 from hpcft.worker import metrics as mt
+from hpcft.worker.callback import _CallbackMixin
+from hpcft.worker.errors import NaNLossError
 from hpcft.worker.presets import preset_for
-from hpcft.worker.progress import NaNLossError, ProgressWriter, _CallbackMixin
+from hpcft.worker.progress import ProgressWriter
 
 pytestmark = pytest.mark.worker  # also run on the floor lane (.venv-floor)
 

@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 
 from . import runtime as rt
-from .progress import log
+from .console import log
 
 SAMPLES = "samples.jsonl"
 

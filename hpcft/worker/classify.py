@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from . import runtime as rt
-from .progress import log
+from .console import log
 
 
 def run(ctx: rt.Context) -> dict:

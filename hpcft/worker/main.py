@@ -14,7 +14,8 @@ from typing import Any
 
 from ..core.rundir import LaunchSpec
 from . import runtime as rt
-from .progress import log
+from .console import log
+from .timelimit import on_signal
 
 # train.task -> the module that implements it (a sibling with run(ctx) -> metrics)
 TASKS = {"sequence-classification": "classify", "causal-lm": "causal_lm"}
@@ -74,7 +75,7 @@ def on_timeout(run_dir: str | Path) -> None:
 
         script.stop()
         return
-    rt.on_signal(run_dir)
+    on_signal(run_dir)
 
 
 def standalone(argv: list[str]) -> int:

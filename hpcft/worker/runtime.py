@@ -9,7 +9,7 @@ Order matters and is the point of this module:
 2. this task's rank, logs, rendezvous and devices (:mod:`hpcft.worker.taskenv`);
 3. every asset looked up in the cache (no torch yet: a missing one fails in about a second
    with the exact ``hpcft stage ...`` command), the same lookup the submit check ran;
-4. the USR2 handler installed (see :mod:`hpcft.worker.progress`), then the task runs.
+4. the USR2 handler installed (see :mod:`hpcft.worker.timelimit`), then the task runs.
 """
 
 from __future__ import annotations
@@ -28,10 +28,12 @@ from ..core.job import Job
 from ..core.offline import OFFLINE_FLAGS, join_paths
 from ..core.rundir import LaunchSpec, RunPaths
 from . import device as dev
-from . import progress as prog
-from .progress import ProgressWriter, log
+from .callback import make_callback
+from .console import error, log, warn
+from .progress import ProgressWriter
 from .ranklog import setup_rank_logs
 from .taskenv import TaskEnv, current, npu_env
+from .timelimit import SignalState, await_requeue, handoff, install_signal_handler
 
 # Factories of extra TrainerCallbacks every built-in task adds (plugins; the tests' fault
 # injector in devtools/ registers one). Each is called with the task's Context.
@@ -131,14 +133,14 @@ def status(paths: RunPaths, state: str, **extra: Any) -> None:
     try:
         atomic_write_json(paths.status, {"state": state, "time": time.time(), **extra})
     except OSError as exc:  # status.json is a convenience; training goes on, but say so
-        print(f"hpcft: warning: cannot write {paths.status}: {exc}", file=sys.stderr, flush=True)
+        warn(f"cannot write {paths.status}: {exc}")
 
 
-def _fail(paths: RunPaths, writer: ProgressWriter, error: str, *, lines: Optional[str] = None) -> None:
-    for line in (lines or error).splitlines():
-        print(f"hpcft: error: {line}", file=sys.stderr, flush=True)
-    writer.write("failed", error=error)
-    status(paths, "FAILED", error=error)
+def _fail(paths: RunPaths, writer: ProgressWriter, message: str) -> None:
+    for line in message.splitlines():
+        error(line)
+    writer.write("failed", error=message)
+    status(paths, "FAILED", error=message)
 
 
 def load_job(paths: RunPaths) -> Job:
@@ -178,7 +180,7 @@ def start(spec: LaunchSpec, task: TaskEnv, process_start: float) -> Context | di
         _fail(paths, writer, str(exc))
         raise
     restart = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
-    prog.install_signal_handler()
+    install_signal_handler()
     status(paths, "RUNNING", restart=restart)
     return Context(spec, task, job, writer, restart, kind, found, process_start)
 
@@ -190,7 +192,7 @@ def run_guarded(ctx: Context, fn: Callable[[Context], dict]) -> dict:
     except BaseException as exc:
         if not isinstance(exc, SystemExit):
             msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-            print(f"hpcft: error: training failed: {type(exc).__name__}: {msg}", file=sys.stderr, flush=True)
+            error(f"training failed: {type(exc).__name__}: {msg}")
             ctx.writer.write("failed", error=f"{type(exc).__name__}: {exc}")
             status(ctx.paths, "FAILED", error=f"{type(exc).__name__}: {exc}")
         raise
@@ -270,8 +272,8 @@ def optimizer_name(kind: str) -> str:
 
 def callbacks(ctx: Context, **kw) -> list:
     """hpcft's progress/signal/NaN callback plus any registered extra ones."""
-    main = prog.make_callback(progress=ctx.writer, is_main=ctx.task.is_main, process_start=ctx.process_start,
-                              checkpoint_steps=ctx.job.train.checkpoint_steps, restart=ctx.restart, **kw)
+    main = make_callback(progress=ctx.writer, is_main=ctx.task.is_main, process_start=ctx.process_start,
+                         checkpoint_steps=ctx.job.train.checkpoint_steps, restart=ctx.restart, **kw)
     from . import telemetry
 
     return [main, telemetry.callback(ctx.process_start), *(factory(ctx) for factory in EXTRA_CALLBACKS)]
@@ -319,18 +321,18 @@ def resume_point(ctx: Context) -> Optional[Path]:
 def handed_over(ctx: Context, trainer) -> bool:
     """After ``trainer.train()``: True when it stopped for the time limit (checkpoint saved, the
     job is being requeued), False when training finished."""
-    if not (prog.SignalState.requested and trainer.state.global_step < trainer.state.max_steps):
-        prog.SignalState.phase = "finish"
+    if not (SignalState.requested and trainer.state.global_step < trainer.state.max_steps):
+        SignalState.phase = "finish"
         return False
     from .telemetry import end_leg
 
     end_leg(ctx)  # this leg's time and throughput, for the final metrics.json
-    ctx.writer.write("requeue", step=trainer.state.global_step, saved=prog.SignalState.saved,
+    ctx.writer.write("requeue", step=trainer.state.global_step, saved=SignalState.saved,
                      restart=ctx.restart)
     log(f"checkpoint at step {trainer.state.global_step} saved; handing over for requeue")
-    prog.handoff()
+    handoff()
     if not ctx.task.is_main:
-        prog.await_requeue()  # rank 0 requeues the job; Slurm ends this task with it
+        await_requeue()  # rank 0 requeues the job; Slurm ends this task with it
     return True
 
 
@@ -414,16 +416,3 @@ class BestSaver:
         os.replace(tmp, self.dir)
         self.value, self.saved = value, True
         log(f"new best {name} {value:.4f} at step {state.global_step}: saved to {self.dir}")
-
-
-def on_signal(run_dir: str | Path) -> None:
-    """submitit's USR2 handler calls this (through :class:`hpcft.entry.WorkerCall`) before the
-    requeue. The consistent checkpoint was already written at a step boundary by the callback
-    (or training had not started: the previous checkpoint is the resume point); record it."""
-    paths = RunPaths(run_dir)
-    state = "checkpoint saved" if prog.SignalState.saved else "no new checkpoint (training not running)"
-    log(f"requeueing: {state}")
-    try:
-        ProgressWriter(paths.progress).write("requeue_handoff", saved=prog.SignalState.saved)
-    except OSError as exc:
-        print(f"hpcft: warning: cannot record the requeue in {paths.progress}: {exc}", file=sys.stderr, flush=True)

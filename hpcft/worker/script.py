@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 from ..core.rundir import LaunchSpec
+from .console import log
 from .errors import ScriptFailed
-from .progress import log
 from .taskenv import TaskEnv
 
 _CHILD: subprocess.Popen | None = None

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from ..core.atomic import atomic_write_json, read_json
-from .progress import barrier, log
+from .collective import barrier
+from .console import log
 from .taskenv import scontrol_job
 
 # what a task passes to TrainingArguments so the Trainer counts real tokens (gathered over ranks)

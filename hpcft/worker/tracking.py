@@ -20,8 +20,8 @@ import sys
 from typing import Any
 
 from ..core.rundir import RunPaths
+from .console import log
 from .errors import TrackerMissing
-from .progress import log
 
 PACKAGES = {"tensorboard": "tensorboard", "swanlab": "swanlab"}
 
