@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import runtime as rt
 from .console import log
+from .trainer import callbacks, trainer_class, training_args
 
 SAMPLES = "samples.jsonl"
 
@@ -105,7 +106,7 @@ def run(ctx: rt.Context) -> dict:
             log(f"LoRA r={(t.lora.r if t.lora else 8)}: {trainable:,} trainable of {total:,} parameters "
                 f"({100 * trainable / max(total, 1):.2f}%)")
 
-    args = rt.training_args(
+    args = training_args(
         ctx, device,
         **_checkpointing_args(TrainingArguments, grad_ckpt),
         ddp_find_unused_parameters=False if task.world_size > 1 else None,
@@ -114,7 +115,7 @@ def run(ctx: rt.Context) -> dict:
     plot = (lambda: _plot(plot_curves, ctx)) if task.is_main else None
     trainer = _trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                                processing_class=tokenizer, data_collator=collator,
-                               callbacks=rt.callbacks(ctx, on_eval=plot))
+                               callbacks=callbacks(ctx, on_eval=plot))
     trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
 
     leg = rt.train_leg(ctx, trainer, tokenizer)
@@ -203,7 +204,7 @@ def _trainer_class():
     """hpcft's checkpoint-safe Trainer plus perplexity next to every eval loss."""
     global _CLS
     if _CLS is None:
-        base = rt.trainer_class()
+        base = trainer_class()
 
         class CausalLMTrainer(base):
             def log(self, logs, *a, **kw):

@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 from . import runtime as rt
 from .console import log
+from .trainer import BestSaver, callbacks, trainer_class, training_args
 
 
 def run(ctx: rt.Context) -> dict:
@@ -75,7 +76,7 @@ def run(ctx: rt.Context) -> dict:
         str(model_ref.path), num_labels=data.num_labels,
         problem_type="regression" if data.regression else "single_label_classification", **kw)
 
-    args = rt.training_args(
+    args = training_args(
         ctx, device,
         per_device_eval_batch_size=t.eval_batch_size or t.batch_size * 2,
         **tele.TRAINING_ARGS,  # count real (non-padding) tokens for tokens/s
@@ -83,15 +84,15 @@ def run(ctx: rt.Context) -> dict:
         # (a sequence classifier's loss is a per-batch mean: never scale it by the rank count)
         **training_args_kwargs(warmup_ratio=t.warmup_ratio, transformers_version=transformers.__version__),
     )
-    best = rt.BestSaver(ctx.output_dir / "best", tokenizer,
-                        lambda m: headline_of(names, preset_headline, m)) if t.save_best and task.is_main else None
+    best = BestSaver(ctx.output_dir / "best", tokenizer,
+                     lambda m: headline_of(names, preset_headline, m)) if t.save_best and task.is_main else None
     plot = (lambda: _plot(plot_curves, ctx, names, preset_headline)) if task.is_main else None
-    trainer = rt.trainer_class()(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
-                                 processing_class=tokenizer, compute_metrics=compute_metrics,
-                                 data_collator=DataCollatorWithPadding(
-                                     tokenizer, pad_to_multiple_of=8 if device.kind != "cpu" else None),
-                                 callbacks=rt.callbacks(ctx, save_best=best.maybe_save if best else None,
-                                                        on_eval=plot))
+    trainer = trainer_class()(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
+                              processing_class=tokenizer, compute_metrics=compute_metrics,
+                              data_collator=DataCollatorWithPadding(
+                                  tokenizer, pad_to_multiple_of=8 if device.kind != "cpu" else None),
+                              callbacks=callbacks(ctx, save_best=best.maybe_save if best else None,
+                                                  on_eval=plot))
     trainer.remove_callback(transformers.trainer_callback.PrinterCallback)  # our own log lines instead
 
     leg = rt.train_leg(ctx, trainer, tokenizer)
