@@ -8,6 +8,10 @@ over frozen weights loaded in the training precision; ``method: full`` trains ev
 fp32 master copies (mixed precision), with ZeRO-3 across ranks when asked. After training
 the adapter (or model) is saved with the tokenizer, eval loss and perplexity are in
 ``metrics.json``, and a few held-out prompts are answered into ``samples.jsonl``.
+
+The phases and what every task shares (resume, hand-over on requeue, final evaluation, save,
+metrics) are :class:`hpcft.worker.task.Task`'s; this module fills in :meth:`setup`, answers
+the prompts at the start of :meth:`conclude`, and says what its metrics.json adds.
 """
 
 from __future__ import annotations
@@ -15,155 +19,163 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any, Optional
 
-from . import runtime as rt
 from .console import log
-from .trainer import callbacks, trainer_class, training_args
+from .task import Task, TrainedLeg
+from .trainer import trainer_class, training_args
 
 SAMPLES = "samples.jsonl"
 
 
-def run(ctx: rt.Context) -> dict:
-    t = ctx.job.train
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+class CausalLM(Task):
+    def setup(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 
-    from . import llm_data as ld
-    from . import telemetry as tele
-    from .data import load_raw
-    from .device import detect, dist_backend, peak_memory_mb
-    from .results import eval_history, plot_curves, read_progress, write_metrics
+        from . import llm_data as ld
 
-    transformers.logging.set_verbosity_warning()
-    transformers.utils.logging.disable_progress_bar()
-    import datasets
-    import torch
+        ctx, t, task = self.ctx, self.cfg, self.ctx.task
+        self.method = method = t.llm_method
+        self.begin(device_note=f", method {method}")
+        model_ref = ctx.assets[0]
+        tokenizer = AutoTokenizer.from_pretrained(str(model_ref.path))
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.tokenizer = tokenizer
+        self.renderer = ld.Renderer(tokenizer)
+        train_ds, eval_ds = self._datasets()
 
-    datasets.disable_progress_bars()
-    task, paths = ctx.task, ctx.paths
-    model_ref, data_ref = ctx.assets[0], ctx.assets[1]
-    method = t.llm_method
-    log(f"model {t.model} -> {model_ref.path}")
-    log(f"dataset {t.dataset} -> {data_ref.path}")
-    device = detect(ctx.device, t.precision)
-    log(f"device {device.name}, precision {device.precision}, rank {task.rank}/{task.world_size}, method {method}")
-    if task.world_size > 1 and task.is_main:
-        log(f"rendezvous {task.master_addr}:{task.master_port}, {task.world_size} ranks, "
-            f"backend {dist_backend(device.kind)}")
-    transformers.set_seed(t.seed)
+        dtype = torch.float32
+        if method == "lora" and self.device.precision in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if self.device.precision == "bf16" else torch.float16  # frozen base in 16 bits
+        model = AutoModelForCausalLM.from_pretrained(str(model_ref.path), **dtype_kw(dtype))
+        model.config.use_cache = False
+        grad_ckpt = True if t.gradient_checkpointing is None else t.gradient_checkpointing
+        if method == "lora":
+            model = _with_lora(model, t)
+            if task.is_main:
+                trainable, total = _count(model)
+                log(f"LoRA r={(t.lora.r if t.lora else 8)}: {trainable:,} trainable of {total:,} parameters "
+                    f"({100 * trainable / max(total, 1):.2f}%)")
 
-    tokenizer = AutoTokenizer.from_pretrained(str(model_ref.path))
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    renderer = ld.Renderer(tokenizer)
+        args = training_args(
+            ctx, self.device,
+            **_checkpointing_args(TrainingArguments, grad_ckpt),
+            ddp_find_unused_parameters=False if task.world_size > 1 else None,
+        )
+        self.build_trainer(_trainer_class(), model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                           processing_class=tokenizer,
+                           data_collator=ld.Collator(tokenizer.pad_token_id, 8 if self.device.kind != "cpu" else None))
 
-    dd = load_raw(data_ref)
-    if t.train_split not in dd:
-        raise ld.DataFormatError(f"dataset {t.dataset}: no split {t.train_split!r}; it has: {', '.join(dd)} "
-                                 "(set train.train_split)")
-    raw_train = dd[t.train_split]
-    fmt = ld.detect_format(raw_train.column_names, t.data_format)
-    eval_name = t.eval_split or next((s for s in ("validation", "test") if s in dd and s != t.train_split), None)
-    if eval_name:
-        raw_eval = dd[eval_name]
-    else:  # the same held-out slice every run (also the prompts for samples.jsonl)
-        parts = raw_train.train_test_split(test_size=min(max(0.1, 2 / max(len(raw_train), 1)), 0.5,
-                                                         500 / max(len(raw_train), 1)), seed=t.seed)
-        raw_train, raw_eval, eval_name = parts["train"], parts["test"], f"{t.train_split}[held-out]"
-    if t.train_subset and t.train_subset < len(raw_train):
-        raw_train = raw_train.shuffle(seed=t.seed).select(range(t.train_subset))
-    if t.eval_subset and t.eval_subset < len(raw_eval):
-        raw_eval = raw_eval.shuffle(seed=t.seed).select(range(t.eval_subset))
+    def _datasets(self) -> tuple[Any, Any]:
+        """The tokenized train and eval sets (packed when asked); keeps the raw held-out rows
+        (the prompts for samples.jsonl) and what metrics.json says about the data."""
+        import datasets
 
-    max_len = t.max_seq_length
+        from . import llm_data as ld
+        from .data import load_raw
 
-    def tokenize(ds, desc):
-        enc = ds.map(lambda row: ld.encode(tokenizer, renderer, row, fmt, max_len, t.system_prompt),
-                     remove_columns=ds.column_names, desc=f"tokenize {desc}")
-        return enc.filter(lambda row: any(x != ld.IGNORE for x in row["labels"]), desc=f"{desc}: drop empty")
+        t, data_ref, tokenizer, renderer = self.cfg, self.ctx.assets[1], self.tokenizer, self.renderer
+        dd = load_raw(data_ref)
+        if t.train_split not in dd:
+            raise ld.DataFormatError(f"dataset {t.dataset}: no split {t.train_split!r}; it has: {', '.join(dd)} "
+                                     "(set train.train_split)")
+        raw_train = dd[t.train_split]
+        fmt = ld.detect_format(raw_train.column_names, t.data_format)
+        eval_name = t.eval_split or next((s for s in ("validation", "test") if s in dd and s != t.train_split), None)
+        if eval_name:
+            raw_eval = dd[eval_name]
+        else:  # the same held-out slice every run (also the prompts for samples.jsonl)
+            parts = raw_train.train_test_split(test_size=min(max(0.1, 2 / max(len(raw_train), 1)), 0.5,
+                                                             500 / max(len(raw_train), 1)), seed=t.seed)
+            raw_train, raw_eval, eval_name = parts["train"], parts["test"], f"{t.train_split}[held-out]"
+        if t.train_subset and t.train_subset < len(raw_train):
+            raw_train = raw_train.shuffle(seed=t.seed).select(range(t.train_subset))
+        if t.eval_subset and t.eval_subset < len(raw_eval):
+            raw_eval = raw_eval.shuffle(seed=t.seed).select(range(t.eval_subset))
 
-    train_ds, eval_ds = tokenize(raw_train, "train"), tokenize(raw_eval, "eval")
-    if len(train_ds) == 0:
-        raise ld.DataFormatError(f"dataset {t.dataset}: no example has a response within max_seq_length "
-                                 f"{max_len}; raise train.max_seq_length")
-    n_real = ld.real_tokens(train_ds)
-    examples = len(train_ds)
-    if t.packing:
-        train_ds = datasets.Dataset.from_list(ld.pack(list(train_ds), max_len))
-    log(f"data: {fmt} format, {examples} train / {len(eval_ds)} eval ({eval_name}), prompts with {renderer.name}, "
-        f"{n_real} train tokens{f', packed into {len(train_ds)} sequences' if t.packing else ''}")
+        max_len = t.max_seq_length
 
-    dtype = torch.float32
-    if method == "lora" and device.precision in ("bf16", "fp16"):
-        dtype = torch.bfloat16 if device.precision == "bf16" else torch.float16  # frozen base in 16 bits
-    model = AutoModelForCausalLM.from_pretrained(str(model_ref.path), **dtype_kw(dtype))
-    model.config.use_cache = False
-    grad_ckpt = True if t.gradient_checkpointing is None else t.gradient_checkpointing
-    if method == "lora":
-        model = _with_lora(model, t)
-        if task.is_main:
-            trainable, total = _count(model)
-            log(f"LoRA r={(t.lora.r if t.lora else 8)}: {trainable:,} trainable of {total:,} parameters "
-                f"({100 * trainable / max(total, 1):.2f}%)")
+        def tokenize(ds, desc):
+            enc = ds.map(lambda row: ld.encode(tokenizer, renderer, row, fmt, max_len, t.system_prompt),
+                         remove_columns=ds.column_names, desc=f"tokenize {desc}")
+            return enc.filter(lambda row: any(x != ld.IGNORE for x in row["labels"]), desc=f"{desc}: drop empty")
 
-    args = training_args(
-        ctx, device,
-        **_checkpointing_args(TrainingArguments, grad_ckpt),
-        ddp_find_unused_parameters=False if task.world_size > 1 else None,
-    )
-    collator = ld.Collator(tokenizer.pad_token_id, 8 if device.kind != "cpu" else None)
-    plot = (lambda: _plot(plot_curves, ctx)) if task.is_main else None
-    trainer = _trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                               processing_class=tokenizer, data_collator=collator,
-                               callbacks=callbacks(ctx, on_eval=plot))
-    trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
+        train_ds, eval_ds = tokenize(raw_train, "train"), tokenize(raw_eval, "eval")
+        if len(train_ds) == 0:
+            raise ld.DataFormatError(f"dataset {t.dataset}: no example has a response within max_seq_length "
+                                     f"{max_len}; raise train.max_seq_length")
+        self.n_real = ld.real_tokens(train_ds)
+        examples = len(train_ds)
+        if t.packing:
+            train_ds = datasets.Dataset.from_list(ld.pack(list(train_ds), max_len))
+        log(f"data: {fmt} format, {examples} train / {len(eval_ds)} eval ({eval_name}), prompts with "
+            f"{renderer.name}, {self.n_real} train tokens"
+            f"{f', packed into {len(train_ds)} sequences' if t.packing else ''}")
+        self.raw_eval, self.fmt = raw_eval, fmt
+        self.data_info = {"format": fmt, "train_examples": examples, "eval_examples": len(eval_ds),
+                          "eval_split": eval_name, "packing": bool(t.packing), "template": renderer.name}
+        return train_ds, eval_ds
 
-    leg = rt.train_leg(ctx, trainer, tokenizer)
-    if leg is None:  # stopped for the time limit: the job is being requeued
-        return {}
-    result, leg_s, final, output_dir = leg
-    records = read_progress(paths.progress)
-    samples = _samples(ctx, trainer, tokenizer, renderer, raw_eval, fmt, device)
-    telemetry = tele.finish(ctx, device)  # every rank records its memory; rank 0 gets the run's figures
-    if not task.is_main:
-        return {}
-    if samples is not None:
-        _write_samples(ctx.paths.dir / SAMPLES, samples)
-    legs = [r for r in records if r.get("event") in ("start", "resume")]
-    first = next((r for r in records if r.get("event") == "first_step"), None)
-    steps_leg = trainer.state.global_step - (legs[-1].get("step", 0) if legs else 0)
-    epochs_leg = steps_leg / max(trainer.state.max_steps, 1) * (trainer.state.num_train_epochs or 1)
-    train_metrics = {
-        "runtime_s": round(leg_s, 3),
-        "tokens_per_second": round(n_real * epochs_leg / leg_s, 1) if leg_s > 0 else None,
-        "real_tokens": n_real,
-        "global_step": trainer.state.global_step,
-        "epochs": trainer.state.epoch,
-        "loss": result.training_loss,
-        "first_loss": next((r.get("loss") for r in records if r.get("event") == "train"), None),
-        "trainer": dict(result.metrics or {}),
-    }
-    metrics = write_metrics(
-        paths.metrics, headline="perplexity", eval_metrics=final, train_metrics=train_metrics,
-        history=eval_history(records), device=device.as_dict(),
-        extra={"completed": True, "task": "causal-lm", "method": method, "restarts": ctx.restart,
-               "resumes": max(0, len(legs) - 1),
-               "first_step_s": round(first["seconds_since_start"], 3) if first else None,
-               "peak_memory_mb": peak_memory_mb(device.kind), "model": t.model, "base_model": str(model_ref.path),
-               "dataset": t.dataset, "data": {"format": fmt, "train_examples": examples,
-                                               "eval_examples": len(eval_ds), "eval_split": eval_name,
-                                               "packing": bool(t.packing), "template": renderer.name},
-               "output_dir": str(output_dir), "adapter": method == "lora",
-               "samples": str(ctx.paths.dir / SAMPLES) if samples else None,
-               "report_to": list(t.report_to), **(telemetry or {})},
-    )
-    if telemetry:
-        log(tele.summary_line(telemetry))
-    ctx.writer.write("done", step=trainer.state.global_step, epoch=trainer.state.epoch, headline="perplexity",
-                     value=final.get("perplexity"))
-    _plot(plot_curves, ctx)
-    rt.finish(ctx, "perplexity", final.get("perplexity"))
-    return metrics
+    def conclude(self, leg: TrainedLeg, final: dict, output_dir: Path) -> dict:
+        """First a few held-out prompts answered (every rank under ZeRO-3, else rank 0), then the
+        common wrap-up; :meth:`results` writes them into samples.jsonl."""
+        self.samples = self._answer_prompts()
+        return super().conclude(leg, final, output_dir)
+
+    def headline(self, final: Optional[dict] = None) -> str:
+        return "perplexity"
+
+    def train_figures(self, leg: TrainedLeg, steps_this_leg: int, records: list[dict]) -> dict:
+        state = self.trainer.state
+        epochs_this_leg = steps_this_leg / max(state.max_steps, 1) * (state.num_train_epochs or 1)
+        return {"tokens_per_second": round(self.n_real * epochs_this_leg / leg.seconds, 1) if leg.seconds > 0 else None,
+                "real_tokens": self.n_real,
+                "first_loss": next((r.get("loss") for r in records if r.get("event") == "train"), None)}
+
+    def results(self) -> dict:
+        path = self.ctx.paths.dir / SAMPLES
+        if self.samples is not None:
+            _write_samples(path, self.samples)
+        return {"task": "causal-lm", "method": self.method, "base_model": str(self.ctx.assets[0].path),
+                "data": self.data_info, "adapter": self.method == "lora",
+                "samples": str(path) if self.samples else None}
+
+    def _answer_prompts(self) -> list[dict] | None:
+        """Greedy answers to the first held-out prompts. Under ZeRO-3 every rank takes part
+        (the weights are sharded), else rank 0 alone."""
+        import torch
+
+        from . import llm_data as ld
+
+        t, trainer, tokenizer, renderer = self.cfg, self.trainer, self.tokenizer, self.renderer
+        n = 3 if t.sample_prompts is None else t.sample_prompts
+        if n == 0:
+            return None
+        zero3 = _zero3(trainer)
+        if not self.ctx.task.is_main and not zero3:
+            return None
+        model = trainer.model_wrapped if zero3 else trainer.model
+        model = getattr(model, "module", model)
+        model.eval()
+        model.config.use_cache = True
+        out = []
+        dev = next(model.parameters()).device
+        for row in list(self.raw_eval)[:n]:
+            pr = ld.prompt_and_reference(renderer, row, self.fmt, t.system_prompt)
+            if pr is None:
+                continue
+            prompt, reference = pr
+            enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=not renderer.chat)
+            enc = {k: v.to(dev) for k, v in enc.items()}
+            with torch.no_grad():
+                gen = model.generate(**enc, max_new_tokens=t.max_new_tokens or 64, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id, synced_gpus=zero3)
+            answer = tokenizer.decode(gen[0][enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            out.append({"prompt": prompt, "reference": reference, "generated": answer})
+        log(f"answered {len(out)} held-out prompt(s) into {SAMPLES}")
+        return out
 
 
 def dtype_kw(dtype) -> dict:
@@ -216,42 +228,6 @@ def _trainer_class():
     return _CLS
 
 
-def _samples(ctx: rt.Context, trainer, tokenizer, renderer, raw_eval, fmt: str, device) -> list[dict] | None:
-    """Greedy answers to the first held-out prompts. Under ZeRO-3 every rank takes part
-    (the weights are sharded), else rank 0 alone."""
-    import torch
-
-    from . import llm_data as ld
-
-    t = ctx.job.train
-    n = 3 if t.sample_prompts is None else t.sample_prompts
-    if n == 0:
-        return None
-    zero3 = _zero3(trainer)
-    if not ctx.task.is_main and not zero3:
-        return None
-    model = trainer.model_wrapped if zero3 else trainer.model
-    model = getattr(model, "module", model)
-    model.eval()
-    model.config.use_cache = True
-    out = []
-    dev = next(model.parameters()).device
-    for row in list(raw_eval)[:n]:
-        pr = ld.prompt_and_reference(renderer, row, fmt, t.system_prompt)
-        if pr is None:
-            continue
-        prompt, reference = pr
-        enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=not renderer.chat)
-        enc = {k: v.to(dev) for k, v in enc.items()}
-        with torch.no_grad():
-            gen = model.generate(**enc, max_new_tokens=t.max_new_tokens or 64, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, synced_gpus=zero3)
-        answer = tokenizer.decode(gen[0][enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        out.append({"prompt": prompt, "reference": reference, "generated": answer})
-    log(f"answered {len(out)} held-out prompt(s) into {SAMPLES}")
-    return out
-
-
 def _zero3(trainer) -> bool:
     ds = getattr(trainer.args, "hf_deepspeed_config", None)
     return bool(ds is not None and ds.is_zero3())
@@ -262,9 +238,3 @@ def _write_samples(path: Path, samples: list[dict]) -> None:
 
     atomic_write_text(path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
 
-
-def _plot(plot_curves, ctx: rt.Context) -> None:
-    try:
-        plot_curves(ctx.paths.progress, ctx.paths.curves, "perplexity")
-    except Exception as exc:  # noqa: BLE001 - a plotting problem must never fail training
-        log(f"warning: could not draw curves.png: {exc}")

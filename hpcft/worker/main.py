@@ -17,8 +17,8 @@ from . import runtime as rt
 from .console import log
 from .timelimit import on_signal
 
-# train.task -> the module that implements it (a sibling with run(ctx) -> metrics)
-TASKS = {"sequence-classification": "classify", "causal-lm": "causal_lm"}
+# train.task -> "module:class" of its hpcft.worker.task.Task, imported only when the job runs it
+TASKS = {"sequence-classification": "classify:SequenceClassification", "causal-lm": "causal_lm:CausalLM"}
 
 _PEER_FAILURE = ("Connection closed by peer", "Connection reset by peer", "remote worker crashing",
                  "NCCL communicator was aborted", "ProcessGroupNCCL", "HCCL", "DistNetworkError")
@@ -40,10 +40,12 @@ def await_teardown(why: str) -> None:
     time.sleep(_TEARDOWN_WAIT_S)
 
 
-def _task_module(name: str):
+def task_class(name: str):
+    """The :class:`hpcft.worker.task.Task` subclass that implements ``train.task`` ``name``."""
     import importlib
 
-    return importlib.import_module(f"{__package__}.{TASKS[name]}")
+    module, _, cls = TASKS[name].partition(":")
+    return getattr(importlib.import_module(f"{__package__}.{module}"), cls)
 
 
 def run(run_dir: str | Path) -> Any:
@@ -58,9 +60,9 @@ def run(run_dir: str | Path) -> Any:
     ctx = rt.start(spec, task, started)
     if isinstance(ctx, dict):  # already completed
         return ctx
-    module = _task_module(ctx.job.train.task)
+    task_cls = task_class(ctx.job.train.task)
     try:
-        return rt.run_guarded(ctx, module.run)
+        return rt.run_guarded(ctx, lambda c: task_cls(c).run())
     except Exception as exc:
         if is_peer_failure(exc, task.world_size):
             await_teardown(f"a peer rank failed ({type(exc).__name__}: {str(exc)[:200]})")

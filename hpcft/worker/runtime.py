@@ -1,7 +1,6 @@
 """The life of one worker process, before and around its task: environment, task identity,
-assets, status, and the steps every task takes around ``trainer.train()`` (resume, hand-over
-on the time limit, final evaluation and save, completion). The Trainer every task configures
-is :mod:`hpcft.worker.trainer`'s.
+assets, status. What the task itself does (its phases) is :mod:`hpcft.worker.task`'s; the
+Trainer every task configures is :mod:`hpcft.worker.trainer`'s.
 
 Order matters and is the point of this module:
 
@@ -16,7 +15,6 @@ Order matters and is the point of this module:
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -33,7 +31,7 @@ from .console import error, log, warn
 from .progress import ProgressWriter
 from .ranklog import setup_rank_logs
 from .taskenv import TaskEnv, current, npu_env
-from .timelimit import SignalState, await_requeue, handoff, install_signal_handler
+from .timelimit import install_signal_handler
 
 # Factories of extra TrainerCallbacks every built-in task adds (plugins; the tests' fault
 # injector in devtools/ registers one). Each is called with the task's Context.
@@ -196,87 +194,3 @@ def run_guarded(ctx: Context, fn: Callable[[Context], dict]) -> dict:
             ctx.writer.write("failed", error=f"{type(exc).__name__}: {exc}")
             status(ctx.paths, "FAILED", error=f"{type(exc).__name__}: {exc}")
         raise
-
-
-# --------------------------------------------------------------------------- around trainer.train()
-
-def resume_point(ctx: Context) -> Optional[Path]:
-    """The latest complete checkpoint (incomplete ones, from a write that never finished, removed)."""
-    from . import checkpoints as ck
-
-    ckpt_dir = ctx.paths.checkpoints
-    for p in (ck.remove_incomplete(ckpt_dir) if ctx.task.is_main else []):
-        log(f"removed incomplete checkpoint {p.name} (a write that never finished)")
-    resume = ck.latest_complete(ckpt_dir)
-    if resume:
-        log(f"resuming from {resume.name} (restart {ctx.restart})")
-    return resume
-
-
-def handed_over(ctx: Context, trainer) -> bool:
-    """After ``trainer.train()``: True when it stopped for the time limit (checkpoint saved, the
-    job is being requeued), False when training finished."""
-    if not (SignalState.requested and trainer.state.global_step < trainer.state.max_steps):
-        SignalState.phase = "finish"
-        return False
-    from .telemetry import end_leg
-
-    end_leg(ctx)  # this leg's time and throughput, for the final metrics.json
-    ctx.writer.write("requeue", step=trainer.state.global_step, saved=SignalState.saved,
-                     restart=ctx.restart)
-    log(f"checkpoint at step {trainer.state.global_step} saved; handing over for requeue")
-    handoff()
-    if not ctx.task.is_main:
-        await_requeue()  # rank 0 requeues the job; Slurm ends this task with it
-    return True
-
-
-def train_leg(ctx: Context, trainer, tokenizer):
-    """Resume from the latest complete checkpoint, train, and unless this leg stopped for the
-    time limit, run the final evaluation and save. Returns None after a hand-over, else
-    (train result, seconds of this leg, final eval metrics, output folder)."""
-    from . import telemetry as tele
-
-    resume = resume_point(ctx)
-    t0 = time.time()
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    leg_s = time.time() - t0
-    if handed_over(ctx, trainer):
-        return None
-    with tele.timed("eval"):
-        final = final_eval(trainer)
-    with tele.timed("save"):
-        output_dir = save_final(ctx, trainer, tokenizer)
-    return result, leg_s, final, output_dir
-
-
-def final_eval(trainer) -> dict:
-    """The last evaluation, run again only if the Trainer's own log (restored on resume, the same
-    on every rank: evaluate is collective) has none at the final step."""
-    evals = [h for h in trainer.state.log_history if "eval_loss" in h]
-    if not evals or evals[-1].get("step") != trainer.state.global_step:
-        trainer.evaluate()
-        evals = [h for h in trainer.state.log_history if "eval_loss" in h]
-    return {k.removeprefix("eval_"): v for k, v in evals[-1].items()
-            if k != "num_input_tokens_seen"} if evals else {}  # a training counter, not an eval metric
-
-
-def save_final(ctx: Context, trainer, tokenizer) -> Path:
-    """Every rank calls it (under ZeRO-3 the weights are gathered from all); rank 0 writes."""
-    out = ctx.output_dir
-    trainer.save_model(str(out))
-    if ctx.task.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        tokenizer.save_pretrained(str(out))
-        for p in out.iterdir():  # safetensors writes 0600; outputs are shared with the group
-            if p.is_file():
-                p.chmod(0o644)
-    return out
-
-
-def finish(ctx: Context, headline: str, value: Any) -> None:
-    """Rank 0, after metrics.json is written: the run is complete; a requeue will not retrain."""
-    shutil.rmtree(ctx.paths.checkpoints, ignore_errors=True)
-    status(ctx.paths, "COMPLETED")
-    shown = f"{value:.4f}" if isinstance(value, float) else value
-    log(f"done: {headline} {shown}; model saved to {ctx.output_dir}; metrics in {ctx.paths.metrics}")

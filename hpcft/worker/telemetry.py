@@ -1,9 +1,9 @@
 """What a run records about its hardware, speed and time, for every built-in task.
 
-Task-neutral: a task adds :func:`callback` to its Trainer (``runtime.callbacks`` does it for
-every task), asks the Trainer to count real tokens (:data:`TRAINING_ARGS`), wraps its final
-evaluation and save in :func:`timed`, and calls :func:`finish` on every rank after the final
-save. Rank 0 gets back a dict for ``metrics.json``::
+Task-neutral: every task's Trainer gets :func:`callback` (``hpcft.worker.trainer.callbacks``),
+a task asks the Trainer to count real tokens (:data:`TRAINING_ARGS`), and the common phases
+(:class:`hpcft.worker.task.Task`) time the final evaluation and save with :func:`timed` and call
+:func:`finish` on every rank after the final save. Rank 0 gets back a dict for ``metrics.json``::
 
     hardware:   device kind/name/count, nodes, world size, precision
     throughput: samples/s and tokens/s of real (non-padding) tokens, over training time only
