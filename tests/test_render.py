@@ -122,3 +122,34 @@ def test_cluster_template_override(tmp_path):
     assert "#SBATCH --gres=gpu:1" in text  # the rest still comes from the shipped base
     cpu = render(ROOT / "tests/fixtures/jobs/script-cpu.yaml", settings)
     assert "site: our GPUs" not in cpu
+
+
+def test_templates_are_compiled_once_into_hpcft_home(hpcft_home, tmp_path):
+    folder = hpcft_home / ".compiled-templates"
+    first = render(ROOT / "tests/fixtures/jobs/gpu-conda.yaml")
+    assert sorted(p.stat().st_mode & 0o777 for p in folder.iterdir()) == [0o600, 0o600]  # gpu + base
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert render(ROOT / "tests/fixtures/jobs/gpu-conda.yaml") == first  # from the compiled copies
+    # a site template edited in place is compiled again, not served from the old entry
+    (tmp_path / "gpu.sbatch.j2").write_text('{% extends "base.sbatch.j2" %}\n{% block devices %}# one\n{% endblock %}\n')
+    settings = Settings(runs_dir=Path("/runs"), cache_dir=Path("/cache"), templates_dir=tmp_path)
+    assert "# one" in render(ROOT / "tests/fixtures/jobs/gpu-conda.yaml", settings)
+    (tmp_path / "gpu.sbatch.j2").write_text('{% extends "base.sbatch.j2" %}\n{% block devices %}# two\n{% endblock %}\n')
+    assert "# two" in render(ROOT / "tests/fixtures/jobs/gpu-conda.yaml", settings)
+
+
+def test_no_compiled_templates_from_a_folder_that_is_not_the_users_alone(hpcft_home, tmp_path, monkeypatch):
+    from hpcft.submit.render import template_environment
+
+    folder = hpcft_home / ".compiled-templates"
+    folder.mkdir(mode=0o700)
+    folder.chmod(0o770)  # group-writable: someone else could plant compiled code
+    assert template_environment(Settings()).bytecode_cache is None
+    folder.rmdir()
+    folder.symlink_to(tmp_path)  # a link, even to a folder of the user's own
+    assert template_environment(Settings()).bytecode_cache is None
+    folder.unlink()
+    monkeypatch.setenv("HPCFT_HOME", str(tmp_path / "not-yet"))  # HPCFT_HOME is not made just for this
+    assert template_environment(Settings()).bytecode_cache is None
+    assert not (tmp_path / "not-yet").exists()
+    assert render(ROOT / "tests/fixtures/jobs/script-cpu.yaml")  # and rendering works all the same

@@ -7,8 +7,10 @@ sections, and every user-supplied value shell-quoted (the ``q`` filter).
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import re
 import shlex
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -199,10 +201,36 @@ def template_environment(settings: Settings):
     loaders.append(jinja2.FileSystemLoader(str(builtin_templates_dir())))
     env = jinja2.Environment(loader=jinja2.ChoiceLoader(loaders), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True,
-                             autoescape=False)
+                             autoescape=False, bytecode_cache=_bytecode_cache(settings))
     env.filters["q"] = q
     env.filters["comment"] = comment
     return env
+
+
+def _bytecode_cache(settings: Settings):
+    """Templates compiled once, not on every call (compiling base.sbatch.j2 costs more than
+    rendering it), in ``$HPCFT_HOME/.compiled-templates``: a ``0700`` folder of the user's own,
+    as trusted as the run folders whose scripts Slurm runs. An entry is used only for the
+    template text it was compiled from. None (compile every time) when HPCFT_HOME does not exist
+    yet, or the folder is not the user's alone."""
+    import jinja2
+
+    class Cache(jinja2.FileSystemBytecodeCache):
+        def dump_bytecode(self, bucket) -> None:
+            try:
+                super().dump_bytecode(bucket)
+            except OSError:  # a full or read-only disk: the template was compiled, keep going
+                pass
+
+    folder = settings.home / ".compiled-templates"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        st = os.lstat(folder)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        return None
+    return Cache(str(folder))
 
 
 def launch_command(plan: ScriptPlan) -> str:
