@@ -171,8 +171,10 @@ def log_path(record: RunRecord, err: bool = False, rank: Optional[int] = None) -
 
 
 def follow(record: RunRecord, *, err: bool = False, rank: Optional[int] = None, follow: bool = False,
-           out: IO[str] = sys.stdout, note: IO[str] = sys.stderr, poll_s: float = 0.5) -> Status:
-    """Print a job's log; with follow=True keep printing until the job ends (across requeues)."""
+           out: Optional[IO[str]] = None, note: Optional[IO[str]] = None, poll_s: float = 0.5) -> Status:
+    """Print a job's log (to ``out``, notes to ``note``: stdout and stderr as they are at the call);
+    with follow=True keep printing until the job ends (across requeues)."""
+    out, note = out or sys.stdout, note or sys.stderr
     if record.job_id is None:
         raise ValueError("run has no job id")
     path = log_path(record, err, rank)
