@@ -1,6 +1,6 @@
 """Run folders as a finished hpcft run leaves them, written directly (no training): for the
 compare tests and benchmarks, in the metrics.json shape of today (``modern=True``) or of runs
-from before the hardware/throughput/wall record."""
+from before the hardware/throughput/wall record; and a sweep's folders (``fake_sweep``)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from pathlib import Path
 from hpcft.core.atomic import atomic_write_json
 from hpcft.core.rundir import RunPaths
 from hpcft.runs.index import RunRecord, RunStore, new_run_dir, now_iso
+from hpcft.submit.sweep import Sweep
 
 
 def fake_run(runs_root: Path, name: str, *, partition: str = "gpu", samples_per_s: float = 100.0,
              tokens_per_s: float = 3000.0, device_mb: float | None = 2048.0, modern: bool = True,
-             steps: int = 100, seed: int = 0) -> RunPaths:
+             steps: int = 100, seed: int = 0, job_id: str | None = None) -> RunPaths:
     r = random.Random(seed)
     paths = new_run_dir(Path(runs_root), name)
     t0 = 1_764_400_000.0
@@ -51,6 +52,28 @@ def fake_run(runs_root: Path, name: str, *, partition: str = "gpu", samples_per_
                                      "nodes": 1, "tasks_per_node": 1, "env": {}, "version": 2})
     RunStore(Path(runs_root)).add(RunRecord(run_id=paths.run_id, name=name, run_dir=str(paths.dir), job_file=None,
                                             kind="train", executor="slurm", submitted_at=now_iso(),
-                                            job_id=str(int(time.time() * 1000) % 10**7), state="COMPLETED",
+                                            job_id=job_id or str(int(time.time() * 1000) % 10**7),
+                                            state="COMPLETED",
                                             partition=partition))
     return paths
+
+
+def fake_sweep(runs_root: Path, name: str, points: list[dict], *, array_job_id: str = "4242",
+               state: str = "COMPLETED") -> Sweep:
+    """A sweep as ``hpcft submit`` leaves it (sweep.json, one run folder per point, the index lines),
+    its runs in ``state``."""
+    sweep_paths = new_run_dir(Path(runs_root), name)
+    sid = sweep_paths.run_id
+    now = now_iso()
+    records = []
+    for i in range(len(points)):
+        task = RunPaths(sweep_paths.dir / f"{sid}-{i}")
+        task.dir.mkdir()
+        records.append(RunRecord(run_id=task.run_id, name=name, run_dir=str(task.dir), job_file=None, kind="train",
+                                 executor="slurm", submitted_at=now, job_id=f"{array_job_id}_{i}",
+                                 state=state, partition="cpu", sweep=sid, sweep_index=i))
+    sweep = Sweep(sweep_id=sid, name=name, run_dir=str(sweep_paths.dir), size=len(points), points=points,
+                  tasks=[r.run_id for r in records], submitted_at=now, array_job_id=array_job_id)
+    sweep.save()
+    RunStore(Path(runs_root)).add_many(records)
+    return sweep

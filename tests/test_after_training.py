@@ -24,6 +24,7 @@ import yaml
 
 from devtools.hub.pytest_fixtures import hub_fixtures  # noqa: F401
 from devtools.runs import ROOT, stage_standard, tiny_job
+from hpcft.core.progress_log import read_progress
 from tests.conftest import IN_CI, hpcft
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -105,7 +106,7 @@ def test_compare_two_partitions_table_json_and_png(trained, tmp_path):
     assert img.format == "PNG" and img.size == (1500, 800)
     series = json.loads(img.text["hpcft-compare"])
     for s, run in zip(series, (a, b)):
-        events = [json.loads(x) for x in (Path(run["run_dir"]) / "progress.jsonl").read_text().splitlines()]
+        events = read_progress(Path(run["run_dir"]) / "progress.jsonl")
         train = [e for e in events if e["event"] == "train"]
         assert s["step"] == [e["step"] for e in train] and s["loss"] == [e["loss"] for e in train]
         assert s["wall_s"] == sorted(s["wall_s"]) and s["wall_s"][-1] > 0
@@ -114,9 +115,10 @@ def test_compare_two_partitions_table_json_and_png(trained, tmp_path):
     # the figure's axes and series, drawn from the same rows
     from hpcft.runs.compare import compare, figure
     from hpcft.runs.index import RunStore
+    from hpcft.runs.ref import resolve_run
 
     store = RunStore(trained["home"] / "runs")
-    rows_ = compare([store.find(a["run_id"]), store.find(b["run_id"])])
+    rows_ = compare([resolve_run(store, a["run_id"]), resolve_run(store, b["run_id"])])
     fig = figure(rows_)
     axes = fig.axes
     assert [ax.get_title() for ax in axes] == ["training loss", "training loss against wall time", "eval metric",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import print_json, settings, table
+from .common import REF_HELP, print_json, settings, table
 
 
 def register(sub) -> None:
@@ -17,7 +17,7 @@ def register(sub) -> None:
                "  hpcft compare --last 2 --png compare.png   # loss curves, eval metric, throughput and memory bars\n"
                "  hpcft compare mrpc-bert 20261129-1512 ~/hpcft/runs/20261129-1530-mrpc-bert-ab12 --json",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("refs", nargs="*", metavar="RUN", help="run id (or prefix), job name, Slurm job id or run folder")
+    p.add_argument("refs", nargs="*", metavar="RUN", help=REF_HELP)
     p.add_argument("--last", type=int, metavar="N", help="also the N most recent runs")
     p.add_argument("--json", action="store_true", help="the table's numbers as JSON")
     p.add_argument("--png", metavar="FILE", help="write loss/metric curves and throughput/memory bars")

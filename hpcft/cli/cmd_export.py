@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .common import print_json, settings
+from .common import REF_HELP, print_json, settings
 
 
 def register(sub) -> None:
@@ -21,7 +21,7 @@ def register(sub) -> None:
                               "  hpcft export 20261129-1512 --merge --to ~/models/my-qwen\n"
                               "  hpcft export RUN --to DIR            # the adapter (or full model) as trained",
                        formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
-    p.add_argument("ref", nargs="?", metavar="RUN|JOBID", help="run id (or prefix), Slurm job id, or run folder")
+    p.add_argument("ref", nargs="?", metavar="RUN|JOBID", help=REF_HELP)
     p.add_argument("--merge", action="store_true", help="fold a LoRA adapter into the base model")
     p.add_argument("--to", metavar="DIR", help="destination folder (default: export/ in the run folder)")
     p.add_argument("--python", metavar="PATH", default=sys.executable,
@@ -35,9 +35,10 @@ def run(args) -> int:
     from ..core.offline import OFFLINE_FLAGS
     from ..core.rundir import RunPaths
     from ..runs.index import RunStore
+    from ..runs.ref import resolve_run
 
     s = settings()
-    record = RunStore(s.runs).find(args.ref)
+    record = resolve_run(RunStore(s.runs), args.ref)
     paths = RunPaths(record.run_dir)
     try:
         metrics = json.loads(paths.metrics.read_text(encoding="utf-8"))

@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .common import settings
+from .common import REF_HELP, settings
 
 
 def register(sub) -> None:
@@ -26,7 +26,7 @@ def register(sub) -> None:
                "a sentence pair is 'first ||| second'; a JSONL line is {\"text\": ...} or uses the dataset's "
                "column names",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("ref", metavar="RUN", help="run id (or prefix), job name, Slurm job id or run folder")
+    p.add_argument("ref", metavar="RUN", help=REF_HELP)
     p.add_argument("texts", nargs="*", metavar="TEXT")
     p.add_argument("--file", metavar="IN.jsonl", help="one input per line")
     p.add_argument("--out", metavar="OUT.jsonl", help="also write the results as JSON lines")
@@ -41,8 +41,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..core.errors import ConfigError
-    from ..runs.compare import find_run
     from ..runs.index import RunStore
+    from ..runs.ref import resolve_run
     from ..use.launch import local_env, require_local_torch, run_model, worker_argv
 
     if not args.texts and not args.file:
@@ -50,7 +50,7 @@ def run(args) -> int:
     if args.file and not Path(args.file).is_file():
         raise ConfigError([f"hpcft predict: --file {args.file}: no such file"])
     s = settings()
-    model = run_model(find_run(RunStore(s.runs), args.ref), best=args.best)
+    model = run_model(resolve_run(RunStore(s.runs), args.ref), best=args.best)
     wargs = ["--model", str(model.model_dir), "--columns", ",".join(model.text_columns),
              "--max-new-tokens", str(args.max_new_tokens), *args.texts]
     if args.submit:

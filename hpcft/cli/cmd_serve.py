@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from .common import settings
+from .common import REF_HELP, settings
 
 
 def register(sub) -> None:
@@ -21,7 +21,7 @@ def register(sub) -> None:
                "  hpcft serve mrpc-bert --submit --time 2h # on a compute node\n"
                "needs gradio where it runs: pip install 'hpcft[serve]'",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("ref", metavar="RUN", help="run id (or prefix), job name, Slurm job id or run folder")
+    p.add_argument("ref", metavar="RUN", help=REF_HELP)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: only through ssh)")
     p.add_argument("--port", type=int, default=None, help="port (default 7860 here, a free one with --submit)")
     p.add_argument("--best", action="store_true", help="the best checkpoint instead of the final model")
@@ -35,13 +35,13 @@ def run(args) -> int:
     import importlib.util
 
     from ..core.errors import HpcftError
-    from ..runs.compare import find_run
     from ..runs.index import RunStore
+    from ..runs.ref import resolve_run
     from ..use.launch import local_env, require_local_torch, run_model, worker_argv
     from ..use.reach import how_to_reach
 
     s = settings()
-    model = run_model(find_run(RunStore(s.runs), args.ref), best=args.best)
+    model = run_model(resolve_run(RunStore(s.runs), args.ref), best=args.best)
     wargs = ["--model", str(model.model_dir), "--run-dir", str(model.paths.dir), "--host", args.host,
              "--columns", ",".join(model.text_columns)]
     if args.submit:

@@ -6,7 +6,7 @@ import json
 import shlex
 from pathlib import Path
 
-from .common import print_json, settings
+from .common import SWEEP_REF_HELP, print_json, settings
 
 SKIP_EVAL = {"runtime", "samples_per_second", "steps_per_second", "epoch", "step"}
 
@@ -17,7 +17,7 @@ def register(sub) -> None:
                               "  hpcft show 20261123-1512   # by run id prefix, or a Slurm job id\n"
                               "  hpcft show --json | jq .metrics.eval",
                        formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
-    p.add_argument("ref", nargs="?", metavar="RUN|JOBID", help="run id (or prefix), Slurm job id, or run folder")
+    p.add_argument("ref", nargs="?", metavar="RUN|JOBID", help=SWEEP_REF_HELP)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -79,15 +79,14 @@ def run(args) -> int:
     from ..cluster.slurm import TERMINAL_STATES
     from ..runs.index import RunStore
     from ..runs.monitor import status
-    from ..runs.sweeps import find as find_sweep
+    from ..runs.ref import resolve
+    from ..submit.sweep import Sweep
+    from . import sweep_views
 
     store = RunStore(settings().runs)
-    sweep = find_sweep(store, args.ref)
-    if sweep is not None:  # a sweep: its tasks by state / cancel the array / ranked points
-        from .sweep_views import show
-
-        return show(args, store, sweep)
-    record = store.find(args.ref)
+    record = resolve(store, args.ref)
+    if isinstance(record, Sweep):  # its points ranked by their metric
+        return sweep_views.show(args, store, record)
     if record.state not in TERMINAL_STATES:
         record.state = status(record).state
     info = collect(record)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from .common import print_json, settings
+from .common import SWEEP_REF_HELP, print_json, settings
 
 
 def register(sub) -> None:
     p = sub.add_parser("status", help="state of a run (default: the latest)")
-    p.add_argument("ref", nargs="?", metavar="RUN|JOBID", help="run id (or prefix), Slurm job id, or run folder")
+    p.add_argument("ref", nargs="?", metavar="RUN|JOBID", help=SWEEP_REF_HELP)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -29,15 +29,14 @@ def run(args) -> int:
     from ..core.slurm_time import format_duration
     from ..runs.index import RunStore
     from ..runs.monitor import status
-    from ..runs.sweeps import find as find_sweep
+    from ..runs.ref import resolve
+    from ..submit.sweep import Sweep
+    from . import sweep_views
 
     store = RunStore(settings().runs)
-    sweep = find_sweep(store, args.ref)
-    if sweep is not None:  # a sweep: its tasks by state / cancel the array / ranked points
-        from .sweep_views import status
-
-        return status(args, store, sweep)
-    record = store.find(args.ref)
+    record = resolve(store, args.ref)
+    if isinstance(record, Sweep):  # its tasks by state
+        return sweep_views.status(args, store, record)
     st = status(record)
     if args.json:
         print_json({**st.as_dict(), "run_dir": record.run_dir, "name": record.name, "executor": record.executor})

@@ -9,6 +9,10 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 if TYPE_CHECKING:
     from ..core.config import Settings
 
+# what a RUN argument may be (resolved by hpcft.runs.ref); status, show and cancel also take a sweep
+REF_HELP = "run id (or a unique prefix), job name, Slurm job id (1234, or 1234_5 for an array task), or run folder"
+SWEEP_REF_HELP = REF_HELP + "; or a sweep: its id, array job id or folder"
+
 
 def settings() -> "Settings":
     from ..core.config import load_settings  # pydantic loads only when a command runs, not for --help

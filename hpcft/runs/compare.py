@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..core.atomic import read_json
-from ..core.errors import ConfigError, NotFoundError
+from ..core.errors import ConfigError
 from ..core.progress_log import read_progress
 from ..core.rundir import RunPaths
 from .index import RunRecord, RunStore
+from .ref import resolve_run
 
 SKIP_EVAL = {"loss", "runtime", "samples_per_second", "steps_per_second", "epoch", "step"}
 
@@ -51,21 +52,10 @@ class RunRow:
     series: dict[str, Any] = field(default_factory=dict, repr=False)  # curves for the plot
 
 
-# --------------------------------------------------------------------------- finding runs
-
-def find_run(store: RunStore, ref: str) -> RunRecord:
-    """A run by id (or prefix), Slurm job id, folder, or job name (the latest with that name)."""
-    try:
-        return store.find(ref)
-    except NotFoundError as first:
-        named = [e for e in store.entries() if e.get("name") == ref]
-        if not named:
-            raise first from None
-        return store.load(Path(named[-1]["run_dir"]))
-
+# --------------------------------------------------------------------------- choosing runs
 
 def select(store: RunStore, refs: list[str], last: Optional[int]) -> list[RunRecord]:
-    records = [find_run(store, r) for r in refs]
+    records = [resolve_run(store, r) for r in refs]
     if last:
         records += store.records(limit=last)
     if not records:

@@ -113,33 +113,6 @@ class RunStore:
                 continue  # run folder deleted by the user
         return out
 
-    def find(self, ref: Optional[str]) -> RunRecord:
-        """A run by id, id prefix, Slurm job id, run folder path, or the latest when ref is None."""
-        if ref and Path(ref).is_dir() and RunPaths(ref).record.is_file():
-            return self.load(Path(ref))
-        entries = self.entries()
-        if not entries:
-            raise NotFoundError(f"no runs yet under {self.root}; submit one with: hpcft submit JOB.yaml")
-        if ref is None or ref == "latest":
-            return self.load(Path(entries[-1]["run_dir"]))
-        for entry in reversed(entries):
-            if entry["run_id"] == ref:
-                return self.load(Path(entry["run_dir"]))
-        matches = [e for e in entries if e["run_id"].startswith(ref) or str(e.get("job_id")) == ref]
-        if ref.isdigit():
-            # job ids may also be recorded later (index lines hold the id known at submit time)
-            matches = matches or [e for e in entries if self._job_id_of(e) == ref]
-        if not matches:
-            raise NotFoundError(f"no run or job '{ref}' (see: hpcft runs)")
-        if len({m["run_id"] for m in matches}) > 1 and not ref.isdigit():
-            ids = ", ".join(m["run_id"] for m in matches[:5])
-            raise NotFoundError(f"'{ref}' matches several runs: {ids}")
-        return self.load(Path(matches[-1]["run_dir"]))
-
-    def _job_id_of(self, entry: dict) -> Optional[str]:
-        data = read_json(RunPaths(entry["run_dir"]).record) or {}
-        return str(data.get("job_id"))
-
 
 def now_iso() -> str:
     return _dt.datetime.now().astimezone().isoformat(timespec="seconds")

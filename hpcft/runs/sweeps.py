@@ -1,5 +1,6 @@
-"""Watching a sweep (login side): find it by id or array job id, count its tasks by state
-(one controller call for the whole array), cancel it, rank its points by their metric."""
+"""Watching a sweep (login side): count its tasks by state (one controller call for the whole
+array), cancel it, rank its points by their metric. A reference names a sweep through
+:mod:`hpcft.runs.ref`."""
 
 from __future__ import annotations
 
@@ -15,39 +16,6 @@ from ..core.errors import NotFoundError
 from ..core.rundir import RunPaths
 from ..submit.sweep import Sweep
 from .index import RunRecord, RunStore
-
-
-def find(store: RunStore, ref: Optional[str]) -> Optional[Sweep]:
-    """The sweep ``ref`` names (sweep id or a unique prefix of one, the array job id, or the
-    sweep folder), or None when ref names something else (a run, a task, the latest run)."""
-    if not ref or ref == "latest":
-        return None
-    if Path(ref).is_dir():
-        return Sweep.load(ref)
-    sweeps: dict[str, str] = {}   # sweep id -> sweep folder
-    arrays: dict[str, str] = {}   # array job id -> sweep id
-    task_ids: set[str] = set()
-    for entry in store.entries():
-        sid = entry.get("sweep")
-        if not sid:
-            continue
-        sweeps[sid] = str(Path(entry["run_dir"]).parent)
-        task_ids.add(entry["run_id"])
-        job_id = str(entry.get("job_id") or "")
-        if "_" in job_id:
-            arrays[job_id.split("_")[0]] = sid
-    if ref in task_ids:
-        return None
-    sid = ref if ref in sweeps else arrays.get(ref)
-    if sid is None:
-        matches = [s for s in sweeps if s.startswith(ref)]
-        if len(matches) != 1:
-            return None
-        sid = matches[0]
-    sweep = Sweep.load(sweeps[sid])
-    if sweep is None:
-        raise NotFoundError(f"sweep {sid}: its folder {sweeps[sid]} has no sweep.json (deleted?)")
-    return sweep
 
 
 def records(store: RunStore, sweep: Sweep) -> list[RunRecord]:
