@@ -64,6 +64,7 @@ def free_port() -> int:
 def run_arm(home: Path, name: str, ranks: int, deepspeed, steps: int, ops_dir: Path) -> dict:
     """One job on ``ranks`` processes; returns samples/s (steady state) and time to first step."""
     from devtools.runs import make_run
+    from hpcft.core.progress_log import read_progress
 
     os.environ.update(HPCFT_HOME=str(home), HPCFT_CACHE=str(home / "cache"), HPCFT_CONFIG=str(home / "none.yaml"))
     job = {"name": name, "executor": "local",
@@ -92,7 +93,7 @@ def run_arm(home: Path, name: str, ranks: int, deepspeed, steps: int, ops_dir: P
     if any(codes):
         tail = (paths.dir / f"rank{codes.index(next(c for c in codes if c))}.log").read_text()[-3000:]
         raise SystemExit(f"{name}: a rank failed ({codes}):\n{tail}")
-    ev = [json.loads(line) for line in paths.progress.read_text().splitlines()]
+    ev = read_progress(paths.progress)
     train = [e for e in ev if e["event"] == "train"]
     a, b = train[min(2, len(train) - 2)], train[-1]
     sps = (b["step"] - a["step"]) * 16 * ranks / (b["time"] - a["time"])

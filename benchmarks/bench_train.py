@@ -74,8 +74,10 @@ print(make_run(job).dir)
     wall = time.time() - t0
     if proc.returncode != 0:
         raise SystemExit(f"worker failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    from hpcft.core.progress_log import read_progress
+
     m = json.loads((Path(run_dir) / "metrics.json").read_text())
-    events = [json.loads(x) for x in (Path(run_dir) / "progress.jsonl").read_text().splitlines()]
+    events = read_progress(Path(run_dir) / "progress.jsonl")
     rates, prev = [], None
     for e in events:  # windows of WINDOW steps between two progress lines, nothing else in between
         if e["event"] == "train":

@@ -22,6 +22,7 @@ import yaml
 
 from devtools.hub.llm_fixtures import DECOYS, LLAMA_ID, make_tiny_llama, needed_files, write_alpaca, write_messages
 from devtools.hub.server import HubServer
+from hpcft.core.progress_log import read_progress
 
 DEAD = "http://127.0.0.1:9"
 TOKEN = "hf_hpcftTestTokenDoNotLeak42"
@@ -88,7 +89,7 @@ def _submit(run_hpcft, tmp_path, name: str, data: Path, **train) -> dict:
 
 
 def _losses(run_dir: str) -> list[float]:
-    ev = [json.loads(x) for x in (Path(run_dir) / "progress.jsonl").read_text().splitlines()]
+    ev = read_progress(Path(run_dir) / "progress.jsonl")
     return [e["loss"] for e in ev if e["event"] == "train" and isinstance(e.get("loss"), float)]
 
 
@@ -155,7 +156,7 @@ def _stage_local(llama_repo, hpcft_home) -> None:
 
 
 def _events(run_dir: str) -> list[dict]:
-    return [json.loads(x) for x in (Path(run_dir) / "progress.jsonl").read_text().splitlines()]
+    return read_progress(Path(run_dir) / "progress.jsonl")
 
 
 def _submit_ranks(run_hpcft, tmp_path, name: str, data: Path, ranks: int, faults: dict, **train) -> dict:

@@ -23,6 +23,7 @@ import yaml
 from devtools.faults import fault_env
 from devtools.hub.pytest_fixtures import hub_fixtures  # noqa: F401
 from devtools.hub.server import HubServer
+from hpcft.core.progress_log import read_progress
 from tests.conftest import IN_CI, ROOT, hpcft
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -127,8 +128,7 @@ def _wait(sub: dict, timeout: float = 300) -> dict:
 
 
 def _events(run_dir: str) -> list[dict]:
-    p = Path(run_dir) / "progress.jsonl"
-    return [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []
+    return read_progress(Path(run_dir) / "progress.jsonl")
 
 
 def _rank_outcomes(run_dir: str, job_id: str, ranks: int) -> list[str]:

@@ -12,6 +12,7 @@ import textwrap
 import time
 
 from devtools.runs import ROOT, make_run
+from hpcft.core.progress_log import last_progress
 
 SCONTROL_2_NODES = """\
 JobId=42 JobName=cola-npu
@@ -106,5 +107,5 @@ def test_worker_without_torch_npu_stops_at_once_naming_env_and_extra(tmp_path, h
     assert proc.returncode != 0
     assert "hpcft: error: this is an NPU job but torch_npu cannot be imported in ascend-py310" in proc.stderr
     assert "pip install 'hpcft[npu]'" in proc.stderr
-    last = json.loads(paths.progress.read_text().splitlines()[-1])
+    last = last_progress(paths.progress)
     assert last["event"] == "failed" and "torch_npu" in last["error"]

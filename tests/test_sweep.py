@@ -15,6 +15,7 @@ from hpcft.cluster.slurm import parse_array_states, parse_config, parse_index_se
 from hpcft.core.config import Settings
 from hpcft.core.errors import ConfigError
 from hpcft.core.job import load_job
+from hpcft.core.progress_log import read_progress
 from hpcft.submit.sweep import array_spec, expand, sweep_points
 from tests.conftest import hpcft, hpcft_json
 
@@ -187,8 +188,7 @@ def test_an_array_task_requeues_and_resumes_on_its_own(slurm, hpcft_home, tmp_pa
     task = Path(sub["run_dir"]) / sub["tasks"][1]
 
     def events(folder: Path) -> list[dict]:
-        p = folder / "progress.jsonl"
-        return [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []
+        return read_progress(folder / "progress.jsonl")
 
     deadline = time.monotonic() + 180
     while not any(e["event"] == "train" and e.get("step", 0) >= 20 for e in events(task)):

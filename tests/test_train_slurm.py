@@ -23,6 +23,7 @@ import yaml
 from devtools.faults import fault_env
 from devtools.hub.pytest_fixtures import hub_fixtures  # noqa: F401
 from devtools.runs import make_run, run_worker, stage_standard, tiny_job
+from hpcft.core.progress_log import read_progress
 from tests.test_train_tutorial import stage_from_loopback_hub
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -39,8 +40,7 @@ def _job_file(tmp_path: Path, job: dict) -> Path:
 
 
 def _events(run_dir: str) -> list[dict]:
-    p = Path(run_dir) / "progress.jsonl"
-    return [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []
+    return read_progress(Path(run_dir) / "progress.jsonl")
 
 
 @pytest.mark.hub
