@@ -166,3 +166,22 @@ def test_array_rules_refuse_a_sweep_over_the_site_limits(fake_slurm, tmp_path, m
         "✗ submit limit: 1 jobs queued + 3 tasks exceed your MaxSubmitJobs 2; lower the points or wait for "
         "queued jobs"]
 
+
+
+def test_the_cli_asks_slurm_while_it_reads_the_job_and_not_for_a_local_run(fake_slurm, tmp_path, monkeypatch,
+                                                                           capsys):
+    from hpcft.cli.main import main
+
+    asked = []
+    for name in ("available", "partitions", "nodes"):
+        real = getattr(slurm, name)
+        monkeypatch.setattr(slurm, name, lambda _real=real, _name=name: asked.append(_name) or _real())
+    job = str(_script_job(tmp_path))
+    assert main(["check", "--executor", "local", job]) == 0
+    assert asked == []
+    assert main(["check", job]) == 0
+    assert sorted(asked) == ["available", "nodes", "partitions"]  # each once
+    assert capsys.readouterr().out.splitlines()[-1] == "✓ slurm accepts: sbatch --test-only"
+    asked.clear()
+    assert main(["submit", "--dry-run", "--executor", "slurm", job]) == 0
+    assert sorted(asked) == ["nodes", "partitions"]

@@ -3,6 +3,8 @@
 import os
 from pathlib import Path
 
+import pytest
+
 from hpcft.cluster.slurm import parse_nodes, parse_partitions
 from hpcft.core.config import Settings
 from hpcft.core.job import Job
@@ -120,3 +122,65 @@ def test_output_dir_under_a_read_only_parent(tmp_path, monkeypatch):
     finally:
         ro.chmod(0o755)
     assert check == Check("output_dir", False, f"{ro}/a/b: cannot be created: {ro} is not writable by you")
+
+
+# --------------------------------------------------------------------------- the rules and their runner
+
+def test_rules_run_in_the_order_hpcft_check_prints():
+    j = Job(name="t", script="x.py", output_dir="/proc/out", resources={"gpus_per_node": 16, "nodes": 3,
+                                                                         "time": "3-00:00:00"})
+    p = Preflight(j, Settings(), Path("."), "slurm", VIEW, "a100", check_assets=False)
+    assert [c.name for c in rules.run(p)] == ["partition", "nodes", "gres", "time", "output_dir"]
+    assert [c.name for c in rules.run(p, [checks.time_limit, checks.partition])] == ["time", "partition"]
+    local = Preflight(j, Settings(), Path("."), "local", None, None, check_assets=False)
+    assert [c.line() for c in rules.run(local)][0] == "✗ executor: the local executor runs one node; use executor: slurm"
+
+
+def test_one_environment_lookup_for_torch_npu_and_trackers(tmp_path):
+    venv = tmp_path / "venv"
+    site = venv / "lib/python3.10/site-packages"
+    (site / "torch_npu").mkdir(parents=True)
+    (site / "swanlab.py").write_text("")
+    env = checks.job_env(Job(name="t", script="x.py", env={"venv": "venv"}), tmp_path)
+    assert (env.prefix, env.label, env.visible) == (venv, "venv venv", True)
+    assert env.has("torch_npu") and env.has("swanlab") and not env.has("tensorboard")
+    assert env.python() == f"{venv}/bin/python"
+    missing = checks.job_env(Job(name="t", script="x.py", env={"conda": "no-such-env-hpcft"}), tmp_path)
+    assert not missing.visible and missing.label == "conda env no-such-env-hpcft"
+
+
+# --------------------------------------------------------------------------- asking Slurm early
+
+def test_live_cluster_asks_slurm_side_by_side_and_raises_where_asked(monkeypatch):
+    import threading
+    import time
+
+    from hpcft.cluster import slurm
+    from hpcft.core.errors import SlurmError
+    from hpcft.preflight.live import Background, LiveCluster
+
+    started = []
+
+    def slow(value):
+        def call():
+            started.append(threading.current_thread() is not threading.main_thread())
+            time.sleep(0.3)
+            return value
+        return call
+
+    monkeypatch.setattr(slurm, "available", slow(True))
+    monkeypatch.setattr(slurm, "partitions", slow(VIEW.partitions))
+    monkeypatch.setattr(slurm, "nodes", slow(VIEW.nodes))
+    begin = time.perf_counter()
+    cluster = LiveCluster()
+    assert cluster.available() and cluster.view() == VIEW
+    assert time.perf_counter() - begin < 0.6 and started == [True, True, True]  # three calls, one wait
+    assert LiveCluster.ask("local") is None
+    assert LiveCluster.ask("slurm")._available is None  # --executor slurm: no ping
+
+    def down():
+        raise SlurmError("'scontrol' not found")
+
+    failing = Background(down)
+    with pytest.raises(SlurmError, match="not found"):  # in the caller's thread, when the answer is needed
+        failing.result()

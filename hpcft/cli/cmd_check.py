@@ -14,6 +14,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..preflight.live import LiveCluster
+
+    cluster = LiveCluster.ask(args.executor)  # Slurm answers while the job file is read
     from ..core.errors import ConfigError
     from ..submit.pipeline import submit
 
@@ -28,9 +31,10 @@ def run(args) -> int:
     if loaded.job.sweep is not None:  # every point validated, plus the array's own limits
         from ..submit.sweep import submit_sweep
 
-        result = submit_sweep(loaded, settings, dry_run=True, executor=args.executor)
+        result = submit_sweep(loaded, settings, dry_run=True, executor=args.executor, cluster=cluster)
     else:
-        result = submit(loaded, settings, dry_run=True, executor=args.executor, raise_on_failure=False)
+        result = submit(loaded, settings, dry_run=True, executor=args.executor, raise_on_failure=False,
+                        cluster=cluster)
     ok = all(c.ok for c in result.checks)
     if args.json:
         print_json({"ok": ok, "checks": [c.__dict__ for c in result.checks]})

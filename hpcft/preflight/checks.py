@@ -12,16 +12,16 @@ import glob
 import importlib.util
 import os
 import sys
-import threading
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 from ..cluster import slurm
 from ..core.config import Settings
 from ..core.job import Job
 from ..core.slurm_time import format_duration
+from .live import ClusterView
 
 
 @dataclass
@@ -32,68 +32,6 @@ class Check:
 
     def line(self) -> str:
         return f"{'✓' if self.ok else '✗'} {self.name}" + (f": {self.message}" if self.message else "")
-
-
-def side_by_side(*calls: Callable[[], Any]) -> list[Any]:
-    """Run independent calls (Slurm commands: each waits on the controller) at the same time;
-    their results in order, or the first call's error."""
-    results: list[Any] = [None] * len(calls)
-    errors: list[Optional[BaseException]] = [None] * len(calls)
-
-    def one(i: int) -> None:
-        try:
-            results[i] = calls[i]()
-        except BaseException as exc:  # re-raised below, in the caller's thread
-            errors[i] = exc
-
-    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(1, len(calls))]
-    for t in threads:
-        t.start()
-    one(0)
-    for t in threads:
-        t.join()
-    for exc in errors:
-        if exc is not None:
-            raise exc
-    return results
-
-
-@dataclass
-class ClusterView:
-    """A snapshot of the cluster's partitions and nodes (one scontrol call each, side by side)."""
-
-    partitions: dict[str, slurm.Partition]
-    nodes: dict[str, slurm.Node]
-
-    @classmethod
-    def live(cls) -> "ClusterView":
-        return cls(*side_by_side(slurm.partitions, slurm.nodes))
-
-    def default_partition(self) -> Optional[str]:
-        for p in self.partitions.values():
-            if p.default:
-                return p.name
-        return None
-
-    def kind(self, partition: str, settings: Settings) -> str:
-        """gpu/npu/cpu: the cluster config's lists first, then the partition's name, then the
-        gres its nodes offer (npu > gpu > cpu)."""
-        for kind in ("npu", "gpu", "cpu"):
-            if partition in getattr(settings.partitions, kind):
-                return kind
-        lowered = partition.lower()
-        for kind, words in (("npu", ("npu", "ascend", "910")), ("gpu", ("gpu", "cuda", "a100", "h100", "v100")),
-                            ("cpu", ("cpu",))):
-            if any(w in lowered for w in words):
-                return kind
-        gres: set[str] = set()
-        for n in self.partitions[partition].nodes:
-            if n in self.nodes:
-                gres |= set(self.nodes[n].gres)
-        return "npu" if "npu" in gres else "gpu" if "gpu" in gres else "cpu"
-
-    def has_device(self, partition: str, device: str) -> bool:
-        return any(self.nodes[n].gres.get(device) for n in self.partitions[partition].nodes if n in self.nodes)
 
 
 def resolve_partition(job: Job, settings: Settings, view: Optional[ClusterView]) -> Optional[str]:
@@ -157,7 +95,6 @@ class Preflight:
     @cached_property
     def queued(self) -> int:
         return slurm.queued_jobs(getpass.getuser())
-
 
 
 # --------------------------------------------------------------------------- the job's executor and partition

@@ -25,7 +25,8 @@ from ..core.job import Job, LoadedJob
 from ..core.offline import link_openmind_cache
 from ..core.rundir import RunPaths
 from ..preflight import rules
-from ..preflight.checks import Check, ClusterView, Preflight, resolve_partition
+from ..preflight.checks import Check, Preflight, resolve_partition
+from ..preflight.live import ClusterView, LiveCluster
 from ..runs.index import RunRecord, RunStore, new_run_dir, now_iso
 from . import scow
 from .render import ScriptPlan, launch_command, make_plan, render_script
@@ -48,19 +49,24 @@ class SubmitResult:
 
 # --------------------------------------------------------------------------- the steps
 
-def choose_executor(loaded: LoadedJob, settings: Settings) -> str:
+def choose_executor(loaded: LoadedJob, settings: Settings, cluster: Optional[LiveCluster] = None) -> str:
+    """The job's executor, else the config's; auto: Slurm when its controller answers."""
     choice = loaded.job.executor if loaded.job.executor != "auto" else settings.executor
     if choice == "auto":
-        choice = "slurm" if slurm.available() else "local"
+        choice = "slurm" if (cluster.available() if cluster else slurm.available()) else "local"
     return choice
 
 
 def preflight(loaded: LoadedJob, settings: Settings, executor: str, skip_asset_check: bool = False,
-              points: Optional[list[Job]] = None) -> tuple[Optional[str], list[Check]]:
+              points: Optional[list[Job]] = None, cluster: Optional[LiveCluster] = None
+              ) -> tuple[Optional[str], list[Check]]:
     """Every pre-flight check, passing or not, and the partition the job will use. ``points``:
-    a sweep's jobs, one per array task (``loaded`` is the first)."""
-    view = ClusterView.live() if executor == "slurm" else None
-    partition = resolve_partition(loaded.job, settings, view) if view else loaded.job.resources.partition
+    a sweep's jobs, one per array task (``loaded`` is the first); ``cluster``: Slurm's answers
+    asked for earlier."""
+    view = None
+    if executor == "slurm":
+        view = cluster.view() if cluster else ClusterView.live()
+    partition = resolve_partition(loaded.job, settings, view) if view is not None else loaded.job.resources.partition
     p = Preflight(loaded.job, settings, loaded.base_dir, executor, view, partition, points=points or [],
                   check_assets=not skip_asset_check)
     return partition, rules.run(p)
@@ -119,11 +125,12 @@ class Submission(Generic[R]):
     placeholder = "<run-id>"   # the run folder a dry run renders against (created by no one)
     dry_run_asks_slurm = True  # a dry run asks ``sbatch --test-only`` too (when every check passed)
 
-    def __init__(self, loaded: LoadedJob, settings: Settings, executor: str):
-        self.loaded, self.settings, self.executor = loaded, settings, executor
+    def __init__(self, loaded: LoadedJob, settings: Settings, executor: str,
+                 cluster: Optional[LiveCluster] = None):
+        self.loaded, self.settings, self.executor, self.cluster = loaded, settings, executor, cluster
 
     def preflight(self, skip_asset_check: bool) -> tuple[Optional[str], list[Check]]:
-        return preflight(self.loaded, self.settings, self.executor, skip_asset_check)
+        return preflight(self.loaded, self.settings, self.executor, skip_asset_check, cluster=self.cluster)
 
     def check_options(self, scow_dir: Optional[Path]) -> None:
         """Refuse options that the checks passed but that cannot work here."""
@@ -179,8 +186,9 @@ def run(sub: Submission[R], *, dry_run: bool = False, skip_asset_check: bool = F
 # --------------------------------------------------------------------------- one job
 
 class JobSubmission(Submission[SubmitResult]):
-    def __init__(self, loaded: LoadedJob, settings: Settings, executor: str, save_template: Optional[bool] = None):
-        super().__init__(loaded, settings, executor)
+    def __init__(self, loaded: LoadedJob, settings: Settings, executor: str, save_template: Optional[bool] = None,
+                 cluster: Optional[LiveCluster] = None):
+        super().__init__(loaded, settings, executor, cluster)
         self.save_template = settings.scow.save_template if save_template is None else save_template
 
     def check_options(self, scow_dir: Optional[Path]) -> None:
@@ -213,8 +221,11 @@ class JobSubmission(Submission[SubmitResult]):
 
 def submit(loaded: LoadedJob, settings: Settings, *, dry_run: bool = False,
            executor: Optional[str] = None, skip_asset_check: bool = False,
-           raise_on_failure: bool = True, save_template: Optional[bool] = None) -> SubmitResult:
-    sub = JobSubmission(loaded, settings, executor or choose_executor(loaded, settings), save_template)
+           raise_on_failure: bool = True, save_template: Optional[bool] = None,
+           cluster: Optional[LiveCluster] = None) -> SubmitResult:
+    """``cluster``: Slurm's answers, asked for before the job file was read (the CLI does)."""
+    executor = executor or choose_executor(loaded, settings, cluster)
+    sub = JobSubmission(loaded, settings, executor, save_template, cluster)
     return run(sub, dry_run=dry_run, skip_asset_check=skip_asset_check, raise_on_failure=raise_on_failure)
 
 

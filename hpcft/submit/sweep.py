@@ -31,6 +31,7 @@ from ..core.job import Job, LoadedJob
 from ..core.rundir import RunPaths
 from ..core.yamlfile import set_dotted
 from ..preflight.checks import Check
+from ..preflight.live import LiveCluster
 from ..runs.index import RunRecord, RunStore, now_iso
 from . import scow
 from .pipeline import Submission, choose_executor, preflight, run
@@ -167,8 +168,9 @@ class SweepSubmission(Submission[SweepResult]):
     placeholder = "<sweep-id>"
     dry_run_asks_slurm = False  # as before the pipeline was shared: a sweep's dry run skips sbatch --test-only
 
-    def __init__(self, loaded: LoadedJob, settings: Settings, executor: str):
-        super().__init__(loaded, settings, executor)
+    def __init__(self, loaded: LoadedJob, settings: Settings, executor: str,
+                 cluster: Optional[LiveCluster] = None):
+        super().__init__(loaded, settings, executor, cluster)
         self.pairs = expand(loaded)
         self.first = self.pairs[0][1]  # the job the array script is rendered for
 
@@ -177,7 +179,7 @@ class SweepSubmission(Submission[SweepResult]):
 
     def preflight(self, skip_asset_check: bool) -> tuple[Optional[str], list[Check]]:
         return preflight(self.first, self.settings, self.executor, skip_asset_check,
-                         points=[task.job for _, task in self.pairs])
+                         points=[task.job for _, task in self.pairs], cluster=self.cluster)
 
     def plan(self, root: Path, partition: Optional[str], scow_dir: Optional[Path]) -> ScriptPlan:
         return make_plan(self.first, self.settings, root, partition, scow_dir=scow_dir,
@@ -217,13 +219,15 @@ class SweepSubmission(Submission[SweepResult]):
 
 
 def submit_sweep(loaded: LoadedJob, settings: Settings, *, dry_run: bool = False,
-                 executor: Optional[str] = None, skip_asset_check: bool = False) -> SweepResult:
-    """A dry run returns failed checks rather than raising (``hpcft check`` prints them)."""
-    executor = executor or choose_executor(loaded, settings)
+                 executor: Optional[str] = None, skip_asset_check: bool = False,
+                 cluster: Optional[LiveCluster] = None) -> SweepResult:
+    """A dry run returns failed checks rather than raising (``hpcft check`` prints them).
+    ``cluster``: Slurm's answers, asked for before the job file was read."""
+    executor = executor or choose_executor(loaded, settings, cluster)
     if executor != "slurm":
         raise ConfigError([f"{loaded.source or '<job>'}: sweep: a sweep is one Slurm job array and needs "
                            f"executor slurm (this one would run with {executor})"])
-    return run(SweepSubmission(loaded, settings, executor), dry_run=dry_run, skip_asset_check=skip_asset_check,
+    return run(SweepSubmission(loaded, settings, executor, cluster), dry_run=dry_run, skip_asset_check=skip_asset_check,
                raise_on_failure=False)
 
 
