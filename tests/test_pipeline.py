@@ -168,8 +168,7 @@ def test_array_rules_refuse_a_sweep_over_the_site_limits(fake_slurm, tmp_path, m
 
 
 
-def test_the_cli_asks_slurm_while_it_reads_the_job_and_not_for_a_local_run(fake_slurm, tmp_path, monkeypatch,
-                                                                           capsys):
+def test_slurm_is_asked_each_thing_once_and_nothing_for_a_local_run(fake_slurm, tmp_path, monkeypatch, capsys):
     from hpcft.cli.main import main
 
     asked = []
@@ -185,3 +184,12 @@ def test_the_cli_asks_slurm_while_it_reads_the_job_and_not_for_a_local_run(fake_
     asked.clear()
     assert main(["submit", "--dry-run", "--executor", "slurm", job]) == 0
     assert sorted(asked) == ["nodes", "partitions"]
+
+
+def test_ask_cluster_asks_only_what_the_executor_needs(fake_slurm, tmp_path):
+    loaded, settings = _load(_script_job(tmp_path))
+    assert pipeline.ask_cluster(loaded, settings, "local") is None
+    assert pipeline.ask_cluster(loaded, settings, "slurm")._available is None  # named: no ping
+    assert pipeline.ask_cluster(loaded, settings, None)._available is not None  # auto: is Slurm there?
+    local, settings = _load(_script_job(tmp_path, executor="local"))
+    assert pipeline.ask_cluster(local, settings, None) is None

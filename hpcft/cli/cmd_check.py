@@ -14,9 +14,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..preflight.live import LiveCluster
-
-    cluster = LiveCluster.ask(args.executor)  # Slurm answers while the job file is read
     from ..core.errors import ConfigError
     from ..submit.pipeline import submit
 
@@ -31,10 +28,9 @@ def run(args) -> int:
     if loaded.job.sweep is not None:  # every point validated, plus the array's own limits
         from ..submit.sweep import submit_sweep
 
-        result = submit_sweep(loaded, settings, dry_run=True, executor=args.executor, cluster=cluster)
+        result = submit_sweep(loaded, settings, dry_run=True, executor=args.executor)
     else:
-        result = submit(loaded, settings, dry_run=True, executor=args.executor, raise_on_failure=False,
-                        cluster=cluster)
+        result = submit(loaded, settings, dry_run=True, executor=args.executor, raise_on_failure=False)
     ok = all(c.ok for c in result.checks)
     if args.json:
         print_json({"ok": ok, "checks": [c.__dict__ for c in result.checks]})

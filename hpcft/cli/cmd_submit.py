@@ -26,9 +26,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..preflight.live import LiveCluster
-
-    cluster = LiveCluster.ask(args.executor)  # Slurm answers while the job file is read
     loaded, settings = load(args)
     if loaded.job.sweep is not None:
         from .sweep_views import submit_sweep_command
@@ -37,7 +34,7 @@ def run(args) -> int:
     from ..submit.pipeline import submit
 
     result = submit(loaded, settings, dry_run=args.dry_run, executor=args.executor,
-                    save_template=args.save_template, cluster=cluster)
+                    save_template=args.save_template)
     if args.dry_run:
         return print_dry_run(result, args.json)
     rec = result.record

@@ -1,7 +1,5 @@
 """The live cluster as the pre-flight sees it: :class:`ClusterView`, one snapshot of the
-partitions and nodes, and :class:`LiveCluster`, Slurm's answers asked for in the background
-as early as possible. Imports nothing heavy, so the CLI can start the Slurm calls before it
-reads the job file."""
+partitions and nodes, and :class:`LiveCluster`, the Slurm calls a submit starts at once."""
 
 from __future__ import annotations
 
@@ -77,20 +75,18 @@ class ClusterView:
 
 
 class LiveCluster:
-    """What ``submit`` and ``check`` ask Slurm before anything else: does the controller answer
-    (for a job whose executor is auto), and the partitions and nodes. All three calls start at
-    once, when this is made, and wait on the controller while hpcft reads and validates the job
-    file; an answer nobody asks for is dropped (a job that runs locally)."""
+    """What ``submit`` and ``check`` ask Slurm first: does the controller answer (a job whose
+    executor is auto), and the partitions and nodes. The calls start at once, when this is
+    made, and wait on the controller side by side; an answer nobody asks for is dropped.
+
+    Made once the job file is read: started earlier, while Python imports and validates, the
+    threads and the scontrol processes slowed the imports more than the overlap saved (measured
+    on a 2-CPU login node, benchmarks/bench_cli.py)."""
 
     def __init__(self, ping: bool = True):
         self._available = Background(slurm.available) if ping else None
         self._partitions = Background(slurm.partitions)
         self._nodes = Background(slurm.nodes)
-
-    @classmethod
-    def ask(cls, executor: Optional[str]) -> Optional["LiveCluster"]:
-        """For ``--executor``: None for local; no ping when it names Slurm."""
-        return None if executor == "local" else cls(ping=executor is None)
 
     def available(self) -> bool:
         return self._available.result() if self._available else slurm.available()

@@ -49,6 +49,13 @@ class SubmitResult:
 
 # --------------------------------------------------------------------------- the steps
 
+def ask_cluster(loaded: LoadedJob, settings: Settings, executor: Optional[str]) -> Optional[LiveCluster]:
+    """Slurm's answers this job needs, all asked at once: none for a job that runs locally, no
+    ping for one that names Slurm."""
+    choice = executor or (loaded.job.executor if loaded.job.executor != "auto" else settings.executor)
+    return None if choice == "local" else LiveCluster(ping=choice == "auto")
+
+
 def choose_executor(loaded: LoadedJob, settings: Settings, cluster: Optional[LiveCluster] = None) -> str:
     """The job's executor, else the config's; auto: Slurm when its controller answers."""
     choice = loaded.job.executor if loaded.job.executor != "auto" else settings.executor
@@ -61,8 +68,8 @@ def preflight(loaded: LoadedJob, settings: Settings, executor: str, skip_asset_c
               points: Optional[list[Job]] = None, cluster: Optional[LiveCluster] = None
               ) -> tuple[Optional[str], list[Check]]:
     """Every pre-flight check, passing or not, and the partition the job will use. ``points``:
-    a sweep's jobs, one per array task (``loaded`` is the first); ``cluster``: Slurm's answers
-    asked for earlier."""
+    a sweep's jobs, one per array task (``loaded`` is the first); ``cluster``: Slurm's answers,
+    asked for already."""
     view = None
     if executor == "slurm":
         view = cluster.view() if cluster else ClusterView.live()
@@ -221,9 +228,8 @@ class JobSubmission(Submission[SubmitResult]):
 
 def submit(loaded: LoadedJob, settings: Settings, *, dry_run: bool = False,
            executor: Optional[str] = None, skip_asset_check: bool = False,
-           raise_on_failure: bool = True, save_template: Optional[bool] = None,
-           cluster: Optional[LiveCluster] = None) -> SubmitResult:
-    """``cluster``: Slurm's answers, asked for before the job file was read (the CLI does)."""
+           raise_on_failure: bool = True, save_template: Optional[bool] = None) -> SubmitResult:
+    cluster = ask_cluster(loaded, settings, executor)
     executor = executor or choose_executor(loaded, settings, cluster)
     sub = JobSubmission(loaded, settings, executor, save_template, cluster)
     return run(sub, dry_run=dry_run, skip_asset_check=skip_asset_check, raise_on_failure=raise_on_failure)

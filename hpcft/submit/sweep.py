@@ -34,7 +34,7 @@ from ..preflight.checks import Check
 from ..preflight.live import LiveCluster
 from ..runs.index import RunRecord, RunStore, now_iso
 from . import scow
-from .pipeline import Submission, choose_executor, preflight, run
+from .pipeline import Submission, ask_cluster, choose_executor, preflight, run
 from .render import ScriptPlan, make_plan
 
 # Every array task runs the one script: keys that shape it cannot differ between points.
@@ -219,10 +219,9 @@ class SweepSubmission(Submission[SweepResult]):
 
 
 def submit_sweep(loaded: LoadedJob, settings: Settings, *, dry_run: bool = False,
-                 executor: Optional[str] = None, skip_asset_check: bool = False,
-                 cluster: Optional[LiveCluster] = None) -> SweepResult:
-    """A dry run returns failed checks rather than raising (``hpcft check`` prints them).
-    ``cluster``: Slurm's answers, asked for before the job file was read."""
+                 executor: Optional[str] = None, skip_asset_check: bool = False) -> SweepResult:
+    """A dry run returns failed checks rather than raising (``hpcft check`` prints them)."""
+    cluster = ask_cluster(loaded, settings, executor)
     executor = executor or choose_executor(loaded, settings, cluster)
     if executor != "slurm":
         raise ConfigError([f"{loaded.source or '<job>'}: sweep: a sweep is one Slurm job array and needs "
