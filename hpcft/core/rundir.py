@@ -4,7 +4,7 @@ the login side writes and the compute side reads.
 This module is one of the two places where the login side (CLI, submit, monitor) and the
 compute side (:mod:`hpcft.worker`) meet; the other is the job schema (:mod:`hpcft.core.job`).
 Everything either side needs to find in a run folder goes through :class:`RunPaths`, and
-:class:`LaunchSpec` has one writer (:func:`hpcft.submit.pipeline.prepare_run`) and one reader
+:class:`LaunchSpec` has one writer (:func:`hpcft.submit.pipeline.write_run`) and one reader
 (:meth:`LaunchSpec.read`, used by the worker and by ``hpcft show``)::
 
     <run_id>/
