@@ -151,6 +151,14 @@ def _blocked_by(path: Path) -> str | None:
     return None
 
 
+def _readable_by_all(top: Path) -> None:
+    """Folders 0755, files 0644 below ``top`` (a tree made by root for the other users)."""
+    for d, _dirs, names in os.walk(top):
+        os.chmod(d, 0o755)
+        for n in names:
+            os.chmod(os.path.join(d, n), 0o644)
+
+
 def _readable_copy(repo: Path) -> Path:
     """A copy of ``repo/hpcft`` under USERS_ROOT that every user can read (CI may clone under /root)."""
     digest = hashlib.sha256()
@@ -161,10 +169,7 @@ def _readable_copy(repo: Path) -> Path:
     if not dst.is_dir():
         tmp = Path(tempfile.mkdtemp(prefix=".src-", dir=USERS_ROOT))
         shutil.copytree(repo / "hpcft", tmp / "src" / "hpcft", ignore=shutil.ignore_patterns("__pycache__"))
-        for d, _dirs, names in os.walk(tmp):
-            os.chmod(d, 0o755)
-            for n in names:
-                os.chmod(os.path.join(d, n), 0o644)
+        _readable_by_all(tmp)
         try:
             os.rename(tmp / "src", dst)
         except OSError:  # a concurrent run made it first
@@ -184,10 +189,7 @@ def _readable_site(ver: str) -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
             raise Unavailable(f"pip install --target for other users failed: {proc.stderr.strip()[-400:]}")
         (tmp / "site" / ".done").write_text("")
-        for d, _dirs, names in os.walk(tmp):
-            os.chmod(d, 0o755)
-            for n in names:
-                os.chmod(os.path.join(d, n), 0o644)
+        _readable_by_all(tmp)
         try:
             os.rename(tmp / "site", site)
         except OSError:
