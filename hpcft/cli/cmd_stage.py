@@ -12,6 +12,7 @@ EPILOG = """examples:
   hpcft stage Qwen/Qwen2.5-0.5B --revision main --json
   hpcft stage --job jobs/mrpc-bert-gpu.yaml         # whatever the job file references
   hpcft stage --dataset ./my_data                   # a local folder, copied into the cache
+  hpcft stage --eval ceval cmmlu mmlu gsm8k         # exactly what these lm-eval benchmarks load
 
 sources: HF_ENDPOINT / MODELSCOPE_ENDPOINT / OPENMIND_HUB_ENDPOINT, else sources.hf_endpoint /
 sources.modelscope_endpoint / sources.modelers_endpoint in the hpcft config; --source auto tries
@@ -38,6 +39,9 @@ def register(sub) -> None:
     p.add_argument("--revision", metavar="REV", help="branch, tag or commit (default: main / master)")
     p.add_argument("--cache", metavar="DIR", help="cache dir (default: HPCFT_CACHE or cache_dir of the config)")
     p.add_argument("--job", metavar="JOB.yaml", help="stage what this job file references")
+    p.add_argument("--eval", nargs="+", default=[], metavar="TASK",
+                   help="the datasets these benchmark tasks load (ceval cmmlu mmlu gsm8k, or a subject such as "
+                        "mmlu_anatomy), for hpcft eval and train.eval_tasks")
     p.add_argument("--token-file", metavar="FILE",
                    help="a file holding an HF access token for gated repos (Llama); default: $HF_TOKEN. "
                         "Sent to the HF endpoint only, never written to the cache, logs or output")
@@ -103,6 +107,10 @@ def run(args) -> int:
         models += jm
         datasets += jd
         metrics += jmet
+    if args.eval:
+        from ..core.eval_tasks import resolve_tasks
+
+        datasets += [d for t in resolve_tasks(args.eval, "--eval") for d in t.datasets]
     if not (models or datasets or metrics):
         raise ConfigError(["hpcft stage: nothing to stage; give a model (and datasets), --metric, or --job "
                            "JOB.yaml (see hpcft stage --help)"])
