@@ -25,7 +25,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..runs.compare import HEADERS, as_json, compare, select, table_rows, write_png
+    from ..runs.compare import as_json, compare, headers, select, table_rows, write_png
     from ..runs.index import RunStore
 
     rows = compare(select(RunStore(settings().runs), args.refs, args.last))
@@ -33,7 +33,7 @@ def run(args) -> int:
     if args.json:
         print_json({"runs": as_json(rows), "png": str(png) if png else None})
         return 0
-    print(table(table_rows(rows), HEADERS))
+    print(table(table_rows(rows), headers(rows)))
     if png:
         print(f"\nplot: {png}")
     return 0

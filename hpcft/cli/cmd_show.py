@@ -33,6 +33,7 @@ def collect(record) -> dict:
     """Everything `show` prints, as data (no Slurm calls: works for old runs too)."""
     import yaml
 
+    from ..core.eval_tasks import read_scores
     from ..core.progress_log import last_progress, read_jsonl
     from ..core.rundir import LaunchSpec, RunPaths
 
@@ -56,12 +57,14 @@ def collect(record) -> dict:
         "tensorboard": str(paths.tensorboard) if paths.tensorboard.is_dir() else None,
         "swanlog": str(paths.swanlog) if paths.swanlog.is_dir() else None,
         "serve": str(paths.serve_info) if paths.serve_info.is_file() else None,
+        "eval": str(paths.dir / "eval") if (paths.dir / "eval").is_dir() else None,
         "samples": str(paths.dir / "samples.jsonl") if (paths.dir / "samples.jsonl").is_file() else None,
     }
     return {"run_id": record.run_id, "name": record.name, "job_id": record.job_id, "executor": record.executor,
             "state": record.state, "submitted_at": record.submitted_at, "partition": record.partition,
             "job": job, "metrics": _read_json(paths.metrics), "progress": last_progress(paths.progress),
             "files": files,
+            "benchmarks": read_scores(paths.dir),  # hpcft eval / train.eval_tasks: eval/<task>.json
             "samples": read_jsonl(paths.dir / "samples.jsonl", limit=2)}  # a causal-lm run's first answers
 
 
@@ -133,6 +136,10 @@ def run(args) -> int:
         p = info["progress"]
         print(f"progress:  step {p.get('step')}/{p.get('max_steps')} epoch {_num(p.get('epoch'))} "
               f"loss {_num(p.get('loss'))} eta {p.get('eta')}")
+    for task, b in info["benchmarks"].items():
+        limit = f", limit {b['limit']} per task" if b.get("limit") else ""
+        print(f"benchmark: {task} {b.get('metric')} {_fmt(b.get('score'))} ({b.get('samples')} questions{limit}"
+              f"{', with adapter' if b.get('adapter') else ''}; lm-eval {b.get('lm_eval')})")
     for i, sample in enumerate(info["samples"], 1):
         prompt = " ".join(str(sample.get("prompt", "")).split())
         print(f"sample {i}:  prompt:    {prompt[-160:]}")

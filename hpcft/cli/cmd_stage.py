@@ -66,6 +66,10 @@ def _job_assets(path: str, s):
     if train is not None and train.dataset_config and datasets and ":" not in datasets[0] \
             and "/" + train.dataset_config not in datasets[0]:
         datasets[0] = f"{datasets[0]}:{train.dataset_config}"
+    if train is not None and train.eval_tasks:  # the benchmarks it scores after training
+        from ..core.eval_tasks import resolve_tasks
+
+        datasets += [d for t in resolve_tasks(train.eval_tasks, "train.eval_tasks") for d in t.datasets]
     return list(assets.models), datasets, list(assets.metrics)
 
 

@@ -204,6 +204,22 @@ class TrainSpec(_Strict):
             return []
         return [v] if isinstance(v, str) else v
 
+    # benchmarks scored after training, the job's last step (lm-eval; hpcft stage --eval): ceval, mmlu, ...
+    eval_tasks: list[str] = []
+
+    @field_validator("eval_tasks", mode="before")
+    @classmethod
+    def _eval_tasks(cls, v: Any, info) -> Any:
+        from .eval_tasks import problem, split_names
+
+        names = split_names([v] if isinstance(v, str) else (v or []))
+        bad = [p for p in (problem(n) for n in names) if p]
+        if bad:
+            raise ValueError("; ".join(bad))
+        if names and info.data.get("task", "sequence-classification") == "sequence-classification":
+            raise ValueError("benchmarks score generative models: only for LLM tasks (task: causal-lm)")
+        return names
+
     # ---- causal-lm (supervised fine-tuning of an LLM); see docs/llm.md
     method: Optional[Literal["lora", "full"]] = None           # default lora
     lora: Optional[LoraSpec] = None

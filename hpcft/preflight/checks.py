@@ -374,3 +374,26 @@ def staged_check(job: Job, settings: Settings, base_dir: Optional[Path] = None) 
     if hub:
         return Check(STAGED, False, stage_command(hub, table))
     return Check(STAGED, False, "; ".join(problems(missing, table)))
+
+
+def eval_data(p: Preflight) -> Iterator[Check]:
+    """``train.eval_tasks``: every benchmark dataset the harness loads is staged; else, per task,
+    the ``hpcft stage --eval`` command (the training would run for nothing before the step fails)."""
+    if not p.check_assets:
+        return
+    from ..core.assets import lookup
+    from ..core.eval_tasks import resolve_tasks
+    from ..core.resolve import load_table
+    from ..core.store import Cache
+
+    names = list(dict.fromkeys(n for job in p.jobs if job.train is not None for n in job.train.eval_tasks))
+    if not names:
+        return
+    cache, table = Cache(p.settings.cache), load_table(p.settings)
+    missing = [t.name for t in resolve_tasks(names, "train.eval_tasks")
+               if any(lookup("dataset", d, cache, table).path is None for d in t.datasets)]
+    if missing:
+        yield Check("eval data staged", False, f"train.eval_tasks {', '.join(missing)}: not staged; on the login "
+                                               f"node run: hpcft stage --eval {' '.join(missing)}")
+    else:
+        yield Check("eval data staged", True, ", ".join(names))

@@ -30,6 +30,7 @@ RULES: list[Rule] = [
     checks.array_size,       # a sweep's job array
     checks.job_count,
     checks.submit_limit,
+    checks.eval_data,        # train.eval_tasks: the benchmark data staged
     checks.assets_staged,    # last: its fix is a command to run
 ]
 

@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from ..core.atomic import read_json
 from ..core.errors import ConfigError
+from ..core.eval_tasks import read_scores
 from ..core.progress_log import read_progress
 from ..core.rundir import RunPaths
 from .index import RunRecord, RunStore
@@ -49,6 +50,7 @@ class RunRow:
     final_loss: Optional[float] = None
     headline: Optional[str] = None
     headline_value: Optional[float] = None
+    benchmarks: dict[str, float] = field(default_factory=dict)   # hpcft eval: task -> score (eval/<task>.json)
     series: dict[str, Any] = field(default_factory=dict, repr=False)  # curves for the plot
 
 
@@ -125,6 +127,7 @@ def read_row(record: RunRecord) -> RunRow:
         row.headline = next((k for k in (ev or {}).get("metrics", {}) if k not in SKIP_EVAL), None)
     row.series = _series(records, row.headline)
     row.final_loss = row.series["loss"][-1] if row.series["loss"] else _num(train.get("loss"))
+    row.benchmarks = {k: float(v["score"]) for k, v in read_scores(record.run_dir).items() if _num(v.get("score")) is not None}
     return row
 
 
@@ -165,8 +168,18 @@ def _secs(v: Optional[float]) -> str:
     return f"{v:.1f} s" if v < 120 else f"{v / 60:.1f} min" if v < 7200 else f"{v / 3600:.2f} h"
 
 
+def benchmark_columns(rows: list[RunRow]) -> list[str]:
+    """One column per benchmark task any of the runs was scored on, in first-seen order."""
+    return list(dict.fromkeys(k for r in rows for k in r.benchmarks))
+
+
+def headers(rows: list[RunRow]) -> list[str]:
+    return HEADERS + benchmark_columns(rows)
+
+
 def table_rows(rows: list[RunRow]) -> list[list[str]]:
     out = []
+    bench = benchmark_columns(rows)
     for r in rows:
         device = f"{r.device_name or r.device or '-'}"
         if r.device_count and r.device_count > 1:
@@ -176,7 +189,8 @@ def table_rows(rows: list[RunRow]) -> list[list[str]]:
         metric = "-" if r.headline_value is None else f"{r.headline} {r.headline_value:.4f}"
         out.append([r.label, r.partition or "-", device, r.precision or "-", _f(r.world_size, "{}"),
                     _rate(r.samples_per_s, r.samples_ratio), _rate(r.tokens_per_s, r.tokens_ratio), mem,
-                    _secs(r.train_s), _secs(r.queue_wait_s), _f(r.final_loss), metric])
+                    _secs(r.train_s), _secs(r.queue_wait_s), _f(r.final_loss), metric,
+                    *(_f(r.benchmarks.get(b), "{:.4f}") for b in bench)])
     return out
 
 

@@ -59,7 +59,10 @@ class Task:
             return {}
         final = self.evaluate()
         output_dir = self.save()
-        return self.conclude(leg, final, output_dir)
+        metrics = self.conclude(leg, final, output_dir)
+        if metrics and getattr(self.cfg, "eval_tasks", None):  # rank 0: the benchmarks, the job's last step
+            self.benchmark(output_dir)
+        return metrics
 
     # ------------------------------------------------------------------ 1. setup (the task's own)
 
@@ -218,6 +221,25 @@ class Task:
         shown = f"{value:.4f}" if isinstance(value, float) else value
         log(f"done: {headline} {shown}; model saved to {ctx.output_dir}; metrics in {ctx.paths.metrics}")
         return metrics
+
+    # ------------------------------------------------------------------ 6. benchmark (train.eval_tasks)
+
+    def benchmark(self, output_dir: Path) -> None:
+        """Score the saved model with lm-evaluation-harness (:mod:`hpcft.worker.evaluate`) in a fresh
+        process, after this one let go of the training's device memory."""
+        import gc
+
+        from .evaluate import after_training
+
+        self.trainer = None
+        gc.collect()
+        import torch
+
+        for backend in (getattr(torch, "cuda", None), getattr(torch, "npu", None)):
+            if backend is not None and backend.is_available():
+                backend.empty_cache()
+        after_training(self.ctx, self.cfg, str(self.ctx.assets[0].path), output_dir,
+                       getattr(self.cfg, "llm_method", "full"), self.ctx.device)
 
     # ------------------------------------------------------------------ what a task says about its run
 
