@@ -42,13 +42,14 @@ def run(args) -> int:
         state = rec.state if rec.state in TERMINAL_STATES else status(rec).state
         rows.append({"run_id": rec.run_id, "name": rec.name, "job_id": rec.job_id, "executor": rec.executor,
                      "state": state, "submitted_at": rec.submitted_at, "metric": headline(rec.run_dir),
-                     "run_dir": rec.run_dir})
+                     "run_dir": rec.run_dir, "rerun_of": rec.rerun_of})
     if args.json:
         print_json(rows)
         return 0
     if not rows:
         print("no runs yet; submit one with: hpcft submit JOB.yaml")
         return 0
-    print(table([[r["run_id"], r["job_id"], r["state"], r["metric"], r["submitted_at"][:19].replace("T", " ")]
-                 for r in rows], ["RUN", "JOB", "STATE", "METRIC", "SUBMITTED"]))
+    print(table([[r["run_id"], r["job_id"], r["state"], r["metric"], r["submitted_at"][:19].replace("T", " "),
+                  f"rerun of {r['rerun_of']}" if r.get("rerun_of") else ""]
+                 for r in rows], ["RUN", "JOB", "STATE", "METRIC", "SUBMITTED", ""]))
     return 0

@@ -50,7 +50,11 @@ def run(args) -> int:
         print(f"folder: {rec.run_dir}")
         print(f"log:    {result.log}")
         if result.template:
+            from ..submit.scow import template_notes
+
             print(f"portal: saved job {result.template.name} (SCOW: job templates)")
+            for note in template_notes(loaded.job, settings):
+                print(f"        {note}")
         print(f"watch:  hpcft logs -f {rec.run_id}")
     if args.wait:
         from ..runs.monitor import follow

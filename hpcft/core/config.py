@@ -9,15 +9,17 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
 from .yamlfile import deep_merge, load_yaml_file, sorted_problems, validation_problems
 
 DEFAULT_CLUSTER_CONFIG = "/etc/hpcft/config.yaml"
+_DEVICE_SIZE = re.compile(r"^\s*[0-9]+(?:\.[0-9]+)?\s*[KMGT]?(?:i?B)?\s*$", re.IGNORECASE)
 
 
 class _Strict(BaseModel):
@@ -59,6 +61,12 @@ class Aliases(_Strict):
     metrics: dict[str, str] = {}
 
 
+# SCOW's parsePlaceholder (OpenSCOW libs/libconfig/src/parse.ts): exactly "{{ key }}", one space
+# each side; an unknown key becomes "". Anything else between braces stays as written.
+SCOW_PLACEHOLDER = re.compile(r"\{\{ ([a-zA-Z0-9_]+) \}\}")
+_BRACES = re.compile(r"\{\{(.*?)\}\}")
+
+
 class Scow(_Strict):
     """SCOW (OpenSCOW) placement: jobs land where the portal looks. Mirrors the admin's
     ``portal.yaml`` (``submitJobDefaultPwd``, ``savedJobsDir``; paths under ``$HOME``)."""
@@ -67,6 +75,30 @@ class Scow(_Strict):
     job_dir: str = "scow/jobs/{{ name }}"           # submitJobDefaultPwd
     saved_jobs_dir: str = "scow/savedJobs"          # savedJobsDir
     save_template: bool = False                     # write the portal's saved job on every submit
+    # the portal's address with its base path (https://hpc.example.edu/scow) and this cluster's id in
+    # SCOW's config/clusters/<id>.yaml: with both, servers (serve, serve --api, tensorboard) bind where the
+    # portal's proxy reaches them, require a secret, and print /api/proxy/<cluster>/relative/<node>/<port>/
+    portal_url: Optional[str] = Field(None, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+    cluster: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+    def job_dir_differences(self) -> list[str]:
+        """How the portal reads ``job_dir`` otherwise than it looks (one line each): its form
+        replaces only ``{{ name }}`` and joins the result onto the home folder
+        (``SubmitJobForm.tsx``, ``calculateWorkingDirectory``). hpcft reads it the same way."""
+        found = []
+        for m in _BRACES.finditer(self.job_dir):
+            inner = SCOW_PLACEHOLDER.fullmatch(m.group(0))
+            if inner is None and m.group(1).strip() == "name":
+                found.append(f"scow.job_dir '{self.job_dir}': the portal reads only '{{{{ name }}}}' (one space "
+                             f"each side) and keeps '{m.group(0)}' as written, so all jobs share one folder")
+            elif inner is not None and inner.group(1) != "name":
+                found.append(f"scow.job_dir '{self.job_dir}': the portal knows only '{{{{ name }}}}' and "
+                             f"replaces '{m.group(0)}' with nothing")
+        if self.job_dir.startswith(("/", "~")):
+            found.append(f"scow.job_dir '{self.job_dir}': the portal joins it onto your home folder "
+                         f"(~/{self.job_dir.lstrip('/')}), as hpcft now does; portal.yaml's "
+                         "submitJobDefaultPwd is a path relative to the home folder")
+        return found
 
 
 class Settings(_Strict):
@@ -98,6 +130,14 @@ class Settings(_Strict):
     # memory of one GPU/NPU, keyed by gres type, partition or node feature, e.g. {a100: 80G, 910b: 64G}
     # (the LLM memory pre-flight compares its estimate with it; see docs/llm.md)
     device_memory: dict[str, str] = {}
+
+    @field_validator("device_memory")
+    @classmethod
+    def _device_memory(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, size in v.items():
+            if not _DEVICE_SIZE.match(str(size)) or float(re.sub(r"[^0-9.]", "", str(size)) or 0) <= 0:
+                raise ValueError(f"{key}: {size!r} is not a size; write it as 80G, 64GB, 80GiB or 81920M")
+        return v
 
     # ---- resolved locations -------------------------------------------------
     @property

@@ -21,6 +21,8 @@ from ..core.errors import NotFoundError
 from ..core.progress_log import read_jsonl
 from ..core.rundir import RunPaths
 
+RERUNS = "reruns.jsonl"  # in a run folder: its reruns from the SCOW portal (RunStore.note_rerun)
+
 
 @dataclass
 class RunRecord:
@@ -36,6 +38,7 @@ class RunRecord:
     partition: Optional[str] = None
     sweep: Optional[str] = None        # the sweep id, for an array task of a sweep
     sweep_index: Optional[int] = None  # its array index
+    rerun_of: Optional[str] = None     # the run id this run reruns (from the SCOW portal's saved job)
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunRecord":
@@ -83,6 +86,8 @@ class RunStore:
                      "submitted_at": record.submitted_at, "run_dir": record.run_dir}
             if record.sweep:
                 entry["sweep"] = record.sweep
+            if record.rerun_of:
+                entry["rerun_of"] = record.rerun_of
             lines.append(json.dumps(entry) + "\n")
         with file_lock(self.lock):
             fd = os.open(self.index, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -97,6 +102,21 @@ class RunStore:
         if data is None:
             raise NotFoundError(f"{run_dir}: not an hpcft run folder (no run.json)")
         return RunRecord.from_dict(data)
+
+    def note_rerun(self, original: Path, rerun: RunRecord) -> None:
+        """The original run's folder lists its reruns, one JSON line each (``reruns.jsonl``,
+        appended in one write)."""
+        line = json.dumps({"run_id": rerun.run_id, "job_id": rerun.job_id, "run_dir": rerun.run_dir,
+                           "submitted_at": rerun.submitted_at}) + "\n"
+        fd = os.open(Path(original) / RERUNS, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+    def reruns(self, original: Path) -> list[dict[str, Any]]:
+        """The reruns the original run's folder lists, oldest first."""
+        return read_jsonl(Path(original) / RERUNS)
 
     def entries(self) -> list[dict[str, Any]]:
         return read_jsonl(self.index)  # a torn line from a crashed writer is skipped: the others are still good
