@@ -82,6 +82,19 @@ def test_placeholders_as_the_portal_reads_them(fake_home, job_dir, folder, probl
     assert problem in line and line.startswith(f"scow.job_dir '{job_dir}'")
 
 
+def test_check_and_submit_note_a_job_dir_the_portal_reads_otherwise(tmp_path):
+    from hpcft.core.job import Job
+    from hpcft.preflight import checks, rules
+
+    assert checks.scow_job_dir in rules.RULES
+    job = Job.model_validate({"name": "j", "script": "x.py"})
+    odd = Settings(scow=Scow(job_dir="jobs/{{name}}"))
+    [note] = checks.scow_job_dir(checks.Preflight(job, odd, tmp_path))
+    assert note.ok and note.line().startswith("✓ scow job folder: note: scow.job_dir 'jobs/{{name}}'")
+    assert list(checks.scow_job_dir(checks.Preflight(job, Settings(), tmp_path))) == []
+    assert list(checks.scow_job_dir(checks.Preflight(job, odd, tmp_path, executor="local"))) == []
+
+
 def test_saved_job_matches_the_portal_schema(fake_home, tmp_path):
     job = tmp_path / "job.yaml"
     (tmp_path / "run.py").write_text("print('hi')\n")

@@ -313,6 +313,15 @@ def output_dir(p: Preflight) -> Iterator[Check]:
         yield _output_dir(p.job.output_dir, p.base_dir)
 
 
+def scow_job_dir(p: Preflight) -> Iterator[Check]:
+    """SCOW placement: the cluster config's ``scow.job_dir`` read as the portal reads it (a
+    note, not a failure: hpcft follows the portal, see :meth:`Settings.scow.job_dir_differences`)."""
+    if p.executor != "slurm" or p.settings.scow.enabled is False:
+        return
+    for line in p.settings.scow.job_dir_differences():
+        yield Check("scow job folder", True, f"note: {line}")
+
+
 def _output_dir(given: str, base_dir: Path) -> Check:
     try:
         path = Path(given).expanduser()

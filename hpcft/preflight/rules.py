@@ -25,6 +25,7 @@ RULES: list[Rule] = [
     checks.qos,
     checks.torch_npu,        # the job's own environment and files
     checks.output_dir,
+    checks.scow_job_dir,     # SCOW: where the portal reads scow.job_dir otherwise than it looks
     trackers,
     memory,
     checks.array_size,       # a sweep's job array
