@@ -211,8 +211,8 @@ class Portal:
 
     def partition(self, name: str) -> tuple[int, int]:
         """(cores, gpus) of a partition as the adapter reports them (services/config/config.go
-        GetClusterConfig ~300-346: gpus = the last ':' field of the first node's Gres line x nodes,
-        so a node with gpu:2,npu:2 counts 2 "GPUs" on every partition)."""
+        GetClusterConfig: cores = the partition's TotalCPUs (186); gpus = the last ':' field of the
+        first node's Gres line x nodes (309-346), so a node with gpu:2,npu:2 counts 2 "GPUs")."""
         part = _slurm("scontrol", "show", "partition", name, "-o")
         cores, nodes = (int(part.split(f"{k}=")[1].split()[0]) for k in ("TotalCPUs", "TotalNodes"))
         node = part.split(" Nodes=")[1].split()[0]
@@ -227,10 +227,11 @@ class Portal:
                 "command", "workingDirectory", "output", "errorOutput", "comment", "scriptOutput", "maxTimeUnit")
         form = {k: doc[k] for k in keep if k in doc}
         # genJobName (58-60), set once cluster info loads (176-177): job-YYYYMMDD-HHmmss
-        self.clock += 1
+        self.clock += 1  # two form loads here come a second apart, as a user's would
         form["jobName"] = time.strftime("job-%Y%m%d-%H%M%S", time.localtime(time.time() + self.clock))
-        # calculateWorkingDirectory (163-164) on a jobName change (200-205, 216-218):
+        # calculateWorkingDirectory (163-164) on a jobName change (201-206, 216-218), the field untouched:
         # join(homePath + "/", parsePlaceholder(submitJobDirTemplate, {name})); default scow/jobs/{{ name }}
+        # (libs/config/src/portal.ts submitJobDefaultPwd)
         form["workingDirectory"] = str(scow.portal_path(scow.parse_placeholder("scow/jobs/{{ name }}",
                                                                                 {"name": form["jobName"]})))
         # calculateScriptOutput (166-169, 207-214): "<jobName>.sh"
@@ -266,7 +267,7 @@ class Portal:
         # 1204-1207: the --mem line is commented out ("强行删除"), memory is dropped
         if form.get("gpuCount"):
             lines.append(f"#SBATCH --gres=gpu:{form['gpuCount']}")  # 1208-1210
-        lines += ["", f"source {self.modulepath}", form["command"]]  # 1217-1219
+        lines += ["", f"source {self.modulepath}", form["command"]]  # 1218-1221
         script = "\n".join(lines)
         # utils/utils.go LocalSubmitJob (365): su - USER -c sbatch, the script on stdin, from the home folder
         out = subprocess.run(["sbatch"], input=script, capture_output=True, text=True, check=True,
