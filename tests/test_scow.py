@@ -316,6 +316,7 @@ def test_scow_job_logs_script_template_and_portal_rerun(slurm, fake_home, portal
     jsonschema.validate(doc, SCHEMA)
     assert doc["workingDirectory"] == str(folder) and sub["run_id"] in doc["comment"]
     assert doc["gpuCount"] == 1 and doc["scriptOutput"] == "scow-hello.sh"
+    assert "new job name (job-YYYYMMDD-HHmmss)" in sub["template_notes"][0] and len(sub["template_notes"]) == 1
 
     # "Submit" on job.<id>.sh in the file browser (SubmitScriptAsJob: the script as it is, it has
     # --chdir) starts its own job alongside the portal's rerun below

@@ -38,10 +38,16 @@ def run(args) -> int:
     if args.dry_run:
         return print_dry_run(result, args.json)
     rec = result.record
+    notes: list[str] = []
+    if result.template:
+        from ..submit.scow import template_notes
+
+        notes = template_notes(loaded.job, settings)
     if args.json:
         print_json({"run_id": rec.run_id, "job_id": rec.job_id, "executor": rec.executor,
                     "run_dir": rec.run_dir, "log": str(result.log), "partition": rec.partition,
-                    "template": str(result.template) if result.template else None})
+                    "template": str(result.template) if result.template else None,
+                    "template_notes": notes})
     else:
         for check in result.checks:
             print(check.line())
@@ -50,10 +56,8 @@ def run(args) -> int:
         print(f"folder: {rec.run_dir}")
         print(f"log:    {result.log}")
         if result.template:
-            from ..submit.scow import template_notes
-
             print(f"portal: saved job {result.template.name} (SCOW: job templates)")
-            for note in template_notes(loaded.job, settings):
+            for note in notes:
                 print(f"        {note}")
         print(f"watch:  hpcft logs -f {rec.run_id}")
     if args.wait:
