@@ -406,3 +406,7 @@ def eval_data(p: Preflight) -> Iterator[Check]:
                                                f"node run: hpcft stage --eval {' '.join(missing)}")
     else:
         yield Check("eval data staged", True, ", ".join(names))
+    env = job_env(p.job, p.base_dir)
+    if env.visible and not env.has("lm_eval"):
+        yield Check("lm-eval", False, f"train.eval_tasks needs lm-evaluation-harness but {env.label} has no lm_eval; "
+                                      f"install: {env.python()} -m pip install 'lm-eval>=0.4.8'")

@@ -73,8 +73,11 @@ def _run_target(ref: str, record: RunRecord) -> EvalTarget:
     except (OSError, ValueError, TypeError):
         out, device = paths.output, "cpu"
     out = Path(m.get("output_dir") or out)
-    if m.get("task") != "causal-lm":
-        raise ConfigError([f"hpcft eval: run {record.run_id} is not an LLM run (train.task: causal-lm); "
+    if not m.get("completed"):
+        raise NotFoundError(f"run {record.run_id} has no finished model yet (state {record.state}); hpcft eval scores "
+                            "a finished run (see: hpcft status)")
+    if m.get("task") != "causal-lm" and not m.get("base_model"):  # LLM runs (SFT, preference tuning) record it
+        raise ConfigError([f"hpcft eval: run {record.run_id} is not an LLM run (train.task: causal-lm, dpo, ...); "
                            "benchmarks score generative models"])
     if (out / "adapter_config.json").is_file():
         base = m.get("base_model")
