@@ -32,8 +32,9 @@ def run(args) -> int:
     else:
         result = submit(loaded, settings, dry_run=True, executor=args.executor, raise_on_failure=False)
     ok = all(c.ok for c in result.checks)
-    if args.json:
-        print_json({"ok": ok, "checks": [c.__dict__ for c in result.checks]})
+    if args.json:  # the shape: docs/memory.md, tests/schemas/check.schema.json
+        print_json({"ok": ok, "checks": [c.__dict__ for c in result.checks],
+                    "estimate": getattr(result, "estimate", None), "placement": getattr(result, "placement", None)})
     else:
         print("✓ job file")
         for check in result.checks:

@@ -337,3 +337,33 @@ def submit_limit(user: str) -> Optional[int]:
                     "format=maxsubmitpu"], check=False).stdout
         limits += parse_submit_limits(out)
     return min(limits) if limits else None
+
+
+# --------------------------------------------------------------------------- placement (sbatch --test-only)
+
+_WILL_START = re.compile(r"Job (\d+) to start at (\S+) using (\d+) processors on nodes (\S+) in partition (\S+)")
+
+
+@dataclass
+class StartEstimate:
+    job_id: str
+    start: str         # Slurm's local time, ISO-like: 2026-12-02T14:30:11
+    processors: int
+    nodes: str
+    partition: str
+
+
+def parse_test_only(text: str) -> Optional[StartEstimate]:
+    """``sbatch --test-only`` (stderr): ``sbatch: Job 7 to start at 2026-12-02T14:30:11 using 1
+    processors on nodes vm in partition v100`` -> StartEstimate; None when it says no such thing."""
+    m = _WILL_START.search(text)
+    if not m:
+        return None
+    return StartEstimate(m.group(1), m.group(2), int(m.group(3)), m.group(4), m.group(5))
+
+
+def test_only_start(options: list[str]) -> tuple[Optional[StartEstimate], str]:
+    """When would a job with these sbatch options start? (estimate, Slurm's words); nothing is queued."""
+    proc = _run(["sbatch", "--test-only", *options, "--wrap", "true"], check=False)
+    text = (proc.stderr + proc.stdout).strip()
+    return (parse_test_only(text) if proc.returncode == 0 else None), text

@@ -11,7 +11,7 @@ import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Optional, Union
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -40,8 +40,9 @@ def _one_line(value: Optional[str]) -> Optional[str]:
 class Resources(_Strict):
     partition: Optional[str] = None
     nodes: int = Field(1, ge=1)
-    gpus_per_node: Optional[int] = Field(None, ge=1)
-    npus_per_node: Optional[int] = Field(None, ge=1)
+    # "auto" (partition, gpus_per_node, npus_per_node; train.deepspeed): hpcft.preflight.placement chooses
+    gpus_per_node: Union[Annotated[int, Field(ge=1)], Literal["auto"], None] = None
+    npus_per_node: Union[Annotated[int, Field(ge=1)], Literal["auto"], None] = None
     cpus_per_task: Optional[int] = Field(None, ge=1)
     mem: Optional[str] = None
     time: str = "01:00:00"
@@ -93,7 +94,13 @@ class Resources(_Strict):
 
     @property
     def devices_per_node(self) -> int:
-        return self.gpus_per_node or self.npus_per_node or 0
+        n = self.gpus_per_node or self.npus_per_node or 0
+        return n if isinstance(n, int) else 1  # "auto": placement sets the count before anything renders
+
+    @property
+    def auto(self) -> bool:
+        """Some resource is left to placement (``partition``/``*_per_node``: auto)."""
+        return "auto" in (self.partition, self.gpus_per_node, self.npus_per_node)
 
     @property
     def tasks_per_node(self) -> int:
@@ -194,7 +201,7 @@ class TrainSpec(_Strict):
     save_best: bool = False
     logging_steps: int = Field(10, ge=1)
     checkpoint_steps: Optional[int] = Field(None, ge=1)  # besides the per-epoch and on-signal checkpoints
-    deepspeed: Union[bool, DeepSpeedSpec, None] = None  # None: the default for the device count
+    deepspeed: Union[bool, DeepSpeedSpec, Literal["auto"], None] = None  # None: the default for the device count
     report_to: list[Literal["tensorboard", "swanlab"]] = []  # offline trackers, logs in the run folder
 
     @field_validator("report_to", mode="before")
@@ -266,7 +273,7 @@ class TrainSpec(_Strict):
     def _ds(cls, v: Any) -> Any:
         if isinstance(v, int) and not isinstance(v, bool):
             return {"stage": v}
-        if isinstance(v, str):
+        if isinstance(v, str) and v != "auto":
             return {"config": v}
         return v
 
@@ -463,7 +470,7 @@ def _check_files(data: dict[str, Any], base_dir: Path, doc: YamlDoc) -> list[Pro
     if not isinstance(train, dict):
         return problems
     ds = train.get("deepspeed")
-    config = ds if isinstance(ds, str) else ds.get("config") if isinstance(ds, dict) else None
+    config = ds if isinstance(ds, str) and ds != "auto" else ds.get("config") if isinstance(ds, dict) else None
     ds_path = existing(("train", "deepspeed"), config, "config file")
     if ds_path is None:
         return problems

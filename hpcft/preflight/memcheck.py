@@ -1,7 +1,9 @@
-"""The memory pre-flight rule (:func:`memory`): a causal-lm job's per-device
-estimate (:mod:`hpcft.preflight.estimate`, from the staged model's ``config.json``) against the device
-memory of the partition's GPUs/NPUs. A job that cannot fit is refused with the changes that
-would make it fit; ``hpcft check`` prints the estimate either way."""
+"""The memory pre-flight rules: :func:`memory` (a causal-lm or preference job's per-device
+estimate, :mod:`hpcft.preflight.estimate`, from the staged model's ``config.json``, against the
+memory of the partition's GPUs/NPUs) and :func:`host_memory` (per node, against the job's
+``mem`` or the nodes' RealMemory). A job that cannot fit is refused with the changes that would
+make it fit; ``hpcft check`` prints the estimate either way. A model hpcft cannot size gets
+"no estimate" and the reason, never a number it cannot back."""
 
 from __future__ import annotations
 
@@ -11,38 +13,53 @@ from typing import Iterator, Optional
 
 from ..core.job import Job
 from .checks import Check, ClusterView, Preflight
-from .estimate import Estimate, ModelShapeError, Plan, Shape, device_memory, estimate, read_shape
+from .devices import device_memory, parse_size_gib
+from .estimate import Estimate, ModelShapeError, Plan, Shape, estimate, read_shape
 
 NAME = "memory"
+HOST = "host memory"
 _SIZES = (2, 4, 8, 16, 32, 64, 128)
 
 
 def plan_of(job: Job, base_dir: Path) -> Plan:
+    """What the worker will run: DeepSpeed as the job says (on one device too, when it names a
+    stage or a file), else ZeRO-0 through DeepSpeed's engine on several devices."""
     t, r = job.train, job.resources
     world = r.world_size if r.device != "cpu" else 1
     precision = t.precision if t.precision != "auto" else ("fp32" if r.device == "cpu" else "bf16")
     stage: Optional[int] = None
-    offload = False
+    offload = offload_params = False
     ds = t.deepspeed
-    if world > 1 and ds is not False:
+    if ds is not None and ds is not False and ds is not True and ds != "auto":
+        stage, offload = ds.stage, ds.offload
+        offload_params = ds.offload and ds.stage == 3
+        if ds.config:
+            stage, offload, offload_params = _from_file(ds.config, base_dir, stage)
+    elif world > 1 and ds is not False:
         stage = 0
-        if ds is not None and ds is not True:
-            stage, offload = ds.stage, ds.offload
-            if ds.config:
-                stage, offload = _from_file(job, ds.config, base_dir, stage)
-    return Plan(method=t.llm_method, precision=precision, zero_stage=stage, offload=offload, world_size=world,
+    task = getattr(t, "task", "causal-lm")
+    return Plan(method=t.llm_method, task=task if task in ("dpo", "kto", "orpo", "simpo") else "sft",
+                precision=precision, zero_stage=stage, offload=offload, offload_params=offload_params,
+                world_size=world, per_node=max(1, r.devices_per_node) if r.device != "cpu" else 1,
                 batch_size=t.batch_size, seq_len=t.max_seq_length,
                 gradient_checkpointing=t.gradient_checkpointing is not False,
                 lora_r=t.lora.r if t.lora else 8, lora_targets=t.lora.target_modules if t.lora else "all-linear")
 
 
-def _from_file(job: Job, config: str, base_dir: Path, default: int) -> tuple[int, bool]:
+def _offloads(section) -> bool:
+    """``offload_optimizer``/``offload_param`` move state only with device cpu or nvme
+    (Qwen's ds_config_zero3.json writes ``{"device": "none"}``)."""
+    return isinstance(section, dict) and str(section.get("device", "none")).lower() in ("cpu", "nvme")
+
+
+def _from_file(config: str, base_dir: Path, default: int) -> tuple[int, bool, bool]:
     p = Path(config).expanduser()
     try:
         zero = json.loads((p if p.is_absolute() else base_dir / p).read_text()).get("zero_optimization", {})
-    except (OSError, ValueError, AttributeError):
-        return default, False
-    return int(zero.get("stage", default) or 0), "offload_optimizer" in zero or "offload_param" in zero
+        stage = int(zero.get("stage", default) or 0)
+    except (OSError, ValueError, AttributeError, TypeError):  # the job file check reports the file
+        return default, False, False
+    return stage, _offloads(zero.get("offload_optimizer")), _offloads(zero.get("offload_param"))
 
 
 def fixes(shape: Shape, plan: Plan, limit: float, per_node: int) -> list[str]:
@@ -54,13 +71,12 @@ def fixes(shape: Shape, plan: Plan, limit: float, per_node: int) -> list[str]:
         return e if e.total <= limit else None
 
     if plan.method == "full":
-        e = fits(method="lora", zero_stage=plan.zero_stage if plan.world_size > 1 else None)
-        if e:
+        if e := fits(method="lora"):
             out.append(f"method: lora (~{e.total:.0f} GiB)")
         if plan.zero_stage != 3 and plan.world_size > 1 and (e := fits(zero_stage=3)):
             out.append(f"deepspeed: 3 on your {plan.world_size} devices (~{e.total:.0f} GiB)")
         for n in (s for s in _SIZES if s > plan.world_size):
-            e = fits(zero_stage=3, world_size=n, offload=False)
+            e = fits(zero_stage=3, world_size=n, per_node=min(n, per_node), offload=False, offload_params=False)
             if e:
                 if n <= per_node:
                     out.append(f"deepspeed: 3 over {n} devices (gpus_per_node/npus_per_node: {n}; ~{e.total:.0f} GiB)")
@@ -68,7 +84,7 @@ def fixes(shape: Shape, plan: Plan, limit: float, per_node: int) -> list[str]:
                     out.append(f"deepspeed: 3 over {n} devices (nodes: {n // per_node} with {per_node} per node; "
                                f"~{e.total:.0f} GiB)")
                 break
-        if not plan.offload and (e := fits(zero_stage=3, offload=True, world_size=max(plan.world_size, 1))):
+        if not plan.offload and (e := fits(zero_stage=3, offload=True, offload_params=True)):
             out.append(f"deepspeed: {{stage: 3, offload: true}} (~{e.total:.0f} GiB on the device; slower, "
                        "needs host memory)")
     elif plan.zero_stage != 3 and plan.world_size > 1 and (e := fits(zero_stage=3)):
@@ -82,8 +98,9 @@ def fixes(shape: Shape, plan: Plan, limit: float, per_node: int) -> list[str]:
     return out
 
 
-def memory(p: Preflight) -> Iterator[Check]:
-    """Nothing for jobs it does not apply to (not causal-lm, model not staged: the staged check says so)."""
+def job_estimate(p: Preflight) -> tuple[Optional[Shape], Optional[Plan], Optional[Check]]:
+    """(shape, plan, None), or a check saying why there is no estimate, or (None, None, None)
+    for jobs it does not apply to (not an LLM task, model not staged: the staged check says so)."""
     from ..core.assets import lookup
     from ..core.resolve import load_table
     from ..core.store import Cache
@@ -91,23 +108,34 @@ def memory(p: Preflight) -> Iterator[Check]:
     job, settings = p.job, p.settings
     t = job.train
     if t is None or not t.is_llm:
-        return
+        return None, None, None
     model = lookup("model", t.model, Cache(settings.cache), load_table(settings), base_dir=p.base_dir)
     if not model.found:
-        return
+        return None, None, None
     try:
         shape = read_shape(model.path)
     except ModelShapeError as exc:
-        yield Check(NAME, True, f"no estimate: {exc}")
+        return None, None, Check(NAME, True, f"no estimate: {exc}; the job is not checked for memory")
+    return shape, plan_of(job, p.base_dir), None
+
+
+def memory(p: Preflight) -> Iterator[Check]:
+    shape, plan, why = job_estimate(p)
+    if why is not None:
+        yield why
+    if shape is None:
         return
-    plan = plan_of(job, p.base_dir)
     est = estimate(shape, plan)
-    r = job.resources
+    r = p.job.resources
     if r.device == "cpu":
-        yield Check(NAME, True, f"{est.summary()} (CPU job: host memory, not checked)")
+        yield Check(NAME, True, f"{est.summary()} (CPU job: host memory, below)")
         return
-    gres_types, features, per_node = _partition_facts(p.view, p.partition, r.device)
-    limit, source = device_memory(settings.device_memory, p.partition, gres_types, features)
+    facts = partition_facts(p.view, p.partition, r.device)
+    try:
+        limit, source = device_memory(p.settings.device_memory, p.partition, facts.types, facts.features)
+    except ValueError as exc:  # a cluster config written before it was validated
+        yield Check(NAME, False, f"device_memory in the cluster config: {exc}")
+        return
     if limit is None:
         yield Check(NAME, True, f"{est.summary()}; device memory of partition '{p.partition}' unknown "
                                 "(set device_memory in the cluster config, e.g. {a100: 80G, 910b: 64G})")
@@ -116,26 +144,85 @@ def memory(p: Preflight) -> Iterator[Check]:
     else:
         size = f"{est.params / 1e9:.2g}B"
         zero = f"ZeRO-{plan.zero_stage}" if plan.zero_stage is not None else "ZeRO-0"
-        found = fixes(shape, plan, limit, per_node or max(r.devices_per_node, 8))
+        found = fixes(shape, plan, limit, facts.per_node or max(r.devices_per_node, 8))
         hint = ("; use " + ", or ".join(found)) if found else "; no single change makes it fit: use a smaller model"
         yield Check(NAME, False, f"{size} {plan.method} fine-tuning needs ~{est.total:.0f} GiB per device at {zero} "
                                  f"but {r.device.upper()}s of '{p.partition}' have {limit:.0f} GiB ({source}){hint}. "
                                  f"Estimate: {est.summary()}")
 
 
-def _partition_facts(view: Optional[ClusterView], partition: Optional[str], device: str
-                     ) -> tuple[list[str], list[str], int]:
-    """(gres types, node features, most devices per node) of a partition, from the live view."""
+def host_limit(job: Job, facts: "PartitionFacts") -> tuple[Optional[float], str]:
+    """GiB a node gives the job: its ``mem``, else the smallest RealMemory of the partition."""
+    if job.resources.mem:
+        text = job.resources.mem
+        return parse_size_gib(text if text[-1].isalpha() else text + "M"), f"mem: {text}"
+    if facts.real_memory_mb:
+        return facts.real_memory_mb / 1024, f"RealMemory of '{facts.partition}' nodes"
+    return None, ""
+
+
+def host_memory(p: Preflight) -> Iterator[Check]:
+    shape, plan, _ = job_estimate(p)
+    if shape is None:
+        return
+    est = estimate(shape, plan)
+    facts = partition_facts(p.view, p.partition, p.job.resources.device)
+    need = est.host_total
+    limit, source = host_limit(p.job, facts)
+    parts = ", ".join(f"{k} {v:.0f}" for k, v in est.host.items() if k != "total" and v)
+    line = f"~{need:.0f} GiB per node ({parts} GiB; {plan.per_node} rank(s))"
+    if limit is None or need <= limit:
+        yield Check(HOST, True, line + (f"; fits {limit:.0f} GiB ({source})" if limit else ""))
+        return
+    found = host_fixes(shape, plan, need, limit, facts, p.job)
+    hint = ("; use " + ", or ".join(found)) if found else ""
+    yield Check(HOST, False, f"{line} but {source} gives {limit:.0f} GiB{hint}")
+
+
+def host_fixes(shape: Shape, plan: Plan, need: float, limit: float, facts: "PartitionFacts", job: Job) -> list[str]:
+    out: list[str] = []
+    node = facts.real_memory_mb / 1024 if facts.real_memory_mb else None
+    if job.resources.mem and node and need <= node:
+        out.append(f"mem: {int(need + 1)}G (the nodes have {node:.0f} GiB)")
+    if plan.zero_stage is not None and not (plan.zero_stage == 3 and plan.zero_init):
+        e = estimate(shape, Plan(**{**plan.__dict__, "zero_stage": 3, "offload": False, "offload_params": False}))
+        if e.host_total <= limit:
+            out.append(f"deepspeed: 3 (zero.Init loads each rank's shard only; ~{e.host_total:.0f} GiB per node)")
+    if plan.offload:
+        e = estimate(shape, Plan(**{**plan.__dict__, "offload": False, "offload_params": False}))
+        if e.host_total <= limit:
+            out.append(f"deepspeed without offload (~{e.host_total:.0f} GiB per node; more device memory)")
+    if plan.per_node > 1:
+        for n in (x for x in (4, 2, 1) if x < plan.per_node):
+            e = estimate(shape, Plan(**{**plan.__dict__, "per_node": n}))
+            if e.host_total <= limit:
+                out.append(f"{n} devices per node over more nodes (~{e.host_total:.0f} GiB per node)")
+                break
+    return out
+
+
+class PartitionFacts:
+    """A partition's gres types, node features, most devices per node and smallest RealMemory."""
+
+    def __init__(self, partition: Optional[str], types: list[str], features: list[str], per_node: int,
+                 real_memory_mb: int):
+        self.partition, self.types, self.features = partition, types, features
+        self.per_node, self.real_memory_mb = per_node, real_memory_mb
+
+
+def partition_facts(view: Optional[ClusterView], partition: Optional[str], device: str) -> PartitionFacts:
     if view is None or partition not in view.partitions:
-        return [], [], 0
-    types: set[str] = set()
-    feats: set[str] = set()
-    per_node = 0
+        return PartitionFacts(partition, [], [], 0, 0)
+    types: list[str] = []
+    feats: list[str] = []
+    per_node, memory = 0, 0
     for name in view.partitions[partition].nodes:
         node = view.nodes.get(name)
         if node is None:
             continue
-        types |= set(getattr(node, "gres_types", {}).get(device, []))
-        feats |= set(getattr(node, "features", []))
+        types += [t for t in node.gres_types.get(device, []) if t not in types]
+        feats += [f for f in node.features if f not in feats]
         per_node = max(per_node, node.gres.get(device, 0))
-    return sorted(types), sorted(feats), per_node
+        if node.memory_mb:
+            memory = min(memory, node.memory_mb) if memory else node.memory_mb
+    return PartitionFacts(partition, types, feats, per_node, memory)

@@ -8,7 +8,7 @@ from typing import Callable, Iterator
 
 from . import checks
 from .checks import Check, Preflight
-from .memcheck import memory
+from .memcheck import host_memory, memory
 from .trackers import trackers
 
 Rule = Callable[[Preflight], Iterator[Check]]
@@ -28,6 +28,7 @@ RULES: list[Rule] = [
     checks.scow_job_dir,     # SCOW: where the portal reads scow.job_dir otherwise than it looks
     trackers,
     memory,
+    host_memory,
     checks.array_size,       # a sweep's job array
     checks.job_count,
     checks.submit_limit,

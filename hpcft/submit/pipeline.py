@@ -39,6 +39,8 @@ class SubmitResult:
     checks: list[Check] = field(default_factory=list)
     dry_run: bool = False
     template: Optional[Path] = None  # the SCOW portal's saved job, when written
+    placement: Optional[dict] = None  # partition/devices: auto (hpcft.preflight.placement)
+    estimate: Optional[dict] = None   # the memory estimate of an LLM job (hpcft check --json)
 
     @property
     def log(self) -> Optional[Path]:
@@ -136,8 +138,37 @@ class Submission(Generic[R]):
                  cluster: Optional[LiveCluster] = None):
         self.loaded, self.settings, self.executor, self.cluster = loaded, settings, executor, cluster
 
+    placement = None  # hpcft.preflight.placement.Placement, when the job left a resource to it
+    estimate: Optional[dict] = None
+
+    def place(self, points: Optional[list[Job]] = None) -> list[Check]:
+        """``partition``/``*_per_node``/``deepspeed``: auto resolved into ``self.loaded``, before any
+        other check looks at the job; the placement check (its table), failed when nothing fits."""
+        from ..preflight.placement import place, wants_placement
+
+        if not wants_placement(self.loaded.job):
+            return []
+        if self.executor != "slurm":
+            return [Check("placement", False, "partition/devices: auto needs Slurm (sbatch --test-only); "
+                                              "name them for executor local")]
+        view = self.cluster.view() if self.cluster else ClusterView.live()
+        placed, self.placement = place(self.loaded, self.settings, view, points, self.executor)
+        if placed is None:
+            return [Check("placement", False, f"{self.placement.reason}\n{self.placement.table()}")]
+        self.loaded = placed
+        c = self.placement.chosen
+        return [Check("placement", True, f"{c.partition}, {c.devices} device(s) x {c.nodes} node(s)"
+                                         f"{'' if c.zero_stage is None else f', ZeRO-{c.zero_stage}'}: "
+                                         f"{self.placement.reason}\n{self.placement.table()}")]
+
     def preflight(self, skip_asset_check: bool) -> tuple[Optional[str], list[Check]]:
-        return preflight(self.loaded, self.settings, self.executor, skip_asset_check, cluster=self.cluster)
+        placed = self.place()
+        if placed and not placed[0].ok:
+            return None, placed
+        partition, checks = preflight(self.loaded, self.settings, self.executor, skip_asset_check,
+                                      cluster=self.cluster)
+        self.estimate = job_memory(self.loaded, self.settings, partition, self.executor, self.cluster)
+        return partition, placed + checks
 
     def check_options(self, scow_dir: Optional[Path]) -> None:
         """Refuse options that the checks passed but that cannot work here."""
@@ -205,10 +236,12 @@ class JobSubmission(Submission[SubmitResult]):
 
     def write(self, plan: ScriptPlan, paths: RunPaths) -> list[Path]:
         write_run(plan, paths)
+        write_placement(self, paths.dir)
         return [paths.dir]
 
     def result(self, script: str, checks: list[Check]) -> SubmitResult:
-        return SubmitResult(None, script, checks, dry_run=True)
+        return SubmitResult(None, script, checks, dry_run=True, estimate=self.estimate,
+                            placement=self.placement.as_dict() if self.placement else None)
 
     def record(self, plan: ScriptPlan, paths: RunPaths, script: str, job_ids: list[str],
                checks: list[Check]) -> SubmitResult:
@@ -233,6 +266,29 @@ def submit(loaded: LoadedJob, settings: Settings, *, dry_run: bool = False,
     executor = executor or choose_executor(loaded, settings, cluster)
     sub = JobSubmission(loaded, settings, executor, save_template, cluster)
     return run(sub, dry_run=dry_run, skip_asset_check=skip_asset_check, raise_on_failure=raise_on_failure)
+
+
+def write_placement(sub: "Submission", run_dir: Path) -> None:
+    """``placement.json`` in the run folder: what placement chose, why, and every candidate."""
+    from ..core.atomic import atomic_write_json
+
+    if sub.placement is not None:
+        atomic_write_json(run_dir / "placement.json", sub.placement.as_dict())
+
+
+def job_memory(loaded: LoadedJob, settings: Settings, partition: Optional[str], executor: str,
+               cluster: Optional[LiveCluster]) -> Optional[dict]:
+    """The memory estimate of an LLM job, as ``hpcft check --json`` prints it; None for others."""
+    from ..preflight.estimate import estimate
+    from ..preflight.memcheck import job_estimate
+
+    if loaded.job.train is None or not loaded.job.train.is_llm:
+        return None
+    view = cluster.view() if (cluster and executor == "slurm") else None
+    shape, plan, why = job_estimate(Preflight(loaded.job, settings, loaded.base_dir, executor, view, partition))
+    if shape is None:
+        return {"available": False, "reason": why.message if why else "model not staged"}
+    return {"available": True, **estimate(shape, plan).as_dict()}
 
 
 def write_run(plan: ScriptPlan, paths: RunPaths) -> None:

@@ -34,7 +34,7 @@ from ..preflight.checks import Check
 from ..preflight.live import LiveCluster
 from ..runs.index import RunRecord, RunStore, now_iso
 from . import scow
-from .pipeline import Submission, ask_cluster, choose_executor, preflight, run
+from .pipeline import Submission, ask_cluster, choose_executor, preflight, run, write_placement
 from .render import ScriptPlan, make_plan
 
 # Every array task runs the one script: keys that shape it cannot differ between points.
@@ -178,8 +178,15 @@ class SweepSubmission(Submission[SweepResult]):
         return [RunPaths(paths.dir / f"{paths.run_id}-{i}") for i in range(len(self.pairs))]
 
     def preflight(self, skip_asset_check: bool) -> tuple[Optional[str], list[Check]]:
-        return preflight(self.first, self.settings, self.executor, skip_asset_check,
-                         points=[task.job for _, task in self.pairs], cluster=self.cluster)
+        placed = self.place(points=[task.job for _, task in self.pairs])  # all points on one plan
+        if placed and not placed[0].ok:
+            return None, placed
+        if placed:  # the chosen resources into every point
+            self.pairs = expand(self.loaded)
+            self.first = self.pairs[0][1]
+        partition, checks = preflight(self.first, self.settings, self.executor, skip_asset_check,
+                                      points=[task.job for _, task in self.pairs], cluster=self.cluster)
+        return partition, placed + checks
 
     def plan(self, root: Path, partition: Optional[str], scow_dir: Optional[Path]) -> ScriptPlan:
         return make_plan(self.first, self.settings, root, partition, scow_dir=scow_dir,
@@ -210,6 +217,7 @@ class SweepSubmission(Submission[SweepResult]):
                       submitted_at=now, array_job_id=array_id, max_parallel=spec.max_parallel, metric=spec.metric,
                       goal=spec.goal, job_file=job_file, partition=plan.partition)
         sweep.save()
+        write_placement(self, paths.dir)
         RunStore(self.settings.runs).add_many(records)
         if plan.scow_dir is not None:
             for task_paths, job_id in zip(tasks, job_ids):
