@@ -11,7 +11,7 @@ import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Optional, Union
+from typing import Any, ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -41,8 +41,8 @@ class Resources(_Strict):
     partition: Optional[str] = None
     nodes: int = Field(1, ge=1)
     # "auto" (partition, gpus_per_node, npus_per_node; train.deepspeed): hpcft.preflight.placement chooses
-    gpus_per_node: Union[Annotated[int, Field(ge=1)], Literal["auto"], None] = None
-    npus_per_node: Union[Annotated[int, Field(ge=1)], Literal["auto"], None] = None
+    gpus_per_node: Union[int, Literal["auto"], None] = None
+    npus_per_node: Union[int, Literal["auto"], None] = None
     cpus_per_task: Optional[int] = Field(None, ge=1)
     mem: Optional[str] = None
     time: str = "01:00:00"
@@ -53,6 +53,17 @@ class Resources(_Strict):
     sbatch: list[str] = []  # extra sbatch options, e.g. ["--mail-type=END"]
 
     _single = field_validator("partition", "account", "qos", "constraint", "mem")(_one_line)
+
+    @field_validator("gpus_per_node", "npus_per_node", mode="before")
+    @classmethod
+    def _per_node(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().isdigit():
+            v = int(v)
+        if v is None or v == "auto":
+            return v
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"expected a number of devices (1 or more) or auto, got {v!r}")
+        return v
 
     @field_validator("mem")
     @classmethod
