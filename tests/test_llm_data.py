@@ -34,7 +34,7 @@ def test_detects_each_format_and_names_the_columns_when_it_cannot():
 def test_alpaca_prompt_tokens_carry_minus_100_and_the_reply_is_trained(tok):
     r = ld.Renderer(tok)
     row = {"instruction": "Repeat the word apple three times.", "input": "Answer briefly.", "output": "apple apple apple"}
-    enc = ld.encode(tok, r, row, "alpaca", 256)
+    [enc] = ld.encode(tok, r, row, "alpaca", 256)
     assert len(enc["input_ids"]) == len(enc["labels"])
     text = tok.decode(enc["input_ids"])
     assert text.startswith("<|im_start|>user\nRepeat the word apple") and "Answer briefly." in text
@@ -50,10 +50,12 @@ def test_multi_turn_messages_and_sharegpt_train_every_assistant_turn_only(tok):
     msgs = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "What color is the apple?"},
             {"role": "assistant", "content": "red"}, {"role": "user", "content": "And the cloud?"},
             {"role": "assistant", "content": "white"}]
-    enc = ld.encode(tok, r, {"messages": msgs}, "messages", 256)
+    [enc] = ld.encode(tok, r, {"messages": msgs}, "messages", 256)
     assert _trained(tok, enc) == "red<|im_end|>\nwhite<|im_end|>\n"
     conv = {"conversations": [{"from": "human", "value": "Spell book backwards."}, {"from": "gpt", "value": "k o o b"}]}
-    assert _trained(tok, ld.encode(tok, r, conv, "sharegpt", 256)) == "k o o b<|im_end|>\n"
+    assert _trained(tok, ld.encode(tok, r, conv, "sharegpt", 256)[0]) == "k o o b<|im_end|>\n"
+    [last] = ld.encode(tok, ld.Renderer(tok, train_on="last"), {"messages": msgs}, "messages", 256)
+    assert _trained(tok, last) == "white<|im_end|>\n"
 
 
 def test_plain_template_without_a_chat_template_and_truncation(tok):
@@ -61,28 +63,121 @@ def test_plain_template_without_a_chat_template_and_truncation(tok):
     assert not tok2.chat_template
     r = ld.Renderer(tok2)
     row = {"instruction": "What color is the river?", "output": "The river is green."}
-    enc = ld.encode(tok2, r, row, "alpaca", 256)
+    [enc] = ld.encode(tok2, r, row, "alpaca", 256)
     assert tok2.decode(enc["input_ids"]).startswith("### Instruction:\nWhat color is the river?\n\n### Response:\n")
     assert _trained(tok2, enc) == "The river is green.<|im_end|>"
-    short = ld.encode(tok2, r, row, "alpaca", 12)
+    [short] = ld.encode(tok2, r, row, "alpaca", 12)
     assert len(short["input_ids"]) == 12 == len(short["labels"])
-    text = ld.encode(tok2, r, {"text": "the apple is red"}, "text", 64)
+    [text] = ld.encode(tok2, r, {"text": "the apple is red"}, "text", 64)
     assert text["labels"] == text["input_ids"]  # plain text: every token is trained
 
 
-def test_packing_keeps_examples_whole_and_their_masks(tok):
+def test_packing_keeps_examples_whole_restarts_positions_and_sends_no_attention_mask(tok):
     r = ld.Renderer(tok)
     rows = [{"instruction": f"Repeat the word {w} three times.", "output": f"{w} {w} {w}"}
             for w in ("apple", "river", "house", "cloud", "table")]
-    encs = [ld.encode(tok, r, row, "alpaca", 64) for row in rows]
+    encs = [ld.encode(tok, r, row, "alpaca", 64)[0] for row in rows]
     packed = ld.pack(encs, 64)
     assert len(packed) < len(encs)
     assert sum(len(p["input_ids"]) for p in packed) == sum(len(e["input_ids"]) for e in encs)
-    assert [x for p in packed for x in p["labels"]] == [x for e in encs for x in e["labels"]]
-    assert all(len(p["input_ids"]) <= 64 and p["position_ids"][0] == 0 for p in packed)
-    batch = ld.Collator(tok.pad_token_id)(packed)
-    assert batch["input_ids"].shape == batch["labels"].shape
-    assert (batch["labels"][batch["attention_mask"] == 0] == ld.IGNORE).all()
+    assert [x for p in packed for x in p["input_ids"]] == [x for e in encs for x in e["input_ids"]]
+    # each example's first label is -100: the previous example's last token never predicts it
+    assert [x for p in packed for x in p["labels"]] == [x for e in encs for x in [ld.IGNORE, *e["labels"][1:]]]
+    assert [x for p in packed for x in p["position_ids"]] == [i for e in encs for i in range(len(e["input_ids"]))]
+    assert all(len(p["input_ids"]) <= 64 and "attention_mask" not in p for p in packed)
+    batch = ld.Collator(tok.pad_token_id, multiple=8)(packed)
+    assert "attention_mask" not in batch and batch["input_ids"].shape[1] % 8 == 0
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["position_ids"].shape
+    plain = ld.Collator(tok.pad_token_id)(encs[:2])
+    assert "position_ids" not in plain and (plain["labels"][plain["attention_mask"] == 0] == ld.IGNORE).all()
+
+
+@pytest.mark.worker
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_an_example_inside_a_pack_has_the_logits_it_has_alone(arch, attn):
+    """The packed batch (position ids, no attention mask) gives every example exactly the logits
+    it gets on its own: no token attends across an example boundary."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    kw = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=256)
+    cls, cfg = (LlamaForCausalLM, LlamaConfig(**kw)) if arch == "llama" else (Qwen2ForCausalLM, Qwen2Config(**kw))
+    cfg._attn_implementation = attn
+    model = cls(cfg).eval()
+    g = torch.Generator().manual_seed(1)
+    examples = [{"input_ids": torch.randint(0, 97, (n,), generator=g).tolist(), "labels": [1] * n} for n in (7, 12, 5)]
+    [seq] = ld.pack(examples, 64)
+    batch = ld.Collator(0, multiple=8)([seq])
+    with torch.no_grad():
+        # use_cache=False as in training: transformers reads packing from position ids only without a cache
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
+        start = 0
+        for ex in examples:
+            n = len(ex["input_ids"])
+            alone = model(input_ids=torch.tensor([ex["input_ids"]])).logits[0]
+            torch.testing.assert_close(packed[start:start + n], alone, rtol=1e-5, atol=1e-5)
+            start += n
+        # and the check can fail: with the attention mask the collator leaves out, attention crosses over
+        crossed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False,
+                        attention_mask=torch.ones_like(batch["input_ids"])).logits[0]
+    assert not torch.allclose(crossed[7:19], packed[7:19], atol=1e-3)
+
+
+def test_mix_counts_by_weight_and_concatenation_without_weights():
+    from hpcft.worker.data_mix import mix_counts, mix_indices
+
+    assert mix_counts([100, 10], [None, None]) == [100, 10]             # no weights: concatenated
+    assert mix_counts([100, 10], [1, 1]) == [55, 55]                    # equal shares of the 110
+    assert mix_counts([100, 10], [3, None]) == [83, 27]                 # an unweighted entry counts 1
+    assert sum(mix_counts([7, 5, 3], [0.5, 0.25, 0.25])) == 15
+    assert mix_indices(10, 25, 42) == mix_indices(10, 25, 42)           # deterministic for a seed
+    idx = mix_indices(10, 25, 42)
+    assert len(idx) == 25 and all(idx.count(i) >= 2 for i in range(10))  # upsampled: every example twice, 5 drawn
+    assert len(set(mix_indices(10, 4, 1))) == 4                          # downsampled: without replacement
+
+
+@pytest.mark.worker
+def test_several_datasets_each_in_its_own_format_mixed_by_weight(tmp_path, tok):
+    from devtools.hub.llm_fixtures import write_alpaca, write_sharegpt
+    from hpcft.core.assets import JobAsset
+    from hpcft.core.job import Job
+    from hpcft.worker.data_mix import load_sft_data
+
+    a, s = write_alpaca(tmp_path / "a.jsonl", n=40), write_sharegpt(tmp_path / "s.jsonl", n=10)
+    job = Job.model_validate({"name": "mix", "train": {
+        "task": "causal-lm", "model": "m", "seed": 3, "eval_subset": 2,
+        "dataset": [{"name": str(a), "weight": 1}, {"name": str(s), "weight": 1, "data_format": "sharegpt"}]}})
+    refs = [JobAsset("file", str(p), path=p, local=True) for p in (a, s)]
+    data = load_sft_data(job.train, refs, tok, ld.Renderer(tok))
+    mix = data.info["mix"]
+    # 36 + 8 training rows (4 and 2 held out), each dataset half of the 44
+    assert [(m["format"], m["examples"], m["mixed"]) for m in mix] == [("alpaca", 36, 22), ("sharegpt", 8, 22)]
+    assert len(data.train) == 44 and len(data.eval) == 4 and data.info["format"] == "alpaca+sharegpt"
+    assert {fmt for _, fmt in data.prompts} == {"alpaca", "sharegpt"}
+    again = load_sft_data(job.train, refs, tok, ld.Renderer(tok))
+    assert again.train["input_ids"] == data.train["input_ids"]      # same seed, same mix
+
+
+def test_preflight_samples_local_data_files_and_names_the_row(tmp_path):
+    from hpcft.core.sft_rows import sample_problems
+
+    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    bad = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                        {"role": "user", "content": "and?"}]}
+    path = tmp_path / "chat.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (good, good, bad)) + "\n{oops\n")
+    problems = sample_problems(path)
+    assert problems == [f"{path}:3: the last turn is 'user', not the assistant's: nothing to train on "
+                        "(end each conversation with the assistant's reply)",
+                        f"{path}:4: not JSON (Expecting property name enclosed in double quotes)"]
+    conv = {"conversations": [{"from": "human", "value": "hi"}]}
+    (tmp_path / "c.json").write_text(json.dumps([conv]))
+    assert sample_problems(tmp_path / "c.json") == [
+        f"{tmp_path / 'c.json'}: row 1: the last turn is from 'human', not the assistant (gpt): nothing to train "
+        "on (end each conversation with the assistant's reply)"]
 
 
 def test_fixture_data_files_are_read_by_their_format(tmp_path):

@@ -68,6 +68,15 @@ def collect(record) -> dict:
             "samples": read_jsonl(paths.dir / "samples.jsonl", limit=2)}  # a causal-lm run's first answers
 
 
+def _dataset_text(value) -> str:
+    """``train.dataset`` in one line: a name, or a mix ``a.jsonl + b.jsonl (weight 2)``."""
+    if not isinstance(value, list):
+        return str(value)
+    parts = [x if isinstance(x, str) else f"{x.get('name')}" + (f" (weight {x['weight']:g})"
+             if isinstance(x.get("weight"), (int, float)) else "") for x in value]
+    return " + ".join(parts)
+
+
 def _fmt(v) -> str:
     """Metric values: 4 decimals."""
     return f"{v:.4f}" if isinstance(v, float) else str(v)
@@ -107,7 +116,7 @@ def run(args) -> int:
                 "batch_size", "gradient_accumulation", "max_seq_length", "precision", "seed", "train_subset"]
         for k in keys:
             if train.get(k) is not None:
-                print(f"  {k + ':':<22} {train[k]}")
+                print(f"  {k + ':':<22} {_dataset_text(train[k]) if k == 'dataset' else train[k]}")
     elif job.get("script"):
         print(f"script:    {job['script']} {' '.join(job.get('args') or [])}")
     res = job.get("resources") or {}

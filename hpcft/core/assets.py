@@ -143,13 +143,15 @@ def lookup(kind: str, name: str, cache: Cache, table: AliasTable, *, config: Opt
 # --------------------------------------------------------------------------- a job's assets
 
 def job_assets(job, cache: Cache, table: AliasTable, base_dir: Optional[Path] = None) -> list[JobAsset]:
-    """Every asset a job needs, each found or not. For ``train:`` jobs the first three are the
-    model, the dataset (or data file) and, when the job names one, the metric."""
+    """Every asset a job needs, each found or not. For ``train:`` jobs the model comes first, then
+    each dataset (or data file) of ``train.dataset`` in order (one unless it is a mix), then the
+    metric when the job names one."""
     out: list[JobAsset] = []
     t = job.train
     if t is not None:
         out.append(lookup("model", t.model, cache, table, base_dir=base_dir))
-        out.append(lookup("dataset", t.dataset, cache, table, config=t.dataset_config, base_dir=base_dir))
+        out += [lookup("dataset", e.name, cache, table, config=t.dataset_config, base_dir=base_dir)
+                for e in t.dataset_entries]
         if t.metric:
             out.append(lookup("metric", t.metric, cache, table, base_dir=base_dir))
     extra = job.assets

@@ -8,6 +8,7 @@ as ``file:line: field: message``.
 from __future__ import annotations
 
 import copy
+import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,7 +177,26 @@ class LoraSpec(_Strict):
 
 # fields that only the causal-lm task reads; set on another task, each is reported
 LLM_FIELDS = ("method", "lora", "data_format", "packing", "gradient_checkpointing", "system_prompt",
-              "sample_prompts", "max_new_tokens")
+              "sample_prompts", "max_new_tokens", "train_on", "enable_thinking")
+
+
+class DatasetEntry(_Strict):
+    """One dataset of a mix (``train.dataset: [{name, weight}, ...]``): its name as for a single
+    dataset (hub name, ``org/name:config`` or a data file), its share of the training examples
+    (no weight anywhere in the list: the datasets are concatenated), and optionally its own format."""
+
+    name: str = Field(min_length=1)
+    weight: Optional[float] = None
+    data_format: Optional[Literal["auto", "alpaca", "messages", "sharegpt", "text"]] = None
+
+    _single = field_validator("name")(_one_line)
+
+    @field_validator("weight")
+    @classmethod
+    def _weight(cls, v: Optional[float]) -> Optional[float]:
+        if v is not None and not v > 0:
+            raise ValueError(f"weight {v:g} must be above 0 (leave the dataset out instead)")
+        return v
 
 
 class TrainSpec(_Strict):
@@ -188,7 +208,9 @@ class TrainSpec(_Strict):
 
     task: Literal["sequence-classification", "causal-lm"] = "sequence-classification"
     model: str
-    dataset: str                            # glue/mrpc, yelp_review_full, org/name[:config], path, file.csv
+    # glue/mrpc, yelp_review_full, org/name[:config], path, file.csv; causal-lm also takes a mix:
+    # a list of names and/or {name, weight, data_format} entries
+    dataset: Union[str, list[DatasetEntry]]
     dataset_config: Optional[str] = None
     text_columns: Optional[list[str]] = Field(None, min_length=1, max_length=2)
     label_column: Optional[str] = None
@@ -247,6 +269,40 @@ class TrainSpec(_Strict):
     system_prompt: Optional[str] = None
     sample_prompts: Optional[int] = Field(None, ge=0, le=100)    # held-out prompts answered into samples.jsonl
     max_new_tokens: Optional[int] = Field(None, ge=1, le=8192)
+    train_on: Optional[Literal["all", "last"]] = None            # assistant turns trained; default all
+    enable_thinking: Optional[bool] = None                       # passed to the chat template (Qwen3)
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _dataset(cls, v: Any) -> Any:
+        """A name, or a list of names / {name, weight, data_format}: each problem in one line."""
+        if isinstance(v, str):
+            return _one_line(v)
+        if not isinstance(v, list):
+            raise ValueError("expected a dataset name or a list of them (each a name or {name, weight})")
+        if not v:
+            raise ValueError("an empty list; give a dataset name or a list of them")
+        out = []
+        for i, x in enumerate(v):
+            if isinstance(x, str):
+                x = {"name": x}
+            if not isinstance(x, dict):
+                raise ValueError(f"entry {i + 1}: expected a name or {{name, weight}}, got {x!r}")
+            unknown = sorted(set(x) - set(DatasetEntry.model_fields))
+            if unknown:
+                near = difflib.get_close_matches(unknown[0], list(DatasetEntry.model_fields), 1)
+                raise ValueError(f"entry {i + 1}: unknown key {unknown[0]!r}"
+                                 f"{f' (did you mean {near[0]!r}?)' if near else ''}; "
+                                 f"valid: {', '.join(DatasetEntry.model_fields)}")
+            try:
+                out.append(DatasetEntry.model_validate(x))
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                where = ".".join(str(p) for p in err["loc"])
+                msg = err["msg"].removeprefix("Value error, ")
+                raise ValueError(f"entry {i + 1} ({x.get('name', '?')}): "
+                                 f"{msg if msg.startswith(where) else f'{where}: {msg}'}") from None
+        return out
 
     @model_validator(mode="after")
     def _per_task(self) -> "TrainSpec":
@@ -268,7 +324,26 @@ class TrainSpec(_Strict):
                                  "(task: causal-lm trains on the whole prompt/response)")
             if self.lora is not None and self.method == "full":
                 raise ValueError("lora: is set but method is full; remove lora: or use method: lora")
+        if isinstance(self.dataset, list):
+            if not self.is_llm and len(self.dataset) > 1:
+                raise ValueError(f"dataset: a list (a mix of datasets) is only for the LLM tasks (causal-lm); "
+                                 f"this job's task is {self.task}")
+            if self.dataset_config:
+                raise ValueError("dataset_config: with a list of datasets, name each one's config in its name "
+                                 "(org/name:config)")
         return self
+
+    @property
+    def dataset_entries(self) -> list[DatasetEntry]:
+        """Every dataset of the job as an entry (a single name is one entry without a weight)."""
+        items = self.dataset if isinstance(self.dataset, list) else [self.dataset]
+        return [DatasetEntry(name=x) if isinstance(x, str) else x for x in items]
+
+    @property
+    def dataset_label(self) -> str:
+        """The dataset(s) in one line, for messages and metrics."""
+        return " + ".join(e.name if e.weight is None else f"{e.name} (weight {e.weight:g})"
+                          for e in self.dataset_entries)
 
     @property
     def is_llm(self) -> bool:
@@ -359,11 +434,12 @@ class Job(_Strict):
             return self.assets
         t = self.train
         metrics = [t.metric] if t.metric else []
-        dataset = t.dataset
+        datasets = [e.name for e in t.dataset_entries]
+        dataset = datasets[0]
         if t.dataset_config and ":" not in dataset and not dataset.endswith("/" + t.dataset_config):
-            dataset = f"{dataset}:{t.dataset_config}"  # a bare "glue" is staged per config
+            datasets[0] = f"{dataset}:{t.dataset_config}"  # a bare "glue" is staged per config
         return Assets(models=[t.model, *self.assets.models],
-                      datasets=[dataset, *self.assets.datasets],
+                      datasets=[*datasets, *self.assets.datasets],
                       metrics=metrics + self.assets.metrics)
 
 

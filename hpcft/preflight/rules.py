@@ -9,6 +9,7 @@ from typing import Callable, Iterator
 from . import checks
 from .checks import Check, Preflight
 from .memcheck import host_memory, memory
+from .sft_data import sft_data
 from .trackers import trackers
 
 Rule = Callable[[Preflight], Iterator[Check]]
@@ -29,6 +30,7 @@ RULES: list[Rule] = [
     trackers,
     memory,
     host_memory,
+    sft_data,                # causal-lm: the first rows of each local data file
     checks.array_size,       # a sweep's job array
     checks.job_count,
     checks.submit_limit,

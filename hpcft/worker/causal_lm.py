@@ -43,13 +43,19 @@ class CausalLM(Task):
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.tokenizer = tokenizer
-        self.renderer = ld.Renderer(tokenizer)
+        self.renderer = ld.Renderer(tokenizer, t.enable_thinking, t.train_on or "all")
         train_ds, eval_ds = self._datasets()
 
         dtype = torch.float32
         if method == "lora" and self.device.precision in ("bf16", "fp16"):
             dtype = torch.bfloat16 if self.device.precision == "bf16" else torch.float16  # frozen base in 16 bits
         model = AutoModelForCausalLM.from_pretrained(str(model_ref.path), **dtype_kw(dtype))
+        if self.renderer.chat:  # generation stops at the template's end of turn (a base model's EOS does not)
+            from .chat import set_end_of_turn
+
+            note = set_end_of_turn(tokenizer, model.generation_config)
+            if note and task.is_main:
+                log(note)
         model.config.use_cache = False
         grad_ckpt = True if t.gradient_checkpointing is None else t.gradient_checkpointing
         if method == "lora":
@@ -69,54 +75,15 @@ class CausalLM(Task):
                            data_collator=ld.Collator(tokenizer.pad_token_id, 8 if self.device.kind != "cpu" else None))
 
     def _datasets(self) -> tuple[Any, Any]:
-        """The tokenized train and eval sets (packed when asked); keeps the raw held-out rows
-        (the prompts for samples.jsonl) and what metrics.json says about the data."""
-        import datasets
+        """The tokenized train and eval sets (mixed and packed when asked; :mod:`.data_mix`); keeps
+        the held-out (row, format) pairs (the prompts for samples.jsonl) and what metrics.json says
+        about the data."""
+        from .data_mix import load_sft_data
 
-        from . import llm_data as ld
-        from .data import load_raw
-
-        t, data_ref, tokenizer, renderer = self.cfg, self.ctx.assets[1], self.tokenizer, self.renderer
-        dd = load_raw(data_ref)
-        if t.train_split not in dd:
-            raise ld.DataFormatError(f"dataset {t.dataset}: no split {t.train_split!r}; it has: {', '.join(dd)} "
-                                     "(set train.train_split)")
-        raw_train = dd[t.train_split]
-        fmt = ld.detect_format(raw_train.column_names, t.data_format)
-        eval_name = t.eval_split or next((s for s in ("validation", "test") if s in dd and s != t.train_split), None)
-        if eval_name:
-            raw_eval = dd[eval_name]
-        else:  # the same held-out slice every run (also the prompts for samples.jsonl)
-            parts = raw_train.train_test_split(test_size=min(max(0.1, 2 / max(len(raw_train), 1)), 0.5,
-                                                             500 / max(len(raw_train), 1)), seed=t.seed)
-            raw_train, raw_eval, eval_name = parts["train"], parts["test"], f"{t.train_split}[held-out]"
-        if t.train_subset and t.train_subset < len(raw_train):
-            raw_train = raw_train.shuffle(seed=t.seed).select(range(t.train_subset))
-        if t.eval_subset and t.eval_subset < len(raw_eval):
-            raw_eval = raw_eval.shuffle(seed=t.seed).select(range(t.eval_subset))
-
-        max_len = t.max_seq_length
-
-        def tokenize(ds, desc):
-            enc = ds.map(lambda row: ld.encode(tokenizer, renderer, row, fmt, max_len, t.system_prompt),
-                         remove_columns=ds.column_names, desc=f"tokenize {desc}")
-            return enc.filter(lambda row: any(x != ld.IGNORE for x in row["labels"]), desc=f"{desc}: drop empty")
-
-        train_ds, eval_ds = tokenize(raw_train, "train"), tokenize(raw_eval, "eval")
-        if len(train_ds) == 0:
-            raise ld.DataFormatError(f"dataset {t.dataset}: no example has a response within max_seq_length "
-                                     f"{max_len}; raise train.max_seq_length")
-        self.n_real = ld.real_tokens(train_ds)
-        examples = len(train_ds)
-        if t.packing:
-            train_ds = datasets.Dataset.from_list(ld.pack(list(train_ds), max_len))
-        log(f"data: {fmt} format, {examples} train / {len(eval_ds)} eval ({eval_name}), prompts with "
-            f"{renderer.name}, {self.n_real} train tokens"
-            f"{f', packed into {len(train_ds)} sequences' if t.packing else ''}")
-        self.raw_eval, self.fmt = raw_eval, fmt
-        self.data_info = {"format": fmt, "train_examples": examples, "eval_examples": len(eval_ds),
-                          "eval_split": eval_name, "packing": bool(t.packing), "template": renderer.name}
-        return train_ds, eval_ds
+        data = load_sft_data(self.cfg, self.ctx.assets[1:1 + len(self.cfg.dataset_entries)], self.tokenizer,
+                             self.renderer)
+        self.n_real, self.prompts, self.data_info = data.real_tokens, data.prompts, data.info
+        return data.train, data.eval
 
     def conclude(self, leg: TrainedLeg, final: dict, output_dir: Path) -> dict:
         """First a few held-out prompts answered (every rank under ZeRO-3, else rank 0), then the
@@ -162,8 +129,8 @@ class CausalLM(Task):
         model.config.use_cache = True
         out = []
         dev = next(model.parameters()).device
-        for row in list(self.raw_eval)[:n]:
-            pr = ld.prompt_and_reference(renderer, row, self.fmt, t.system_prompt)
+        for row, fmt in self.prompts[:n]:
+            pr = ld.prompt_and_reference(renderer, row, fmt, t.system_prompt)
             if pr is None:
                 continue
             prompt, reference = pr

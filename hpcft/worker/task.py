@@ -83,9 +83,10 @@ class Task:
         transformers.utils.logging.disable_progress_bar()
         datasets.disable_progress_bars()
         t, task = self.cfg, self.ctx.task
-        model_ref, data_ref = self.ctx.assets[0], self.ctx.assets[1]
+        model_ref = self.ctx.assets[0]
         log(f"model {t.model} -> {model_ref.path}")
-        log(f"dataset {t.dataset}{' ' + data_ref.config if data_ref.config else ''} -> {data_ref.path}")
+        for e, ref in zip(t.dataset_entries, self.ctx.assets[1:], strict=False):
+            log(f"dataset {e.name}{' ' + ref.config if ref.config else ''} -> {ref.path}")
         self.device = detect(self.ctx.device, t.precision)
         log(f"device {self.device.name}, precision {self.device.precision}, rank {task.rank}/{task.world_size}"
             f"{device_note}")
@@ -208,7 +209,7 @@ class Task:
             history=eval_history(records), device=self.device.as_dict(),
             extra={"completed": True, "restarts": ctx.restart, "resumes": max(0, len(legs) - 1),
                    "first_step_s": round(first["seconds_since_start"], 3) if first else None,
-                   "peak_memory_mb": peak_memory_mb(self.device.kind), "model": t.model, "dataset": t.dataset,
+                   "peak_memory_mb": peak_memory_mb(self.device.kind), "model": t.model, "dataset": t.dataset_label,
                    **self.results(), "output_dir": str(output_dir), "report_to": list(t.report_to),
                    **telemetry},
         )

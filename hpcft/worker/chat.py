@@ -1,0 +1,292 @@
+"""A model's own chat template, rendered for training: exact loss masks, and the end-of-turn token.
+
+The public face (also what preference tuning uses for its ``messages`` rows):
+
+* :class:`ChatRenderer` ``(tokenizer, enable_thinking=None)``
+  - ``.prompt(msgs, tools=None) -> str``: what the model is given to answer after ``msgs``;
+  - ``.turn(msgs, k, tools=None) -> Turn``: the prompt before assistant turn ``k`` exactly as the
+    model sees it at that point, and the text it must produce (trained), end-of-turn token included;
+  - ``.examples(msgs, tools=None, train_on="all") -> list[list[(text, trained)]]``: one or more
+    token-exact training sequences for a conversation.
+* :func:`end_of_turn` ``(tokenizer) -> str | None``: the token that ends an assistant turn.
+* :func:`set_end_of_turn` ``(tokenizer, generation_config) -> str | None``: make it the EOS.
+
+**How turns are located.** Assistant turn ``k`` is trained on ``render(msgs[:k+1])`` minus
+``render(msgs[:k], add_generation_prompt=True)``: the reply as the template writes it, after
+the prompt the model would see at that point. Several turns share one sequence only while each
+turn's prompt starts with the text before it. Where the template rewrites history (Qwen3 drops
+earlier ``<think>`` blocks; DeepSeek-R1 distills drop every reasoning block), the rest of the
+conversation starts a new sequence whose prompt is the rewritten history, so every trained
+token sits after exactly the text the model is given at inference.
+
+**Thinking.** A reply without reasoning is never trained on an empty ``<think>\\n\\n</think>\\n\\n``
+block: the template's empty block goes into the (masked) prompt, which is what Qwen3 puts in
+its prompt with ``enable_thinking=False``. A template that opens ``<think>`` in its generation
+prompt and drops reasoning from the reply (DeepSeek-R1 distills) gets the reasoning back in the
+trained text. ``enable_thinking`` is passed to the template when set; ``False`` also drops the
+data's reasoning (as LLaMA-Factory does), so those rows train the non-thinking mode.
+
+**End of turn.** A reply that the template does not close with its end-of-turn token (GLM-4
+marks the end of a reply with the next ``<|user|>``) gets it appended, so the model learns to stop.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from .errors import DataFormatError
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+EMPTY_THINK = re.compile(r"<think>\s*</think>\s*")
+SENTINEL = "\ue000hpcft-reply\ue001"
+
+
+@dataclass
+class Turn:
+    prompt: str            # everything before the reply, as the model sees it
+    reply: str             # what the model must produce (trained), end-of-turn token included
+    rendered: str          # prompt + the reply as the template writes it (the end of the text so far)
+    closed: bool           # False: the end-of-turn token was appended; the next prompt may start with it
+
+
+def _template_errors() -> tuple[type[BaseException], ...]:
+    from jinja2.exceptions import TemplateError
+
+    return (TemplateError, TypeError, ValueError, KeyError, AttributeError, IndexError)
+
+
+def split_reasoning(content: Optional[str]) -> tuple[Optional[str], str]:
+    """(reasoning or None, answer) of an assistant reply written ``<think>R</think>A``."""
+    text = content or ""
+    if THINK_CLOSE not in text:
+        return None, text
+    head, _, answer = text.partition(THINK_CLOSE)
+    return head.split(THINK_OPEN)[-1], answer
+
+
+def has_reasoning(m: dict) -> bool:
+    if isinstance(m.get("reasoning_content"), str) and m["reasoning_content"].strip():
+        return True
+    reasoning, _ = split_reasoning(m.get("content") if isinstance(m.get("content"), str) else None)
+    return reasoning is not None and bool(reasoning.strip())
+
+
+def _special_tokens(tok) -> list[str]:
+    names = set(getattr(tok, "all_special_tokens", []) or [])
+    for added in (getattr(tok, "added_tokens_decoder", None) or {}).values():
+        if getattr(added, "special", False):
+            names.add(str(added))
+    return sorted((n for n in names if n), key=len, reverse=True)
+
+
+def _first_special(text: str, specials: list[str]) -> Optional[str]:
+    best: Optional[tuple[int, str]] = None
+    for s in specials:
+        i = text.find(s)
+        if i >= 0 and (best is None or i < best[0]):
+            best = (i, s)
+    return best[1] if best else None
+
+
+def _end_of_turn(tok) -> tuple[Optional[str], bool]:
+    """(token, closes): the special token after an assistant reply in the template's own rendering;
+    closes is False when the template writes it only as the start of the next turn (GLM-4)."""
+    if not getattr(tok, "chat_template", None):
+        return tok.eos_token, True
+    specials = _special_tokens(tok)
+    user = {"role": "user", "content": "Hi"}
+    reply = {"role": "assistant", "content": SENTINEL}
+    try:
+        text = tok.apply_chat_template([user, reply], tokenize=False)
+        after = text[text.index(SENTINEL) + len(SENTINEL):]
+        found = _first_special(after, specials)
+        if found:
+            return found, True
+        text = tok.apply_chat_template([user, reply, user], tokenize=False)
+        after = text[text.index(SENTINEL) + len(SENTINEL):]
+        found = _first_special(after, specials)
+        if found:
+            return found, False
+    except (*_template_errors(), ValueError):
+        pass  # a template that cannot render the probe: the tokenizer's EOS is the best guess
+    return tok.eos_token, True
+
+
+def end_of_turn(tokenizer) -> Optional[str]:
+    """The token that ends an assistant turn under the tokenizer's chat template (``<|im_end|>``
+    for ChatML/Qwen/InternLM2.5, ``<|eot_id|>`` for Llama-3, ``</s>`` for Mistral,
+    ``<｜end▁of▁sentence｜>`` for DeepSeek-R1 distills, ``<|user|>`` for GLM-4); the EOS token
+    when there is no template."""
+    return _end_of_turn(tokenizer)[0]
+
+
+def set_end_of_turn(tokenizer, generation_config=None) -> Optional[str]:
+    """Make the end-of-turn token stop generation: first in ``generation_config.eos_token_id``
+    (keeping the ids already there) and, when the template closes each reply with it, the
+    tokenizer's EOS. A base model trained on ChatML (EOS ``<|endoftext|>``) then stops at
+    ``<|im_end|>``. Returns a line saying what changed, or None when nothing did."""
+    eot, closes = _end_of_turn(tokenizer)
+    if not eot:
+        return None
+    eot_id = tokenizer.convert_tokens_to_ids(eot)
+    if eot_id is None or eot_id == getattr(tokenizer, "unk_token_id", None):
+        return None
+    changed = []
+    if closes and tokenizer.eos_token != eot:
+        changed.append(f"tokenizer EOS {tokenizer.eos_token} -> {eot}")
+        tokenizer.eos_token = eot
+    if generation_config is not None:
+        ids = generation_config.eos_token_id
+        ids = [] if ids is None else ([ids] if isinstance(ids, int) else list(ids))
+        if eot_id not in ids:
+            generation_config.eos_token_id = [eot_id, *ids] if ids else eot_id
+            changed.append(f"generation EOS + {eot}")
+    return f"end of turn {eot}: " + ", ".join(changed) if changed else None
+
+
+class ChatRenderer:
+    """Renders conversations with the tokenizer's chat template for training (see the module
+    docstring). ``msgs`` are OpenAI-style dicts: role, content (None beside tool_calls),
+    tool_calls, reasoning_content."""
+
+    def __init__(self, tokenizer, enable_thinking: Optional[bool] = None):
+        self.tok = tokenizer
+        self.enable_thinking = enable_thinking
+        self.eot, self.eot_closes = _end_of_turn(tokenizer)
+
+    # ------------------------------------------------------------------ rendering
+    def render(self, msgs: list[dict], gen: bool, tools: Optional[list] = None) -> str:
+        kw: dict[str, Any] = {}
+        if self.enable_thinking is not None:
+            kw["enable_thinking"] = self.enable_thinking
+        if tools:
+            kw["tools"] = tools
+        try:
+            return self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen, **kw)
+        except _template_errors() as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataFormatError(f"the model's chat template cannot render this conversation: {first}") from None
+
+    def _prepared(self, msgs: list[dict]) -> list[dict]:
+        if self.enable_thinking is not False:
+            return msgs
+        out = []
+        for m in msgs:  # enable_thinking: false trains the non-thinking mode: drop the data's reasoning
+            if m.get("role") == "assistant" and has_reasoning(m):
+                m = {k: v for k, v in m.items() if k != "reasoning_content"}
+                m["content"] = split_reasoning(m.get("content"))[1].lstrip("\n")
+            out.append(m)
+        return out
+
+    def prompt(self, msgs: list[dict], tools: Optional[list] = None) -> str:
+        """The text a model is given to answer the conversation so far (generation)."""
+        return self.render(self._prepared(msgs), True, tools)
+
+    # ------------------------------------------------------------------ one turn
+    def turn(self, msgs: list[dict], k: int, tools: Optional[list] = None) -> Turn:
+        """Assistant turn ``k``: the prompt the model sees before it and the reply it must produce."""
+        msgs = self._prepared(msgs)
+        m = msgs[k]
+        if m.get("role") != "assistant":
+            raise DataFormatError(f"turn {k + 1} is {m.get('role')}'s, not the assistant's")
+        if k == 0:
+            raise DataFormatError("the conversation opens with an assistant turn; nothing prompts it")
+        prompt = self.render(msgs[:k], True, tools)
+        full = self.render(msgs[:k + 1], False, tools)
+        thought = has_reasoning(m)
+        if full.startswith(prompt):
+            reply = full[len(prompt):]
+        else:
+            reply = self._reply_without_system(msgs, k, tools)
+            if reply is None:
+                prompt, reply = self._reopened(msgs, k, prompt, tools)
+        if not thought:  # the template's empty think block belongs to the prompt, not the reply
+            empty = EMPTY_THINK.match(reply)
+            if empty:
+                prompt, reply = prompt + empty.group(0), reply[empty.end():]
+        rendered = prompt + reply
+        self._check_tool_calls(m, reply)
+        closed = True
+        if self.eot and self.eot not in reply:
+            reply, closed = reply + self.eot, False
+        return Turn(prompt, reply, rendered, closed)
+
+    def _reply_without_system(self, msgs: list[dict], k: int, tools: Optional[list]) -> Optional[str]:
+        """The reply as the template writes it when the system message moves with the conversation
+        (Mistral's v3 template puts it in the last user turn, and drops it once an assistant turn
+        is last): located without the system message, where the prompt is a prefix again."""
+        if not msgs or msgs[0].get("role") != "system" or k < 2:
+            return None
+        rest = msgs[1:]
+        prompt = self.render(rest[:k - 1], True, tools)
+        full = self.render(rest[:k], False, tools)
+        return full[len(prompt):] if full.startswith(prompt) else None
+
+    def _reopened(self, msgs: list[dict], k: int, prompt: str, tools: Optional[list]) -> tuple[str, str]:
+        """A generation prompt that opens a block the rendered reply does not continue (DeepSeek-R1
+        distills prefill ``<think>\\n`` and drop the reasoning from the reply): rebuild the reply
+        from the data after that opening."""
+        m = msgs[k]
+        probe = self.render(msgs[:k] + [{"role": "assistant", "content": SENTINEL}], False, tools)
+        at = probe.find(SENTINEL)
+        if at < 0 or not prompt.startswith(probe[:at]) or m.get("tool_calls"):
+            raise DataFormatError("the chat template renders a reply that does not continue its own "
+                                  "generation prompt, so the reply cannot be located for loss masking")
+        opened, suffix = prompt[at:], probe[at + len(SENTINEL):]
+        if opened.strip() != THINK_OPEN:
+            raise DataFormatError(f"the chat template's generation prompt ends with {opened!r}, which its "
+                                  "rendered replies do not start with; the reply cannot be located")
+        reasoning = m.get("reasoning_content") if isinstance(m.get("reasoning_content"), str) else None
+        answer = m.get("content") or ""
+        if reasoning is None:
+            reasoning, answer = split_reasoning(answer)
+        if reasoning is None or not reasoning.strip():
+            return prompt + f"\n{THINK_CLOSE}\n\n", answer.lstrip("\n") + suffix
+        return prompt, reasoning.strip("\n") + f"\n{THINK_CLOSE}\n\n" + answer.lstrip("\n") + suffix
+
+    @staticmethod
+    def _check_tool_calls(m: dict, reply: str) -> None:
+        for call in m.get("tool_calls") or []:
+            fn = call.get("function", call) if isinstance(call, dict) else {}
+            name = fn.get("name") if isinstance(fn, dict) else None
+            if name and str(name) not in reply:
+                raise DataFormatError(f"the model's chat template drops the tool call {name!r} from the reply "
+                                      "(it cannot render tool calls)")
+
+    def check_tools(self, msgs: list[dict], tools: Optional[list]) -> None:
+        """A ``tools`` column the template ignores is an error, not a silent drop."""
+        if not tools:
+            return
+        first = msgs[:1] if msgs and msgs[0].get("role") == "system" else []
+        head = first + [next((x for x in msgs if x.get("role") == "user"), {"role": "user", "content": ""})]
+        if self.render(head, True, tools) == self.render(head, True, None):
+            raise DataFormatError("the model's chat template ignores the `tools` column (it has no tool support)")
+
+    # ------------------------------------------------------------------ a conversation
+    def examples(self, msgs: list[dict], tools: Optional[list] = None, train_on: str = "all"
+                 ) -> list[list[tuple[str, bool]]]:
+        """Training sequences as [(text, trained)] pieces: every assistant turn trained (or only the
+        last with ``train_on="last"``), each after the exact prompt the model sees at that turn."""
+        self.check_tools(msgs, tools)
+        turns = [i for i, m in enumerate(msgs) if m.get("role") == "assistant"]
+        if train_on == "last":
+            turns = turns[-1:]
+        out: list[list[tuple[str, bool]]] = []
+        cur: list[tuple[str, bool]] = []
+        done, prev_closed = "", True
+        for k in turns:
+            t = self.turn(msgs, k, tools)
+            seg = t.prompt[len(done):] if cur and t.prompt.startswith(done) else None
+            if seg is not None and not prev_closed:
+                seg = seg[len(self.eot):] if seg.startswith(self.eot) else None
+            if seg is None:  # the template rewrote the history (or cannot continue): a new sequence
+                if cur:
+                    out.append(cur)
+                cur, seg = [], t.prompt
+            cur += [(seg, False), (t.reply, True)]
+            done, prev_closed = t.rendered, t.closed
+        if cur:
+            out.append(cur)
+        return out

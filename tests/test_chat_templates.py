@@ -1,0 +1,265 @@
+"""Loss masks on the real chat templates of the model families users fine-tune, token by token.
+
+Each family's tokenizer is a tiny stand-in built here with the family's special tokens, BOS/EOS
+and its real chat template (devtools/hub/chat_templates.py names where each template comes
+from). Every case states the training sequences as (text, trained) pieces; the test tokenizes
+each piece and checks that the example's input ids are exactly those tokens and its labels
+exactly those ids where trained and -100 elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hpcft.worker import llm_data as ld
+from hpcft.worker.chat import end_of_turn, set_end_of_turn
+
+pytestmark = pytest.mark.worker
+
+Q = "What color is the apple?"
+Q2 = "And the cloud?"
+THINK = "<think>\nan apple is a fruit\n</think>\n\nred"
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "weather of a city",
+                                           "parameters": {"type": "object",
+                                                          "properties": {"city": {"type": "string"}}}}}]
+CALL = {"id": "call00001", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+
+
+@pytest.fixture(scope="module")
+def toks():
+    from devtools.hub.chat_templates import FAMILIES, make_family_tokenizer
+
+    return {f: make_family_tokenizer(f) for f in FAMILIES}
+
+
+def _expect(tok, encs: list[dict], sequences: list[list[tuple[str, bool]]]) -> None:
+    assert len(encs) == len(sequences), [tok.decode(e["input_ids"]) for e in encs]
+    for enc, pieces in zip(encs, sequences, strict=True):
+        ids, labels = [], []
+        for text, trained in pieces:
+            piece = tok(text, add_special_tokens=False)["input_ids"]
+            ids += piece
+            labels += piece if trained else [ld.IGNORE] * len(piece)
+        assert tok.decode(enc["input_ids"]) == "".join(t for t, _ in pieces)
+        assert enc["input_ids"] == ids
+        assert enc["labels"] == labels
+
+
+def _enc(tok, row, fmt="messages", **kw):
+    r = ld.Renderer(tok, kw.pop("enable_thinking", None), kw.pop("train_on", "all"))
+    return ld.encode(tok, r, row, fmt, 4096, where="test row 1", **kw)
+
+
+def _msgs(*turns):
+    roles = ["user", "assistant"] * len(turns)
+    return {"messages": [{"role": r, "content": c} for r, c in zip(roles, turns, strict=False)]}
+
+
+# ----------------------------------------------------------------------------- Qwen3
+
+def test_qwen3_single_turn_without_thinking_trains_no_empty_think_block(toks):
+    tok = toks["qwen3"]
+    _expect(tok, _enc(tok, _msgs(Q, "red")), [[
+        (f"<|im_start|>user\n{Q}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n", False),
+        ("red<|im_end|>\n", True)]])
+
+
+def test_qwen3_thinking_reply_is_trained_with_its_reasoning_in_either_form(toks):
+    tok = toks["qwen3"]
+    want = [[(f"<|im_start|>user\n{Q}<|im_end|>\n<|im_start|>assistant\n", False),
+             ("<think>\nan apple is a fruit\n</think>\n\nred<|im_end|>\n", True)]]
+    _expect(tok, _enc(tok, _msgs(Q, THINK)), want)
+    row = {"messages": [{"role": "user", "content": Q},
+                        {"role": "assistant", "content": "red", "reasoning_content": "an apple is a fruit"}]}
+    _expect(tok, _enc(tok, row), want)
+
+
+def test_qwen3_multi_turn_with_thinking_trains_each_turn_after_the_history_the_model_sees(toks):
+    """Qwen3 drops the earlier turn's <think> from the history: the second turn is its own sequence
+    whose prompt is the rewritten history, and its empty think block stays in the prompt."""
+    tok = toks["qwen3"]
+    first = f"<|im_start|>user\n{Q}<|im_end|>\n<|im_start|>assistant\n"
+    _expect(tok, _enc(tok, _msgs(Q, THINK, Q2, "white")), [
+        [(first, False), ("<think>\nan apple is a fruit\n</think>\n\nred<|im_end|>\n", True)],
+        [(first + f"red<|im_end|>\n<|im_start|>user\n{Q2}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
+          False), ("white<|im_end|>\n", True)]])
+
+
+def test_qwen3_train_on_last_and_enable_thinking_false(toks):
+    tok = toks["qwen3"]
+    history = f"<|im_start|>user\n{Q}<|im_end|>\n<|im_start|>assistant\nred<|im_end|>\n"
+    _expect(tok, _enc(tok, _msgs(Q, THINK, Q2, "white"), train_on="last"), [[
+        (history + f"<|im_start|>user\n{Q2}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n", False),
+        ("white<|im_end|>\n", True)]])
+    # enable_thinking: false goes to the template (its prompt has the empty block) and drops the data's reasoning
+    _expect(tok, _enc(tok, _msgs(Q, THINK), enable_thinking=False), [[
+        (f"<|im_start|>user\n{Q}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n", False),
+        ("red<|im_end|>\n", True)]])
+    r = ld.Renderer(tok, enable_thinking=False)
+    assert r.prompt([{"role": "user", "content": Q}]).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+
+
+def test_qwen3_tool_call_tools_column_and_tool_result(toks):
+    tok = toks["qwen3"]
+    row = {"tools": json.dumps([t["function"] for t in TOOLS]),  # LLaMA-Factory writes the column as a JSON string
+           "messages": [{"role": "user", "content": "Weather in Paris?"},
+                        {"role": "assistant", "content": None, "tool_calls": [CALL]},
+                        {"role": "tool", "content": "sunny"},
+                        {"role": "assistant", "content": "It is sunny."}]}
+    encs = _enc(tok, row)
+    system = tok.apply_chat_template([{"role": "user", "content": "x"}], tools=TOOLS, tokenize=False)
+    system = system[:system.index("<|im_start|>user")]
+    assert '"name": "get_weather"' in system and "# Tools" in system
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>\n'
+    user = system + "<|im_start|>user\nWeather in Paris?<|im_end|>\n<|im_start|>assistant\n"
+    _expect(tok, encs, [
+        [(user + "<think>\n\n</think>\n\n", False), (call, True)],
+        [(user + call + "<|im_start|>user\n<tool_response>\nsunny\n</tool_response><|im_end|>\n"
+          "<|im_start|>assistant\n<think>\n\n</think>\n\n", False), ("It is sunny.<|im_end|>\n", True)]])
+
+
+# ----------------------------------------------------------------------------- one sequence per conversation
+
+def test_qwen25_system_prompt_and_alpaca_history_train_every_turn(toks):
+    tok = toks["qwen2.5"]
+    row = {"instruction": Q2, "output": "white", "system": "Be terse.", "history": [[Q, "red"]]}
+    _expect(tok, _enc(tok, row, "alpaca"), [[
+        (f"<|im_start|>system\nBe terse.<|im_end|>\n<|im_start|>user\n{Q}<|im_end|>\n<|im_start|>assistant\n", False),
+        ("red<|im_end|>\n", True),
+        (f"<|im_start|>user\n{Q2}<|im_end|>\n<|im_start|>assistant\n", False),
+        ("white<|im_end|>\n", True)]])
+    # without a system prompt the template's default one is in the (masked) prompt
+    enc = _enc(tok, {"instruction": Q, "output": "red"}, "alpaca")[0]
+    assert tok.decode(enc["input_ids"]).startswith("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud.")
+
+
+def test_llama3_system_prompt_multi_turn_and_train_on_last(toks):
+    tok = toks["llama3"]
+    row = {"messages": [{"role": "system", "content": "Be terse."}, *_msgs(Q, "red", Q2, "white")["messages"]]}
+    head = "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe terse.<|eot_id|>"
+    turn1 = f"<|start_header_id|>user<|end_header_id|>\n\n{Q}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+    turn2 = f"<|start_header_id|>user<|end_header_id|>\n\n{Q2}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+    _expect(tok, _enc(tok, row), [[(head + turn1, False), ("red<|eot_id|>", True), (turn2, False),
+                                    ("white<|eot_id|>", True)]])
+    _expect(tok, _enc(tok, row, train_on="last"), [[(head + turn1 + "red<|eot_id|>" + turn2, False),
+                                                     ("white<|eot_id|>", True)]])
+
+
+def test_llama31_tool_call_and_ipython_result(toks):
+    tok = toks["llama3.1"]
+    row = {"tools": TOOLS, "messages": [{"role": "user", "content": "Weather in Paris?"},
+                                        {"role": "assistant", "content": None, "tool_calls": [CALL]},
+                                        {"role": "tool", "content": "sunny"},
+                                        {"role": "assistant", "content": "It is sunny."}]}
+    enc = _enc(tok, row)
+    assert len(enc) == 1
+    trained = [tok.decode([i for i, lab in zip(enc[0]["input_ids"], enc[0]["labels"], strict=True) if lab != ld.IGNORE])]
+    assert trained == ['{"name": "get_weather", "parameters": {"city": "Paris"}}<|eot_id|>It is sunny.<|eot_id|>']
+    text = tok.decode(enc[0]["input_ids"])
+    assert '<|start_header_id|>ipython<|end_header_id|>\n\n"sunny"<|eot_id|>' in text  # the template tojsons it
+    assert "Given the following functions" in text  # the tools went into the first user turn
+
+
+def test_internlm25_chatml_with_bos(toks):
+    tok = toks["internlm2.5"]
+    _expect(tok, _enc(tok, _msgs(Q, "red")), [[
+        (f"<s><|im_start|>user\n{Q}<|im_end|>\n<|im_start|>assistant\n", False), ("red<|im_end|>\n", True)]])
+
+
+def test_glm4_trains_the_next_turn_marker_as_the_end_of_each_reply(toks):
+    """GLM-4's template writes nothing after a reply; the model stops at <|user|>, so that token is
+    trained at the end of each reply (and not repeated in the next prompt)."""
+    tok = toks["glm4"]
+    row = {"messages": [{"role": "system", "content": "Be terse."}, *_msgs(Q, "red", Q2, "white")["messages"]]}
+    _expect(tok, _enc(tok, row), [[
+        (f"[gMASK]<sop><|system|>\nBe terse.<|user|>\n{Q}<|assistant|>", False), ("\nred<|user|>", True),
+        (f"\n{Q2}<|assistant|>", False), ("\nwhite<|user|>", True)]])
+
+
+# ----------------------------------------------------------------------------- templates that rewrite history
+
+def test_deepseek_r1_distill_keeps_the_reasoning_its_template_drops(toks):
+    tok = toks["deepseek-r1-distill"]
+    bos, eos = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
+    _expect(tok, _enc(tok, _msgs(Q, THINK, Q2, "white")), [
+        [(f"{bos}<｜User｜>{Q}<｜Assistant｜><think>\n", False), (f"an apple is a fruit\n</think>\n\nred{eos}", True)],
+        [(f"{bos}<｜User｜>{Q}<｜Assistant｜>\n\nred{eos}<｜User｜>{Q2}<｜Assistant｜><think>\n\n</think>\n\n", False),
+         (f"white{eos}", True)]])
+
+
+def test_mistral_system_prompt_in_the_last_user_turn(toks):
+    tok = toks["mistral"]
+    row = {"messages": [{"role": "system", "content": "Be terse."}, *_msgs(Q, "red", Q2, "white")["messages"]]}
+    _expect(tok, _enc(tok, row), [
+        [(f"<s>[INST] Be terse.\n\n{Q}[/INST]", False), (" red</s>", True)],
+        [(f"<s>[INST] {Q}[/INST] red</s>[INST] Be terse.\n\n{Q2}[/INST]", False), (" white</s>", True)]])
+    _expect(tok, _enc(tok, _msgs(Q, "red", Q2, "white")), [[
+        (f"<s>[INST] {Q}[/INST]", False), (" red</s>", True), (f"[INST] {Q2}[/INST]", False), (" white</s>", True)]])
+
+
+def test_sharegpt_function_call_observation_and_row_system(toks):
+    tok = toks["qwen2.5"]
+    row = {"system": "You call tools.", "tools": json.dumps([t["function"] for t in TOOLS]),
+           "conversations": [{"from": "human", "value": "Weather in Paris?"},
+                             {"from": "function_call", "value": '{"name": "get_weather", "arguments": {"city": "Paris"}}'},
+                             {"from": "observation", "value": "sunny"},
+                             {"from": "gpt", "value": "It is sunny."}]}
+    enc = _enc(tok, row, "sharegpt")[0]
+    text = tok.decode(enc["input_ids"])
+    assert text.startswith("<|im_start|>system\nYou call tools.\n\n# Tools")
+    trained = tok.decode([i for i, lab in zip(enc["input_ids"], enc["labels"], strict=True) if lab != ld.IGNORE])
+    assert trained == ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>\n'
+                       "It is sunny.<|im_end|>\n")
+    assert "<tool_response>\nsunny\n</tool_response>" in text
+
+
+# ----------------------------------------------------------------------------- bad input: one line naming the row
+
+@pytest.mark.parametrize("family,row,match", [
+    ("qwen2.5", _msgs(Q, "red", Q2), r"test row 1: the last turn is user's, not the assistant's"),
+    ("deepseek-r1-distill", {"messages": [{"role": "user", "content": "Weather?"},
+                                          {"role": "assistant", "content": None, "tool_calls": [CALL]}]},
+     r"test row 1: the model's chat template cannot render this conversation"),
+    ("llama3", {"messages": [{"role": "user", "content": "Weather?"},
+                             {"role": "assistant", "content": None, "tool_calls": [CALL]}]},
+     r"test row 1: the model's chat template drops the tool call 'get_weather'"),
+    ("glm4", {"tools": TOOLS, **_msgs(Q, "red")}, r"test row 1: the model's chat template ignores the `tools` column"),
+])
+def test_rows_the_template_cannot_train_are_one_line_errors_naming_the_row(toks, family, row, match):
+    with pytest.raises(ld.DataFormatError, match=match) as info:
+        _enc(toks[family], row)
+    assert "\n" not in str(info.value)
+
+
+# ----------------------------------------------------------------------------- end of turn, saved as EOS
+
+def test_end_of_turn_token_per_family(toks):
+    want = {"qwen3": "<|im_end|>", "qwen2.5": "<|im_end|>", "qwen2.5-base": "<|im_end|>", "llama3": "<|eot_id|>",
+            "llama3.1": "<|eot_id|>", "glm4": "<|user|>", "internlm2.5": "<|im_end|>",
+            "deepseek-r1-distill": "<｜end▁of▁sentence｜>", "mistral": "</s>"}
+    assert {f: end_of_turn(t) for f, t in toks.items()} == want
+
+
+def test_base_model_with_chatml_saves_im_end_as_eos(tmp_path):
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from devtools.hub.chat_templates import make_family_tokenizer
+
+    tok = make_family_tokenizer("qwen2.5-base")
+    endoftext, im_end = tok.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>"])
+    gen = GenerationConfig(eos_token_id=endoftext)
+    note = set_end_of_turn(tok, gen)
+    assert note and "<|im_end|>" in note
+    tok.save_pretrained(tmp_path)
+    gen.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "generation_config.json").read_text())
+    assert saved["eos_token_id"] == [im_end, endoftext]
+    assert AutoTokenizer.from_pretrained(tmp_path).eos_token == "<|im_end|>"
+    assert set_end_of_turn(tok, gen) is None  # idempotent
+    # GLM-4: <|user|> stops generation, the tokenizer's EOS stays what it is
+    glm = make_family_tokenizer("glm4")
+    gen = GenerationConfig(eos_token_id=glm.eos_token_id)
+    set_end_of_turn(glm, gen)
+    assert glm.eos_token == "<|endoftext|>" and gen.eos_token_id[0] == glm.convert_tokens_to_ids("<|user|>")
