@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 
@@ -353,6 +354,7 @@ def test_hpcft_check_on_slurm_refuses_then_accepts(slurm, hpcft_home, run_hpcft,
     ok = run_hpcft("check", "--json", str(path))
     assert ok.returncode == 0, ok.stdout + ok.stderr
     doc = json.loads(ok.stdout)
+    jsonschema.validate(doc, json.loads((Path(__file__).parent / "schemas" / "check.schema.json").read_text()))
     assert any(c["name"] == "memory" and "fits 80 GiB" in c["message"] for c in doc["checks"])
     est = doc["estimate"]
     assert est["available"] and 3 < est["device_gib"] < 10 and est["node_gib"] > 4
