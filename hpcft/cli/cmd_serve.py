@@ -1,4 +1,5 @@
-"""hpcft serve RUN: a Gradio demo of the run's model (gradio: an optional extra, imported only by the app)."""
+"""hpcft serve RUN [--api]: a Gradio demo of the run's model, or an OpenAI-compatible server for an
+LLM run (gradio, fastapi, uvicorn: optional extras, imported only by the apps on the worker side)."""
 
 from __future__ import annotations
 
@@ -11,67 +12,108 @@ from .common import REF_HELP, settings
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "serve", help="a Gradio demo of a run's model: text in, labels with scores out (or a chat box)",
-        description="Start a small web demo of the run's model, offline (no analytics, no share link). It "
-                    "binds to 127.0.0.1 and prints the ssh line that reaches it from a laptop. With --submit it "
-                    "runs on a compute node of the run's partition, writes serve.json (node, port, pid) into the "
-                    "run folder and prints the node and port once the app answers; scancel the job to stop it.",
+        "serve", help="a Gradio demo of a run's model, or (--api) an OpenAI-compatible server for an LLM run",
+        description="Start a small web demo of the run's model, offline (no analytics, no share link), or with "
+                    "--api an OpenAI-compatible server (/v1/models, /v1/chat/completions, /v1/completions, "
+                    "streaming) for an LLM run: its adapter on the base model, no merge; the model's own chat "
+                    "template; batched requests (vLLM when the job's environment has it on a GPU/NPU). The API "
+                    "needs a key, made per server and printed once (also in the run's 0600 serve.json). It binds "
+                    "to 127.0.0.1 and prints the ssh line that reaches it from a laptop. With --submit it runs "
+                    "on a compute node of the run's partition and prints the node and port once the app answers; "
+                    "scancel the job to stop it. With scow: {portal_url, cluster} in the cluster config, a "
+                    "submitted server binds where the SCOW portal reaches it, asks for a password (the demo) or "
+                    "the key (the API), and the portal's proxy URL is printed instead of the ssh line.",
         epilog="examples:\n"
                "  hpcft serve mrpc-bert                    # here, on http://127.0.0.1:7860\n"
                "  hpcft serve mrpc-bert --submit --time 2h # on a compute node\n"
-               "needs gradio where it runs: pip install 'hpcft[serve]'",
+               "  hpcft serve sft-qwen --api --submit      # an OpenAI-compatible server on a compute node\n"
+               "needs gradio (pip install 'hpcft[serve]') or, for --api, fastapi+uvicorn ('hpcft[api]') where "
+               "it runs",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("ref", metavar="RUN", help=REF_HELP)
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: only through ssh)")
-    p.add_argument("--port", type=int, default=None, help="port (default 7860 here, a free one with --submit)")
+    p.add_argument("--api", action="store_true", help="an OpenAI-compatible API server instead of the demo")
+    p.add_argument("--host", default=None,
+                   help="address to bind (default 127.0.0.1: only through ssh; with a SCOW portal configured and "
+                        "--submit: 0.0.0.0, where the portal's proxy reaches it)")
+    p.add_argument("--port", type=int, default=None,
+                   help="port (default 7860 here, 8000 with --api; a free one with --submit)")
     p.add_argument("--best", action="store_true", help="the best checkpoint instead of the final model")
     p.add_argument("--submit", action="store_true", help="run on a compute node as a Slurm job")
-    p.add_argument("--time", default="02:00:00", help="with --submit: how long the demo may run (default 2 h)")
+    p.add_argument("--time", default="02:00:00", help="with --submit: how long the server may run (default 2 h)")
     p.add_argument("--timeout", type=float, default=600, help="with --submit: seconds to wait for the app")
+    p.add_argument("--backend", choices=["auto", "transformers", "vllm"], default="auto",
+                   help="--api: vLLM when the environment has it on a GPU/NPU (auto), or transformers")
+    p.add_argument("--max-batch", type=int, default=8, help="--api, transformers: requests generated together")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     import importlib.util
 
-    from ..core.errors import HpcftError
+    from ..core.errors import ConfigError, HpcftError
     from ..runs.index import RunStore
     from ..runs.ref import resolve_run
     from ..use.launch import local_env, require_local_torch, run_model, worker_argv
-    from ..use.reach import how_to_reach
+    from ..use.reach import EVERYWHERE, how_to_reach, port_in_use, portal, proxy_prefix
 
     s = settings()
-    model = run_model(resolve_run(RunStore(s.runs), args.ref), best=args.best)
-    wargs = ["--model", str(model.model_dir), "--run-dir", str(model.paths.dir), "--host", args.host,
-             "--columns", ",".join(model.text_columns)]
+    model = run_model(resolve_run(RunStore(s.runs), args.ref), best=args.best, adapter_ok=args.api)
+    rid = model.record.run_id
+    if args.api and not model.generative:
+        raise ConfigError([f"hpcft serve --api: run {rid} is a classifier; the OpenAI-compatible API serves LLM "
+                           f"runs (train.task: causal-lm). Its demo: hpcft serve {rid}"])
+    if args.max_batch < 1:
+        raise ConfigError([f"hpcft serve: --max-batch {args.max_batch}: give 1 or more"])
+    via_portal = args.submit and portal(s.scow)
+    host = args.host or (EVERYWHERE if via_portal else "127.0.0.1")
+    open_bind = host not in ("127.0.0.1", "localhost", "::1")
+    if args.api:
+        module = "api_server"
+        wargs = ["--model", str(model.model_dir), "--name", model.record.name or rid, "--alias", rid,
+                 "--run-dir", str(model.paths.dir), "--host", host, "--backend", args.backend,
+                 "--max-batch", str(args.max_batch)]
+        if model.base_model:
+            wargs += ["--base", str(model.base_model)]
+    else:
+        module = "serve"
+        wargs = ["--model", str(model.model_dir), "--run-dir", str(model.paths.dir), "--host", host,
+                 "--columns", ",".join(model.text_columns)]
+        if open_bind:
+            wargs.append("--auth")  # reachable by others: a password (gradio's auth=)
+    if via_portal:
+        wargs += ["--proxy-prefix", proxy_prefix(s.scow)]
     if args.submit:
-        return _submit(args, s, model, wargs)
+        return _submit(args, s, model, module, wargs)
+    port = args.port or (8000 if args.api else 7860)
+    if port_in_use(host, port):
+        raise ConfigError([f"hpcft serve: port {port} on {host} is in use; pick another with --port"])
     require_local_torch("serve")
-    if importlib.util.find_spec("gradio") is None:
-        raise HpcftError("hpcft serve needs gradio in this Python: pip install 'hpcft[serve]'")
-    port = args.port or 7860
-    print(f"hpcft: starting the demo of {model.model_dir} on {args.host}:{port} (Ctrl-C stops it)")
-    for line in how_to_reach(None, args.host, port, port):
+    needs = ["fastapi", "uvicorn"] if args.api else ["gradio"]
+    missing = [m for m in needs if importlib.util.find_spec(m) is None]
+    if missing:
+        extra = "api" if args.api else "serve"
+        raise HpcftError(f"hpcft serve{' --api' if args.api else ''} needs {' and '.join(missing)} in this Python: "
+                         f"pip install 'hpcft[{extra}]'")
+    what = "the OpenAI-compatible API" if args.api else "the demo"
+    print(f"hpcft: starting {what} of {model.model_dir} on {host}:{port} (Ctrl-C stops it)")
+    for line in how_to_reach(None, host, port, port, path="v1" if args.api else ""):
         print(f"  {line}")
-    argv = worker_argv("serve", [*wargs, "--port", str(port)])
+    argv = worker_argv(module, [*wargs, "--port", str(port), "--print-secret"])
     sys.stdout.flush()
     # become the app: Ctrl-C, SIGTERM and a closed session reach it directly, nothing is orphaned
     os.execve(argv[0], argv, local_env(s))
 
 
-def _submit(args, s, model, wargs: list[str]) -> int:
+def _submit(args, s, model, module: str, wargs: list[str]) -> int:
     from ..use.launch import submit_aux
-    from ..use.reach import how_to_reach, wait_for_serve
+    from ..use.reach import bearer, print_served, wait_for_serve
 
     wargs += ["--port", str(args.port or 0), "--device", model.device]
     folder = model.paths.dir / "serve"
-    job = submit_aux(model, s, "serve", "serve", wargs, args.time, folder)
-    print(f"submitted serve job {job.job_id} on partition {model.record.partition or '(default)'}; log {job.log}")
-    served = wait_for_serve(model.paths.serve_info, job.job_id, job.log, job.err, args.timeout)
-    seen = "answers here" if served.answered_here else "answered on its node"
-    print(f"serving on node {served.node} port {served.port} (pid {served.pid}; the app {seen})")
-    print(f"  {model.paths.serve_info}")
-    for line in how_to_reach(served.node, served.host, served.port):
-        print(f"  {line}")
-    print(f"  stop it with: scancel {job.job_id}")
+    aux = "serve-api" if args.api else "serve"
+    job = submit_aux(model, s, aux, module, wargs, args.time, folder)
+    print(f"submitted {aux} job {job.job_id} on partition {model.record.partition or '(default)'}; log {job.log}")
+    probe, headers = ("/v1/models", bearer) if args.api else ("/", None)
+    served = wait_for_serve(model.paths.serve_info, job.job_id, job.log, job.err, args.timeout, probe, headers)
+    print_served(served, s.scow, model.paths.serve_info, job.job_id)
     return 0

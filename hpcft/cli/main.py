@@ -11,7 +11,7 @@ from ..core.errors import ConfigError, HpcftError
 
 # command modules, in help order; each defines register(subparsers) and run(args) -> int
 COMMANDS = ["stage", "cache", "submit", "render", "check", "status", "logs", "cancel", "runs", "show",
-            "export", "compare", "eval", "predict", "serve"]
+            "export", "compare", "eval", "predict", "serve", "tensorboard"]
 
 EPILOG = """examples:
   hpcft stage bert-base-uncased glue/mrpc     # on the login node: fetch into the shared cache

@@ -37,9 +37,16 @@ class RunModel:
     kind: str                     # the task's kind: train | script
     text_columns: list[str]
     device: str                   # gpu | npu | cpu: the run's device (used with --submit)
+    task: str = ""                # metrics.json's task (causal-lm, ...); "" for a classifier
+    base_model: Optional[Path] = None   # a LoRA run: the base model its adapter goes on
+
+    @property
+    def generative(self) -> bool:
+        return bool(self.task) and self.task != "classification"
 
 
-def run_model(record: RunRecord, best: bool = False) -> RunModel:
+def run_model(record: RunRecord, best: bool = False, adapter_ok: bool = False) -> RunModel:
+    """The run's saved model; a LoRA adapter (no config.json of its own) only with ``adapter_ok``."""
     paths = RunPaths(record.run_dir)
     metrics = read_json(paths.metrics) or {}
     try:
@@ -50,13 +57,20 @@ def run_model(record: RunRecord, best: bool = False) -> RunModel:
     if metrics.get("output_dir"):
         out = Path(metrics["output_dir"])
     model_dir = out / "best" if best else out
-    if not (model_dir / "config.json").is_file():
+    if (model_dir / "adapter_config.json").is_file() and not (model_dir / "config.json").is_file() \
+            and not adapter_ok:
+        raise NotFoundError(f"run {record.run_id} holds a LoRA adapter ({model_dir}), not a full model: "
+                            f"hpcft serve {record.run_id} --api serves it as it is, or hpcft export --merge writes "
+                            "a full model")
+    if not any((model_dir / f).is_file() for f in ("config.json", "adapter_config.json")):
         if best:
             raise NotFoundError(f"run {record.run_id} has no best model ({model_dir}); it is saved with "
                                 "train.save_best: true. Use the final model (without --best)")
         raise NotFoundError(f"run {record.run_id} has no saved model in {model_dir} (state {record.state}); "
                             "predict and serve use a finished run (see: hpcft status)")
-    return RunModel(record, paths, model_dir, record.kind, list(metrics.get("text_columns") or []), device)
+    base = metrics.get("base_model") if metrics.get("adapter") else None
+    return RunModel(record, paths, model_dir, record.kind, list(metrics.get("text_columns") or []), device,
+                    str(metrics.get("task") or ""), Path(base) if base else None)
 
 
 # --------------------------------------------------------------------------- on the login node
@@ -113,8 +127,15 @@ class AuxJob:
     err: Path
 
 
-def _loaded_job(model: RunModel, aux: str, time: str):
-    """The run's resolved job, narrowed to one task with one device of the run's kind."""
+def run_home(record: RunRecord) -> RunModel:
+    """A run as the home of a helper job that needs no model from it (``hpcft tensorboard --submit``)."""
+    paths = RunPaths(record.run_dir)
+    return RunModel(record, paths, paths.dir, record.kind, [], "cpu")
+
+
+def _loaded_job(model: RunModel, aux: str, time: str, devices: bool = True):
+    """The run's resolved job, narrowed to one task with one device of the run's kind (none
+    without ``devices``)."""
     import yaml
 
     from ..core.job import Job, LoadedJob
@@ -126,8 +147,8 @@ def _loaded_job(model: RunModel, aux: str, time: str):
         raise ConfigError([f"{model.paths.job_yaml}: cannot read the run's job: {exc}"]) from None
     r = job.resources
     res = r.model_copy(update={"nodes": 1, "time": time, "exclusive": False,
-                               "gpus_per_node": 1 if r.gpus_per_node else None,
-                               "npus_per_node": 1 if r.npus_per_node else None})
+                               "gpus_per_node": 1 if r.gpus_per_node and devices else None,
+                               "npus_per_node": 1 if r.npus_per_node and devices else None})
     job = job.model_copy(update={"name": f"{job.name}-{aux}", "resources": res})
     try:
         base = Path(LaunchSpec.read(model.paths.dir).base_dir)
@@ -137,9 +158,9 @@ def _loaded_job(model: RunModel, aux: str, time: str):
 
 
 def submit_aux(model: RunModel, settings: Settings, aux: str, module: str, args: list[str],
-               time: str, log_dir: Path) -> AuxJob:
+               time: str, log_dir: Path, devices: bool = True) -> AuxJob:
     """Render and sbatch a one-task job that runs ``python -m hpcft.worker.<module> ARGS``."""
-    loaded = _loaded_job(model, aux, time)
+    loaded = _loaded_job(model, aux, time, devices)
     base = make_plan(loaded, settings, model.paths.dir, model.record.partition)
     fields = {k: getattr(base, k) for k in base.__dataclass_fields__ if k != "log_dir"}
     plan = AuxPlan(**fields, aux=aux, log_dir=str(log_dir))

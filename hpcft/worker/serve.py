@@ -14,27 +14,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Optional
 
-from ..core.atomic import atomic_write_json, read_json
 from .predict import Example, Predictor, parse_text
+from .serving import InfoFile, answered, free_port, local_url, make_secret, on_stop, proxy_path
 
 QUIET_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_SSR_MODE": "False", "HF_HUB_DISABLE_TELEMETRY": "1",
              "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1"}
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]
 MONO_FONTS = ["ui-monospace", "Consolas", "monospace"]
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host if host not in ("", "0.0.0.0") else "0.0.0.0", 0))
-        return s.getsockname()[1]
 
 
 def build(pred: Predictor, title: str, pair_columns: Optional[list[str]] = None):
@@ -57,17 +48,38 @@ def build(pred: Predictor, title: str, pair_columns: Optional[list[str]] = None)
                         title=title, flagging_mode="never", analytics_enabled=False)
 
 
-def answered(url: str, timeout_s: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
-    while time.monotonic() < deadline:
-        try:
-            with opener.open(url, timeout=5) as r:
-                if r.status == 200:
-                    return True
-        except OSError:
-            time.sleep(0.3)
-    return False
+def add_form_login(demo, password: str, cookie_path: str = "/") -> bool:
+    """``POST /hpcft-login`` (form field ``password``): what SCOW's "connect" button sends
+    (contrib/scow/apps/hpcft-demo.yml); logs the browser in as gradio's own ``/login`` does and
+    redirects to the app (``./``, under whatever proxy path the browser used). False when this
+    gradio keeps its sessions otherwise (then only gradio's login page works)."""
+    import secrets as _secrets
+
+    from fastapi import Form
+    from fastapi.responses import PlainTextResponse, RedirectResponse
+
+    app = getattr(demo, "server_app", None)
+    if app is None or not isinstance(getattr(app, "tokens", None), dict) or not hasattr(app, "cookie_id"):
+        return False
+
+    @app.post("/hpcft-login")
+    def hpcft_login(password: str = Form("")):
+        if not _secrets.compare_digest(password.encode(), PASSWORD_BYTES[0]):
+            return PlainTextResponse("wrong password\n", status_code=401)
+        token = _secrets.token_urlsafe(16)
+        app.tokens[token] = USER
+        resp = RedirectResponse("./", status_code=303)
+        resp.set_cookie(f"access-token-{app.cookie_id}", token, httponly=True, samesite="none", secure=True,
+                        path=cookie_path)  # the portal path of this app only, not every app behind it
+        resp.set_cookie(f"access-token-unsecure-{app.cookie_id}", token, httponly=True, path=cookie_path)
+        return resp
+
+    PASSWORD_BYTES[0] = password.encode()
+    return True
+
+
+USER = "hpcft"
+PASSWORD_BYTES = [b""]
 
 
 def run(argv=None) -> int:
@@ -79,6 +91,11 @@ def run(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--columns", default="")
     p.add_argument("--title", default="")
+    p.add_argument("--auth", action="store_true", help="require a password (user hpcft), made here")
+    p.add_argument("--password-env", default="", help="take the password from this variable (SCOW's PASSWORD)")
+    p.add_argument("--proxy-prefix", default="", help="the portal's proxy path up to the node (SCOW)")
+    p.add_argument("--info-file", default="", help="default: serve.json in the run folder")
+    p.add_argument("--print-secret", action="store_true", help="print the password here (an interactive start)")
     a = p.parse_args(argv)
     os.environ.update(QUIET_ENV)
     import gradio as gr
@@ -87,33 +104,32 @@ def run(argv=None) -> int:
     cols = [c for c in a.columns.split(",") if c]
     port = a.port or free_port(a.host)
     title = a.title or f"hpcft: {Path(a.run_dir).name}"
+    password = os.environ.get(a.password_env, "") if a.password_env else ""
+    if (a.auth or a.password_env) and not password:
+        password = make_secret(length=24)
+    root = proxy_path(a.proxy_prefix, port)
     demo = build(pred, title, cols if len(cols) == 2 else None)
     theme = gr.themes.Default(font=SYSTEM_FONTS, font_mono=MONO_FONTS)
     demo.launch(server_name=a.host, server_port=port, share=False, prevent_thread_lock=True, quiet=True,
-                ssr_mode=False, theme=theme, footer_links=[], enable_monitoring=False, mcp_server=False)
-    local = "127.0.0.1" if a.host in ("0.0.0.0", "", "::") else a.host
-    url = f"http://{local}:{port}/"
+                ssr_mode=False, theme=theme, footer_links=[], enable_monitoring=False, mcp_server=False,
+                auth=(USER, password) if password else None, root_path=root or None)
+    if password:
+        add_form_login(demo, password, root + "/" if root else "/")
+    url = local_url(a.host, port)
     if not answered(url):
         print(f"hpcft: error: the app did not answer on {url}", file=sys.stderr, flush=True)
         demo.close()
         return 1
-    info_path = Path(a.run_dir) / "serve.json"
-    info = {"job_id": os.environ.get("SLURM_JOB_ID"), "node": socket.gethostname(), "host": a.host, "port": port,
-            "pid": os.getpid(), "url": url, "model": a.model, "kind": pred.kind, "started": time.time()}
-    atomic_write_json(info_path, info)
-    print(f"hpcft: serving {pred.kind} model {a.model} on {info['node']} {a.host}:{port} (pid {os.getpid()})",
+    info = InfoFile(Path(a.info_file) if a.info_file else Path(a.run_dir) / "serve.json")
+    details = {"kind": "demo", "host": a.host, "port": port, "url": url, "model": a.model, "task": pred.kind,
+               "proxy_path": root + "/" if root else ""}
+    info.write(**details, **({"user": USER, "password": password} if password else {}))
+    on_stop(info, demo.close, "serve")
+    print(f"hpcft: serving {pred.kind} model {a.model} on {info.info['node']} {a.host}:{port} (pid {os.getpid()})",
           flush=True)
-
-    def stop(signum, frame):
-        current = read_json(info_path) or {}
-        if current.get("pid") == os.getpid() and current.get("node") == info["node"]:
-            info_path.unlink(missing_ok=True)
-        print(f"hpcft: serve stopped (signal {signum})", flush=True)
-        demo.close()
-        os._exit(0)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    if password and a.print_secret:
+        print(f"hpcft: log in as {USER} with the password (shown once; also in {info.path}, mode 0600): "
+              f"{password}", flush=True)
     while True:
         time.sleep(3600)
 

@@ -1,0 +1,315 @@
+"""``hpcft serve RUN --api``: an OpenAI-compatible server for a trained run's LLM. Started by the
+CLI here, or on a compute node with ``--submit`` (the login side never imports this module)::
+
+    python -m hpcft.worker.api_server --model DIR [--base DIR] --name ID --run-dir RUN
+                                      [--host 127.0.0.1] [--port N] [--device cpu] [--backend auto]
+
+Routes (the subset of the OpenAI API that clients use): ``GET /v1/models``, ``POST
+/v1/chat/completions`` and ``POST /v1/completions``, each with ``"stream": true`` (server-sent
+events, ``data: [DONE]`` at the end). Every request needs ``Authorization: Bearer KEY``: the key
+is made here, at start, and written only into the 0600 ``serve.json`` of the run folder (the CLI
+prints it once); a missing or wrong key gets 401. Backends: vLLM's own OpenAI server when the
+environment has vLLM (vllm-ascend on NPUs) and the device is a GPU/NPU
+(:mod:`hpcft.worker.api_vllm`); otherwise transformers with batching (:mod:`hpcft.worker.api_engine`).
+"""
+
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Optional
+
+from .api_engine import ApiError, Engine, Request, render_chat
+from .serving import InfoFile, answered, free_port, local_url, make_secret, on_stop, proxy_path
+
+QUIET_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1",
+             "TOKENIZERS_PARALLELISM": "false"}
+DEFAULT_MAX_TOKENS = 512
+
+
+def _error(status: int, message: str, kind: str = "invalid_request_error", param=None, code=None):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status)
+
+
+def _content(message: Any, where: str) -> dict:
+    if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+        raise ApiError(f"{where}: each message is an object with a role and content", param="messages")
+    content = message.get("content")
+    if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+        parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        if len(parts) != len(content):
+            raise ApiError(f"{where}: only text content parts are supported", param="messages")
+        content = "".join(parts)
+    if content is None:
+        content = ""
+    if not isinstance(content, str):
+        raise ApiError(f"{where}: content must be text", param="messages")
+    return {"role": message["role"], "content": content}
+
+
+class Api:
+    """The routes over one engine; ``names`` are the model ids a request may name."""
+
+    def __init__(self, engine: Engine, model_id: str, key: str, names: list[str], sample_default: bool):
+        self.engine, self.model_id, self.key = engine, model_id, key
+        self.names = {model_id, *names}
+        self.sample_default = sample_default
+        self.created = int(time.time())
+
+    # ------------------------------------------------------------------ parsing
+    def _common(self, body: dict, prompt_ids: list[int]) -> Request:
+        if not isinstance(body, dict):
+            raise ApiError("the request body must be a JSON object")
+        model = body.get("model")
+        if model is not None and model not in self.names:
+            raise ApiError(f"The model '{model}' does not exist; this server has '{self.model_id}'", 404,
+                           param="model", code="model_not_found")
+        if body.get("n", 1) != 1:
+            raise ApiError("only n=1 is supported", param="n")
+        stop = body.get("stop") or []
+        stop = [stop] if isinstance(stop, str) else stop
+        if not (isinstance(stop, list) and all(isinstance(s, str) and s for s in stop)) or len(stop) > 4:
+            raise ApiError("stop must be a string or a list of up to 4 strings", param="stop")
+        room = self.engine.context - len(prompt_ids)
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or min(DEFAULT_MAX_TOKENS, room)
+        temperature = body.get("temperature")
+        temperature = (1.0 if self.sample_default else 0.0) if temperature is None else temperature
+        top_p = 1.0 if body.get("top_p") is None else body["top_p"]
+        for name, value, lo, hi in (("max_tokens", max_tokens, 1, None), ("temperature", temperature, 0, 2),
+                                    ("top_p", top_p, 0, 1)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < lo or (hi and value > hi):
+                raise ApiError(f"{name} must be a number >= {lo}" + (f" and <= {hi}" if hi else ""), param=name)
+        return Request(prompt_ids, int(max_tokens), float(temperature), float(top_p), stop)
+
+    def chat_request(self, body: dict) -> Request:
+        msgs = body.get("messages") if isinstance(body, dict) else None
+        if not isinstance(msgs, list) or not msgs:
+            raise ApiError("messages must be a non-empty list", param="messages")
+        prompt = render_chat(self.engine.tokenizer, [_content(m, f"messages[{i}]") for i, m in enumerate(msgs)])
+        return self._common(body, self.engine.encode(prompt))
+
+    def completion_request(self, body: dict) -> Request:
+        prompt = body.get("prompt") if isinstance(body, dict) else None
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if not isinstance(prompt, str):
+            raise ApiError("prompt must be a string (one prompt per request)", param="prompt")
+        return self._common(body, self.engine.encode(prompt))
+
+    # ------------------------------------------------------------------ answering
+    async def run(self, req: Request, chat: bool, stream: bool, include_usage: bool):
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        req.emit = lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev)
+        self.engine.submit(req)
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        obj = "chat.completion" if chat else "text_completion"
+        created = int(time.time())
+
+        def choice(text: Optional[str], finish: Optional[str], first: bool = False) -> dict:
+            if not chat:
+                return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+            if stream:
+                delta = {"role": "assistant", "content": ""} if first else ({"content": text} if text else {})
+                return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                    "finish_reason": finish}
+
+        def envelope(choices: list, usage: Optional[dict] = None) -> dict:
+            out = {"id": rid, "object": obj + (".chunk" if chat and stream else ""), "created": created,
+                   "model": self.model_id, "choices": choices}
+            if usage is not None or not stream:
+                out["usage"] = usage
+            return out
+
+        def usage(ev: dict) -> dict:
+            return {"prompt_tokens": ev["prompt_tokens"], "completion_tokens": ev["completion_tokens"],
+                    "total_tokens": ev["prompt_tokens"] + ev["completion_tokens"]}
+
+        if not stream:
+            parts = []
+            try:
+                while True:
+                    ev = await events.get()
+                    if "error" in ev:
+                        return _error(500, ev["error"], "server_error")
+                    if "text" in ev:
+                        parts.append(ev["text"])
+                    if "finish" in ev:
+                        return envelope([choice("".join(parts), ev["finish"])], usage(ev))
+            except asyncio.CancelledError:
+                req.cancelled = True
+                raise
+
+        async def sse():
+            try:
+                if chat:
+                    yield f"data: {json.dumps(envelope([choice(None, None, first=True)]))}\n\n"
+                while True:
+                    ev = await events.get()
+                    if "error" in ev:
+                        yield f"data: {json.dumps({'error': {'message': ev['error'], 'type': 'server_error'}})}\n\n"
+                        break
+                    if "text" in ev:
+                        yield f"data: {json.dumps(envelope([choice(ev['text'], None)]))}\n\n"
+                    if "finish" in ev:
+                        yield f"data: {json.dumps(envelope([choice(None if chat else '', ev['finish'])]))}\n\n"
+                        if include_usage:
+                            yield f"data: {json.dumps(envelope([], usage(ev)))}\n\n"
+                        break
+                yield "data: [DONE]\n\n"
+            finally:  # the client went away (or we are done): free the batch row
+                if req.finish is None:
+                    req.cancelled = True
+
+        from fastapi.responses import StreamingResponse
+
+        return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def build_app(api: Api):
+    from fastapi import FastAPI
+    from fastapi import Request as HttpRequest
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI(title="hpcft OpenAI-compatible server", docs_url=None, redoc_url=None, openapi_url=None)
+    expected = f"Bearer {api.key}".encode()
+
+    @app.middleware("http")
+    async def require_key(request: HttpRequest, call_next):
+        given = request.headers.get("authorization", "").encode()
+        if not secrets.compare_digest(given, expected):
+            return _error(401, "Incorrect API key provided (the key is in serve.json in the run folder)",
+                          code="invalid_api_key")
+        return await call_next(request)
+
+    async def body_of(request: HttpRequest) -> dict:
+        try:
+            return json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ApiError(f"the request body is not JSON: {exc}") from None
+
+    @app.exception_handler(ApiError)
+    async def api_error(request, exc: ApiError):
+        return _error(exc.status, str(exc), param=exc.param, code=exc.code)
+
+    @app.get("/v1/models")
+    async def models():
+        return JSONResponse({"object": "list", "data": [
+            {"id": api.model_id, "object": "model", "created": api.created, "owned_by": "hpcft"}]})
+
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str):
+        if name not in api.names:
+            raise ApiError(f"The model '{name}' does not exist", 404, param="model", code="model_not_found")
+        return {"id": api.model_id, "object": "model", "created": api.created, "owned_by": "hpcft"}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: HttpRequest):
+        body = await body_of(request)
+        req = api.chat_request(body)
+        return await api.run(req, True, bool(body.get("stream")), _include_usage(body))
+
+    @app.post("/v1/completions")
+    async def completions(request: HttpRequest):
+        body = await body_of(request)
+        req = api.completion_request(body)
+        return await api.run(req, False, bool(body.get("stream")), _include_usage(body))
+
+    return app
+
+
+def _include_usage(body: dict) -> bool:
+    opts = body.get("stream_options")
+    return bool(isinstance(opts, dict) and opts.get("include_usage"))
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(prog="python -m hpcft.worker.api_server")
+    p.add_argument("--model", required=True, help="the run's model folder (a full model or a LoRA adapter)")
+    p.add_argument("--base", default="", help="the base model of a LoRA adapter")
+    p.add_argument("--name", required=True, help="the model id clients use")
+    p.add_argument("--alias", action="append", default=[], help="other names a request may use")
+    p.add_argument("--run-dir", required=True, help="where serve.json goes")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0: a free port")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--backend", choices=["auto", "transformers", "vllm"], default="auto")
+    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--proxy-prefix", default="", help="the portal's proxy path up to the node (SCOW)")
+    p.add_argument("--print-secret", action="store_true", help="print the key here (an interactive start)")
+    return p.parse_args(argv)
+
+
+def _bind_or_exit(host: str, port: int) -> int:
+    import socket
+
+    if not port:
+        return free_port(host)
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: a listener blocks it,
+        try:                                                      # a closed connection's TIME_WAIT does not
+            s.bind((host, port))
+        except OSError as exc:
+            print(f"hpcft: error: port {port} on {host} is in use ({exc.strerror}); pick another --port",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+    return port
+
+
+def run(argv=None) -> int:
+    a = parse(argv)
+    os.environ.update(QUIET_ENV)
+    port = _bind_or_exit(a.host, a.port)
+    key = make_secret("sk-hpcft-", 40)
+    info = InfoFile(Path(a.run_dir) / "serve.json")
+    prefix = proxy_path(a.proxy_prefix, port)
+    details = {"kind": "api", "host": a.host, "port": port, "model": a.name, "model_dir": a.model,
+               "url": local_url(a.host, port, "/v1"), "api_key": key, "proxy_path": prefix + "/v1" if prefix else ""}
+    from .api_vllm import vllm_usable
+
+    if a.backend == "vllm" or (a.backend == "auto" and vllm_usable(a.device)):
+        from .api_vllm import serve_with_vllm
+
+        return serve_with_vllm(a, port, key, info, details)
+    import uvicorn
+
+    from .api_engine import load
+
+    model, tok = load(Path(a.model), Path(a.base) if a.base else None, a.device)
+    engine = Engine(model, tok, max_batch=a.max_batch)
+    gen = getattr(model, "generation_config", None)
+    api = Api(engine, a.name, key, a.alias, bool(getattr(gen, "do_sample", False)))
+    server = uvicorn.Server(uvicorn.Config(build_app(api), host=a.host, port=port, log_level="warning",
+                                           timeout_graceful_shutdown=3, access_log=False))
+
+    # uvicorn in a thread: it leaves the signals to us (in the main thread it re-raises SIGTERM after
+    # its shutdown, and the process would die before removing serve.json)
+    serving = threading.Thread(target=server.run, name="hpcft-uvicorn", daemon=True)
+    serving.start()
+    if not answered(local_url(a.host, port, "/v1/models"), 120, {"Authorization": f"Bearer {key}"}):
+        print(f"hpcft: error: the API server did not answer on port {port}", file=sys.stderr, flush=True)
+        return 1
+    info.write(**details, backend="transformers")
+    on_stop(info, lambda: setattr(server, "should_exit", True), "API server")
+    print(f"hpcft: serving the OpenAI-compatible API for {a.name} on {info.info['node']} {a.host}:{port} "
+          f"(transformers backend, batches of up to {a.max_batch}; pid {os.getpid()})", flush=True)
+    if a.print_secret:
+        print(f"hpcft: API key (shown once; also in {info.path}, mode 0600): {key}", flush=True)
+    while serving.is_alive():
+        serving.join(1.0)
+    info.remove()
+    return 1  # the server thread ended on its own
+
+
+if __name__ == "__main__":
+    sys.exit(run())
