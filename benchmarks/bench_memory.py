@@ -1,0 +1,145 @@
+"""The memory estimate against measured peaks, and placement's cost (issue 18).
+
+1. Accuracy: the estimate for every case of tests/data/memory_measured.py (published measured
+   peaks, each source named) against the measurement: the worst ratios, the median absolute
+   error, how many are within +-15 % and how many below 0.95 (targets: all within 15 %, none below
+   0.95). Pure arithmetic, no cluster.
+2. Placement (needs the dev Slurm: devtools/cluster/dev-slurm up): ``partition: auto`` over 3
+   partitions x 4 device counts (1, 2, 4, 8) is 12 ``sbatch --test-only`` calls, made side by
+   side; the same calls one after another are the baseline, measured in the same run. The dev
+   node has 2 GPUs, so the 3 x 4 table is asked with a view of the partitions whose nodes claim
+   8 (Slurm answers the 4- and 8-GPU requests with a refusal, which costs the same round trip).
+   Then the whole ``hpcft check`` command with placement on the real cluster (target <= 1 s).
+
+    .venv/bin/python benchmarks/bench_memory.py [--quick] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "data"))
+
+from memory_measured import MEASURED  # noqa: E402
+
+from hpcft.preflight.estimate import Plan, estimate  # noqa: E402
+from hpcft.preflight.shape import shape_from_config  # noqa: E402
+
+
+def accuracy() -> bool:
+    rows = []
+    for r in MEASURED:
+        e = estimate(shape_from_config(r["config"]), Plan(**r["plan"]))
+        rows.append((e.total / r["measured_gib"], e.total, r["measured_gib"], r["case"], r["source"]))
+    ratios = [x[0] for x in rows]
+    within = sum(0.85 <= x <= 1.15 for x in ratios)
+    below = [x for x in rows if x[0] < 0.95]
+    print(f"accuracy: {len(rows)} measured cases from {len({x[4] for x in rows})} sources")
+    for source, n in Counter(x[4].split(" ")[0] for x in rows).items():
+        print(f"  {n:3d} from {source}")
+    print(f"  worst underestimate: {min(ratios):.2f}x ({min(rows)[3]})")
+    print(f"  worst overestimate:  {max(ratios):.2f}x ({max(rows)[3]})")
+    print(f"  median absolute error: {100 * statistics.median(abs(x - 1) for x in ratios):.1f} %")
+    print(f"  within +-15 %: {within} of {len(rows)}; below 0.95: {len(below)}"
+          + "".join(f"\n    {x[0]:.2f}x {x[1]:.1f} vs {x[2]:.1f} GiB: {x[3]}" for x in below))
+    return within == len(rows) and not below
+
+
+def _slurm_up() -> bool:
+    try:
+        return subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def placement(repeat: int) -> bool:
+    from hpcft.cluster import slurm
+    from hpcft.core.config import Settings
+    from hpcft.core.job import load_job
+    from hpcft.preflight import placement as pl
+    from hpcft.preflight.live import ClusterView
+
+    parts = ["gpu", "v100", "v100b"]
+    view = ClusterView.live()
+    missing = [p for p in parts if p not in view.partitions]
+    if missing:
+        print(f"placement: partitions {missing} missing: run devtools/cluster/dev-slurm up (it adds them)")
+        return False
+    for node in view.nodes.values():   # the 3 x 4 table: nodes that claim 8 GPUs
+        node.gres = {**node.gres, "gpu": 8}
+    settings = Settings(partitions={"gpu": parts})
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "hello.py").write_text("print('hello')\n")
+        job_file = Path(tmp) / "auto.yaml"
+        job_file.write_text(yaml.safe_dump({"name": "bench-place", "script": "hello.py", "resources": {
+            "partition": "auto", "gpus_per_node": "auto", "time": "00:10:00"}}))
+        loaded = load_job(job_file, settings)
+        side, serial, calls = [], [], 0
+        for _ in range(repeat):
+            t = time.perf_counter()
+            _, out = pl.place(loaded, settings, view)
+            side.append(time.perf_counter() - t)
+            calls = out.calls
+            t = time.perf_counter()
+            for c in out.candidates:
+                slurm.test_only_start(pl._sbatch_options(loaded.job, settings, c, "gpu"))
+            serial.append(time.perf_counter() - t)
+        s, b = statistics.median(side), statistics.median(serial)
+        print(f"placement over {len(parts)} partitions x {len(pl.DEVICE_COUNTS)} device counts: "
+              f"{calls} sbatch --test-only calls")
+        print(f"  side by side: {s:.3f} s (median of {repeat}); one after another (baseline): {b:.3f} s; "
+              f"ratio {s / b:.2f}x")
+        cfg = Path(tmp) / "config.yaml"
+        cfg.write_text(yaml.safe_dump({"partitions": {"gpu": parts}}))
+        env = {**os.environ, "HPCFT_CONFIG": str(cfg), "HPCFT_HOME": str(Path(tmp) / "home")}
+        fixed = Path(tmp) / "fixed.yaml"   # the baseline: the same job with its partition and count named
+        fixed.write_text(yaml.safe_dump({"name": "bench-place", "script": "hello.py", "resources": {
+            "partition": "v100b", "gpus_per_node": 1, "time": "00:10:00"}}))
+        times: dict[Path, list[float]] = {job_file: [], fixed: []}
+        for _ in range(repeat):   # interleaved, so both see the same load
+            for path in times:
+                t = time.perf_counter()
+                proc = subprocess.run([sys.executable, "-m", "hpcft.cli.main", "check", str(path)],
+                                      capture_output=True, text=True, env=env)
+                times[path].append(time.perf_counter() - t)
+                if proc.returncode != 0:
+                    print(proc.stdout, proc.stderr)
+                    return False
+                if path == job_file:
+                    real = sum(1 for line in proc.stdout.splitlines() if line.startswith(("→", "  gpu", "  v100")))
+        c, base = statistics.median(times[job_file]), statistics.median(times[fixed])
+        print(f"  hpcft check with placement on the dev cluster ({real} candidates, 2 GPUs per node): "
+              f"{c:.3f} s; the same job with partition and count named: {base:.3f} s "
+              f"(medians of {repeat}; target <= 1 s)")
+    return c <= 1.0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="3 repeats")
+    args = ap.parse_args()
+    repeat = 3 if args.quick else args.repeat
+    ok = accuracy()
+    print()
+    if _slurm_up():
+        ok = placement(repeat) and ok
+    else:
+        print("placement: no Slurm controller answers (devtools/cluster/dev-slurm up); not measured")
+        ok = False
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
