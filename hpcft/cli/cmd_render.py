@@ -19,6 +19,14 @@ def run(args) -> int:
     from ..submit.render import make_plan, render_script
 
     loaded, settings = load(args)
+    from ..preflight.placement import wants_placement
+
+    if wants_placement(loaded.job):  # chosen against the live queue, not here
+        from ..core.errors import ConfigError
+
+        raise ConfigError([f"{loaded.source or '<job>'}: resources: 'auto' is chosen against the live cluster "
+                           "(sbatch --test-only): run hpcft check to see the choice, or name the values "
+                           "(--set resources.partition=... --set resources.gpus_per_node=...)"])
     partition = loaded.job.resources.partition or args.partition or \
         settings.default_partition.get(loaded.job.resources.device)
     scow_dir = scow.job_folder(settings, loaded.job.name) if scow.enabled(settings) else None
