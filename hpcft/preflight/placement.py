@@ -177,10 +177,11 @@ def place(loaded: LoadedJob, settings: Settings, view: ClusterView, points: Opti
                                          -1 if c.zero_stage is None else c.zero_stage))
     best.chosen = True
     out.chosen = best
-    others = sorted({c.start for c in startable if c is not best})
+    later = sorted({c.start for c in startable if c.start > best.start})
+    tied = [c for c in startable if c.start == best.start]
     out.reason = (f"starts soonest ({best.start}) of {len(startable)} fitting plan(s)"
-                  + (f"; next at {others[0]}" if others and others[0] != best.start else
-                     "; ties broken by fewer device-hours" if len(startable) > 1 else ""))
+                  + (f"; the others start at {later[0]} or later" if later else "")
+                  + (f"; of the {len(tied)} starting then, the fewest device-hours" if len(tied) > 1 else ""))
     return _with(loaded, best, device), out
 
 
