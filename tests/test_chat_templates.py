@@ -263,3 +263,44 @@ def test_base_model_with_chatml_saves_im_end_as_eos(tmp_path):
     gen = GenerationConfig(eos_token_id=glm.eos_token_id)
     set_end_of_turn(glm, gen)
     assert glm.eos_token == "<|endoftext|>" and gen.eos_token_id[0] == glm.convert_tokens_to_ids("<|user|>")
+
+
+def test_base_model_trained_on_chatml_stops_at_im_end_after_save(tmp_path):
+    """A base checkpoint (EOS <|endoftext|>) fine-tuned on ChatML replies: with the generation
+    config it had, it runs on to max_new_tokens; with the one saved after training (end of turn
+    made EOS) it stops at <|im_end|>."""
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    from devtools.hub.chat_templates import make_family_tokenizer
+
+    tok = make_family_tokenizer("qwen2.5-base")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=256, eos_token_id=tok.eos_token_id))
+    model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    r = ld.Renderer(tok)
+    [enc] = ld.encode(tok, r, {"instruction": "Repeat the word apple.", "output": "apple apple"}, "alpaca", 256)
+    ids, labels = torch.tensor([enc["input_ids"]]), torch.tensor([enc["labels"]])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(40):  # memorise the one reply, <|im_end|> included
+        loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert loss.item() < 0.05
+    model.eval()
+    prompt = tok(r.prompt([{"role": "user", "content": "Repeat the word apple."}]), return_tensors="pt",
+                 add_special_tokens=False)
+    n = prompt["input_ids"].shape[1]
+    with torch.no_grad():
+        before = model.generate(**prompt, max_new_tokens=12, do_sample=False)
+    assert before.shape[1] - n == 12  # never stops: <|im_end|> is not its EOS
+    set_end_of_turn(tok, model.generation_config)
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        after = saved.generate(**prompt, max_new_tokens=12, do_sample=False)
+    assert tok.decode(after[0, n:]) == "apple apple<|im_end|>"

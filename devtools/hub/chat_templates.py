@@ -99,7 +99,7 @@ def make_family_tokenizer(family: str, out: Optional[Path] = None):
     bpe.train_from_iterator(corpus() + ["think tool call response weather city Paris sunny"], vocab_size=460,
                             min_frequency=1, show_progress=False, special_tokens=f["special"])
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token=f["bos"], eos_token=f["eos"],
-                                  pad_token=f["pad"], unk_token=None)
+                                  pad_token=f["pad"], unk_token=None, model_input_names=["input_ids", "attention_mask"])
     tok.add_special_tokens({"additional_special_tokens": [s for s in f["special"]
                                                           if s not in (f["bos"], f["eos"], f["pad"])]})
     if f["added"]:
