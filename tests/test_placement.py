@@ -20,11 +20,19 @@ from hpcft.cluster.slurm import parse_test_only
 
 from .test_memory import LLAMA3_8B, PUBLISHED, _stage
 
-pytestmark = pytest.mark.slurm
 SCHEMA = json.loads((Path(__file__).parent / "schemas" / "check.schema.json").read_text())
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d$")
 
 
+def test_parse_test_only_on_captured_output():
+    est = parse_test_only("sbatch: Job 7 to start at 2026-12-02T14:30:11 using 2 processors on nodes g[01-02] "
+                          "in partition a100")
+    assert (est.job_id, est.start, est.processors, est.nodes, est.partition) == (
+        "7", "2026-12-02T14:30:11", 2, "g[01-02]", "a100")
+    assert parse_test_only("sbatch: error: Batch job submission failed: Invalid account") is None
+
+
+@pytest.mark.slurm
 def test_start_time_parsed_from_slurms_own_output(slurm):
     est, text = slurm_mod.test_only_start(["-p", "v100b", "-t", "5", "--gres=gpu:1"])
     assert est is not None, text
@@ -84,6 +92,7 @@ def _chosen(run_hpcft, path: Path) -> dict:
     return doc["placement"]
 
 
+@pytest.mark.slurm
 def test_partition_auto_picks_the_free_one_and_follows(slurm, hpcft_home, run_hpcft, tmp_path, fill):
     _config()
     path = _script_job(tmp_path)
@@ -115,6 +124,7 @@ def test_partition_auto_picks_the_free_one_and_follows(slurm, hpcft_home, run_hp
         subprocess.run(["scancel", str(run["job_id"])])
 
 
+@pytest.mark.slurm
 def test_a_job_that_fits_nowhere_is_refused_with_the_fixes(slurm, hpcft_home, run_hpcft, tmp_path):
     _stage(hpcft_home / "cache", tmp_path, LLAMA3_8B)
     _config(device_memory={"v100": "16G", "v100b": "32G"})
@@ -135,6 +145,7 @@ def test_a_job_that_fits_nowhere_is_refused_with_the_fixes(slurm, hpcft_home, ru
     assert not list((hpcft_home / "runs").glob("*-big-*"))
 
 
+@pytest.mark.slurm
 def test_a_sweep_places_all_its_points_at_once(slurm, hpcft_home, run_hpcft, tmp_path):
     small = next(cfg for name, _, cfg in PUBLISHED if name == "Qwen/Qwen2.5-0.5B-Instruct")
     _stage(hpcft_home / "cache", tmp_path, small, "Qwen/Qwen2.5-0.5B-Instruct", "qwen2.5-0.5b")
@@ -148,6 +159,8 @@ def test_a_sweep_places_all_its_points_at_once(slurm, hpcft_home, run_hpcft, tmp
         "resources": {"partition": "auto", "gpus_per_node": "auto", "time": "00:10:00"},
         "sweep": {"grid": {"train.max_seq_length": [512, 8192]}}}))
     doc = json.loads(run_hpcft("check", "--json", str(path)).stdout)
+    jsonschema.validate(doc, SCHEMA)
+    assert doc["placement"]["chosen"]["partition"] in ("v100", "v100b")
     placement = doc["checks"][0]
     assert placement["name"] == "placement" and placement["ok"], doc
     # one plan for the array, sized by its most demanding point: 8192 tokens of a 152k vocabulary

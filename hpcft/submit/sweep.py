@@ -81,6 +81,7 @@ class SweepResult:
     script: str
     checks: list[Check] = field(default_factory=list)
     dry_run: bool = False
+    placement: Optional[dict] = None  # partition/devices: auto, placed once for every point
 
 
 def sweep_points(job: Job) -> list[dict[str, Any]]:
@@ -201,7 +202,8 @@ class SweepSubmission(Submission[SweepResult]):
         return [t.dir for t in tasks]
 
     def result(self, script: str, checks: list[Check]) -> SweepResult:
-        return SweepResult(None, script, checks, dry_run=True)
+        return SweepResult(None, script, checks, dry_run=True,
+                           placement=self.placement.as_dict() if self.placement else None)
 
     def record(self, plan: ScriptPlan, paths: RunPaths, script: str, job_ids: list[str],
                checks: list[Check]) -> SweepResult:
