@@ -189,3 +189,51 @@ def test_port_of_the_proxy_url_helpers():
     assert proxy_url(scow, "cn1", 5000) == "https://hpc.example.edu/api/proxy/c1/relative/cn1/5000/"
     assert parse_proxy_target(urllib.parse.urlsplit(proxy_url(scow, "cn1", 5000, "x/y")).path.replace(
         "/c1/", f"/{CLUSTER}/"), "/") == "http://cn1:5000/x/y"
+
+
+def test_tensorboard_scow_app_logs_in_with_the_connect_button(portal_run, tmp_path):
+    """contrib/scow/apps/hpcft-tensorboard.yml run as the portal runs it (before.sh, script.sh under
+    server_entry.sh; here without Slurm): the connect button's POST logs the browser in."""
+    import signal
+
+    from tests.test_scow_apps import ROOT as REPO
+    from tests.test_scow_apps import _portal_scripts
+
+    app = yaml.safe_load((REPO / "contrib" / "scow" / "apps" / "hpcft-tensorboard.yml").read_text())
+    work = tmp_path / "session"
+    work.mkdir()
+    entry = _portal_scripts(app, work, {"RUNS": portal_run["run_id"], "HPCFT_ENV": ""})
+    (tmp_path / ".bash_profile").write_text(f'export PATH="{Path(sys.executable).parent}:$PATH"\n')
+    env = {**os.environ, **portal_run["env"], "HOME": str(tmp_path),
+           "SERVER_SESSION_INFO": str(work / "session.json")}
+    proc = subprocess.Popen(["bash", str(entry)], cwd=work, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (work / "session.json").exists():
+            time.sleep(0.2)
+        session = json.loads((work / "session.json").read_text())
+        base = f"http://127.0.0.1:{session['PORT']}"
+        code = None
+        while time.monotonic() < deadline and code != 401 and proc.poll() is None:
+            code = _status(urllib.request.Request(f"{base}/"))[0] if _port_open(session["PORT"]) else None
+            time.sleep(0.5)
+        assert code == 401, proc.stdout.read() if proc.poll() is not None else code
+        # the connect button: POST <proxy path>/hpcft-login with formData password={{ PASSWORD }}
+        form = urllib.parse.urlencode({"password": session["PASSWORD"]}).encode()
+        code, _, headers = _status(urllib.request.Request(f"{base}/hpcft-login", data=form), RAW)
+        assert code == 303 and headers["Location"] == "./"
+        cookie = headers["Set-Cookie"]
+        assert f"Path=/scow/api/proxy/hpc01/relative/{session['HOST']}/{session['PORT']}/" in cookie
+        code, page, _ = _status(urllib.request.Request(f"{base}/", headers={"Cookie": cookie.split(";")[0]}))
+        assert code == 200 and b"TensorBoard" in page
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def _port_open(port) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", int(port))) == 0

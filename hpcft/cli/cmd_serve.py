@@ -30,7 +30,7 @@ def register(sub) -> None:
                "needs gradio (pip install 'hpcft[serve]') or, for --api, fastapi+uvicorn ('hpcft[api]') where "
                "it runs",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("ref", metavar="RUN", help=REF_HELP)
+    p.add_argument("ref", metavar="RUN", nargs="?", help=REF_HELP + " (default: the latest run)")
     p.add_argument("--api", action="store_true", help="an OpenAI-compatible API server instead of the demo")
     p.add_argument("--host", default=None,
                    help="address to bind (default 127.0.0.1: only through ssh; with a SCOW portal configured and "
@@ -44,6 +44,9 @@ def register(sub) -> None:
     p.add_argument("--backend", choices=["auto", "transformers", "vllm"], default="auto",
                    help="--api: vLLM when the environment has it on a GPU/NPU (auto), or transformers")
     p.add_argument("--max-batch", type=int, default=8, help="--api, transformers: requests generated together")
+    p.add_argument("--scow-app", action="store_true",
+                   help="inside a SCOW interactive app (contrib/scow/apps/hpcft-demo.yml): the demo on its $PORT with "
+                        "its $PASSWORD, links under its $PROXY_BASE_PATH")
     p.set_defaults(func=run)
 
 
@@ -53,8 +56,8 @@ def run(args) -> int:
     from ..core.errors import ConfigError, HpcftError
     from ..runs.index import RunStore
     from ..runs.ref import resolve_run
-    from ..use.launch import local_env, require_local_torch, run_model, worker_argv
-    from ..use.reach import EVERYWHERE, how_to_reach, port_in_use, portal, proxy_prefix
+    from ..use.launch import require_local_torch, run_model
+    from ..use.reach import EVERYWHERE, how_to_reach, port_in_use, portal, proxy_prefix, scow_app_args
 
     s = settings()
     model = run_model(resolve_run(RunStore(s.runs), args.ref), best=args.best, adapter_ok=args.api)
@@ -82,6 +85,13 @@ def run(args) -> int:
             wargs.append("--auth")  # reachable by others: a password (gradio's auth=)
     if via_portal:
         wargs += ["--proxy-prefix", proxy_prefix(s.scow)]
+    if args.scow_app:
+        if args.api or args.submit:
+            raise ConfigError(["hpcft serve --scow-app: the SCOW app runs the demo on its own node; "
+                               "leave out --api and --submit"])
+        return _exec(s, "serve", ["--model", str(model.model_dir), "--run-dir", str(model.paths.dir),
+                                  "--columns", ",".join(model.text_columns),
+                                  *scow_app_args("serve", dict(os.environ))])
     if args.submit:
         return _submit(args, s, model, module, wargs)
     port = args.port or (8000 if args.api else 7860)
@@ -98,7 +108,13 @@ def run(args) -> int:
     print(f"hpcft: starting {what} of {model.model_dir} on {host}:{port} (Ctrl-C stops it)")
     for line in how_to_reach(None, host, port, port, path="v1" if args.api else ""):
         print(f"  {line}")
-    argv = worker_argv(module, [*wargs, "--port", str(port), "--print-secret"])
+    return _exec(s, module, [*wargs, "--port", str(port), "--print-secret"])
+
+
+def _exec(s, module: str, wargs: list[str]) -> int:
+    from ..use.launch import local_env, worker_argv
+
+    argv = worker_argv(module, wargs)
     sys.stdout.flush()
     # become the app: Ctrl-C, SIGTERM and a closed session reach it directly, nothing is orphaned
     os.execve(argv[0], argv, local_env(s))

@@ -31,6 +31,9 @@ def register(sub) -> None:
     p.add_argument("--submit", action="store_true", help="run on a compute node as a Slurm job")
     p.add_argument("--time", default="04:00:00", help="with --submit: how long it may run (default 4 h)")
     p.add_argument("--timeout", type=float, default=600, help="with --submit: seconds to wait for it")
+    p.add_argument("--scow-app", action="store_true",
+                   help="inside a SCOW interactive app (contrib/scow/apps/hpcft-tensorboard.yml): on its $PORT with "
+                        "its $PASSWORD, links under its $PROXY_BASE_PATH")
     p.set_defaults(func=run)
 
 
@@ -40,8 +43,7 @@ def run(args) -> int:
     from ..core.errors import ConfigError, HpcftError
     from ..runs.index import RunStore
     from ..runs.ref import resolve_run
-    from ..use.launch import local_env, worker_argv
-    from ..use.reach import EVERYWHERE, how_to_reach, port_in_use, portal, proxy_prefix
+    from ..use.reach import EVERYWHERE, how_to_reach, port_in_use, portal, proxy_prefix, scow_app_args
     from ..use.tensorboard import board, worker_args
 
     s = settings()
@@ -50,8 +52,14 @@ def run(args) -> int:
     via_portal = args.submit and portal(s.scow)
     host = args.host or (EVERYWHERE if via_portal else "127.0.0.1")
     port = args.port or (0 if args.submit else 6006)
-    if not args.submit and port_in_use(host, port):
+    if not args.submit and not args.scow_app and port_in_use(host, port):
         raise ConfigError([f"hpcft tensorboard: port {port} on {host} is in use; pick another with --port"])
+    if args.scow_app:
+        if args.submit:
+            raise ConfigError(["hpcft tensorboard --scow-app: the SCOW app runs it on its own node; leave out --submit"])
+        extra = scow_app_args("tensorboard", dict(os.environ))
+        b = board(s, records, named=bool(args.refs))
+        return _exec(s, ["--logdir-spec", b.spec, "--info-file", str(b.info_path), *extra])
     b = board(s, records, named=bool(args.refs))
     wargs = worker_args(b, host, port, proxy_prefix(s.scow) if via_portal else "")
     if args.submit:
@@ -61,7 +69,13 @@ def run(args) -> int:
     print(f"hpcft: starting TensorBoard over {len(b.records)} run(s) on {host}:{port} (Ctrl-C stops it)")
     for line in how_to_reach(None, host, port, port):
         print(f"  {line}")
-    argv = worker_argv("tensorboard", [*wargs, "--print-secret"])
+    return _exec(s, [*wargs, "--print-secret"])
+
+
+def _exec(s, wargs: list[str]) -> int:
+    from ..use.launch import local_env, worker_argv
+
+    argv = worker_argv("tensorboard", wargs)
     sys.stdout.flush()
     os.execve(argv[0], argv, local_env(s))
 

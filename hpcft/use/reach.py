@@ -25,7 +25,7 @@ from typing import Callable, Optional
 from ..cluster import slurm
 from ..core.atomic import read_json
 from ..core.config import Scow
-from ..core.errors import HpcftError
+from ..core.errors import ConfigError, HpcftError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 EVERYWHERE = "0.0.0.0"
@@ -90,6 +90,25 @@ def how_to_reach(node: Optional[str], host: str, port: int, local_port: int = 78
             f"then open          http://127.0.0.1:{local_port}/{path}",
             "SCOW: the portal's web shell cannot forward ports; run the ssh line in a terminal on your "
             "laptop with the login node's address and your cluster account (the one the portal's shell uses)"]
+
+
+SCOW_APP_VARS = ("PORT", "PASSWORD")
+
+
+def scow_app_args(command: str, environ: dict) -> list[str]:
+    """Worker arguments inside a SCOW interactive app (contrib/scow/apps/): the port and password its
+    beforeScript exported, bound on every address, links under the portal's proxy path
+    (``PROXY_BASE_PATH``, ``HOST``: what OpenSCOW's portal-server and server_entry.sh export)."""
+    missing = [v for v in SCOW_APP_VARS if not environ.get(v)]
+    if missing:
+        raise ConfigError([f"hpcft {command} --scow-app: ${' and $'.join(missing)} not set; --scow-app runs inside "
+                           "a SCOW interactive app whose beforeScript exports PORT and PASSWORD (contrib/scow/apps/)"])
+    if not environ["PORT"].isdigit():
+        raise ConfigError([f"hpcft {command} --scow-app: $PORT is {environ['PORT']!r}, not a port number"])
+    args = ["--host", EVERYWHERE, "--port", environ["PORT"], "--password-env", "PASSWORD"]
+    if environ.get("PROXY_BASE_PATH"):
+        args += ["--proxy-prefix", environ["PROXY_BASE_PATH"], "--proxy-node", environ.get("HOST", "")]
+    return args
 
 
 def through_portal(scow: Scow, node: str, port: int, path: str = "") -> list[str]:

@@ -93,6 +93,7 @@ def run(argv=None) -> int:
     p.add_argument("--title", default="")
     p.add_argument("--auth", action="store_true", help="require a password (user hpcft), made here")
     p.add_argument("--password-env", default="", help="take the password from this variable (SCOW's PASSWORD)")
+    p.add_argument("--proxy-node", default="", help="the node's name in the portal's URL (SCOW's $HOST)")
     p.add_argument("--proxy-prefix", default="", help="the portal's proxy path up to the node (SCOW)")
     p.add_argument("--info-file", default="", help="default: serve.json in the run folder")
     p.add_argument("--print-secret", action="store_true", help="print the password here (an interactive start)")
@@ -107,7 +108,7 @@ def run(argv=None) -> int:
     password = os.environ.get(a.password_env, "") if a.password_env else ""
     if (a.auth or a.password_env) and not password:
         password = make_secret(length=24)
-    root = proxy_path(a.proxy_prefix, port)
+    root = proxy_path(a.proxy_prefix, port, a.proxy_node)
     demo = build(pred, title, cols if len(cols) == 2 else None)
     theme = gr.themes.Default(font=SYSTEM_FONTS, font_mono=MONO_FONTS)
     demo.launch(server_name=a.host, server_port=port, share=False, prevent_thread_lock=True, quiet=True,

@@ -44,12 +44,14 @@ def node_name() -> str:
     return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
 
 
-def proxy_path(prefix: Optional[str], port: int) -> str:
+def proxy_path(prefix: Optional[str], port: int, node: str = "") -> str:
     """The path the portal shows the app under: ``<prefix>/<node>/<port>`` where the prefix is
-    ``<portal base path>/api/proxy/<cluster>/relative`` (OpenSCOW's PROXY_BASE_PATH); '' without."""
+    ``<portal base path>/api/proxy/<cluster>/relative`` (OpenSCOW's PROXY_BASE_PATH) and the node
+    is the name the portal's URL carries (a SCOW app's ``$HOST``; by default this node's name);
+    '' without a prefix."""
     if not prefix:
         return ""
-    return f"{prefix.rstrip('/')}/{node_name()}/{port}"
+    return f"{prefix.rstrip('/')}/{node or node_name()}/{port}"
 
 
 def local_url(host: str, port: int, path: str = "/") -> str:

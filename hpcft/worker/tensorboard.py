@@ -144,6 +144,7 @@ def run(argv=None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--password-env", default="", help="take the password from this variable (SCOW's PASSWORD)")
+    p.add_argument("--proxy-node", default="", help="the node's name in the portal's URL (SCOW's $HOST)")
     p.add_argument("--proxy-prefix", default="")
     p.add_argument("--print-secret", action="store_true")
     a = p.parse_args(argv)
@@ -153,22 +154,26 @@ def run(argv=None) -> int:
     tb = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir_spec", a.logdir_spec,
                            "--host", "127.0.0.1", "--port", str(inner), "--reload_interval", "15"],
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, stdout=subprocess.DEVNULL)
-    root = proxy_path(a.proxy_prefix, port)
+    root = proxy_path(a.proxy_prefix, port, a.proxy_node)
     gate = Gate(password, f"{COOKIE}-{port}", root + "/" if root else "/")
+    # the port is taken now (a clash fails at once) but listens only once TensorBoard answers, so
+    # an open port means a ready board (what the portal's "connect" waits for)
+    front = ThreadingHTTPServer((a.host, port), make_handler(gate, inner), bind_and_activate=False)
+    front.daemon_threads = True
     try:
-        front = ThreadingHTTPServer((a.host, port), make_handler(gate, inner))
+        front.server_bind()
     except OSError as exc:
         tb.terminate()
         print(f"hpcft: error: port {port} on {a.host} is in use ({exc.strerror}); pick another --port",
               file=sys.stderr, flush=True)
         return 2
-    front.daemon_threads = True
-    threading.Thread(target=front.serve_forever, name="hpcft-tb-front", daemon=True).start()
     if not answered(f"http://127.0.0.1:{inner}/", 180):
         print(f"hpcft: error: TensorBoard did not start (exit {tb.poll()}); is it installed in {sys.executable}?",
               file=sys.stderr, flush=True)
         tb.terminate()
         return 1
+    front.server_activate()
+    threading.Thread(target=front.serve_forever, name="hpcft-tb-front", daemon=True).start()
     info = InfoFile(Path(a.info_file))
     info.write(kind="tensorboard", host=a.host, port=port, url=local_url(a.host, port), user="hpcft",
                password=password, logdir_spec=a.logdir_spec, proxy_path=root + "/" if root else "")
