@@ -13,8 +13,8 @@ import json
 
 import pytest
 
+from hpcft.core.chat import end_of_turn, set_end_of_turn
 from hpcft.worker import llm_data as ld
-from hpcft.worker.chat import end_of_turn, set_end_of_turn
 
 pytestmark = pytest.mark.worker
 
@@ -221,7 +221,7 @@ def test_sharegpt_function_call_observation_and_row_system(toks):
     ("qwen2.5", _msgs(Q, "red", Q2), r"test row 1: the last turn is user's, not the assistant's"),
     ("deepseek-r1-distill", {"messages": [{"role": "user", "content": "Weather?"},
                                           {"role": "assistant", "content": None, "tool_calls": [CALL]}]},
-     r"test row 1: the model's chat template cannot render this conversation"),
+     r"test row 1: the model's chat template cannot render the tool call 'get_weather'"),
     ("llama3", {"messages": [{"role": "user", "content": "Weather?"},
                              {"role": "assistant", "content": None, "tool_calls": [CALL]}]},
      r"test row 1: the model's chat template drops the tool call 'get_weather'"),

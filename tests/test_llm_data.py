@@ -186,3 +186,43 @@ def test_fixture_data_files_are_read_by_their_format(tmp_path):
     a = json.loads(write_alpaca(tmp_path / "a.jsonl", n=4).read_text().splitlines()[0])
     m = json.loads(write_messages(tmp_path / "m.jsonl", n=4).read_text().splitlines()[0])
     assert ld.detect_format(a) == "alpaca" and ld.detect_format(m) == "messages"
+
+
+def test_bad_rows_and_a_zero_weight_are_refused_before_anything_is_queued(tmp_path, hpcft_home, run_hpcft):
+    """`hpcft submit`: a messages row ending with the user's turn, and a tool call the staged model's
+    template cannot render (a DeepSeek-R1 distill's, read without transformers), each one line
+    naming the file and row, exit 2, no run folder; a mixing weight of 0 is a job-file error."""
+    from devtools.hub.chat_templates import DEEPSEEK_R1_DISTILL, QWEN2_5
+
+    call = {"id": "call00001", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+            {"messages": [{"role": "user", "content": "Weather?"}, {"role": "assistant", "content": None,
+                                                                    "tool_calls": [call]}]},
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                          {"role": "user", "content": "and?"}]}]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "good.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    for name, template in (("r1", DEEPSEEK_R1_DISTILL), ("qwen", QWEN2_5)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+        (tmp_path / name / "tokenizer_config.json").write_text(json.dumps(
+            {"chat_template": template, "bos_token": None, "eos_token": "<|im_end|>"}))
+
+    def submit(model: str, dataset: str) -> tuple[int, list[str]]:
+        (tmp_path / "job.yaml").write_text(f"name: rows\nexecutor: local\ntrain:\n  task: causal-lm\n"
+                                           f"  model: ./{model}\n  dataset: {dataset}\n  max_steps: 1\n")
+        res = run_hpcft("submit", str(tmp_path / "job.yaml"), cwd=tmp_path)
+        return res.returncode, [ln for ln in res.stderr.splitlines() if "data rows" in ln or "dataset" in ln]
+
+    code, lines = submit("r1", "[data.jsonl, {name: good.jsonl, weight: 2}]")
+    assert code == 2
+    assert lines == [f"{tmp_path / 'job.yaml'}: data rows: {tmp_path / 'data.jsonl'}:3: the last turn is 'user', not "
+                     "the assistant's: nothing to train on (end each conversation with the assistant's reply)",
+                     f"{tmp_path / 'job.yaml'}: data rows: {tmp_path / 'data.jsonl'}:2: the model's chat template "
+                     "cannot render the tool call 'get_weather' (can only concatenate str (not \"dict\") to str)"]
+    code, lines = submit("qwen", "data.jsonl")  # Qwen2.5's template writes tool calls: only the last-turn row
+    assert code == 2 and len(lines) == 1 and ":3: the last turn is 'user'" in lines[0]
+    code, lines = submit("qwen", "[good.jsonl, {name: good.jsonl, weight: 0}]")
+    assert code == 2 and lines == [f"{tmp_path / 'job.yaml'}:6: train.dataset: entry 2 (good.jsonl): weight 0 must be "
+                                   "above 0 (leave the dataset out instead)"]
+    assert not (hpcft_home / "runs").exists() or not any((hpcft_home / "runs").iterdir())

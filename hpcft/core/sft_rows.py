@@ -1,7 +1,8 @@
 """Supervised fine-tuning rows (``task: causal-lm``): what a conversation row must hold, checked
 on a sample of a local data file by the pre-flight (:mod:`hpcft.preflight.sft_data`), so a file
 the worker would refuse queues nothing. The worker checks every row with the model's own chat
-template (:mod:`hpcft.worker.chat`). Pure Python, no third-party imports.
+template (:mod:`hpcft.core.chat`), and reads rows as messages with the functions here
+(:func:`to_messages`, :func:`row_tools`), the same on both sides. Pure Python.
 
 Formats as the worker reads them (:mod:`hpcft.worker.llm_data`): ``messages`` (OpenAI style),
 ShareGPT ``conversations`` (from/value), alpaca (instruction/output), text.
@@ -13,9 +14,14 @@ import json
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-# ShareGPT speakers whose turn is the assistant's (the worker's SHAREGPT_ROLES agree)
-SHAREGPT_ASSISTANT = ("gpt", "assistant", "chatgpt", "bing", "bard", "function_call")
-SHAREGPT_KNOWN = SHAREGPT_ASSISTANT + ("human", "user", "system", "tool", "function", "observation")
+from .chat import ConversationError
+
+# ShareGPT speakers (``from``) and the role each one's turn has
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "system": "system",
+                  "tool": "tool", "function": "tool", "observation": "tool", "function_call": "assistant"}
+SHAREGPT_ASSISTANT = tuple(k for k, v in SHAREGPT_ROLES.items() if v == "assistant")
+SHAREGPT_KNOWN = tuple(SHAREGPT_ROLES)
 
 
 def row_format(row: dict, named: Optional[str]) -> Optional[str]:
@@ -108,3 +114,141 @@ def sample_problems(path: Path, data_format: Optional[str] = None, limit: int = 
             if len(out) >= shown:
                 break
     return out
+
+
+def template_problems(path: Path, tokenizer, data_format: Optional[str] = None, *, system: Optional[str] = None,
+                      enable_thinking: Optional[bool] = None, train_on: str = "all", first: int = 20,
+                      with_tools: int = 200, shown: int = 5) -> list[str]:
+    """Rows of a local data file that the model's chat template cannot train on (``file:line:
+    message``, at most ``shown``): the first ``first`` rows and up to ``with_tools`` rows with
+    tools or tool calls, rendered as the worker renders them. ``tokenizer`` is a tokenizer or a
+    :class:`hpcft.core.chat.TemplateTokenizer` (the login side's stand-in)."""
+    from .chat import ChatRenderer
+
+    renderer = ChatRenderer(tokenizer, enable_thinking)
+    out: list[str] = []
+    plain = tooled = 0
+    for where, row in sample_rows(path):
+        if isinstance(row, str) or row_problem(row, data_format):
+            continue  # sample_problems names those
+        fmt = row_format(row, data_format)
+        if fmt not in ("messages", "sharegpt", "alpaca"):
+            continue
+        turns = row.get("messages") or row.get("conversations") or []
+        tools = bool(row.get("tools")) or any(isinstance(m, dict) and (m.get("tool_calls") or
+                                                                       m.get("from") == "function_call") for m in turns)
+        if (tools and tooled >= with_tools) or (not tools and plain >= first):
+            continue
+        tooled, plain = tooled + tools, plain + (not tools)
+        try:
+            renderer.examples(to_messages(row, fmt, system), row_tools(row), train_on)
+        except ConversationError as exc:
+            out.append(f"{where}: {exc}")
+            if len(out) >= shown:
+                break
+    return out
+
+
+# --------------------------------------------------------------------------- a row as messages
+
+def _text(value: Any) -> Optional[str]:
+    """Message content as text: a string, None, or OpenAI content parts (their text joined)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "".join(str(p.get("text", "")) if isinstance(p, dict) else str(p) for p in value)
+    return str(value)
+
+
+def _json(value: Any, what: str) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            raise ConversationError(f"{what} is not valid JSON: {value[:60]!r}") from None
+    return value
+
+
+def _tool_call(call: Any) -> dict:
+    """One tool call in the OpenAI form ``{type: function, function: {name, arguments}}``, its
+    arguments a mapping (what chat templates expect; a JSON string is parsed)."""
+    call = _json(call, "a tool call")
+    if not isinstance(call, dict):
+        raise ConversationError(f"a tool call must be an object with a name, not {call!r}")
+    fn = call.get("function", call)
+    if not isinstance(fn, dict) or not fn.get("name"):
+        raise ConversationError(f"a tool call has no function name: {json.dumps(call)[:80]}")
+    args = fn.get("arguments", fn.get("parameters", {}))
+    if isinstance(args, str):
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except ValueError:
+            pass  # not JSON: the template gets the text as it is
+    out = {"type": "function", "function": {"name": str(fn["name"]), "arguments": args}}
+    if call.get("id") is not None:
+        out["id"] = str(call["id"])
+    return out
+
+
+def _message(m: Any) -> dict:
+    if not isinstance(m, dict):
+        raise ConversationError(f"a message must be an object with role and content, not {m!r}"[:120])
+    out: dict[str, Any] = {"role": str(m.get("role")), "content": _text(m.get("content"))}
+    if m.get("tool_calls"):
+        out["tool_calls"] = [_tool_call(c) for c in _json(m["tool_calls"], "tool_calls")]
+    elif out["content"] is None:
+        out["content"] = ""
+    for key in ("reasoning_content", "name", "tool_call_id"):
+        if isinstance(m.get(key), str):
+            out[key] = m[key]
+    return out
+
+
+def row_tools(row: dict) -> Optional[list]:
+    """The row's ``tools`` column (a list, or a JSON string as LLaMA-Factory writes it) in the
+    OpenAI form ``[{type: function, function: {...}}]``; None when empty."""
+    tools = _json(row.get("tools"), "the tools column")
+    if not tools:
+        return None
+    if not isinstance(tools, list):
+        tools = [tools]
+    return [t if isinstance(t, dict) and "type" in t else {"type": "function", "function": t} for t in tools]
+
+
+def to_messages(row: dict, fmt: str, system: Optional[str] = None) -> list[dict]:
+    """One example as OpenAI-style messages: role, content (None beside tool_calls), tool_calls,
+    reasoning_content. The row's own ``system`` column (any format) comes before ``system``
+    (the job's ``system_prompt``); alpaca's ``history`` ([[user, assistant], ...]) comes before
+    the instruction; ShareGPT's ``function_call``/``observation`` turns become tool calls and
+    tool results."""
+    msgs: list[dict] = []
+    if fmt == "alpaca":
+        for pair in _json(row.get("history"), "history") or []:
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                raise ConversationError(f"history must be [[user, assistant], ...]; got {pair!r}"[:120])
+            msgs += [{"role": "user", "content": str(pair[0] or "")},
+                     {"role": "assistant", "content": str(pair[1] or "")}]
+        instruction = str(row.get("instruction") or "")
+        extra = row.get("input")
+        user = f"{instruction}\n\n{extra}" if extra else instruction
+        answer = row.get("output") if row.get("output") is not None else row.get("response")
+        msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": str(answer or "")}]
+    elif fmt == "messages":
+        msgs = [_message(m) for m in (row.get("messages") or [])]
+    elif fmt == "sharegpt":
+        for m in row.get("conversations") or []:
+            speaker = str(m.get("from", "")).lower()
+            role = SHAREGPT_ROLES.get(speaker)
+            if role is None:
+                raise ConversationError(f"unknown ShareGPT speaker {m.get('from')!r} "
+                                      f"(known: {', '.join(sorted(SHAREGPT_ROLES))})")
+            if speaker == "function_call":
+                msgs.append({"role": "assistant", "content": None, "tool_calls": [_tool_call(m.get("value"))]})
+            else:
+                msgs.append({"role": role, "content": str(m.get("value") or "")})
+    else:
+        raise ConversationError(f"format {fmt} has no messages")
+    own = row.get("system") if isinstance(row.get("system"), str) and row.get("system") else None
+    if (own or system) and not any(m["role"] == "system" for m in msgs):
+        msgs.insert(0, {"role": "system", "content": own or system})
+    return msgs

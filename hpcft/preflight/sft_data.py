@@ -1,14 +1,17 @@
 """The causal-lm data pre-flight rule: before anything is queued, the first rows of each local
 ``.jsonl``/``.json`` data file of ``train.dataset`` (every dataset of a mix) are rows the worker
-can train on (:mod:`hpcft.core.sft_rows`), each problem one line naming the file and row. Hub
-datasets are checked by the worker, row by row, with the model's chat template."""
+can train on (:mod:`hpcft.core.sft_rows`), and, when the model is staged with a chat template,
+the first rows and every sampled row with tools or tool calls render on that template as the
+worker renders them (:class:`hpcft.core.chat.TemplateTokenizer`, jinja2 only). Each problem is
+one line naming the file and row. Hub datasets are checked by the worker, row by row."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
-from ..core.sft_rows import sample_problems
+from ..core.job import Job
+from ..core.sft_rows import sample_problems, template_problems
 from .checks import Check, Preflight
 
 NAME = "data rows"
@@ -21,14 +24,33 @@ def sft_data(p: Preflight) -> Iterator[Check]:
         t = job.train
         if t is None or t.task != "causal-lm":
             continue
+        template = None
         for e in t.dataset_entries:
             path = Path(e.name).expanduser()
             path = path if path.is_absolute() else p.base_dir / path
             if path in seen or not path.is_file():
                 continue  # a hub dataset, or a missing file (the assets rule names it)
             seen.add(path)
-            problems += sample_problems(path, e.data_format or t.data_format)
+            fmt = e.data_format or t.data_format
+            problems += sample_problems(path, fmt)
+            template = template or _template(job, p)
+            if template is not None:  # rows the basic check refused are skipped here
+                problems += template_problems(path, template, fmt, system=t.system_prompt,
+                                              enable_thinking=t.enable_thinking, train_on=t.train_on or "all")
     for problem in problems:  # one line each
         yield Check(NAME, False, problem)
     if seen and not problems:
         yield Check(NAME, True, f"{len(seen)} data file(s) sampled")
+
+
+def _template(job: Job, p: Preflight) -> Optional[object]:
+    """The staged (or local) model's chat template, or None (not staged yet: the assets rule says so)."""
+    from ..core.assets import lookup
+    from ..core.chat import TemplateTokenizer
+    from ..core.resolve import load_table
+    from ..core.store import Cache
+
+    model = lookup("model", job.train.model, Cache(p.settings.cache), load_table(p.settings), base_dir=p.base_dir)
+    if model.path is None or not Path(model.path).is_dir():
+        return None
+    return TemplateTokenizer.from_folder(model.path)

@@ -51,7 +51,7 @@ class CausalLM(Task):
             dtype = torch.bfloat16 if self.device.precision == "bf16" else torch.float16  # frozen base in 16 bits
         model = AutoModelForCausalLM.from_pretrained(str(model_ref.path), **dtype_kw(dtype))
         if self.renderer.chat:  # generation stops at the template's end of turn (a base model's EOS does not)
-            from .chat import set_end_of_turn
+            from ..core.chat import set_end_of_turn
 
             note = set_end_of_turn(tokenizer, model.generation_config)
             if note and task.is_main:

@@ -77,7 +77,7 @@ def _split(dd, t, name: str):
 
 def tokenize(ds, tokenizer, renderer: ld.Renderer, fmt: str, max_len: int, system: Optional[str],
              name: str, desc: str):
-    """Tokenized examples of a raw split (a row may give several; see hpcft.worker.chat); rows
+    """Tokenized examples of a raw split (a row may give several; see hpcft.core.chat); rows
     whose reply was cut away by max_len are dropped. Problems name the dataset and the row."""
 
     def encode(batch, idx):

@@ -11,7 +11,7 @@ Formats, detected from the columns or named with ``train.data_format``:
 * **text**: plain ``text``; every token is trained.
 
 Prompts are rendered with the model's own chat template when its tokenizer has one
-(:mod:`hpcft.worker.chat`: exact masks, thinking, end of turn), else with
+(:mod:`hpcft.core.chat`: exact masks, thinking, end of turn), else with
 :data:`PLAIN_TEMPLATE` (documented in docs/llm.md). The labels of every token that is not an
 assistant reply are ``-100``, so the loss covers the responses only (every assistant turn, or
 the last with ``train_on: last``). Sequences longer than ``max_seq_length`` are truncated;
@@ -21,8 +21,10 @@ packing is :mod:`hpcft.worker.packing`'s. Pure Python over a tokenizer; no torch
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Optional
+from typing import Iterable, Optional
 
+from ..core.chat import ConversationError
+from ..core.sft_rows import row_tools, to_messages
 from .errors import DataFormatError
 from .packing import Collator, pack
 
@@ -39,9 +41,6 @@ PLAIN_TEMPLATE = {
     "assistant": "{content}",       # followed by the EOS token
     "between": "\n\n",
 }
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "system": "system",
-                  "tool": "tool", "function": "tool", "observation": "tool", "function_call": "assistant"}
 
 
 def detect_format(columns: Iterable[str], named: Optional[str] = None) -> str:
@@ -69,116 +68,13 @@ def detect_format(columns: Iterable[str], named: Optional[str] = None) -> str:
                           "set train.data_format")
 
 
-def _text(value: Any) -> Optional[str]:
-    """Message content as text: a string, None, or OpenAI content parts (their text joined)."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        return "".join(str(p.get("text", "")) if isinstance(p, dict) else str(p) for p in value)
-    return str(value)
-
-
-def _json(value: Any, what: str) -> Any:
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            raise DataFormatError(f"{what} is not valid JSON: {value[:60]!r}") from None
-    return value
-
-
-def _tool_call(call: Any) -> dict:
-    """One tool call in the OpenAI form ``{type: function, function: {name, arguments}}``, its
-    arguments a mapping (what chat templates expect; a JSON string is parsed)."""
-    call = _json(call, "a tool call")
-    if not isinstance(call, dict):
-        raise DataFormatError(f"a tool call must be an object with a name, not {call!r}")
-    fn = call.get("function", call)
-    if not isinstance(fn, dict) or not fn.get("name"):
-        raise DataFormatError(f"a tool call has no function name: {json.dumps(call)[:80]}")
-    args = fn.get("arguments", fn.get("parameters", {}))
-    if isinstance(args, str):
-        try:
-            args = json.loads(args) if args.strip() else {}
-        except ValueError:
-            pass  # not JSON: the template gets the text as it is
-    out = {"type": "function", "function": {"name": str(fn["name"]), "arguments": args}}
-    if call.get("id") is not None:
-        out["id"] = str(call["id"])
-    return out
-
-
-def _message(m: Any) -> dict:
-    if not isinstance(m, dict):
-        raise DataFormatError(f"a message must be an object with role and content, not {m!r}"[:120])
-    out: dict[str, Any] = {"role": str(m.get("role")), "content": _text(m.get("content"))}
-    if m.get("tool_calls"):
-        out["tool_calls"] = [_tool_call(c) for c in _json(m["tool_calls"], "tool_calls")]
-    elif out["content"] is None:
-        out["content"] = ""
-    for key in ("reasoning_content", "name", "tool_call_id"):
-        if isinstance(m.get(key), str):
-            out[key] = m[key]
-    return out
-
-
-def row_tools(row: dict) -> Optional[list]:
-    """The row's ``tools`` column (a list, or a JSON string as LLaMA-Factory writes it) in the
-    OpenAI form ``[{type: function, function: {...}}]``; None when empty."""
-    tools = _json(row.get("tools"), "the tools column")
-    if not tools:
-        return None
-    if not isinstance(tools, list):
-        tools = [tools]
-    return [t if isinstance(t, dict) and "type" in t else {"type": "function", "function": t} for t in tools]
-
-
-def to_messages(row: dict, fmt: str, system: Optional[str] = None) -> list[dict]:
-    """One example as OpenAI-style messages: role, content (None beside tool_calls), tool_calls,
-    reasoning_content. The row's own ``system`` column (any format) comes before ``system``
-    (the job's ``system_prompt``); alpaca's ``history`` ([[user, assistant], ...]) comes before
-    the instruction; ShareGPT's ``function_call``/``observation`` turns become tool calls and
-    tool results."""
-    msgs: list[dict] = []
-    if fmt == "alpaca":
-        for pair in _json(row.get("history"), "history") or []:
-            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-                raise DataFormatError(f"history must be [[user, assistant], ...]; got {pair!r}"[:120])
-            msgs += [{"role": "user", "content": str(pair[0] or "")},
-                     {"role": "assistant", "content": str(pair[1] or "")}]
-        instruction = str(row.get("instruction") or "")
-        extra = row.get("input")
-        user = f"{instruction}\n\n{extra}" if extra else instruction
-        answer = row.get("output") if row.get("output") is not None else row.get("response")
-        msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": str(answer or "")}]
-    elif fmt == "messages":
-        msgs = [_message(m) for m in (row.get("messages") or [])]
-    elif fmt == "sharegpt":
-        for m in row.get("conversations") or []:
-            speaker = str(m.get("from", "")).lower()
-            role = SHAREGPT_ROLES.get(speaker)
-            if role is None:
-                raise DataFormatError(f"unknown ShareGPT speaker {m.get('from')!r} "
-                                      f"(known: {', '.join(sorted(SHAREGPT_ROLES))})")
-            if speaker == "function_call":
-                msgs.append({"role": "assistant", "content": None, "tool_calls": [_tool_call(m.get("value"))]})
-            else:
-                msgs.append({"role": role, "content": str(m.get("value") or "")})
-    else:
-        raise DataFormatError(f"format {fmt} has no messages")
-    own = row.get("system") if isinstance(row.get("system"), str) and row.get("system") else None
-    if (own or system) and not any(m["role"] == "system" for m in msgs):
-        msgs.insert(0, {"role": "system", "content": own or system})
-    return msgs
-
-
 class Renderer:
     """Turns a conversation into training sequences of (text, trained?) pieces: the model's chat
-    template (:class:`hpcft.worker.chat.ChatRenderer`) when the tokenizer has one, else
+    template (:class:`hpcft.core.chat.ChatRenderer`) when the tokenizer has one, else
     :data:`PLAIN_TEMPLATE`."""
 
     def __init__(self, tokenizer, enable_thinking: Optional[bool] = None, train_on: str = "all"):
-        from .chat import ChatRenderer
+        from ..core.chat import ChatRenderer
 
         self.tok = tokenizer
         self.chat = bool(getattr(tokenizer, "chat_template", None))
@@ -229,7 +125,7 @@ def encode(tokenizer, renderer: Renderer, row: dict, fmt: str, max_len: int,
            system: Optional[str] = None, where: str = "a row") -> list[dict]:
     """Tokenized examples (input_ids, labels with prompt tokens -100) for one row, each
     truncated to max_len: one per row, except where the template rewrites history (see
-    :mod:`hpcft.worker.chat`). Problems name the row (``where``)."""
+    :mod:`hpcft.core.chat`). Problems name the row (``where``)."""
     if fmt == "text":
         ids = tokenizer(str(row.get("text") or ""), add_special_tokens=True)["input_ids"]
         if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
@@ -238,7 +134,7 @@ def encode(tokenizer, renderer: Renderer, row: dict, fmt: str, max_len: int,
         return [{"input_ids": ids, "labels": list(ids)}]
     try:
         seqs = renderer.examples(to_messages(row, fmt, system), row_tools(row))
-    except DataFormatError as exc:
+    except (DataFormatError, ConversationError) as exc:
         raise DataFormatError(f"{where}: {exc}") from None
     out = []
     for pieces in seqs:

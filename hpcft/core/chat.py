@@ -36,11 +36,15 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .errors import DataFormatError
+from .errors import HpcftError
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 EMPTY_THINK = re.compile(r"<think>\s*</think>\s*")
 SENTINEL = "\ue000hpcft-reply\ue001"
+
+
+class ConversationError(HpcftError, ValueError):
+    """A conversation the chat template cannot train on (one line; the caller names the row)."""
 
 
 @dataclass
@@ -167,7 +171,7 @@ class ChatRenderer:
             return self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen, **kw)
         except _template_errors() as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DataFormatError(f"the model's chat template cannot render this conversation: {first}") from None
+            raise ConversationError(f"the model's chat template cannot render this conversation: {first}") from None
 
     def _prepared(self, msgs: list[dict]) -> list[dict]:
         if self.enable_thinking is not False:
@@ -190,14 +194,23 @@ class ChatRenderer:
         msgs = self._prepared(msgs)
         m = msgs[k]
         if m.get("role") != "assistant":
-            raise DataFormatError(f"turn {k + 1} is {m.get('role')}'s, not the assistant's")
+            raise ConversationError(f"turn {k + 1} is {m.get('role')}'s, not the assistant's")
         if k == 0:
-            raise DataFormatError("the conversation opens with an assistant turn; nothing prompts it")
+            raise ConversationError("the conversation opens with an assistant turn; nothing prompts it")
         prompt = self.render(msgs[:k], True, tools)
-        full = self.render(msgs[:k + 1], False, tools)
+        try:
+            full = self.render(msgs[:k + 1], False, tools)
+        except ConversationError as exc:
+            if not m.get("tool_calls"):
+                raise
+            raise ConversationError(f"the model's chat template cannot render the tool call "
+                                    f"{', '.join(map(repr, _call_names(m)))} ({str(exc).rpartition(': ')[2]})") from None
         thought = has_reasoning(m)
         if full.startswith(prompt):
             reply = full[len(prompt):]
+        elif m.get("tool_calls"):  # a tool call the template writes elsewhere, or not at all
+            raise ConversationError("the model's chat template cannot render this tool call as a reply "
+                                    f"({', '.join(_call_names(m))})")
         else:
             reply = self._reply_without_system(msgs, k, tools)
             if reply is None:
@@ -232,11 +245,11 @@ class ChatRenderer:
         probe = self.render(msgs[:k] + [{"role": "assistant", "content": SENTINEL}], False, tools)
         at = probe.find(SENTINEL)
         if at < 0 or not prompt.startswith(probe[:at]) or m.get("tool_calls"):
-            raise DataFormatError("the chat template renders a reply that does not continue its own "
+            raise ConversationError("the chat template renders a reply that does not continue its own "
                                   "generation prompt, so the reply cannot be located for loss masking")
         opened, suffix = prompt[at:], probe[at + len(SENTINEL):]
         if opened.strip() != THINK_OPEN:
-            raise DataFormatError(f"the chat template's generation prompt ends with {opened!r}, which its "
+            raise ConversationError(f"the chat template's generation prompt ends with {opened!r}, which its "
                                   "rendered replies do not start with; the reply cannot be located")
         reasoning = m.get("reasoning_content") if isinstance(m.get("reasoning_content"), str) else None
         answer = m.get("content") or ""
@@ -248,11 +261,9 @@ class ChatRenderer:
 
     @staticmethod
     def _check_tool_calls(m: dict, reply: str) -> None:
-        for call in m.get("tool_calls") or []:
-            fn = call.get("function", call) if isinstance(call, dict) else {}
-            name = fn.get("name") if isinstance(fn, dict) else None
-            if name and str(name) not in reply:
-                raise DataFormatError(f"the model's chat template drops the tool call {name!r} from the reply "
+        for name in _call_names(m):
+            if name not in reply:
+                raise ConversationError(f"the model's chat template drops the tool call {name!r} from the reply "
                                       "(it cannot render tool calls)")
 
     def check_tools(self, msgs: list[dict], tools: Optional[list]) -> None:
@@ -262,7 +273,7 @@ class ChatRenderer:
         first = msgs[:1] if msgs and msgs[0].get("role") == "system" else []
         head = first + [next((x for x in msgs if x.get("role") == "user"), {"role": "user", "content": ""})]
         if self.render(head, True, tools) == self.render(head, True, None):
-            raise DataFormatError("the model's chat template ignores the `tools` column (it has no tool support)")
+            raise ConversationError("the model's chat template ignores the `tools` column (it has no tool support)")
 
     # ------------------------------------------------------------------ a conversation
     def examples(self, msgs: list[dict], tools: Optional[list] = None, train_on: str = "all"
@@ -290,3 +301,97 @@ class ChatRenderer:
         if cur:
             out.append(cur)
         return out
+
+
+def _call_names(m: dict) -> list[str]:
+    names = []
+    for call in m.get("tool_calls") or []:
+        fn = call.get("function", call) if isinstance(call, dict) else {}
+        if isinstance(fn, dict) and fn.get("name"):
+            names.append(str(fn["name"]))
+    return names
+
+
+# --------------------------------------------------------------------------- the template alone (login side)
+
+class TemplateTokenizer:
+    """A model folder's chat template and special tokens, read from ``tokenizer_config.json`` (and
+    ``chat_template.jinja``) and rendered the way transformers does (a sandboxed jinja2
+    environment with ``tojson``, ``raise_exception`` and ``strftime_now``), without transformers:
+    what the pre-flight needs to try a data file's conversations on the model's template. It has
+    the parts of a tokenizer :class:`ChatRenderer` uses, except token ids."""
+
+    def __init__(self, template: str, specials: dict[str, Optional[str]], special_tokens: list[str]):
+        import jinja2.ext
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+        env.filters["tojson"] = _tojson
+        env.globals["raise_exception"] = _raise
+        env.globals["strftime_now"] = _strftime_now
+        self.chat_template = template
+        self._compiled = env.from_string(template)
+        self.specials = specials
+        self.bos_token, self.eos_token = specials.get("bos_token"), specials.get("eos_token")
+        self.all_special_tokens = special_tokens
+        self.added_tokens_decoder: dict = {}
+
+    @classmethod
+    def from_folder(cls, folder) -> Optional["TemplateTokenizer"]:
+        """The folder's template, or None when it has none (or one this renderer cannot compile)."""
+        import json
+        from pathlib import Path
+
+        from jinja2.exceptions import TemplateError
+
+        folder = Path(folder)
+        try:
+            cfg = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        template = cfg.get("chat_template")
+        if isinstance(template, list):  # named templates: the default one
+            template = next((t.get("template") for t in template if isinstance(t, dict)
+                             and t.get("name") == "default"), None)
+        jinja_file = folder / "chat_template.jinja"
+        if not isinstance(template, str) and jinja_file.is_file():
+            template = jinja_file.read_text(encoding="utf-8")
+        if not isinstance(template, str) or not template.strip():
+            return None
+
+        def text(v: Any) -> Optional[str]:
+            return v.get("content") if isinstance(v, dict) else v if isinstance(v, str) else None
+
+        specials = {k: text(cfg.get(k)) for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
+        names = [t for t in specials.values() if t]
+        names += [text(t) for t in cfg.get("additional_special_tokens") or [] if text(t)]
+        names += [t.get("content") for t in (cfg.get("added_tokens_decoder") or {}).values()
+                  if isinstance(t, dict) and t.get("special") and t.get("content")]
+        try:
+            return cls(template, specials, sorted(set(names)))
+        except TemplateError:
+            return None  # e.g. a {% generation %} block: the worker renders it with transformers
+
+    def apply_chat_template(self, messages: list[dict], tokenize: bool = False, add_generation_prompt: bool = False,
+                            tools: Optional[list] = None, **kwargs: Any) -> str:
+        return self._compiled.render(messages=messages, tools=tools, add_generation_prompt=add_generation_prompt,
+                                     **{k: v for k, v in self.specials.items() if v is not None}, **kwargs)
+
+
+def _tojson(x: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None,
+            sort_keys: bool = False) -> str:
+    import json
+
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _raise(message: str) -> None:
+    from jinja2.exceptions import TemplateError
+
+    raise TemplateError(message)
+
+
+def _strftime_now(fmt: str) -> str:
+    from datetime import datetime
+
+    return datetime.now().strftime(fmt)
