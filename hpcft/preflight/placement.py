@@ -79,7 +79,7 @@ def wants_placement(job: Job) -> bool:
 
 def partitions_for(job: Job, settings: Settings, view: ClusterView, device: str) -> list[str]:
     """The partitions to try: the one named, else the cluster config's list for the device, else
-    every UP partition whose nodes carry it."""
+    the UP partitions of that kind whose nodes carry it (any that carries it, when none is of the kind)."""
     if job.resources.partition and job.resources.partition != "auto":
         return [job.resources.partition]
     listed = [p for p in getattr(settings.partitions, device) if p in view.partitions]
@@ -88,7 +88,8 @@ def partitions_for(job: Job, settings: Settings, view: ClusterView, device: str)
     names = sorted(view.partitions)
     if device == "cpu":
         return [n for n in names if view.kind(n, settings) == "cpu" and view.partitions[n].state.startswith("UP")]
-    return [n for n in names if view.has_device(n, device) and view.partitions[n].state.startswith("UP")]
+    carrying = [n for n in names if view.has_device(n, device) and view.partitions[n].state.startswith("UP")]
+    return [n for n in carrying if view.kind(n, settings) == device] or carrying   # a gpu job: gpu partitions
 
 
 def _device(job: Job, settings: Settings) -> str:

@@ -157,7 +157,8 @@ class Submission(Generic[R]):
             return [Check("placement", False, f"{self.placement.reason}\n{self.placement.table()}")]
         self.loaded = placed
         c = self.placement.chosen
-        return [Check("placement", True, f"{c.partition}, {c.devices} device(s) x {c.nodes} node(s)"
+        size = f"{c.devices} device(s) x {c.nodes} node(s)" if c.devices else f"{c.nodes} node(s)"
+        return [Check("placement", True, f"{c.partition}, {size}"
                                          f"{'' if c.zero_stage is None else f', ZeRO-{c.zero_stage}'}: "
                                          f"{self.placement.reason}\n{self.placement.table()}")]
 
