@@ -177,7 +177,7 @@ class LoraSpec(_Strict):
 
 # fields that only the causal-lm task reads; set on another task, each is reported
 LLM_FIELDS = ("method", "lora", "data_format", "packing", "gradient_checkpointing", "system_prompt",
-              "sample_prompts", "max_new_tokens", "train_on", "enable_thinking")
+              "sample_prompts", "max_new_tokens", "train_on", "enable_thinking", "trust_remote_code")
 
 
 class DatasetEntry(_Strict):
@@ -271,6 +271,7 @@ class TrainSpec(_Strict):
     max_new_tokens: Optional[int] = Field(None, ge=1, le=8192)
     train_on: Optional[Literal["all", "last"]] = None            # assistant turns trained; default all
     enable_thinking: Optional[bool] = None                       # passed to the chat template (Qwen3)
+    trust_remote_code: Optional[bool] = None   # run the model's own *.py (GLM-4, InternLM2.5); never implied
 
     @field_validator("dataset", mode="before")
     @classmethod

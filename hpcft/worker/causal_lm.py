@@ -30,26 +30,34 @@ SAMPLES = "samples.jsonl"
 
 class CausalLM(Task):
     def setup(self) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+        from transformers import TrainingArguments
 
         from . import llm_data as ld
+        from .llm_model import load_model, load_tokenizer, record_load, rss_mb, train_dtype
 
         ctx, t, task = self.ctx, self.cfg, self.ctx.task
         self.method = method = t.llm_method
         self.begin(device_note=f", method {method}")
         model_ref = ctx.assets[0]
-        tokenizer = AutoTokenizer.from_pretrained(str(model_ref.path))
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        remote = bool(t.trust_remote_code)  # never implied: the job says so (pre-flight lists the code)
+        tokenizer = load_tokenizer(model_ref.path, trust_remote_code=remote)
         self.tokenizer = tokenizer
         self.renderer = ld.Renderer(tokenizer, t.enable_thinking, t.train_on or "all")
         train_ds, eval_ds = self._datasets()
 
-        dtype = torch.float32
-        if method == "lora" and self.device.precision in ("bf16", "fp16"):
-            dtype = torch.bfloat16 if self.device.precision == "bf16" else torch.float16  # frozen base in 16 bits
-        model = AutoModelForCausalLM.from_pretrained(str(model_ref.path), **dtype_kw(dtype))
+        grad_ckpt = True if t.gradient_checkpointing is None else t.gradient_checkpointing
+        # TrainingArguments (and with them the DeepSpeed config) before the model: under ZeRO-3
+        # from_pretrained then builds it inside zero.Init and each rank only ever holds its shard
+        args = training_args(
+            ctx, self.device,
+            **_checkpointing_args(TrainingArguments, grad_ckpt),
+            **_sampling_args(TrainingArguments, packed=bool(t.packing)),
+            ddp_find_unused_parameters=False if task.world_size > 1 else None,
+        )
+        before = rss_mb()
+        model = load_model(model_ref.path, dtype=train_dtype(method, self.device.precision),
+                           trust_remote_code=remote, ds_config=getattr(args, "hf_deepspeed_config", None))
+        record_load(ctx.paths.dir, task.rank, before, _zero3_args(args), model)
         if self.renderer.chat:  # generation stops at the template's end of turn (a base model's EOS does not)
             from ..core.chat import set_end_of_turn
 
@@ -57,7 +65,6 @@ class CausalLM(Task):
             if note and task.is_main:
                 log(note)
         model.config.use_cache = False
-        grad_ckpt = True if t.gradient_checkpointing is None else t.gradient_checkpointing
         if method == "lora":
             model = _with_lora(model, t)
             if task.is_main:
@@ -65,11 +72,8 @@ class CausalLM(Task):
                 log(f"LoRA r={(t.lora.r if t.lora else 8)}: {trainable:,} trainable of {total:,} parameters "
                     f"({100 * trainable / max(total, 1):.2f}%)")
 
-        args = training_args(
-            ctx, self.device,
-            **_checkpointing_args(TrainingArguments, grad_ckpt),
-            ddp_find_unused_parameters=False if task.world_size > 1 else None,
-        )
+        if not t.packing:  # lengths for the length-grouped sampler, read once instead of row by row
+            train_ds = train_ds.add_column("length", [len(x) for x in train_ds["input_ids"]])
         self.build_trainer(_trainer_class(), model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                            processing_class=tokenizer,
                            data_collator=ld.Collator(tokenizer.pad_token_id, 8 if self.device.kind != "cpu" else None))
@@ -145,12 +149,17 @@ class CausalLM(Task):
         return out
 
 
-def dtype_kw(dtype) -> dict:
-    """``dtype=`` for from_pretrained (transformers >= 4.56), ``torch_dtype=`` before it."""
-    import transformers
-
-    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
-    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+def _sampling_args(args_cls, packed: bool) -> dict:
+    """Unpacked batches of similar lengths (transformers' length-grouped sampler: random
+    mega-batches of 50 batches, each sorted by length), so a batch is padded to little more
+    than its examples: with instruction data, where most answers are short and a few long, a
+    random batch nearly always pads to a long one (see docs/llm.md, Throughput). Packed
+    sequences are all about max_seq_length: plain random order."""
+    if packed:
+        return {}
+    if "train_sampling_strategy" in args_cls.__dataclass_fields__:  # transformers >= 5.x
+        return {"train_sampling_strategy": "group_by_length"}
+    return {"group_by_length": True}
 
 
 def _checkpointing_args(args_cls, on: bool) -> dict:
@@ -196,7 +205,11 @@ def _trainer_class():
 
 
 def _zero3(trainer) -> bool:
-    ds = getattr(trainer.args, "hf_deepspeed_config", None)
+    return _zero3_args(trainer.args)
+
+
+def _zero3_args(args) -> bool:
+    ds = getattr(args, "hf_deepspeed_config", None)
     return bool(ds is not None and ds.is_zero3())
 
 
