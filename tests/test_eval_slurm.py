@@ -96,12 +96,17 @@ def test_fine_tuned_run_beats_the_base_model_on_staged_benchmarks_offline(slurm,
     for t in MC:  # the answer is always the same letter: learnt by the fine-tune
         assert tuned[t]["score"] > plain[t]["score"], (t, tuned[t]["score"], plain[t]["score"])
 
-    # the run again, with its adapter, as a Slurm job of the run's partition
-    proc = run_hpcft("eval", sub["job_id"], "--tasks", "mmlu_anatomy", "--limit", "4", "--submit", "--wait",
-                     timeout=300, env=OFFLINE)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # the run again, with its adapter, and the base model on the same job's hardware: Slurm jobs, side by side
+    quick = ("--tasks", "mmlu_anatomy", "--limit", "4", "--submit", "--wait")
+    jobs = [_cli("eval", sub["job_id"], *quick), _cli("eval", "llama3-8b-instruct", "--like", sub["job_id"], *quick)]
+    (out_run, err_run), (out_base, err_base) = (j.communicate(timeout=300) for j in jobs)
+    assert [j.returncode for j in jobs] == [0, 0], (out_run + err_run)[-3000:] + (out_base + err_base)[-3000:]
     again = json.loads((Path(sub["run_dir"]) / "eval" / "mmlu_anatomy.json").read_text())
     assert again["limit"] == 4 and again["samples"] == 4 and again["adapter"]
+    assert "submitted eval job" in out_base
+    like_dir = next(x.split(":", 1)[1].strip() for x in out_base.splitlines() if x.strip().startswith("scores:"))
+    like = json.loads((Path(like_dir) / "mmlu_anatomy.json").read_text())
+    assert like["adapter"] is None and like["samples"] == 4
 
     table = run_hpcft("compare", base_dir, sub["job_id"], check=True).stdout
     assert set(TASKS) <= set(table.splitlines()[0].split()), table
