@@ -130,7 +130,8 @@ def model_states(shape: Shape, plan: Plan) -> tuple[float, float, float, int]:
             w, g, o = half * p, half * p + 4 * p / n, 12 * p / n
         elif stage == 2:
             w, g, o = half * p, (half + 4) * p / n, 12 * p / n
-        else:
+        else:            # 20 B/param over the ranks (DeepSpeed's estimator says 18; Qwen-1.8B full
+            # ZeRO-3 on one A100 fits 20, not 18) + the module being computed, gathered
             w, g, o = half * p / n + live, (half + 4) * p / n, 12 * p / n
         if plan.offload:          # DeepSpeed: the gradients and the states go to the host
             g, o = 0.0, 0.0
