@@ -64,6 +64,7 @@ class CausalLM(Task):
             note = set_end_of_turn(tokenizer, model.generation_config)
             if note and task.is_main:
                 log(note)
+        self.generation_config = model.generation_config
         model.config.use_cache = False
         if method == "lora":
             model = _with_lora(model, t)
@@ -88,6 +89,14 @@ class CausalLM(Task):
                              self.renderer)
         self.n_real, self.prompts, self.data_info = data.real_tokens, data.prompts, data.info
         return data.train, data.eval
+
+    def save(self) -> Path:
+        """The common save; beside an adapter too, the generation config (its end-of-turn token as
+        EOS), which a full model saves itself: ``hpcft export --merge`` carries it over."""
+        out = super().save()
+        if self.ctx.task.is_main and not (out / "generation_config.json").exists():
+            self.generation_config.save_pretrained(str(out))
+        return out
 
     def conclude(self, leg: TrainedLeg, final: dict, output_dir: Path) -> dict:
         """First a few held-out prompts answered (every rank under ZeRO-3, else rank 0), then the
