@@ -65,6 +65,12 @@ def test_parameter_count_within_two_percent_of_published(name, published, cfg):
     assert shape_from_config(cfg).params == pytest.approx(published, rel=0.02)
 
 
+def test_every_model_type_hpcft_sizes_has_a_published_count():
+    from hpcft.preflight.shape import FAMILIES
+
+    assert set(FAMILIES) == {cfg["model_type"] for _, _, cfg in PUBLISHED}
+
+
 def test_zero_model_states_never_below_deepspeeds_estimator():
     """DeepSpeed's own estimate_zero2/3_model_states_mem_needs, computed by the installed
     deepspeed in a subprocess (its import is heavy and sets up accelerators)."""

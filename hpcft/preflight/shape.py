@@ -23,8 +23,8 @@ class ModelShapeError(ValueError):
 # model_type -> family. "llama" covers the llama-like decoders: gated MLP, GQA attention.
 FAMILIES = {
     "llama": "llama", "mistral": "llama", "qwen2": "llama", "qwen3": "llama", "internlm2": "llama",
-    "internlm3": "llama", "phi3": "llama", "gemma": "llama", "gemma2": "llama", "gemma3": "llama",
-    "gemma3_text": "llama", "glm": "llama", "glm4": "llama", "baichuan": "llama", "yi": "llama",
+    "phi3": "llama", "gemma": "llama", "gemma2": "llama", "gemma3": "llama",
+    "gemma3_text": "llama", "glm": "llama", "glm4": "llama",
     "qwen2_moe": "moe", "qwen3_moe": "moe", "mixtral": "moe",
     "deepseek_v2": "deepseek", "deepseek_v3": "deepseek",
     "chatglm": "chatglm",
@@ -54,6 +54,7 @@ class Shape:
     moe_layers: int = 0
     attn_params: int = 0          # per layer; 0: computed from heads (deepseek's MLA sets it)
     qkv_bias: bool = False
+    vision_params: int = 0        # a multimodal model's vision tower and projector (loaded, not adapted)
 
     # ---- the counts
     @property
@@ -85,7 +86,7 @@ class Shape:
         dense = self.layers - self.moe_layers
         body = (dense * (self.attention_params + self.dense_mlp_params + 2 * self.hidden)
                 + self.moe_layers * (self.attention_params + self.moe_mlp_params + 2 * self.hidden))
-        return body + self.vocab * self.hidden * (1 if self.tied else 2) + self.hidden
+        return body + self.vocab * self.hidden * (1 if self.tied else 2) + self.hidden + self.vision_params
 
     @property
     def largest_module_params(self) -> int:
@@ -138,6 +139,7 @@ def shape_from_config(cfg: Any) -> Shape:
     if not isinstance(cfg, dict):
         raise ModelShapeError(f"config.json is a JSON {type(cfg).__name__}, not an object")
     text = cfg.get("text_config")
+    vision = cfg.get("vision_config")
     if isinstance(text, dict):  # a multimodal model's language half (gemma3)
         cfg = {**cfg, **text}
     mtype = cfg.get("model_type")
@@ -172,7 +174,22 @@ def shape_from_config(cfg: Any) -> Shape:
         shape.intermediate = _get(cfg, "intermediate_size", required=shape.moe_layers < layers) or 0
     else:
         _deepseek(cfg, shape)
+    if isinstance(vision, dict):
+        shape.vision_params = _vision_tower(vision, h)
     return shape
+
+
+def _vision_tower(vision: dict, text_hidden: int) -> int:
+    """A SigLIP-style vision encoder (Gemma 3's): pre-norm layers with biased attention and a
+    two-matrix MLP, patch and position embeddings, then the projector into the text width."""
+    vh, layers = _get(vision, "hidden_size"), _get(vision, "num_hidden_layers")
+    inter = _get(vision, "intermediate_size")
+    patch = _get(vision, "patch_size", required=False) or 14
+    image = _get(vision, "image_size", required=False) or 0
+    channels = _get(vision, "num_channels", required=False) or 3
+    layer = 4 * vh * vh + 4 * vh + 2 * vh * inter + inter + vh + 4 * vh
+    embed = patch * patch * channels * vh + vh + (image // patch) ** 2 * vh
+    return layers * layer + embed + 2 * vh + vh * text_hidden + vh
 
 
 def _deepseek(cfg: dict, shape: Shape) -> None:
