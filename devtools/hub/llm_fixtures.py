@@ -134,3 +134,28 @@ def needed_files(folder) -> set[str]:
                                                 "generation_config.json"}
     keep |= {p.name for p in folder.iterdir() if p.name.startswith(("tokenizer", "special_tokens", "chat_template"))}
     return keep
+
+
+def preference_rows(n: int, seed: int = 3, form: str = "text") -> list[dict]:
+    """Preference rows whose chosen reply is the right answer and the rejected one a wrong one
+    (``form``: ``text`` strings, ``messages`` the messages form, ``kto`` unpaired with a label)."""
+    r = random.Random(seed)
+    rows = []
+    for i, (q, _, a) in enumerate(instruction_rows(n, seed)):
+        other = r.choice([t for t in THINGS if t not in a])
+        wrong = f"{other} {other}" if i % 3 == 0 else f"I do not know about {other}."
+        if form == "kto":
+            rows.append({"prompt": q, "completion": a if i % 2 == 0 else wrong, "label": i % 2 == 0})
+        elif form == "messages":
+            rows.append({"prompt": [{"role": "user", "content": q}],
+                         "chosen": [{"role": "assistant", "content": a}],
+                         "rejected": [{"role": "assistant", "content": wrong}]})
+        else:
+            rows.append({"prompt": q, "chosen": a, "rejected": wrong})
+    return rows
+
+
+def write_preference(path, n: int = 64, seed: int = 3, form: str = "text") -> Path:
+    path = Path(path)
+    path.write_text("".join(json.dumps(row) + "\n" for row in preference_rows(n, seed, form)))
+    return path

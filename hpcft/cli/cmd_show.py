@@ -113,7 +113,8 @@ def run(args) -> int:
     if train:
         print("config:")
         keys = ["task", "method", "model", "dataset", "dataset_config", "metric", "epochs", "max_steps", "learning_rate",
-                "batch_size", "gradient_accumulation", "max_seq_length", "precision", "seed", "train_subset"]
+                "batch_size", "gradient_accumulation", "max_seq_length", "precision", "seed", "train_subset",
+                "init_from"]
         for k in keys:
             if train.get(k) is not None:
                 print(f"  {k + ':':<22} {_dataset_text(train[k]) if k == 'dataset' else train[k]}")
@@ -130,6 +131,7 @@ def run(args) -> int:
         shown = ", ".join(f"{k} {_fmt(v)}" for k, v in ev.items() if k not in SKIP_EVAL)
         print(f"result:    {head} {_fmt(ev.get(head))}" if head in ev else "result:    -")
         print(f"eval:      {shown}")
+        _preference(m)
         tr = m.get("train") or {}
         rate = (f"{_num(tr.get('tokens_per_second'))} tokens/s" if "tokens_per_second" in tr
                 else f"{_num(tr.get('samples_per_second'))} samples/s")
@@ -160,6 +162,18 @@ def run(args) -> int:
             print(f"  {k + ':':<12} {v}")
     _trackers(info["files"], record.run_dir)
     return 0
+
+
+def _preference(m: dict) -> None:
+    """A preference run (dpo, orpo, simpo, kto): its reference and the rewards per evaluation."""
+    pref = m.get("preference")
+    if not isinstance(pref, dict):
+        return
+    steps, margins, accs = pref.get("steps") or [], pref.get("margins") or [], pref.get("accuracies") or []
+    per_eval = ", ".join(f"step {s}: margin {_fmt(mg)}" + (f" acc {_fmt(a)}" if a is not None else "")
+                         for s, mg, a in zip(steps, margins, accs))
+    print(f"reference: {m.get('reference') or '-'} (beta {_num(pref.get('beta'))})")
+    print(f"rewards:   {per_eval or '-'}")
 
 
 def _telemetry(m: dict) -> None:

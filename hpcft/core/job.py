@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .config import Settings
 from .dsconfig import check as check_deepspeed_file
 from .errors import ConfigError
+from .pref_rows import PREFERENCE_TASKS
 from .slurm_time import parse_duration
 from .yamlfile import YamlDoc, deep_merge, load_yaml_file, parse_yaml, set_dotted, sorted_problems, validation_problems
 
@@ -178,6 +179,26 @@ class LoraSpec(_Strict):
 # fields that only the causal-lm task reads; set on another task, each is reported
 LLM_FIELDS = ("method", "lora", "data_format", "packing", "gradient_checkpointing", "system_prompt",
               "sample_prompts", "max_new_tokens", "train_on", "enable_thinking", "trust_remote_code")
+# the LLM tasks: supervised fine-tuning and preference tuning (TRL's trainers; see docs/llm.md)
+LLM_TASKS = ("causal-lm", *PREFERENCE_TASKS)
+# of LLM_FIELDS, those preference tuning does not read (its rows are its own format, unpacked)
+SFT_ONLY_FIELDS = ("data_format", "packing", "sample_prompts", "max_new_tokens", "train_on")
+# fields that only the preference tasks read
+PREFERENCE_FIELDS = ("init_from", "preference")
+
+
+class PreferenceSpec(_Strict):
+    """Preference tuning settings (``task: dpo``, ``orpo``, ``simpo``, ``kto``), TRL's names."""
+
+    beta: Optional[float] = Field(None, gt=0)   # default per task: dpo/kto/orpo 0.1, simpo 2.0
+    loss_type: Optional[str] = None             # dpo: sigmoid (default), ipo, hinge, robust, ...; kto: kto, apo_zero_unpaired
+    max_prompt_length: Optional[int] = Field(None, ge=1)  # default: half of max_seq_length; longer prompts keep their end
+    simpo_gamma: Optional[float] = Field(None, ge=0)      # simpo's target reward margin (default 0.5)
+
+    DPO_LOSSES: ClassVar[tuple] = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair",
+                                   "sppo_hard", "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop",
+                                   "sigmoid_norm")
+    KTO_LOSSES: ClassVar[tuple] = ("kto", "apo_zero_unpaired")
 
 
 class DatasetEntry(_Strict):
@@ -205,8 +226,9 @@ class TrainSpec(_Strict):
     # causal-lm defaults where the classification ones would mislead (LLaMA-Factory/torchtune-like)
     LLM_MAX_SEQ_LENGTH: ClassVar[int] = 1024
     LLM_LEARNING_RATE: ClassVar[dict] = {"lora": 1e-4, "full": 1e-5}
+    PREFERENCE_LEARNING_RATE: ClassVar[dict] = {"lora": 5e-6, "full": 5e-7}  # LLaMA-Factory's DPO examples
 
-    task: Literal["sequence-classification", "causal-lm"] = "sequence-classification"
+    task: Literal["sequence-classification", "causal-lm", "dpo", "orpo", "simpo", "kto"] = "sequence-classification"
     model: str
     # glue/mrpc, yelp_review_full, org/name[:config], path, file.csv; causal-lm also takes a mix:
     # a list of names and/or {name, weight, data_format} entries
@@ -272,6 +294,9 @@ class TrainSpec(_Strict):
     train_on: Optional[Literal["all", "last"]] = None            # assistant turns trained; default all
     enable_thinking: Optional[bool] = None                       # passed to the chat template (Qwen3)
     trust_remote_code: Optional[bool] = None   # run the model's own *.py (GLM-4, InternLM2.5); never implied
+    # ---- preference tuning (dpo, orpo, simpo, kto); see docs/llm.md
+    init_from: Optional[str] = None            # an hpcft SFT run (resolved to its folder at submit)
+    preference: Optional[PreferenceSpec] = None
 
     @field_validator("dataset", mode="before")
     @classmethod
@@ -309,11 +334,11 @@ class TrainSpec(_Strict):
     def _per_task(self) -> "TrainSpec":
         # per-task defaults, resolved here so the run folder's job.yaml records the value used
         if self.max_seq_length is None:
-            self.max_seq_length = self.LLM_MAX_SEQ_LENGTH if self.task == "causal-lm" else 128
+            self.max_seq_length = self.LLM_MAX_SEQ_LENGTH if self.is_llm else 128
         if self.learning_rate is None:
-            self.learning_rate = (self.LLM_LEARNING_RATE[self.method or "lora"] if self.task == "causal-lm"
-                                  else 2e-5)
-        if self.task != "causal-lm":
+            rates = self.PREFERENCE_LEARNING_RATE if self.is_preference else self.LLM_LEARNING_RATE
+            self.learning_rate = rates[self.method or "lora"] if self.is_llm else 2e-5
+        if not self.is_llm:
             wrong = [f for f in LLM_FIELDS if getattr(self, f) is not None]
             if wrong:
                 raise ValueError(f"{', '.join(wrong)}: only for task: causal-lm (this job's task is {self.task})")
@@ -322,9 +347,16 @@ class TrainSpec(_Strict):
                      if getattr(self, f) not in (None, False)]
             if wrong:
                 raise ValueError(f"{', '.join(wrong)}: only for task: sequence-classification "
-                                 "(task: causal-lm trains on the whole prompt/response)")
+                                 f"(task: {self.task} trains on the whole prompt/response)")
             if self.lora is not None and self.method == "full":
                 raise ValueError("lora: is set but method is full; remove lora: or use method: lora")
+        if not self.is_preference:
+            wrong = [f for f in PREFERENCE_FIELDS if getattr(self, f) is not None]
+            if wrong:
+                raise ValueError(f"{', '.join(wrong)}: only for the preference tasks (dpo, orpo, simpo, kto); "
+                                 f"this job's task is {self.task}")
+        else:
+            self._check_preference()
         if isinstance(self.dataset, list):
             if not self.is_llm and len(self.dataset) > 1:
                 raise ValueError(f"dataset: a list (a mix of datasets) is only for the LLM tasks (causal-lm); "
@@ -346,9 +378,33 @@ class TrainSpec(_Strict):
         return " + ".join(e.name if e.weight is None else f"{e.name} (weight {e.weight:g})"
                           for e in self.dataset_entries)
 
+    def _check_preference(self) -> None:
+        wrong = [f for f in SFT_ONLY_FIELDS if getattr(self, f) is not None]
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)}: only for task: causal-lm (task: {self.task} reads preference rows)")
+        p = self.preference
+        if p is not None and p.loss_type is not None:
+            allowed = {"dpo": p.DPO_LOSSES, "kto": p.KTO_LOSSES}.get(self.task, ())
+            if p.loss_type not in allowed:
+                what = f"one of {', '.join(allowed)}" if allowed else f"not a setting of task: {self.task}"
+                raise ValueError(f"preference.loss_type {p.loss_type!r}: {what}")
+        if p is not None and p.simpo_gamma is not None and self.task != "simpo":
+            raise ValueError(f"preference.simpo_gamma: only for task: simpo (this job's task is {self.task})")
+        if p is not None and p.max_prompt_length is not None and p.max_prompt_length >= self.max_seq_length:
+            raise ValueError(f"preference.max_prompt_length {p.max_prompt_length} leaves no room for the reply "
+                             f"within max_seq_length {self.max_seq_length}")
+        if self.task == "kto" and self.batch_size < 2:
+            raise ValueError("task: kto needs batch_size 2 or more (its KL term pairs each prompt with another "
+                             "example's completion in the batch)")
+        _one_line(self.init_from)
+
     @property
     def is_llm(self) -> bool:
-        return self.task == "causal-lm"
+        return self.task in LLM_TASKS
+
+    @property
+    def is_preference(self) -> bool:
+        return self.task in PREFERENCE_TASKS
 
     @property
     def llm_method(self) -> str:

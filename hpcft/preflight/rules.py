@@ -9,6 +9,7 @@ from typing import Callable, Iterator
 from . import checks
 from .checks import Check, Preflight
 from .memcheck import host_memory, memory
+from .preference import preference
 from .remote_code import remote_code
 from .sft_data import sft_data
 from .trackers import trackers
@@ -31,6 +32,7 @@ RULES: list[Rule] = [
     trackers,
     memory,
     host_memory,
+    preference,              # init_from resolved to a run folder; preference rows
     sft_data,                # causal-lm: the first rows of each local data file
     remote_code,             # a model that ships *.py runs only with train.trust_remote_code
     checks.array_size,       # a sweep's job array

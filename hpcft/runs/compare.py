@@ -50,6 +50,8 @@ class RunRow:
     final_loss: Optional[float] = None
     headline: Optional[str] = None
     headline_value: Optional[float] = None
+    reward_margin: Optional[float] = None    # preference runs: the final eval's chosen-rejected reward margin
+    reward_accuracy: Optional[float] = None  # and how often the chosen reply scored higher
     benchmarks: dict[str, float] = field(default_factory=dict)   # hpcft eval: task -> score (eval/<task>.json)
     series: dict[str, Any] = field(default_factory=dict, repr=False)  # curves for the plot
 
@@ -121,6 +123,8 @@ def read_row(record: RunRecord) -> RunRow:
     row.device_hours = _num(m.get("device_hours"))
     row.headline = m.get("headline")
     row.headline_value = _num((m.get("eval") or {}).get(row.headline)) if row.headline else None
+    row.reward_margin = _num((m.get("eval") or {}).get("rewards/margins"))
+    row.reward_accuracy = _num((m.get("eval") or {}).get("rewards/accuracies"))
     records = read_progress(paths.progress)
     if row.headline is None:  # still running or failed: name the metric its evaluations produced
         ev = next((r for r in reversed(records) if r.get("event") == "eval"), None)
@@ -187,6 +191,8 @@ def table_rows(rows: list[RunRow]) -> list[list[str]]:
         mem = "-" if r.peak_memory_mb is None else f"{r.peak_memory_mb:.0f} MiB" + (
             " (host)" if r.peak_memory_kind == "host" else "")
         metric = "-" if r.headline_value is None else f"{r.headline} {r.headline_value:.4f}"
+        if r.reward_margin is not None and r.headline != "rewards/margins":
+            metric += f", margin {r.reward_margin:.4f}"
         out.append([r.label, r.partition or "-", device, r.precision or "-", _f(r.world_size, "{}"),
                     _rate(r.samples_per_s, r.samples_ratio), _rate(r.tokens_per_s, r.tokens_ratio), mem,
                     _secs(r.train_s), _secs(r.queue_wait_s), _f(r.final_loss), metric,

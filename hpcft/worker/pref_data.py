@@ -1,0 +1,166 @@
+"""Preference rows for ``task: dpo``, ``orpo``, ``simpo`` and ``kto``: checked, rendered with the
+model's chat template the same way SFT renders them, and tokenized for TRL's trainers.
+
+What a row holds is :mod:`hpcft.core.pref_rows`' (the pre-flight checks a sample with the same
+code). A string prompt is the user's turn and a string reply the assistant's; the messages form
+is passed as it is. The conversation ``prompt + reply`` is rendered by
+:class:`hpcft.worker.llm_data.Renderer` (the chat template, or the plain template for base
+models), exactly as an SFT run renders it, so a DPO run continues its SFT run on the same text.
+The prompt is everything before the last reply (the renderer is made with ``train_on: last``);
+the reply is what is scored. Prompts longer than
+``preference.max_prompt_length`` keep their end; the reply is cut to fit ``max_seq_length``.
+
+Outputs, the columns TRL's collators read: ``prompt_ids``, ``chosen_ids``, ``rejected_ids``
+(pairwise) or ``prompt_ids``, ``completion_ids``, ``label`` (kto; a pairwise row gives one of
+each). Pure Python over a tokenizer; ``datasets`` only to load and map.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from ..core.pref_rows import PAIRWISE_TASKS, row_problem
+from .errors import DataFormatError
+
+
+@dataclass
+class InitRun:
+    """The run ``train.init_from`` continues (a folder, resolved on the login side)."""
+
+    run_dir: Path
+    model_dir: Path        # its saved adapter or model
+    adapter: bool          # a LoRA adapter (else full weights)
+    task: str
+
+    @classmethod
+    def read(cls, run_dir: str | Path) -> "InitRun":
+        run_dir = Path(run_dir)
+        try:
+            m = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DataFormatError(f"train.init_from {run_dir}: no readable metrics.json ({exc}); "
+                                  "name a finished hpcft run") from None
+        out = Path(str(m.get("output_dir") or ""))
+        if not out.is_dir():
+            raise DataFormatError(f"train.init_from {run_dir}: its model folder {out} is gone")
+        return cls(run_dir, out, bool(m.get("adapter")), str(m.get("task")))
+
+    @property
+    def tokenizer_dir(self) -> Optional[Path]:
+        """The tokenizer the run saved (it may carry a fixed EOS or template), if any."""
+        return self.model_dir if (self.model_dir / "tokenizer_config.json").is_file() else None
+
+
+def _turns(v: Any, role: str) -> list[dict]:
+    if isinstance(v, str):
+        return [{"role": role, "content": v}]
+    turns = [v] if isinstance(v, dict) else list(v)
+    return [{**m, "content": m.get("content") if m.get("content") is not None else ""} for m in turns]
+
+
+def check_rows(ds, task: str, where: str) -> None:
+    """Every row, or a DataFormatError naming the first bad one (and how many more are bad)."""
+    bad = []
+    for i, row in enumerate(ds, 1):
+        p = row_problem({k: v for k, v in row.items() if v is not None}, task)
+        if p:
+            bad.append(f"{where}, row {i}: {p}")
+    if bad:
+        more = f" ({len(bad) - 1} more rows like it)" if len(bad) > 1 else ""
+        raise DataFormatError(bad[0] + more)
+
+
+class Encoder:
+    """Renders and tokenizes rows; one per run."""
+
+    def __init__(self, tokenizer, renderer, max_len: int, max_prompt: Optional[int], system: Optional[str] = None):
+        self.tok, self.renderer, self.max_len, self.system = tokenizer, renderer, max_len, system
+        self.max_prompt = max_prompt or max_len // 2
+
+    def _split(self, prompt_msgs: list[dict], reply: list[dict]) -> tuple[str, str]:
+        """(prompt text, reply text) of one conversation, rendered as SFT renders its last turn
+        (the renderer is made with ``train_on="last"``: one sequence, the last reply trained)."""
+        pieces = self.renderer.examples(prompt_msgs + reply)[-1]
+        return "".join(text for text, _ in pieces[:-1]), pieces[-1][0]
+
+    def _ids(self, text: str, first: bool) -> list[int]:
+        return self.tok(text, add_special_tokens=first and not self.renderer.chat)["input_ids"]
+
+    def prompt_messages(self, row: dict) -> list[dict]:
+        msgs = _turns(row["prompt"], "user")
+        system = row.get("system") or self.system
+        if system and not any(m["role"] == "system" for m in msgs):
+            msgs = [{"role": "system", "content": str(system)}, *msgs]
+        return msgs
+
+    def encode(self, prompt_msgs: list[dict], replies: list[Any]) -> tuple[list[int], list[list[int]]]:
+        """The prompt's ids (its end kept) and each reply's ids (cut to fit max_seq_length)."""
+        texts = [self._split(prompt_msgs, _turns(r, "assistant")) for r in replies]
+        prompt = self._ids(texts[0][0], True)[-self.max_prompt:]
+        room = max(self.max_len - len(prompt), 1)
+        return prompt, [self._ids(reply, False)[:room] for _, reply in texts]
+
+    def pairwise(self, row: dict) -> dict:
+        prompt, (chosen, rejected) = self.encode(self.prompt_messages(row), [row["chosen"], row["rejected"]])
+        return {"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected}
+
+    def unpaired(self, batch: dict) -> dict:
+        """kto: one row per completion; a pairwise row gives a desirable and an undesirable one."""
+        out: dict[str, list] = {"prompt_ids": [], "completion_ids": [], "label": []}
+        keys = list(batch)
+        for values in zip(*batch.values()):
+            row = {k: v for k, v in zip(keys, values) if v is not None}
+            if "chosen" in row and "rejected" in row:
+                pairs = [(row["chosen"], True), (row["rejected"], False)]
+            else:
+                pairs = [(row["completion"], bool(row["label"]))]
+            prompt, replies = self.encode(self.prompt_messages(row), [r for r, _ in pairs])
+            for ids, (_, label) in zip(replies, pairs):
+                out["prompt_ids"].append(prompt)
+                out["completion_ids"].append(ids)
+                out["label"].append(label)
+        return out
+
+
+def split(t, data_ref) -> tuple[Any, Any, str]:
+    """(train rows, eval rows, eval split name): the job's splits, or a held-out slice (the same
+    every run) when the data has only one; subsets applied."""
+    from .data import load_raw
+
+    dd = load_raw(data_ref)
+    if t.train_split not in dd:
+        raise DataFormatError(f"dataset {t.dataset}: no split {t.train_split!r}; it has: {', '.join(dd)} "
+                              "(set train.train_split)")
+    raw_train = dd[t.train_split]
+    eval_name = t.eval_split or next((s for s in ("validation", "test") if s in dd and s != t.train_split), None)
+    if eval_name:
+        raw_eval = dd[eval_name]
+    else:
+        n = max(len(raw_train), 1)
+        parts = raw_train.train_test_split(test_size=min(max(0.1, 2 / n), 0.5, 500 / n), seed=t.seed)
+        raw_train, raw_eval, eval_name = parts["train"], parts["test"], f"{t.train_split}[held-out]"
+    if t.train_subset and t.train_subset < len(raw_train):
+        raw_train = raw_train.shuffle(seed=t.seed).select(range(t.train_subset))
+    if t.eval_subset and t.eval_subset < len(raw_eval):
+        raw_eval = raw_eval.shuffle(seed=t.seed).select(range(t.eval_subset))
+    return raw_train, raw_eval, eval_name
+
+
+def tokenized(t, encoder: Encoder, ds, desc: str):
+    """The rows as TRL's token columns (kto: shuffled once with the seed, then read in order:
+    its KL term pairs neighbours in a batch)."""
+    if t.task in PAIRWISE_TASKS:
+        return ds.map(encoder.pairwise, remove_columns=ds.column_names, desc=f"tokenize {desc}")
+    out = ds.map(encoder.unpaired, batched=True, remove_columns=ds.column_names, desc=f"tokenize {desc}")
+    return out.shuffle(seed=t.seed).flatten_indices()
+
+
+def tokens_per_epoch(ds) -> int:
+    """The tokens the policy reads in one epoch (prompt + each reply)."""
+    if "chosen_ids" in ds.column_names:
+        return sum(2 * len(p) + len(c) + len(r) for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"],
+                                                                   ds["rejected_ids"]))
+    return sum(len(p) + len(c) for p, c in zip(ds["prompt_ids"], ds["completion_ids"]))
