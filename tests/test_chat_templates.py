@@ -74,6 +74,10 @@ def test_qwen3_thinking_reply_is_trained_with_its_reasoning_in_either_form(toks)
     row = {"messages": [{"role": "user", "content": Q},
                         {"role": "assistant", "content": "red", "reasoning_content": "an apple is a fruit"}]}
     _expect(tok, _enc(tok, row), want)
+    # an empty think block the data writes is the data's: trained as written
+    _expect(tok, _enc(tok, _msgs(Q, "<think>\n\n</think>\n\nred")), [[
+        (f"<|im_start|>user\n{Q}<|im_end|>\n<|im_start|>assistant\n", False),
+        ("<think>\n\n</think>\n\nred<|im_end|>\n", True)]])
 
 
 def test_qwen3_multi_turn_with_thinking_trains_each_turn_after_the_history_the_model_sees(toks):

@@ -71,10 +71,11 @@ def split_reasoning(content: Optional[str]) -> tuple[Optional[str], str]:
 
 
 def has_reasoning(m: dict) -> bool:
-    if isinstance(m.get("reasoning_content"), str) and m["reasoning_content"].strip():
+    """The data writes a think block for this reply (``reasoning_content``, or ``</think>`` in the
+    content), even an empty one: then it is trained as written."""
+    if isinstance(m.get("reasoning_content"), str):
         return True
-    reasoning, _ = split_reasoning(m.get("content") if isinstance(m.get("content"), str) else None)
-    return reasoning is not None and bool(reasoning.strip())
+    return split_reasoning(m.get("content") if isinstance(m.get("content"), str) else None)[0] is not None
 
 
 def _special_tokens(tok) -> list[str]:
@@ -255,7 +256,7 @@ class ChatRenderer:
         answer = m.get("content") or ""
         if reasoning is None:
             reasoning, answer = split_reasoning(answer)
-        if reasoning is None or not reasoning.strip():
+        if reasoning is None:  # no think block in the data: the closing one goes to the prompt, untrained
             return prompt + f"\n{THINK_CLOSE}\n\n", answer.lstrip("\n") + suffix
         return prompt, reasoning.strip("\n") + f"\n{THINK_CLOSE}\n\n" + answer.lstrip("\n") + suffix
 
