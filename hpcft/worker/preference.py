@@ -99,7 +99,7 @@ class Preference(Task):
 
     @property
     def trust_remote_code(self) -> bool:
-        return bool(getattr(self.cfg, "trust_remote_code", False))
+        return bool(self.cfg.trust_remote_code)  # never implied (see hpcft.preflight.remote_code)
 
     def _model(self, args):
         """The policy: the SFT run's adapter (trainable) or weights, else the staged model."""
