@@ -115,3 +115,21 @@ def test_scores_show_up_in_compare(tmp_path):
     assert set(read_scores(tmp_path / "tuned")) == {"mmlu"}
     rows = compare(records)
     assert headers(rows)[-1] == "mmlu" and [r[-1] for r in table_rows(rows)] == ["0.2500", "0.7500"]
+
+
+def test_a_group_score_is_the_harness_aggregate_else_the_mean_of_its_subjects():
+    from hpcft.worker.evaluate import summarize
+
+    mmlu = resolve_tasks(["mmlu"])[0]
+    results = {"results": {"mmlu": {"alias": "mmlu", "acc,none": 0.5, "acc_stderr,none": "N/A"},
+                           "mmlu_anatomy": {"acc,none": 0.25}, "mmlu_virology": {"acc,none": 0.75}},
+               "n-samples": {"mmlu_anatomy": {"original": 8, "effective": 4}, "mmlu_virology": {"effective": 4}}}
+    s = summarize(mmlu, results, model="m", adapter="a", limit=4, fewshot=None, seconds=1.0)
+    assert (s["score"], s["metric"], s["samples"]) == (0.5, "acc", 8)
+    assert s["metrics"] == {"acc,none": 0.5} and set(s["subtasks"]) == {"mmlu_anatomy", "mmlu_virology"}
+    del results["results"]["mmlu"]
+    assert summarize(mmlu, results, model="m", adapter=None, limit=4, fewshot=None, seconds=1.0)["score"] == 0.5
+    gsm = summarize(resolve_tasks(["gsm8k"])[0], {"results": {"gsm8k": {"exact_match,strict-match": 0.125,
+                                                                       "exact_match,flexible-extract": 0.25}}},
+                    model="m", adapter=None, limit=None, fewshot=5, seconds=1.0)
+    assert (gsm["score"], gsm["metric"]) == (0.125, "exact_match")
