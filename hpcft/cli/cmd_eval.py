@@ -64,13 +64,14 @@ def run(args) -> int:
             raise ConfigError([f"hpcft eval --like {args.like}: not a run"])
     elif args.like:
         raise ConfigError(["hpcft eval: --like is for a MODEL with --submit"])
+    from ..use.launch import local_env, require_local_torch, worker_argv
+
+    if not args.submit:
+        require_local_torch("eval")
     if target.record is None:
         target = ev.new_eval_run(target, s)
     if args.submit:
         return _submit(args, s, target, tasks, like)
-    from ..use.launch import local_env, require_local_torch, worker_argv
-
-    require_local_torch("eval")
     wargs = ev.worker_args(target, tasks, limit=args.limit, fewshot=args.fewshot, batch_size=args.batch_size,
                            device="cpu")
     if args.threads:

@@ -34,6 +34,9 @@ from .console import log
 from .errors import WorkerError
 
 DEVICES = {"gpu": "cuda", "cuda": "cuda", "npu": "npu", "cpu": "cpu"}
+# what makes torch/accelerate think a process is one rank of many (the eval after training is one process)
+RANK_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+RANK_PREFIXES = ("PMI_", "PMIX_", "OMPI_COMM_WORLD_", "MV2_COMM_WORLD_")
 
 
 class EvalError(WorkerError, RuntimeError):
@@ -130,8 +133,7 @@ def after_training(ctx, cfg, base_model: str, output_dir: Path, method: str, dev
         argv += ["--model", base_model, "--adapter", str(output_dir), "--tokenizer", str(output_dir)]
     else:
         argv += ["--model", str(output_dir)]
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env = {k: v for k, v in os.environ.items() if k not in RANK_VARS and not k.startswith(RANK_PREFIXES)}
     log(f"train.eval_tasks: {', '.join(tasks)}")
     proc = subprocess.run(argv, env=env, check=False)
     if proc.returncode != 0:
