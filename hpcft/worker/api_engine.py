@@ -5,7 +5,8 @@ Batching: requests wait in a queue; one engine thread takes up to ``max_batch`` 
 share their sampling settings, left-pads the prompts and runs ONE ``model.generate`` for all of
 them. A stopping criterion sees every new token of every row at each step: it streams the
 row's new text to its request, and ends the row at the end-of-turn token, at one of the
-request's ``stop`` strings or at its ``max_tokens``, while the other rows go on. Requests that
+request's ``stop`` strings or at its ``max_tokens``, while the other rows go on (generate itself is
+given no EOS: the criterion decides per row, so vLLM's ``ignore_eos`` works per request). Requests that
 arrive meanwhile form the next batch. On a small model the per-step cost barely grows with the
 batch, so 8 concurrent requests take little longer than one (benchmarks/bench_serve.py).
 
@@ -44,6 +45,7 @@ class Request:
     temperature: float = 0.0                      # 0: greedy
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False                      # vLLM's extra parameter: only max_tokens ends the row
     emit: Callable[[dict], None] = print          # called from the engine thread: {"text"} ... {"finish", ...}
     text: str = ""
     tokens: list[int] = field(default_factory=list)
@@ -195,7 +197,7 @@ class Engine:
             {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         with torch.inference_mode():
             self.model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev),
-                                max_new_tokens=max(r.max_tokens for r in batch), eos_token_id=self.stop_ids,
+                                max_new_tokens=max(r.max_tokens for r in batch), eos_token_id=[],
                                 pad_token_id=pad, stopping_criteria=StoppingCriteriaList([Rows()]), **kw)
         for r in batch:  # generate ended on its own (max_new_tokens reached by the longest row)
             if r.finish is None:
@@ -208,7 +210,7 @@ class Engine:
         if r.cancelled:
             r.finish = "cancelled"
             return True
-        if token in self.stop_ids:
+        if token in self.stop_ids and not r.ignore_eos:
             self._end(r, "stop")
             return True
         r.tokens.append(token)

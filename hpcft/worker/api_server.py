@@ -64,6 +64,23 @@ class Api:
         self.names = {model_id, *names}
         self.sample_default = sample_default
         self.created = int(time.time())
+        self._outbox: list = []                  # (queue, event) from the engine thread, not yet delivered
+        self._lock = threading.Lock()
+
+    def _post(self, loop, events: "asyncio.Queue", ev: dict) -> None:
+        """From the engine thread: queue ``ev`` for the event loop, waking it only when nothing is
+        pending yet (one wake-up for all rows of a step, not one per row and token)."""
+        with self._lock:
+            wake = not self._outbox
+            self._outbox.append((events, ev))
+        if wake:
+            loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            out, self._outbox = self._outbox, []
+        for events, ev in out:
+            events.put_nowait(ev)
 
     # ------------------------------------------------------------------ parsing
     def _common(self, body: dict, prompt_ids: list[int]) -> Request:
@@ -88,7 +105,8 @@ class Api:
                                     ("top_p", top_p, 0, 1)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < lo or (hi and value > hi):
                 raise ApiError(f"{name} must be a number >= {lo}" + (f" and <= {hi}" if hi else ""), param=name)
-        return Request(prompt_ids, int(max_tokens), float(temperature), float(top_p), stop)
+        return Request(prompt_ids, int(max_tokens), float(temperature), float(top_p), stop,
+                       ignore_eos=bool(body.get("ignore_eos")))  # vLLM's extra parameter (extra_body)
 
     def chat_request(self, body: dict) -> Request:
         msgs = body.get("messages") if isinstance(body, dict) else None
@@ -109,7 +127,7 @@ class Api:
     async def run(self, req: Request, chat: bool, stream: bool, include_usage: bool):
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
-        req.emit = lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev)
+        req.emit = lambda ev: self._post(loop, events, ev)
         self.engine.submit(req)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         obj = "chat.completion" if chat else "text_completion"
@@ -155,16 +173,22 @@ class Api:
                 if chat:
                     yield f"data: {json.dumps(envelope([choice(None, None, first=True)]))}\n\n"
                 while True:
-                    ev = await events.get()
-                    if "error" in ev:
-                        yield f"data: {json.dumps({'error': {'message': ev['error'], 'type': 'server_error'}})}\n\n"
+                    # what the engine sent meanwhile goes out as one chunk: a busy node (or a
+                    # large batch) then costs fewer writes and wake-ups, not more latency
+                    got = [await events.get()]
+                    while not events.empty():
+                        got.append(events.get_nowait())
+                    text = "".join(ev["text"] for ev in got if "text" in ev)
+                    last = got[-1]
+                    if text:
+                        yield f"data: {json.dumps(envelope([choice(text, None)]))}\n\n"
+                    if "error" in last:
+                        yield f"data: {json.dumps({'error': {'message': last['error'], 'type': 'server_error'}})}\n\n"
                         break
-                    if "text" in ev:
-                        yield f"data: {json.dumps(envelope([choice(ev['text'], None)]))}\n\n"
-                    if "finish" in ev:
-                        yield f"data: {json.dumps(envelope([choice(None if chat else '', ev['finish'])]))}\n\n"
+                    if "finish" in last:
+                        yield f"data: {json.dumps(envelope([choice(None if chat else '', last['finish'])]))}\n\n"
                         if include_usage:
-                            yield f"data: {json.dumps(envelope([], usage(ev)))}\n\n"
+                            yield f"data: {json.dumps(envelope([], usage(last)))}\n\n"
                         break
                 yield "data: [DONE]\n\n"
             finally:  # the client went away (or we are done): free the batch row
