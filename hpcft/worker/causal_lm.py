@@ -56,7 +56,7 @@ class CausalLM(Task):
         )
         before = rss_mb()
         model = load_model(model_ref.path, dtype=train_dtype(method, self.device.precision),
-                           trust_remote_code=remote, ds_config=getattr(args, "hf_deepspeed_config", None))
+                           trust_remote_code=remote, args=args)
         record_load(ctx.paths.dir, task.rank, before, _zero3_args(args), model)
         if self.renderer.chat:  # generation stops at the template's end of turn (a base model's EOS does not)
             from ..core.chat import set_end_of_turn
@@ -65,6 +65,10 @@ class CausalLM(Task):
             if note and task.is_main:
                 log(note)
         self.generation_config = model.generation_config
+        if t.packing:
+            from .packing import check_model
+
+            check_model(model)
         model.config.use_cache = False
         if method == "lora":
             model = _with_lora(model, t)

@@ -5,8 +5,9 @@ preference tasks) and ``hpcft export`` get them from.
 * :func:`load_model` -- ``AutoModelForCausalLM`` in the given dtype. Under ZeRO-3 it is built
   inside DeepSpeed's ``zero.Init``, so each rank only ever holds its shard of the weights: the
   DeepSpeed config must exist *before* ``from_pretrained`` (transformers looks for a live
-  ``HfDeepSpeedConfig``). Build the task's ``TrainingArguments(deepspeed=...)`` first, or pass
-  the config dict as ``ds_config`` and this function keeps one alive while it loads.
+  ``HfDeepSpeedConfig``) and torch.distributed must be up. Build the task's
+  ``TrainingArguments(deepspeed=...)`` first and pass it as ``args``; or set up the process group
+  yourself and pass the config dict as ``ds_config`` (kept alive while it loads).
 * ``trust_remote_code`` is passed only when the job says ``train.trust_remote_code: true``
   (never implied); the pre-flight (:mod:`hpcft.preflight.remote_code`) names the files that run.
 * :func:`train_dtype` -- the dtype the weights are loaded in for a method on a device.
@@ -49,16 +50,25 @@ def train_dtype(method: str, precision: str):
     return torch.float32
 
 
-def load_model(model_dir: str | Path, *, dtype, trust_remote_code: bool = False, ds_config: Any = None):
+def load_model(model_dir: str | Path, *, dtype, trust_remote_code: bool = False, args: Any = None,
+               ds_config: Any = None):
     """``AutoModelForCausalLM.from_pretrained(model_dir)`` in ``dtype``.
 
-    ``ds_config``: the DeepSpeed config the trainer will use -- a dict, or the
-    ``HfDeepSpeedConfig`` of already built TrainingArguments (``args.hf_deepspeed_config``), or
-    None. For ZeRO-3 the model is constructed inside ``zero.Init`` (each parameter partitioned
-    as it is created) and the checkpoint is loaded into the shards."""
+    ``args``: the task's TrainingArguments (or a TRL config), built before the model: under
+    ZeRO-3 its ``device`` is set up first (torch.distributed with the job's backend: zero.Init
+    partitions over the world), then the model is constructed inside ``zero.Init`` (each
+    parameter partitioned as it is created) and the checkpoint is loaded into the shards.
+    ``ds_config``: without ``args``, a DeepSpeed config dict (torch.distributed already set up)."""
     from transformers import AutoModelForCausalLM
     from transformers.integrations import is_deepspeed_zero3_enabled
 
+    if args is not None and is_deepspeed_zero3_enabled():
+        import deepspeed
+
+        _ = args.device  # noqa: F841 - torch.distributed up with the job's backend (accelerate's set-up)
+        # zero.Init reads the world from deepspeed.comm, which wraps the existing process group
+        backend = getattr(args, "ddp_backend", None)
+        deepspeed.init_distributed(**({"dist_backend": backend} if backend else {}))
     keep = None
     if isinstance(ds_config, dict) and not is_deepspeed_zero3_enabled():
         stage = (ds_config.get("zero_optimization") or {}).get("stage")
