@@ -69,6 +69,12 @@ def load_model(model_dir: str | Path, *, dtype, trust_remote_code: bool = False,
         # zero.Init reads the world from deepspeed.comm, which wraps the existing process group
         backend = getattr(args, "ddp_backend", None)
         deepspeed.init_distributed(**({"dist_backend": backend} if backend else {}))
+    if args is None and is_deepspeed_zero3_enabled():
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            raise RuntimeError("load_model under ZeRO-3 needs torch.distributed set up first: pass the task's "
+                               "TrainingArguments as args=")
     keep = None
     if isinstance(ds_config, dict) and not is_deepspeed_zero3_enabled():
         stage = (ds_config.get("zero_optimization") or {}).get("stage")
