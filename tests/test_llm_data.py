@@ -126,6 +126,20 @@ def test_an_example_inside_a_pack_has_the_logits_it_has_alone(arch, attn):
     assert not torch.allclose(crossed[7:19], packed[7:19], atol=1e-3)
 
 
+@pytest.mark.worker
+def test_packing_refuses_a_model_running_its_own_code():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hpcft.worker.packing import PackingError, check_model
+
+    cfg = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1)
+    check_model(LlamaForCausalLM(cfg))  # transformers' own code: packed examples kept apart
+    remote = type("ChatGLMForConditionalGeneration", (LlamaForCausalLM,), {"__module__": "modeling_chatglm"})
+    with pytest.raises(PackingError, match=r"^packing: true needs transformers' own model code.*set packing: false$"):
+        check_model(remote(cfg))
+
+
 def test_mix_counts_by_weight_and_concatenation_without_weights():
     from hpcft.worker.data_mix import mix_counts, mix_indices
 
@@ -222,6 +236,14 @@ def test_bad_rows_and_a_zero_weight_are_refused_before_anything_is_queued(tmp_pa
                      "cannot render the tool call 'get_weather' (can only concatenate str (not \"dict\") to str)"]
     code, lines = submit("qwen", "data.jsonl")  # Qwen2.5's template writes tool calls: only the last-turn row
     assert code == 2 and len(lines) == 1 and ":3: the last turn is 'user'" in lines[0]
+    # packing with a model that runs its own code (auto_map): refused, its attention would mix the examples
+    (tmp_path / "qwen" / "config.json").write_text(json.dumps({"auto_map": {
+        "AutoModelForCausalLM": "modeling_chatglm.ChatGLMForConditionalGeneration"}}))
+    (tmp_path / "job.yaml").write_text("name: rows\nexecutor: local\ntrain:\n  task: causal-lm\n  model: ./qwen\n"
+                                       "  dataset: good.jsonl\n  packing: true\n  trust_remote_code: true\n")
+    res = run_hpcft("submit", str(tmp_path / "job.yaml"), cwd=tmp_path)
+    assert res.returncode == 2 and f"{tmp_path / 'job.yaml'}: packing: packing: true with the model's own code " \
+        "(modeling_chatglm.ChatGLMForConditionalGeneration, trust_remote_code)" in res.stderr
     code, lines = submit("qwen", "[good.jsonl, {name: good.jsonl, weight: 0}]")
     assert code == 2 and lines == [f"{tmp_path / 'job.yaml'}:6: train.dataset: entry 2 (good.jsonl): weight 0 must be "
                                    "above 0 (leave the dataset out instead)"]

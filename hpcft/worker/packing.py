@@ -17,7 +17,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from .errors import WorkerError
+
 IGNORE = -100
+
+
+class PackingError(WorkerError, ValueError):
+    """``packing: true`` on a model whose attention would cross example boundaries."""
+
+
+def check_model(model) -> None:
+    """Packing relies on transformers' own attention code reading the example boundaries from
+    the position ids; a model running its repository's code (``trust_remote_code``) builds its own
+    causal mask, and its packed examples would attend to each other: refused, in one line."""
+    module = type(model).__module__
+    if not module.startswith("transformers."):
+        raise PackingError(f"packing: true needs transformers' own model code, which keeps packed examples apart; "
+                           f"{type(model).__name__} runs the model's own code ({module}), whose attention would "
+                           "cross example boundaries: set packing: false")
 
 
 def pack(examples: list[dict], max_len: int) -> list[dict]:
