@@ -258,3 +258,25 @@ def test_the_docs_openai_snippet_is_python_using_the_real_client():
     tree = ast.parse(code)
     assert any(isinstance(n, ast.ImportFrom) and n.module == "openai" for n in tree.body)
     assert "stream=True" in code and "HPCFT_API_KEY" in code
+
+
+def test_vllm_backend_command_line(tmp_path):
+    """The vLLM path is not run here (no vLLM, no GPU): its command line is checked as written.
+    A LoRA run: the base model plus the adapter as a LoRA module under the run's id; the key
+    never on the command line (VLLM_API_KEY)."""
+    from hpcft.worker.api_vllm import vllm_argv, vllm_usable
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/cache/base", "r": 16}))
+    (adapter / "tokenizer_config.json").write_text("{}")
+    argv = vllm_argv(adapter, "", "sft", "0.0.0.0", 8001, python="py")
+    assert argv[:3] == ["py", "-m", "vllm.entrypoints.openai.api_server"]
+    joined = " ".join(argv)
+    assert "--model /cache/base --served-model-name sft-base --enable-lora" in joined
+    assert f"--lora-modules sft={adapter} --max-lora-rank 16" in joined and f"--tokenizer {adapter}" in joined
+    assert "--api-key" not in joined and "--host 0.0.0.0 --port 8001" in joined
+    full = tmp_path / "full"
+    full.mkdir()
+    assert "--model " + str(full) + " --served-model-name sft" in " ".join(vllm_argv(full, "", "sft", "h", 1))
+    assert not vllm_usable("cpu")
