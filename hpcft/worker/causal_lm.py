@@ -69,10 +69,6 @@ class CausalLM(Task):
             from .packing import check_model
 
             check_model(model)
-        if t.packing:
-            from .packing import check_model
-
-            check_model(model)
         model.config.use_cache = False
         if method == "lora":
             model = _with_lora(model, t)
