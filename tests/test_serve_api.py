@@ -66,7 +66,8 @@ def train_tiny_chat(home: Path, name: str, **train) -> dict:
         data = write_alpaca(home / f"{name}.jsonl", n=32)
         job = {"name": name, "executor": "local",
                "train": {"task": "causal-lm", "model": MODEL_ALIAS, "dataset": str(data), "max_steps": 3,
-                         "batch_size": 8, "max_seq_length": 48, "learning_rate": 2e-2, "logging_steps": 1, **train}}
+                         "batch_size": 8, "max_seq_length": 48, "learning_rate": 2e-2, "logging_steps": 1,
+                         "sample_prompts": 0, **train}}
         paths = make_run(job)
     proc = run_worker(paths, env=env, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
