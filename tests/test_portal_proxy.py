@@ -163,6 +163,7 @@ def test_print_served_api_through_the_portal(capsys, tmp_path):
     out = capsys.readouterr().out
     assert f"through the SCOW portal (logged in): {PORTAL}/api/proxy/{CLUSTER}/relative/cn07/41234/v1\n" in out
     assert out.count("sk-hpcft-abc") == 1 and "stop it with: scancel 77" in out
+    assert "on the cluster:     http://cn07:41234/v1\n" in out  # scripts on the cluster skip the portal
     # without a portal: the ssh line, as before
     print_served(Served("cn07", "127.0.0.1", 41234, 99, "", False, info), Scow(), tmp_path / "serve.json", "77")
     out = capsys.readouterr().out

@@ -173,6 +173,7 @@ def wait_for_serve(info_path: Path, job_id: str, log: Path, err: Path, timeout_s
                      f"cancel it with: scancel {job_id}")
 
 
+LAPTOP_PORTS = {"api": 8000, "demo": 7860, "tensorboard": 6006}   # the ssh -L line's local port, by kind
 SECRET_NAMES = {"api": ("API key", "api_key"), "demo": ("password (user hpcft)", "password"),
                 "tensorboard": ("password (any user name)", "password")}
 
@@ -189,9 +190,10 @@ def print_served(served: Served, scow: Scow, info_path: Path, job_id: str) -> No
     print(f"  {info_path} (mode 0600: it holds the secret)")
     if portal(scow) and served.host not in LOOPBACK:
         lines = through_portal(scow, served.node, served.port, path)
-        lines.append(f"on the cluster:     http://{served.node}:{served.port}/{path}")
+        if kind != "demo":  # the demo writes its links under the portal's path: only the portal URL works
+            lines.append(f"on the cluster:     http://{served.node}:{served.port}/{path}")
     else:
-        lines = how_to_reach(served.node, served.host, served.port, 8000 if kind == "api" else 7860, path)
+        lines = how_to_reach(served.node, served.host, served.port, LAPTOP_PORTS.get(kind, 7860), path)
     for line in lines:
         print(f"  {line}")
     label, key = SECRET_NAMES.get(kind, ("secret", "password"))
