@@ -182,6 +182,21 @@ def test_glm4_trains_the_next_turn_marker_as_the_end_of_each_reply(toks):
         (f"\n{Q2}<|assistant|>", False), ("\nwhite<|user|>", True)]])
 
 
+def test_glm4_tools_on_the_system_message_and_calls_in_its_own_form(toks):
+    """GLM-4 reads tools from a message and writes a call as <|assistant|>{name}\\n{arguments}; the
+    call's end is <|observation|>, the answer's <|user|>: each trained as the template writes next."""
+    tok = toks["glm4"]
+    row = {"tools": TOOLS, "messages": [{"role": "user", "content": "Weather in Paris?"},
+                                        {"role": "assistant", "content": None, "tool_calls": [CALL]},
+                                        {"role": "tool", "content": "sunny"},
+                                        {"role": "assistant", "content": "It is sunny."}]}
+    system = tok.apply_chat_template([{"role": "system", "content": "", "tools": TOOLS}], tokenize=False)
+    assert system.startswith("[gMASK]<sop><|system|>\n") and "## get_weather" in system
+    _expect(tok, _enc(tok, row), [[
+        (system + "<|user|>\nWeather in Paris?<|assistant|>", False), ('get_weather\n{"city": "Paris"}<|observation|>', True),
+        ("\nsunny<|assistant|>", False), ("\nIt is sunny.<|user|>", True)]])
+
+
 # ----------------------------------------------------------------------------- templates that rewrite history
 
 def test_deepseek_r1_distill_keeps_the_reasoning_its_template_drops(toks):
@@ -229,7 +244,8 @@ def test_sharegpt_function_call_observation_and_row_system(toks):
     ("llama3", {"messages": [{"role": "user", "content": "Weather?"},
                              {"role": "assistant", "content": None, "tool_calls": [CALL]}]},
      r"test row 1: the model's chat template drops the tool call 'get_weather'"),
-    ("glm4", {"tools": TOOLS, **_msgs(Q, "red")}, r"test row 1: the model's chat template ignores the `tools` column"),
+    ("internlm2.5", {"tools": TOOLS, **_msgs(Q, "red")},
+     r"test row 1: the model's chat template ignores the `tools` column"),
 ])
 def test_rows_the_template_cannot_train_are_one_line_errors_naming_the_row(toks, family, row, match):
     with pytest.raises(ld.DataFormatError, match=match) as info:

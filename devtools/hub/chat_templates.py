@@ -80,7 +80,7 @@ NEEDS: dict[str, str] = {
     "qwen2.5-base": "<|im_end|> made EOS at save",
     "llama3": "none",
     "llama3.1": "one tool call per turn (template)",
-    "glm4": "trust_remote_code: true; <|user|> trained as the end of each reply; tools column not rendered",
+    "glm4": "trust_remote_code: true; the next turn's <|user|>/<|observation|> trained as a reply's end; tools in its own form",
     "internlm2.5": "trust_remote_code: true; <|im_end|> made EOS at save",
     "deepseek-r1-distill": "reasoning re-added after the <think> prefill; each turn its own sequence",
     "mistral": "system prompt moves to the last user turn: multi-turn rows split per turn; tool call ids 9 chars",

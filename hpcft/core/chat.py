@@ -26,8 +26,16 @@ prompt and drops reasoning from the reply (DeepSeek-R1 distills) gets the reason
 trained text. ``enable_thinking`` is passed to the template when set; ``False`` also drops the
 data's reasoning (as LLaMA-Factory does), so those rows train the non-thinking mode.
 
-**End of turn.** A reply that the template does not close with its end-of-turn token (GLM-4
-marks the end of a reply with the next ``<|user|>``) gets it appended, so the model learns to stop.
+**End of turn.** A reply that the template does not close with a special token (GLM-4 marks
+the end of a reply with the next turn's ``<|user|>``, or ``<|observation|>`` after a tool call)
+gets the special token the template writes next appended (and left out of the next prompt), so
+the model learns to stop.
+
+**Tools.** The ``tools`` column goes to the template as ``tools=``; a template that reads tools
+from a message instead (GLM-4) gets them on the system message, with each OpenAI tool call as
+an assistant message ``{metadata: name, content: arguments}`` and each result an
+``observation``, the form its fine-tuning code and LLaMA-Factory use. A template that ignores
+the tools or drops a call is an error, never a silent loss.
 """
 
 from __future__ import annotations
@@ -52,7 +60,7 @@ class Turn:
     prompt: str            # everything before the reply, as the model sees it
     reply: str             # what the model must produce (trained), end-of-turn token included
     rendered: str          # prompt + the reply as the template writes it (the end of the text so far)
-    closed: bool           # False: the end-of-turn token was appended; the next prompt may start with it
+    appended: str = ""     # the end token added to a reply the template leaves open (the next prompt starts with it)
 
 
 def _template_errors() -> tuple[type[BaseException], ...]:
@@ -160,6 +168,9 @@ class ChatRenderer:
         self.tok = tokenizer
         self.enable_thinking = enable_thinking
         self.eot, self.eot_closes = _end_of_turn(tokenizer)
+        self.specials = _special_tokens(tokenizer)
+        # GLM-4's template reads tools from a message and writes a call as <|assistant|>{name}\n{args}
+        self.glm_tools = "item['tools']" in (getattr(tokenizer, "chat_template", None) or "")
 
     # ------------------------------------------------------------------ rendering
     def render(self, msgs: list[dict], gen: bool, tools: Optional[list] = None) -> str:
@@ -187,7 +198,37 @@ class ChatRenderer:
 
     def prompt(self, msgs: list[dict], tools: Optional[list] = None) -> str:
         """The text a model is given to answer the conversation so far (generation)."""
+        msgs, tools = self._tools_in_messages(msgs, tools)
         return self.render(self._prepared(msgs), True, tools)
+
+    def _tools_in_messages(self, msgs: list[dict], tools: Optional[list]) -> tuple[list[dict], Optional[list]]:
+        """GLM-4's form (as its repository's fine-tuning code and LLaMA-Factory write it): the tools
+        on the system message, each call an assistant message ``{metadata: name, content: arguments
+        JSON}``, each result an ``observation``; other templates take the OpenAI form as it is."""
+        if not self.glm_tools:
+            return msgs, tools
+        import json
+
+        out: list[dict] = []
+        for m in msgs:
+            if m.get("role") == "assistant" and m.get("tool_calls"):
+                if m.get("content"):
+                    out.append({"role": "assistant", "content": m["content"]})
+                for call in m["tool_calls"]:
+                    fn = call.get("function", call)
+                    args = fn.get("arguments")
+                    out.append({"role": "assistant", "metadata": fn.get("name"),
+                                "content": args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)})
+            elif m.get("role") == "tool":
+                out.append({"role": "observation", "content": m.get("content") or ""})
+            else:
+                out.append(m)
+        if tools:
+            if out and out[0].get("role") == "system":
+                out[0] = dict(out[0], tools=tools)
+            else:
+                out.insert(0, {"role": "system", "content": "", "tools": tools})
+        return out, None
 
     # ------------------------------------------------------------------ one turn
     def turn(self, msgs: list[dict], k: int, tools: Optional[list] = None) -> Turn:
@@ -222,10 +263,27 @@ class ChatRenderer:
                 prompt, reply = prompt + empty.group(0), reply[empty.end():]
         rendered = prompt + reply
         self._check_tool_calls(m, reply)
-        closed = True
-        if self.eot and self.eot not in reply:
-            reply, closed = reply + self.eot, False
-        return Turn(prompt, reply, rendered, closed)
+        end = "" if self._closes(reply) else self._end_after(msgs, k, rendered, tools)
+        return Turn(prompt, reply + end, rendered, end)
+
+    def _closes(self, reply: str) -> bool:
+        """The reply ends with a special token (its end of turn), maybe followed by whitespace."""
+        tail = reply.rstrip()
+        return any(tail.endswith(s) for s in self.specials) or bool(self.eot and self.eot in reply)
+
+    def _end_after(self, msgs: list[dict], k: int, rendered: str, tools: Optional[list]) -> str:
+        """The token that ends an open reply: the special token the template writes next (GLM-4:
+        ``<|user|>``, or ``<|observation|>`` after a tool call), read from the next turn, or from a
+        probe turn after the last reply."""
+        nxt = msgs[k + 1] if k + 1 < len(msgs) else {
+            "role": "observation" if msgs[k].get("metadata") else "tool" if msgs[k].get("tool_calls") else "user",
+            "content": "x"}
+        try:
+            text = self.render(msgs[:k + 1] + [nxt], False, tools)
+        except ConversationError:
+            return self.eot or ""
+        found = _first_special(text[len(rendered):], self.specials) if text.startswith(rendered) else None
+        return found or self.eot or ""
 
     def _reply_without_system(self, msgs: list[dict], k: int, tools: Optional[list]) -> Optional[str]:
         """The reply as the template writes it when the system message moves with the conversation
@@ -281,24 +339,25 @@ class ChatRenderer:
                  ) -> list[list[tuple[str, bool]]]:
         """Training sequences as [(text, trained)] pieces: every assistant turn trained (or only the
         last with ``train_on="last"``), each after the exact prompt the model sees at that turn."""
+        msgs, tools = self._tools_in_messages(msgs, tools)
         self.check_tools(msgs, tools)
         turns = [i for i, m in enumerate(msgs) if m.get("role") == "assistant"]
         if train_on == "last":
             turns = turns[-1:]
         out: list[list[tuple[str, bool]]] = []
         cur: list[tuple[str, bool]] = []
-        done, prev_closed = "", True
+        done, prev_end = "", ""
         for k in turns:
             t = self.turn(msgs, k, tools)
             seg = t.prompt[len(done):] if cur and t.prompt.startswith(done) else None
-            if seg is not None and not prev_closed:
-                seg = seg[len(self.eot):] if seg.startswith(self.eot) else None
+            if seg is not None and prev_end:
+                seg = seg[len(prev_end):] if seg.startswith(prev_end) else None
             if seg is None:  # the template rewrote the history (or cannot continue): a new sequence
                 if cur:
                     out.append(cur)
                 cur, seg = [], t.prompt
             cur += [(seg, False), (t.reply, True)]
-            done, prev_closed = t.rendered, t.closed
+            done, prev_end = t.rendered, t.appended
         if cur:
             out.append(cur)
         return out
