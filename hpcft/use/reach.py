@@ -87,7 +87,8 @@ def how_to_reach(node: Optional[str], host: str, port: int, local_port: int = 78
     else:
         tunnel = f"ssh -N -L {local_port}:{node}:{port} {user}@{login}"
     return [f"from your laptop:  {tunnel}",
-            f"then open          http://127.0.0.1:{local_port}/{path}",
+            (f"then use base_url http://127.0.0.1:{local_port}/{path}" if path == "v1" else
+             f"then open          http://127.0.0.1:{local_port}/{path}"),
             "SCOW: the portal's web shell cannot forward ports; run the ssh line in a terminal on your "
             "laptop with the login node's address and your cluster account (the one the portal's shell uses)"]
 
