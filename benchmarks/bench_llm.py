@@ -199,9 +199,22 @@ print("RESULT", json.dumps({"rank": int(os.environ["RANK"]), "before_mb": before
 """
 
 
-def zero3_rss(model_dir: Path, env: dict) -> dict:
-    """Peak host RSS (VmHWM) of each of 2 gloo ranks while loading the model, with zero.Init
-    (hpcft's way: the DeepSpeed config exists before from_pretrained) and without it."""
+def zero3_rss(work: Path, env: dict) -> dict:
+    """Peak host RSS (VmHWM) of each of 2 gloo ranks while loading a 114M-parameter model saved
+    in bf16 as fp32 master weights (a full fine-tune's), with zero.Init (hpcft's way: the
+    DeepSpeed config exists before from_pretrained) and without it; and what each rank holds
+    once every page of its weights is touched."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from devtools.hub.llm_fixtures import make_tiny_llama
+
+    model_dir = make_tiny_llama(work / "llama-114m", decoys=False, hidden=1024, layers=12, shard="100MB")
+    bf16 = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
+    for p in model_dir.glob("model*.safetensors*"):
+        p.unlink()
+    bf16.save_pretrained(model_dir, max_shard_size="100MB")
+    del bf16
     out = {}
     for zero_init in (False, True):
         with socket.socket() as s:
@@ -303,7 +316,8 @@ def main() -> int:
         with contextlib.redirect_stderr(io.StringIO()):
             res[name] = fn()
     staged = staging_bytes(home) if not args.quick else None
-    rss = zero3_rss(model, {**os.environ, **env}) if not args.quick else None
+    with contextlib.redirect_stderr(io.StringIO()):
+        rss = zero3_rss(home, {**os.environ, **env}) if not args.quick else None
     from transformers import AutoConfig
 
     cfg = AutoConfig.from_pretrained(model)
@@ -322,9 +336,9 @@ def main() -> int:
         print(f"{side} vs {against}: {ratio:.2f}x (target >= {target}x){'' if ratio >= target else '  MISSED'}")
     if rss:
         for what, ranks in rss.items():
-            print(f"ZeRO-3 load on 2 gloo ranks, {what:<9}: peak host RSS per rank "
-                  + ", ".join(f"rank {r['rank']} {r['peak_mb']:.0f} MiB (+{r['peak_mb'] - r['before_mb']:.0f} "
-                              f"while loading)" for r in ranks))
+            print(f"ZeRO-3 load of 114M params (bf16 checkpoint -> fp32) on 2 gloo ranks, {what:<9}: "
+                  + ", ".join(f"rank {r['rank']} peak +{r['load_peak_mb'] - r['before_mb']:.0f} MiB while loading, "
+                              f"holds +{r['held_mb'] - r['before_mb']:.0f} MiB" for r in ranks))
     if staged:
         print(f"staging a sharded Llama-style repo with decoys: fetched {staged['fetched_bytes'] / 1e6:.2f} MB "
               f"({staged['files']} files; the hub served {staged['served_bytes'] / 1e6:.2f} MB) of "
