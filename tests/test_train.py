@@ -154,3 +154,14 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(staged):
     assert sorted(p.name for p in ckpts.iterdir()) == ["checkpoint-32"]
     assert (ckpts / "checkpoint-32" / MARKER).is_file() and (ckpts / "checkpoint-32" / "optimizer.pt").is_file()
     assert _events(paths)[-1]["event"] == "failed"
+
+
+def test_deepspeed_named_on_one_device_is_used(staged):
+    """Issue 18, bug 1: a job that names a ZeRO stage on one device (ZeRO-Offload on one GPU is
+    how a model too big for the card trains there) runs under DeepSpeed, as the pre-flight counts
+    it; it was dropped with a log line while the pre-flight refused the job at ZeRO-0."""
+    paths = make_run(tiny_job("mrpc-ds1", deepspeed=2, max_steps=4, eval_subset=16))
+    proc = run_worker(paths)
+    _ok(proc)
+    assert "DeepSpeed ZeRO stage 2 on 1 ranks" in proc.stdout + proc.stderr
+    assert json.loads(paths.metrics.read_text())["completed"]

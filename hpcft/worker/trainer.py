@@ -22,13 +22,19 @@ from .runtime import Context
 def deepspeed_config(ctx: Context):
     """DeepSpeed config for the Trainer (None: plain DDP or one process); see hpcft.core.dsconfig."""
     t = ctx.job.train
-    if ctx.task.world_size <= 1:
-        if t.deepspeed not in (None, False):
-            log("train.deepspeed applies to jobs with several devices; this one runs in one process without it")
-        return None
     from ..core.dsconfig import resolve
 
+    # One process runs DeepSpeed only when the job names a stage or a config (ZeRO-Offload
+    # on one GPU is how a model that does not fit one card trains there); resolve() leaves
+    # the default (unset or `true`) without it on one device, as the pre-flight counts it.
+
     cfg = resolve(t, ctx.task.world_size, ctx.spec.device, ctx.base_dir)
+    if cfg is not None and ctx.task.world_size <= 1:
+        # DeepSpeed's engine needs torch.distributed even for one rank; without the env://
+        # variables it falls back to MPI discovery (mpi4py). prepare_task leaves one-process
+        # train jobs out of them, so they are set here, only when DeepSpeed runs.
+        for key, value in ctx.task.dist_env().items():
+            os.environ.setdefault(key, value)
     if cfg is not None:
         log(f"DeepSpeed ZeRO stage {cfg.get('zero_optimization', {}).get('stage')} on {ctx.task.world_size} ranks")
     return cfg
