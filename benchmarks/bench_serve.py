@@ -81,15 +81,19 @@ class Served:
     """``python -m hpcft.worker.api_server`` on the same model; 8 streamed requests at once."""
 
     def __init__(self, model_dir: Path, tokens: int, threads: int, work: Path):
-        import openai
-
         port = _free_port()
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
                "TOKENIZERS_PARALLELISM": "false"}
-        self.tokens = tokens
+        self.tokens, self.port, self.work = tokens, port, work
         self.proc = subprocess.Popen([sys.executable, "-m", "hpcft.worker.api_server", "--model", str(model_dir),
                                       "--name", "bench", "--run-dir", str(work), "--port", str(port)],
                                      env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def wait(self) -> None:
+        """Until the server answers (it starts while the loop side loads its model), then a warm-up."""
+        import openai
+
+        port, work = self.port, self.work
         deadline = time.monotonic() + 120
         info_path = work / "serve.json"
         while not info_path.exists():
@@ -144,6 +148,7 @@ def main() -> int:
         served_side = Served(model, tokens, a.threads, work)
         try:
             loop_side = Loop(model, tokens, a.threads)
+            served_side.wait()
             rounds = {"loop": [], "served": []}
             for _ in range(a.repeat):  # interleaved: a load spike on the machine hits both sides
                 rounds["loop"].append(loop_side.round())
