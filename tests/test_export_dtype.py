@@ -4,9 +4,10 @@ One LoRA run (module fixture, the worker on a run folder made as `hpcft submit` 
 tiny GLM-4-style model whose code ships in the repo and whose weights are bf16, with
 ``train.trust_remote_code: true``. Then:
 
-* ``hpcft export --merge`` writes bf16 (config and ~half the bytes of ``--dtype fp32``), with the
+* ``hpcft export --merge`` writes bf16 (config, and the bytes of the bf16 base), with the
   model's own ``.py`` files, and the merged model loads and generates with no hub at all;
-* ``hpcft export --merge --submit --wait`` does the same merge as a Slurm job.
+* ``hpcft export --merge --dtype fp32 --submit --wait`` merges as a Slurm job, in fp32: twice
+  the bytes.
 """
 
 from __future__ import annotations
@@ -85,18 +86,13 @@ def test_the_remote_code_model_trained_with_its_own_classes(trained):
 
 def test_merged_export_keeps_bf16_and_generates_with_no_hub(trained, tmp_path):
     home, paths, repo, _ = trained
-    bf16, fp32 = tmp_path / "bf16", tmp_path / "fp32"
+    bf16 = tmp_path / "bf16"
     out = json.loads(hpcft("export", paths.run_id, "--merge", "--to", str(bf16), "--json", check=True,
                            timeout=300).stdout)
     assert out["merged"] is True
-    hpcft("export", paths.run_id, "--merge", "--dtype", "fp32", "--to", str(fp32), check=True, timeout=300)
-    assert (_dtype(repo), _dtype(bf16), _dtype(fp32)) == ("bfloat16", "bfloat16", "float32")
-    ratio = _weights(bf16) / _weights(fp32)
-    assert 0.45 < ratio < 0.55, (_weights(bf16), _weights(fp32))
-    assert abs(_weights(bf16) - _weights(repo)) < 0.05 * _weights(repo)  # the base model's size again
-    for folder in (bf16, fp32):
-        assert {"modeling_tinyglm.py", "configuration_tinyglm.py", "tokenizer.json"} <= {p.name for p in
-                                                                                       folder.iterdir()}
+    assert (_dtype(repo), _dtype(bf16)) == ("bfloat16", "bfloat16")
+    assert abs(_weights(bf16) - _weights(repo)) < 0.05 * _weights(repo)  # the bf16 base model's size again
+    assert {"modeling_tinyglm.py", "configuration_tinyglm.py", "tokenizer.json"} <= {p.name for p in bf16.iterdir()}
     code = f"""
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -118,11 +114,13 @@ print("GENERATED", out.shape[1] - ids["input_ids"].shape[1])
 
 
 @pytest.mark.slurm
-def test_merge_as_a_slurm_job(trained, slurm, tmp_path):
+def test_merge_as_a_slurm_job_in_another_dtype(trained, slurm, tmp_path):
     home, paths, repo, _ = trained
     dest = tmp_path / "merged-on-node"
-    out = json.loads(hpcft("export", paths.run_id, "--merge", "--submit", "--wait", "--to", str(dest), "--json",
-                           check=True, timeout=400).stdout)
+    out = json.loads(hpcft("export", paths.run_id, "--merge", "--dtype", "fp32", "--submit", "--wait", "--to",
+                           str(dest), "--json", check=True, timeout=400).stdout)
     assert out["merged"] is True and out["job_id"]
-    assert _dtype(dest) == "bfloat16" and (dest / "modeling_tinyglm.py").is_file()
+    assert _dtype(dest) == "float32" and (dest / "modeling_tinyglm.py").is_file()
+    ratio = _weights(repo) / _weights(dest)
+    assert 0.45 < ratio < 0.55, (_weights(repo), _weights(dest))    # bf16 is half the bytes of fp32
     assert Path(out["log"]).is_file() and Path(out["log"]).parent == paths.dir / "export-logs"
