@@ -139,6 +139,15 @@ def test_qwen25_system_prompt_and_alpaca_history_train_every_turn(toks):
     assert tok.decode(enc["input_ids"]).startswith("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud.")
 
 
+def test_reasoning_content_is_kept_by_a_template_that_does_not_read_it(toks):
+    tok = toks["qwen2.5"]
+    row = {"messages": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": Q},
+                        {"role": "assistant", "content": "red", "reasoning_content": "an apple is a fruit"}]}
+    _expect(tok, _enc(tok, row), [[
+        (f"<|im_start|>system\nBe terse.<|im_end|>\n<|im_start|>user\n{Q}<|im_end|>\n<|im_start|>assistant\n", False),
+        ("<think>\nan apple is a fruit\n</think>\n\nred<|im_end|>\n", True)]])
+
+
 def test_llama3_system_prompt_multi_turn_and_train_on_last(toks):
     tok = toks["llama3"]
     row = {"messages": [{"role": "system", "content": "Be terse."}, *_msgs(Q, "red", Q2, "white")["messages"]]}

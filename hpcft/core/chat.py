@@ -169,8 +169,11 @@ class ChatRenderer:
         self.enable_thinking = enable_thinking
         self.eot, self.eot_closes = _end_of_turn(tokenizer)
         self.specials = _special_tokens(tokenizer)
+        template = getattr(tokenizer, "chat_template", None) or ""
         # GLM-4's template reads tools from a message and writes a call as <|assistant|>{name}\n{args}
-        self.glm_tools = "item['tools']" in (getattr(tokenizer, "chat_template", None) or "")
+        self.glm_tools = "item['tools']" in template
+        # a template that does not read reasoning_content would drop it: it goes into the content instead
+        self.reads_reasoning = "reasoning_content" in template
 
     # ------------------------------------------------------------------ rendering
     def render(self, msgs: list[dict], gen: bool, tools: Optional[list] = None) -> str:
@@ -186,13 +189,17 @@ class ChatRenderer:
             raise ConversationError(f"the model's chat template cannot render this conversation: {first}") from None
 
     def _prepared(self, msgs: list[dict]) -> list[dict]:
-        if self.enable_thinking is not False:
-            return msgs
         out = []
-        for m in msgs:  # enable_thinking: false trains the non-thinking mode: drop the data's reasoning
-            if m.get("role") == "assistant" and has_reasoning(m):
+        for m in msgs:
+            if m.get("role") == "assistant" and self.enable_thinking is False and has_reasoning(m):
+                # enable_thinking: false trains the non-thinking mode: drop the data's reasoning
                 m = {k: v for k, v in m.items() if k != "reasoning_content"}
                 m["content"] = split_reasoning(m.get("content"))[1].lstrip("\n")
+            elif isinstance(m.get("reasoning_content"), str) and not self.reads_reasoning:
+                # a template that does not read reasoning_content would drop it: write it as <think>
+                reasoning = m["reasoning_content"].strip("\n")
+                m = {k: v for k, v in m.items() if k != "reasoning_content"}
+                m["content"] = f"{THINK_OPEN}\n{reasoning}\n{THINK_CLOSE}\n\n{(m.get('content') or '').lstrip()}"
             out.append(m)
         return out
 
