@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .api_engine import ApiError, Engine, Request, render_chat
+from .errors import WorkerError
 from .serving import InfoFile, answered, free_port, local_url, make_secret, on_stop, proxy_path
 
 QUIET_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1",
@@ -301,6 +302,10 @@ def run(argv=None) -> int:
                "url": local_url(a.host, port, "/v1"), "api_key": key, "proxy_path": prefix + "/v1" if prefix else ""}
     from .api_vllm import vllm_usable
 
+    if a.backend == "vllm" and not vllm_usable(a.device):
+        print(f"hpcft: error: --backend vllm needs vllm (vllm-ascend on NPUs) in {sys.executable} and a GPU or NPU "
+              f"(device here: {a.device}); leave --backend auto to use transformers", file=sys.stderr, flush=True)
+        return 2
     if a.backend == "vllm" or (a.backend == "auto" and vllm_usable(a.device)):
         from .api_vllm import serve_with_vllm
 
@@ -309,7 +314,11 @@ def run(argv=None) -> int:
 
     from .api_engine import load
 
-    model, tok = load(Path(a.model), Path(a.base) if a.base else None, a.device)
+    try:
+        model, tok = load(Path(a.model), Path(a.base) if a.base else None, a.device)
+    except WorkerError as exc:
+        print(f"hpcft: error: {exc}", file=sys.stderr, flush=True)
+        return 2
     engine = Engine(model, tok, max_batch=a.max_batch)
     gen = getattr(model, "generation_config", None)
     api = Api(engine, a.name, key, a.alias, bool(getattr(gen, "do_sample", False)))
