@@ -238,3 +238,18 @@ def _port_open(port) -> bool:
 
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", int(port))) == 0
+
+
+def test_tensorboard_without_event_files_is_refused_in_one_line(run_hpcft, hpcft_home):
+    from devtools.runs import make_run, tiny_job
+
+    proc = run_hpcft("tensorboard")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"hpcft tensorboard: no run under {hpcft_home / 'runs'} has TensorBoard event files "
+                                   "(train.report_to: [tensorboard] writes them)")
+    paths = make_run(tiny_job("no-events"))
+    proc = run_hpcft("tensorboard", paths.run_id, "--submit")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.startswith(f"hpcft tensorboard: run {paths.run_id} has no TensorBoard event files in "
+                                  f"{paths.dir / 'tensorboard'}")
+    assert not (hpcft_home / "tensorboard").exists() or not any((hpcft_home / "tensorboard").iterdir())
