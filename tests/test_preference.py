@@ -143,6 +143,20 @@ def test_kto_unpairs_preference_rows_and_keeps_labels(tiny):
     assert out["prompt_ids"][2] == out["prompt_ids"][3] and out["completion_ids"][2] != out["completion_ids"][3]
 
 
+def test_the_worker_names_the_first_bad_row_and_counts_the_rest():
+    import datasets
+
+    from hpcft.worker.errors import DataFormatError
+    from hpcft.worker.pref_data import check_rows
+
+    rows = preference_rows(6)
+    rows[4] = rows[5] = {"prompt": "q", "chosen": "a"}  # a missing key is None in the loaded dataset
+    with pytest.raises(DataFormatError) as exc:
+        check_rows(datasets.Dataset.from_list(rows), "dpo", "dataset d.jsonl, split train")
+    assert str(exc.value) == ("dataset d.jsonl, split train, row 5: a preference row needs prompt, chosen and "
+                              "rejected; this one has no rejected (it has: chosen, prompt) (1 more row like it)")
+
+
 # --------------------------------------------------------------------------- refused before the queue
 
 def _stage(tiny, home: Path) -> None:

@@ -69,7 +69,8 @@ def check_rows(ds, task: str, where: str) -> None:
         if p:
             bad.append(f"{where}, row {i}: {p}")
     if bad:
-        more = f" ({len(bad) - 1} more rows like it)" if len(bad) > 1 else ""
+        n = len(bad) - 1
+        more = f" ({n} more {'row' if n == 1 else 'rows'} like it)" if n else ""
         raise DataFormatError(bad[0] + more)
 
 
@@ -127,7 +128,8 @@ class Encoder:
 
 def split(t, data_ref) -> tuple[Any, Any, str]:
     """(train rows, eval rows, eval split name): the job's splits, or a held-out slice (the same
-    every run) when the data has only one; subsets applied."""
+    every run) when the data has only one; subsets applied. Every row is checked first, in the
+    file's order (a problem names the row as it is numbered there)."""
     from .data import load_raw
 
     dd = load_raw(data_ref)
@@ -135,9 +137,11 @@ def split(t, data_ref) -> tuple[Any, Any, str]:
         raise DataFormatError(f"dataset {t.dataset}: no split {t.train_split!r}; it has: {', '.join(dd)} "
                               "(set train.train_split)")
     raw_train = dd[t.train_split]
+    check_rows(raw_train, t.task, f"dataset {t.dataset}, split {t.train_split}")
     eval_name = t.eval_split or next((s for s in ("validation", "test") if s in dd and s != t.train_split), None)
     if eval_name:
         raw_eval = dd[eval_name]
+        check_rows(raw_eval, t.task, f"dataset {t.dataset}, split {eval_name}")
     else:
         n = max(len(raw_train), 1)
         parts = raw_train.train_test_split(test_size=min(max(0.1, 2 / n), 0.5, 500 / n), seed=t.seed)

@@ -55,8 +55,6 @@ class Preference(Task):
         encoder = pd.Encoder(tokenizer, renderer, t.max_seq_length, pref.max_prompt_length if pref else None,
                              t.system_prompt)
         raw_train, raw_eval, eval_name = pd.split(t, ctx.assets[1])
-        pd.check_rows(raw_train, t.task, f"dataset {t.dataset}, split {t.train_split}")
-        pd.check_rows(raw_eval, t.task, f"dataset {t.dataset}, split {eval_name}")
         train_ds, eval_ds = pd.tokenized(t, encoder, raw_train, "train"), pd.tokenized(t, encoder, raw_eval, "eval")
         self.tokens = pd.tokens_per_epoch(train_ds)
         log(f"data: {len(train_ds)} train / {len(eval_ds)} eval ({eval_name}) {t.task} rows, prompts with "
