@@ -234,3 +234,24 @@ def test_init_from_is_recorded_as_the_run_folder(tiny, hpcft_home, run_hpcft, tm
     path = _job(tmp_path, "dpo-dry", write_preference(tmp_path / "p.jsonl", n=4), init_from="sft-lora")
     out = run_hpcft("check", str(path), check=True).stdout
     assert f"✓ preference: task dpo, continues run {run_id}" in out
+
+
+@pytest.mark.slow
+def test_orpo_simpo_and_kto_train_on_their_rows(tiny, hpcft_home, tmp_path):
+    """The other three tasks, a few steps each in the worker (no Slurm): TRL's ORPO and CPO
+    (simpo) take hpcft's token ids through ``tokenize_row``, KTO through ``_prepare_dataset``
+    with its KL completions; each logs its rewards per evaluation."""
+    from devtools.runs import make_run, run_worker
+
+    _stage(tiny, hpcft_home)
+    for task, form in (("orpo", "messages"), ("simpo", "text"), ("kto", "kto")):
+        data = write_preference(tmp_path / f"{task}.jsonl", n=24, form=form)
+        paths = make_run({"name": f"pref-{task}", "executor": "local", "train": {
+            "task": task, "model": "llama3-8b-instruct", "dataset": str(data), "max_steps": 4, "batch_size": 4,
+            "max_seq_length": 64, "learning_rate": 5e-3, "logging_steps": 1, "seed": 3}})
+        proc = run_worker(paths, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        m = json.loads(paths.metrics.read_text())
+        assert m["task"] == task and m["train"]["global_step"] == 4
+        assert m["reference"] == ("none (reference-free)" if task != "kto" else "the model with the adapter disabled")
+        assert isinstance(m["eval"]["rewards/margins"], float) and len(m["preference"]["margins"]) == 1
