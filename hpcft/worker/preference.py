@@ -85,7 +85,8 @@ class Preference(Task):
                               if f.init and f.name in own and hasattr(base, f.name)}
         p = t.preference
         kw.update(beta=(p.beta if p and p.beta else BETA[t.task]), max_length=t.max_seq_length,
-                  dataset_num_proc=None, model_init_kwargs=None)
+                  dataset_num_proc=None, model_init_kwargs=None,
+                  trust_remote_code=self.trust_remote_code)  # TRL loads full DPO/KTO's reference itself
         if t.task == "dpo":
             kw["loss_type"] = [p.loss_type if p and p.loss_type else "sigmoid"]
         elif t.task == "kto":
