@@ -16,6 +16,17 @@ ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_ops_dir(tmp_path_factory):
+    """One build folder for DeepSpeed's compiled ops across the session's multi-rank CPU jobs
+    (devtools.faults.fault_env(cpu_fallback=True) passes it on): the op is built once, not per
+    test. The per-user ops cache itself is tested in tests/test_distributed.py."""
+    path = tmp_path_factory.getbasetemp() / "shared-ops"
+    os.environ["HPCFT_TEST_OPS_DIR"] = str(path)
+    yield path
+    os.environ.pop("HPCFT_TEST_OPS_DIR", None)
+
+
 @pytest.fixture(autouse=True)
 def hpcft_home(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("hpcft-home")

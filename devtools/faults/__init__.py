@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 FOLDER = Path(__file__).resolve().parent
@@ -14,6 +15,11 @@ def fault_env(*, step_sleep: float = 0.0, fail_rank: str = "", cpu_fallback: boo
         items.append(f"step_sleep={step_sleep}")
     if fail_rank:
         items.append(f"fail_rank={fail_rank}")
+    extra = {}
     if cpu_fallback:
         items.append("cpu_fallback=1")
-    return {"PYTHONPATH": str(FOLDER), "HPCFT_TEST_FAULTS": ",".join(items)}
+        # multi-rank CPU runs compile DeepSpeed's CPU comm op on first use (1-4 min on a busy
+        # machine); the test session shares one build folder (tests/conftest.py) so it is paid once
+        if os.environ.get("HPCFT_TEST_OPS_DIR"):
+            extra["TORCH_EXTENSIONS_DIR"] = os.environ["HPCFT_TEST_OPS_DIR"]
+    return {"PYTHONPATH": str(FOLDER), "HPCFT_TEST_FAULTS": ",".join(items), **extra}
