@@ -17,7 +17,7 @@ the issue compares at the same setting):
 * worker       -- the hpcft worker (``hpcft.worker.main.run`` on a run folder made as
                   ``hpcft submit`` makes it) with the job's defaults.
 * worker-pack  -- the worker with ``packing: true``.
-* script-pad   -- (full mode only) the script with padding="max_length" (256), for scale.
+* script-pad   -- (with --padded) the script with padding="max_length" (256), for scale.
 
 Every side runs in this one process, one after the other, after a short warm-up (the first
 oneDNN/Trainer set-up is not charged to whoever runs first). Tokens/s counts real (non-pad)
@@ -87,7 +87,7 @@ def _ckpt(args_cls) -> dict:
     return {name: True}
 
 
-def script_peft(model_dir: Path, data: Path, out: Path, pad: bool) -> dict:
+def script_peft(model_dir: Path, data: Path, out: Path, pad: bool, ckpt: bool = True) -> dict:
     """What a user writes after the peft tutorial: tokenize, LoRA, Trainer, dynamic padding."""
     import torch
     from datasets import Dataset
@@ -111,7 +111,7 @@ def script_peft(model_dir: Path, data: Path, out: Path, pad: bool) -> dict:
                            LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, target_modules="all-linear"))
     args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=BATCH, num_train_epochs=1,
                              learning_rate=2e-4, report_to="none", use_cpu=True, save_strategy="no",
-                             logging_steps=10, disable_tqdm=True, **_ckpt(TrainingArguments))
+                             logging_steps=10, disable_tqdm=True, **(_ckpt(TrainingArguments) if ckpt else {}))
     t = Trainer(model=model, args=args, train_dataset=ds, data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
     t0 = time.perf_counter()
     t.train()
@@ -147,9 +147,11 @@ def script_trl(model_dir: Path, data: Path, out: Path) -> dict:
 
 # --------------------------------------------------------------------------- the worker
 
-def run_worker(data: Path, packing: bool) -> dict:
-    """The worker, in this process, on a run folder made exactly as `hpcft submit` makes it."""
+def run_worker(data: Path, packing: bool, grouped: bool = True) -> dict:
+    """The worker, in this process, on a run folder made exactly as `hpcft submit` makes it.
+    ``grouped=False`` (ablation): random batches instead of its length-grouped ones."""
     from devtools.runs import make_run
+    from hpcft.worker import causal_lm
     from hpcft.worker.main import run
 
     job = {"name": "bench-llm", "executor": "local", "train": {
@@ -158,14 +160,19 @@ def run_worker(data: Path, packing: bool) -> dict:
         "packing": packing, "eval_subset": 8}}
     p = make_run(job)
     log = io.StringIO()
+    sampling = causal_lm._sampling_args
+    if not grouped:
+        causal_lm._sampling_args = lambda *a, **kw: {}
     with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         try:
             run(p.dir)
         except BaseException as exc:  # noqa: BLE001 - reported with the worker's own log
             _die(f"worker run failed: {exc!r}\n{log.getvalue()[-3000:]}")
+        finally:
+            causal_lm._sampling_args = sampling
     m = json.loads(p.metrics.read_text())
     return {"real_tokens": m["train"]["real_tokens"], "seconds": m["train"]["runtime_s"],
-            "tokens_per_second": m["train"]["tokens_per_second"], "phases_s": m.get("phases_s")}
+            "tokens_per_second": m["train"]["tokens_per_second"], "phases_s": m.get("wall")}
 
 
 def warm_up(model_dir: Path) -> None:
@@ -271,6 +278,10 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--profile", choices=["script-dyn", "trl-pack", "worker", "worker-pack"],
                     help="run only this side under cProfile and print where its time goes")
+    ap.add_argument("--ablate", action="store_true",
+                    help="also the worker with random (not length-grouped) batches, and the script without "
+                         "gradient checkpointing")
+    ap.add_argument("--padded", action="store_true", help="also the script with padding=max_length (slow)")
     ap.add_argument("--threads", type=int, help="CPU threads (default: up to 2; 1 on a busy machine is steadier)")
     args = ap.parse_args()
     threads = str(args.threads or min(2, os.cpu_count() or 1))
@@ -297,7 +308,10 @@ def main() -> int:
              "trl-pack": lambda: script_trl(model, data, home / "trl"),
              "worker": lambda: run_worker(data, packing=False),
              "worker-pack": lambda: run_worker(data, packing=True)}
-    if not args.quick:
+    if args.ablate:  # what bought what: the worker's batches in random order; the script without checkpointing
+        sides["worker-random"] = lambda: run_worker(data, packing=False, grouped=False)
+        sides["script-dyn-nogc"] = lambda: script_peft(model, data, home / "nogc", pad=False, ckpt=False)
+    if args.padded:
         sides["script-pad"] = lambda: script_peft(model, data, home / "pad", pad=True)
     warm_up(model)
     if args.profile:
