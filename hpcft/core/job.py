@@ -172,7 +172,7 @@ class LoraSpec(_Strict):
 
     r: int = Field(8, ge=1, le=1024)
     alpha: float = Field(16, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
+    dropout: float = Field(0.0, ge=0, lt=1)  # LLaMA-Factory's and peft's default; 0.05 costs 15-40 % per step on CPU
     target_modules: Union[Literal["all-linear"], list[str]] = "all-linear"  # every linear layer but the head
 
 

@@ -188,7 +188,7 @@ def _with_lora(model, t):
 
     spec = t.lora
     cfg = LoraConfig(task_type="CAUSAL_LM", r=spec.r if spec else 8, lora_alpha=spec.alpha if spec else 16,
-                     lora_dropout=spec.dropout if spec else 0.05,
+                     lora_dropout=spec.dropout if spec else 0.0,
                      target_modules=(spec.target_modules if spec else "all-linear"))
     return get_peft_model(model, cfg)
 
