@@ -1,7 +1,7 @@
 """causal-lm SFT throughput: the worker against the plain scripts it replaces, side by side.
 
     .venv/bin/python benchmarks/bench_llm.py            # ~3 min on 2 idle CPU cores
-    .venv/bin/python benchmarks/bench_llm.py --quick    # smoke sizes, ~30 s
+    .venv/bin/python benchmarks/bench_llm.py --quick    # smoke sizes, ~15 s idle, ~30 s busy
     .venv/bin/python benchmarks/bench_llm.py --profile worker   # cProfile of one side, top 25
 
 Same process, same random Llama-architecture model (hidden 512, 8 layers, the fixtures'
@@ -134,7 +134,8 @@ def script_trl(model_dir: Path, data: Path, out: Path) -> dict:
     ds = Dataset.from_list([{"prompt": _prompt(r), "completion": r["output"] + tok.eos_token} for r in rows])
     args = SFTConfig(output_dir=str(out), per_device_train_batch_size=BATCH, num_train_epochs=1, learning_rate=2e-4,
                      report_to="none", use_cpu=True, save_strategy="no", logging_steps=10, disable_tqdm=True,
-                     max_length=MAX_LEN, packing=True, **_ckpt(SFTConfig))
+                     max_length=MAX_LEN, packing=True, bf16=False, **_ckpt(SFTConfig))  # fp32 as the rest (TRL's
+    # default bf16=True autocasts on a CPU with avx512_bf16: 4x faster matmuls, not the same settings)
     t = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir), args=args, train_dataset=ds,
                    processing_class=tok,
                    peft_config=LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, target_modules="all-linear"))
@@ -298,7 +299,7 @@ def main() -> int:
     from hpcft.stage.layout import register_local
 
     torch.set_num_threads(int(threads))
-    n = 64 if args.quick else 160
+    n = 128 if args.quick else 160
     with contextlib.redirect_stderr(io.StringIO()):
         model = make_tiny_llama(home / "model", decoys=False, hidden=256 if args.quick else 512,
                                 layers=4 if args.quick else 8, shard="50MB")
