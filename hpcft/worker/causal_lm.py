@@ -151,7 +151,8 @@ class CausalLM(Task):
             if pr is None:
                 continue
             prompt, reference = pr
-            enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=not renderer.chat)
+            enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=not renderer.chat,
+                            return_token_type_ids=False)  # generate() refuses them on Llama-like models
             enc = {k: v.to(dev) for k, v in enc.items()}
             with torch.no_grad():
                 gen = model.generate(**enc, max_new_tokens=t.max_new_tokens or 64, do_sample=False,
