@@ -38,8 +38,7 @@ def big_repo(tmp_path_factory):
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_zero3_full_fine_tune_loads_a_shard_per_rank(slurm, big_repo, hpcft_home, run_hpcft, tmp_path,
-                                                     tmp_path_factory):
+def test_zero3_full_fine_tune_loads_a_shard_per_rank(slurm, big_repo, hpcft_home, run_hpcft, tmp_path):
     from devtools.faults import fault_env
     from hpcft.core.store import Cache
     from hpcft.stage.layout import register_local
@@ -48,9 +47,8 @@ def test_zero3_full_fine_tune_loads_a_shard_per_rank(slurm, big_repo, hpcft_home
     data = write_alpaca(tmp_path / "alpaca.jsonl", n=16)
     job = {"name": "z3-load", "executor": "slurm",
            "resources": {"partition": "gpu", "gpus_per_node": 2, "time": "00:15:00"},
-           # DeepSpeed's CPU comm op is compiled on first use (1-4 min on a busy machine): once per session
-           "env": {"vars": {"HF_ENDPOINT": DEAD, "HTTPS_PROXY": DEAD, **fault_env(cpu_fallback=True),
-                            "TORCH_EXTENSIONS_DIR": str(tmp_path_factory.getbasetemp() / "shared-ops")}},
+           # fault_env: CPU ranks, and the session's one DeepSpeed op build folder (tests/conftest.py)
+           "env": {"vars": {"HF_ENDPOINT": DEAD, "HTTPS_PROXY": DEAD, **fault_env(cpu_fallback=True)}},
            "train": {"task": "causal-lm", "model": "llama-114m", "dataset": str(data), "method": "full",
                      "deepspeed": 3, "max_steps": 1, "batch_size": 1, "max_seq_length": 32, "logging_steps": 1,
                      "sample_prompts": 0, "eval_subset": 2, "learning_rate": 1e-5}}
