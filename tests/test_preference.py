@@ -237,7 +237,7 @@ def test_init_from_is_recorded_as_the_run_folder(tiny, hpcft_home, run_hpcft, tm
 
 
 @pytest.mark.slow
-def test_orpo_simpo_and_kto_train_on_their_rows(tiny, hpcft_home, tmp_path):
+def test_orpo_simpo_and_kto_train_on_their_rows(tiny, hpcft_home, tmp_path, run_hpcft):
     """The other three tasks, a few steps each in the worker (no Slurm): TRL's ORPO and CPO
     (simpo) take hpcft's token ids through ``tokenize_row``, KTO through ``_prepare_dataset``
     with its KL completions; each logs its rewards per evaluation."""
@@ -255,3 +255,7 @@ def test_orpo_simpo_and_kto_train_on_their_rows(tiny, hpcft_home, tmp_path):
         assert m["task"] == task and m["train"]["global_step"] == 4
         assert m["reference"] == ("none (reference-free)" if task != "kto" else "the model with the adapter disabled")
         assert isinstance(m["eval"]["rewards/margins"], float) and len(m["preference"]["margins"]) == 1
+    # a preference run's adapter merges like an SFT run's (the last one: KTO, LoRA on the base)
+    out = json.loads(run_hpcft("export", str(paths.dir), "--merge", "--json", check=True).stdout)
+    assert out["merged"] and (Path(out["dest"]) / "config.json").is_file()
+    assert not list(Path(out["dest"]).glob("adapter_*"))

@@ -45,6 +45,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..core.errors import ConfigError, HpcftError
     from ..core.offline import OFFLINE_FLAGS
+    from ..core.pref_rows import PREFERENCE_TASKS
     from ..core.rundir import RunPaths
     from ..runs.index import RunStore
     from ..runs.ref import resolve_run
@@ -57,8 +58,8 @@ def run(args) -> int:
     except (OSError, json.JSONDecodeError):
         raise ConfigError([f"run {record.run_id} has no results yet ({paths.metrics}); "
                            "export a run that finished (hpcft status)"]) from None
-    if metrics.get("task") != "causal-lm":
-        raise ConfigError([f"run {record.run_id} is not a causal-lm run; its model is already a plain folder: "
+    if metrics.get("task") not in ("causal-lm", *PREFERENCE_TASKS):
+        raise ConfigError([f"run {record.run_id} is not an LLM run; its model is already a plain folder: "
                            f"{metrics.get('output_dir')}"])
     out_dir, base = Path(metrics["output_dir"]), Path(metrics["base_model"])
     for what, p in (("trained model", out_dir), ("base model", base)):
