@@ -59,8 +59,9 @@ class Request:
         return ("greedy",) if greedy else ("sample", round(self.temperature, 4), round(self.top_p, 4))
 
 
-def load(model_dir: Path, base_dir: Optional[Path], device: str):
-    """(model, tokenizer): a full model folder, or a LoRA adapter folder on its base model."""
+def load(model_dir: Path, base_dir: Optional[Path], device: str, trust_remote_code: bool = False):
+    """(model, tokenizer): a full model folder, or a LoRA adapter folder on its base model;
+    ``trust_remote_code`` only when the run's job said so."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -78,14 +79,14 @@ def load(model_dir: Path, base_dir: Optional[Path], device: str):
         if not base or not (Path(base) / "config.json").is_file():
             raise WorkerError(f"{model_dir} is a LoRA adapter whose base model {base} is not here; "
                               "give --base DIR (hpcft serve does, from the run's metrics.json)")
-        model = AutoModelForCausalLM.from_pretrained(str(base))
+        model = AutoModelForCausalLM.from_pretrained(str(base), trust_remote_code=trust_remote_code)
         model = PeftModel.from_pretrained(model, str(model_dir))  # the adapter as trained: no merge
     elif (model_dir / "config.json").is_file():
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
     else:
         raise WorkerError(f"no model in {model_dir} (neither config.json nor adapter_config.json)")
     tok_dir = model_dir if (model_dir / "tokenizer_config.json").is_file() else Path(base_dir or model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), trust_remote_code=trust_remote_code)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -315,7 +315,8 @@ def run(argv=None) -> int:
     from .api_engine import load
 
     try:
-        model, tok = load(Path(a.model), Path(a.base) if a.base else None, a.device)
+        model, tok = load(Path(a.model), Path(a.base) if a.base else None, a.device,
+                          trust_remote_code=_trusts_remote_code(Path(a.run_dir)))
     except WorkerError as exc:
         print(f"hpcft: error: {exc}", file=sys.stderr, flush=True)
         return 2
@@ -346,3 +347,17 @@ def run(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(run())
+
+
+def _trusts_remote_code(run_dir: Path) -> bool:
+    """The run's own job said ``train.trust_remote_code: true`` (never implied): a GLM-4-style
+    model trained with it is served with it; anything else loads without running repo code."""
+    import yaml
+
+    try:
+        job = yaml.safe_load((run_dir / "job.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, ValueError):
+        return False
+    train = job.get("train") if isinstance(job, dict) else None
+    return isinstance(train, dict) and train.get("trust_remote_code") is True
+
