@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import subprocess
-import time
 
 from .common import settings
 
@@ -104,11 +103,7 @@ def _submit(args, s, target, tasks, like) -> int:
     print(f"  scores: {target.out}\n  log:    {job.log}")
     if not args.wait:
         return 0
-    while True:
-        info = slurm.job_info(job.job_id)
-        if info is None or info.terminal:
-            break
-        time.sleep(1.0)
+    info = slurm.wait_job(job.job_id)
     done = all((target.out / f"{t.name}.json").is_file() for t in tasks)
     ev.finish(target, s, done)
     if done:

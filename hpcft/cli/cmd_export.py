@@ -106,7 +106,6 @@ def _trusts_remote_code(paths) -> bool:
 def _submit(args, s, record, paths, out_dir: Path, wargs: list[str], dest: Path, merged: bool) -> int:
     """The export as a one-task Slurm job from the run's own job (environment, partition,
     modules, offline variables); its log goes into RUN/export-logs/."""
-    import time
 
     from ..cluster import slurm
     from ..core.errors import HpcftError
@@ -128,11 +127,7 @@ def _submit(args, s, record, paths, out_dir: Path, wargs: list[str], dest: Path,
         print(f"  writes: {dest}\n  log:    {job.log}")
     if not args.wait:
         return 0
-    while True:
-        info = slurm.job_info(job.job_id)
-        if info is None or info.terminal:
-            break
-        time.sleep(1.0)
+    info = slurm.wait_job(job.job_id)
     state = info.state if info else "UNKNOWN"
     if state != "COMPLETED" or not (dest / "config.json").is_file() and not (dest / "adapter_config.json").is_file():
         err = job.err.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:] \

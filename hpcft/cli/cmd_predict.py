@@ -6,7 +6,6 @@ import argparse
 import datetime as _dt
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 from .common import REF_HELP, settings
@@ -85,11 +84,7 @@ def _submit(args, s, model, wargs: list[str]) -> int:
         print(f"  (--out: the results stay in the run folder; copy {out.name} once the job ends)")
     if not args.wait:
         return 0
-    while True:
-        info = slurm.job_info(job.job_id)
-        if info is None or info.terminal:
-            break
-        time.sleep(1.0)
+    info = slurm.wait_job(job.job_id)
     state = info.state if info else "UNKNOWN"
     if out.is_file():
         if args.out:

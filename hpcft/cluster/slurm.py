@@ -252,6 +252,18 @@ def job_info(job_id: str) -> Optional[JobInfo]:
     return None
 
 
+def wait_job(job_id: str, poll_s: float = 1.0) -> Optional[JobInfo]:
+    """Poll until the job has ended: its last state, or None once Slurm no longer knows it
+    (the login-side ``--wait`` of predict, eval and export)."""
+    import time
+
+    while True:
+        info = job_info(job_id)
+        if info is None or info.terminal:
+            return info
+        time.sleep(poll_s)
+
+
 def cancel(job_id: str) -> None:
     _run(["scancel", job_id])
 
