@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from . import llm_data as ld
 from .console import log
@@ -53,17 +53,23 @@ def mix_indices(size: int, count: int, seed: int) -> list[int]:
     return [i for _ in range(whole) for i in range(size)] + sorted(r.sample(range(size), rest))
 
 
-def _split(dd, t, name: str):
-    """(train rows, eval rows, eval split name) of one dataset."""
+def split_rows(dd, t, name: str, check: Optional[Callable[[Any, str], None]] = None):
+    """(train rows, eval rows, eval split name) of one dataset: the job's splits, or a held-out
+    slice (the same every run) when it has only one; subsets applied. ``check(rows, where)``
+    sees every row of both splits first (preference rows are checked in the file's order)."""
     if t.train_split not in dd:
         raise ld.DataFormatError(f"dataset {name}: no split {t.train_split!r}; it has: {', '.join(dd)} "
                                  "(set train.train_split)")
     raw_train = dd[t.train_split]
+    if check:
+        check(raw_train, f"dataset {name}, split {t.train_split}")
     eval_name = t.eval_split or next((s for s in ("validation", "test") if s in dd and s != t.train_split), None)
     if eval_name:
         if eval_name not in dd:
             raise ld.DataFormatError(f"dataset {name}: no split {eval_name!r}; it has: {', '.join(dd)}")
         raw_eval = dd[eval_name]
+        if check:
+            check(raw_eval, f"dataset {name}, split {eval_name}")
     else:  # the same held-out slice every run (also the prompts for samples.jsonl)
         parts = raw_train.train_test_split(test_size=min(max(0.1, 2 / max(len(raw_train), 1)), 0.5,
                                                          500 / max(len(raw_train), 1)), seed=t.seed)
@@ -102,7 +108,7 @@ def load_sft_data(t, refs: list, tokenizer, renderer: ld.Renderer) -> SftData:
     entries = t.dataset_entries
     trains, evals, prompts, parts = [], [], [], []
     for entry, ref in zip(entries, refs, strict=True):
-        raw_train, raw_eval, eval_name = _split(load_raw(ref), t, entry.name)
+        raw_train, raw_eval, eval_name = split_rows(load_raw(ref), t, entry.name)
         fmt = ld.detect_format(raw_train.column_names, entry.data_format or t.data_format)
         tr = tokenize(raw_train, tokenizer, renderer, fmt, t.max_seq_length, t.system_prompt, entry.name, "train")
         ev = tokenize(raw_eval, tokenizer, renderer, fmt, t.max_seq_length, t.system_prompt, entry.name, eval_name)

@@ -131,26 +131,9 @@ def split(t, data_ref) -> tuple[Any, Any, str]:
     every run) when the data has only one; subsets applied. Every row is checked first, in the
     file's order (a problem names the row as it is numbered there)."""
     from .data import load_raw
+    from .data_mix import split_rows
 
-    dd = load_raw(data_ref)
-    if t.train_split not in dd:
-        raise DataFormatError(f"dataset {t.dataset}: no split {t.train_split!r}; it has: {', '.join(dd)} "
-                              "(set train.train_split)")
-    raw_train = dd[t.train_split]
-    check_rows(raw_train, t.task, f"dataset {t.dataset}, split {t.train_split}")
-    eval_name = t.eval_split or next((s for s in ("validation", "test") if s in dd and s != t.train_split), None)
-    if eval_name:
-        raw_eval = dd[eval_name]
-        check_rows(raw_eval, t.task, f"dataset {t.dataset}, split {eval_name}")
-    else:
-        n = max(len(raw_train), 1)
-        parts = raw_train.train_test_split(test_size=min(max(0.1, 2 / n), 0.5, 500 / n), seed=t.seed)
-        raw_train, raw_eval, eval_name = parts["train"], parts["test"], f"{t.train_split}[held-out]"
-    if t.train_subset and t.train_subset < len(raw_train):
-        raw_train = raw_train.shuffle(seed=t.seed).select(range(t.train_subset))
-    if t.eval_subset and t.eval_subset < len(raw_eval):
-        raw_eval = raw_eval.shuffle(seed=t.seed).select(range(t.eval_subset))
-    return raw_train, raw_eval, eval_name
+    return split_rows(load_raw(data_ref), t, t.dataset, check=lambda rows, where: check_rows(rows, t.task, where))
 
 
 def tokenized(t, encoder: Encoder, ds, desc: str):
