@@ -343,6 +343,8 @@ def test_scow_job_logs_script_template_and_portal_rerun(slurm, fake_home, portal
     assert runs[new_id]["rerun_of"] == sub["run_id"] and runs[new_id]["name"] == form["jobName"]
     assert f"rerun of {sub['run_id']}" in hpcft("runs", env=env, check=True).stdout
     assert [r["job_id"] for r in RunStore(run_dir.parent).reruns(run_dir)] == [new_id]
+    assert f"rerun of:  {sub['run_id']}" in hpcft("show", new_id, env=env, check=True).stdout
+    assert hpcft_json("show", sub["run_id"], env=env)["reruns"] == [st["run_id"]]
 
     # the copy submitted from the file browser stopped at once, with what to do instead
     deadline = time.monotonic() + 120

@@ -36,6 +36,7 @@ def collect(record) -> dict:
     from ..core.eval_tasks import read_scores
     from ..core.progress_log import last_progress, read_jsonl
     from ..core.rundir import LaunchSpec, RunPaths
+    from ..runs.index import RERUNS
 
     paths = RunPaths(record.run_dir)
     try:
@@ -65,6 +66,9 @@ def collect(record) -> dict:
             "job": job, "metrics": _read_json(paths.metrics), "progress": last_progress(paths.progress),
             "files": files,
             "benchmarks": read_scores(paths.dir),  # hpcft eval / train.eval_tasks: eval/<task>.json
+            # SCOW portal reruns, both ways: the run this one reruns, and this run's own reruns
+            "rerun_of": record.rerun_of, "reruns": [r.get("run_id") for r in read_jsonl(paths.dir / RERUNS)
+                                                    if isinstance(r, dict)],
             "samples": read_jsonl(paths.dir / "samples.jsonl", limit=2)}  # a causal-lm run's first answers
 
 
@@ -108,6 +112,10 @@ def run(args) -> int:
     print(f"run:       {info['run_id']}  ({info['name']})")
     print(f"job:       {info['job_id']} ({info['executor']}{', ' + info['partition'] if info['partition'] else ''})"
           f"  {info['state']}")
+    if info["rerun_of"]:
+        print(f"rerun of:  {info['rerun_of']} (from the SCOW portal's saved job)")
+    if info["reruns"]:
+        print(f"reruns:    {', '.join(map(str, info['reruns']))}")
     job = info["job"] or {}
     train = job.get("train")
     if train:
