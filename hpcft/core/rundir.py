@@ -18,7 +18,11 @@ Everything either side needs to find in a run folder goes through :class:`RunPat
       output/             default output_dir
       progress.jsonl, metrics.json, status.json, curves.png, checkpoints/   written by the worker
       telemetry/, tensorboard/, swanlog/   per-rank records; offline trackers (train.report_to)
-      predictions/, serve.json            hpcft predict --submit / hpcft serve --submit
+      predictions/, serve.json            hpcft predict --submit / hpcft serve --submit (0600: a secret)
+      eval/<task>.json, eval/harness/     hpcft eval / train.eval_tasks (benchmark scores)
+      export-logs/                        hpcft export --merge --submit
+      placement.json                      why partition: auto chose where the job runs
+      reruns.jsonl, .slurm-job            SCOW portal reruns of this run; the job that owns job.sh
 """
 
 from __future__ import annotations
