@@ -345,10 +345,6 @@ def run(argv=None) -> int:
     return 1  # the server thread ended on its own
 
 
-if __name__ == "__main__":
-    sys.exit(run())
-
-
 def _trusts_remote_code(run_dir: Path) -> bool:
     """The run's own job said ``train.trust_remote_code: true`` (never implied): a GLM-4-style
     model trained with it is served with it; anything else loads without running repo code."""
@@ -361,3 +357,6 @@ def _trusts_remote_code(run_dir: Path) -> bool:
     train = job.get("train") if isinstance(job, dict) else None
     return isinstance(train, dict) and train.get("trust_remote_code") is True
 
+
+if __name__ == "__main__":
+    sys.exit(run())
