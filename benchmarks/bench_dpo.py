@@ -1,11 +1,11 @@
 """DPO throughput: the worker (``task: dpo``) against a plain TRL ``DPOTrainer`` script, side by side.
 
     .venv/bin/python benchmarks/bench_dpo.py            # each side twice, interleaved, best kept
-    .venv/bin/python benchmarks/bench_dpo.py --quick    # smoke size, once each
+    .venv/bin/python benchmarks/bench_dpo.py --quick    # smoke size (~30 s), twice each
 
 Same machine, same run, same random Llama-architecture model (hidden 256 x 4 layers; quick:
-64 x 2; the fixtures' byte-level BPE tokenizer and ChatML template), same preference rows (96;
-quick 16) in the messages form (answers of a few to ~60 words), same held-out slice evaluated
+128 x 2; the fixtures' byte-level BPE tokenizer and ChatML template), same preference rows (96;
+quick 64) in the messages form (answers of a few to ~60 words), same held-out slice evaluated
 every epoch, same settings: LoRA r=8 on every linear layer (the reference is the model with the
 adapter disabled on both sides), beta 0.1, sigmoid loss, batch 4, 1 epoch, max length 256,
 gradient checkpointing on, fp32, a checkpoint per epoch:
@@ -121,18 +121,18 @@ print("RESULT", json.dumps({{"tokens": tr["tokens_per_epoch"], "seconds": tr["ru
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--repeat", type=int, default=None, help="runs of each side, best kept (default 2; quick 1)")
+    ap.add_argument("--repeat", type=int, default=None, help="runs of each side, best kept (default 2)")
     args = ap.parse_args()
-    args.repeat = args.repeat or (1 if args.quick else 2)
+    args.repeat = args.repeat or 2
     from devtools.hub.llm_fixtures import make_tiny_llama
     from hpcft.core.store import Cache
     from hpcft.stage.layout import register_local
 
-    n = 16 if args.quick else 96
+    n = 64 if args.quick else 96
     threads = str(min(2, os.cpu_count() or 1))
     env = {**os.environ, "OMP_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_VERBOSITY": "error", "DS_ACCELERATOR": "cpu", "TRL_EXPERIMENTAL_SILENCE": "1"}
-    hidden, layers = (64, 2) if args.quick else (256, 4)
+    hidden, layers = (128, 2) if args.quick else (256, 4)
     import torch
     with tempfile.TemporaryDirectory() as d:
         home = Path(d)
