@@ -253,6 +253,19 @@ def test_refuses_8b_full_on_one_80g_gpu_naming_fixes_and_accepts_lora(hpcft_home
     assert unknown.ok and "unknown" in unknown.message and "GiB per device" in unknown.message
 
 
+def test_an_allocator_config_without_expandable_segments_is_named(hpcft_home, tmp_path):
+    _stage(hpcft_home / "cache", tmp_path, LLAMA3_8B)
+    settings = Settings(device_memory={"a100": "80G"})
+    doc = _job(tmp_path, method="lora")
+    plain = memory_check(_load(settings, doc), settings, _view(), "gpu", tmp_path)
+    assert plain.ok and "expandable" not in plain.message
+    for value, named in (("max_split_size_mb:128", True), ("expandable_segments:True", False),
+                         ("expandable_segments: true,max_split_size_mb:64", False)):
+        check = memory_check(_load(settings, {**doc, "env": {"vars": {"PYTORCH_CUDA_ALLOC_CONF": value}}}),
+                             settings, _view(), "gpu", tmp_path)
+        assert check.ok and (f"PYTORCH_CUDA_ALLOC_CONF={value} without expandable_segments" in check.message) == named
+
+
 def test_deepspeed_on_one_device_is_counted(hpcft_home, tmp_path):   # bug 1
     _stage(hpcft_home / "cache", tmp_path, LLAMA3_8B)
     settings = Settings(device_memory={"a100": "80G"})

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from hpcft.core.config import Settings
 from hpcft.core.job import load_job
@@ -153,3 +154,22 @@ def test_no_compiled_templates_from_a_folder_that_is_not_the_users_alone(hpcft_h
     assert template_environment(Settings()).bytecode_cache is None
     assert not (tmp_path / "not-yet").exists()
     assert render(ROOT / "tests/fixtures/jobs/script-cpu.yaml")  # and rendering works all the same
+
+
+@pytest.mark.parametrize("name, var", [("gpu-conda", "PYTORCH_CUDA_ALLOC_CONF"), ("npu-2x4", "PYTORCH_NPU_ALLOC_CONF")])
+def test_allocator_expandable_segments_unless_the_job_says_otherwise(name, var, tmp_path):
+    """The memory estimate assumes expandable segments; the job's env.vars (exported later) win."""
+    text = render(ROOT / f"tests/fixtures/jobs/{name}.yaml")
+    line = f"export {var}=${{{var}:-expandable_segments:True}}"
+    assert line in text
+    job = yaml.safe_load((ROOT / f"tests/fixtures/jobs/{name}.yaml").read_text())
+    job.setdefault("env", {}).setdefault("vars", {})[var] = "garbage_collection_threshold:0.6"
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    text = render(tmp_path / "job.yaml")
+    assert text.index(line) < text.index(f"export {var}=garbage_collection_threshold:0.6")
+    for inherited, want in ((None, "expandable_segments:True"), ("max_split_size_mb:128", "max_split_size_mb:128")):
+        env = {k: v for k, v in os.environ.items() if k != var}
+        if inherited:
+            env[var] = inherited
+        out = subprocess.run(["bash", "-c", f'{line}; printf %s "${var}"'], capture_output=True, text=True, env=env)
+        assert out.stdout == want

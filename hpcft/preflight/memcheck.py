@@ -131,6 +131,7 @@ def memory(p: Preflight) -> Iterator[Check]:
         yield Check(NAME, True, f"{est.summary()} (CPU job: host memory, below)")
         return
     facts = partition_facts(p.view, p.partition, r.device)
+    note = allocator_note(p.job)
     try:
         limit, source = device_memory(p.settings.device_memory, p.partition, facts.types, facts.features)
     except ValueError as exc:  # a cluster config written before it was validated
@@ -140,7 +141,7 @@ def memory(p: Preflight) -> Iterator[Check]:
         yield Check(NAME, True, f"{est.summary()}; device memory of partition '{p.partition}' unknown "
                                 "(set device_memory in the cluster config, e.g. {a100: 80G, 910b: 64G})")
     elif est.total <= limit:
-        yield Check(NAME, True, f"{est.summary()}; fits {limit:.0f} GiB ({source})")
+        yield Check(NAME, True, f"{est.summary()}; fits {limit:.0f} GiB ({source}){note}")
     else:
         size = f"{est.params / 1e9:.2g}B"
         zero = f"ZeRO-{plan.zero_stage}" if plan.zero_stage is not None else "ZeRO-0"
@@ -148,7 +149,19 @@ def memory(p: Preflight) -> Iterator[Check]:
         hint = ("; use " + ", or ".join(found)) if found else "; no single change makes it fit: use a smaller model"
         yield Check(NAME, False, f"{size} {plan.method} fine-tuning needs ~{est.total:.0f} GiB per device at {zero} "
                                  f"but {r.device.upper()}s of '{p.partition}' have {limit:.0f} GiB ({source}){hint}. "
-                                 f"Estimate: {est.summary()}")
+                                 f"Estimate: {est.summary()}{note}")
+
+
+def allocator_note(job: Job) -> str:
+    """The estimate's fragmentation allowance assumes the allocator's expandable segments, which
+    the sbatch script turns on; a job whose ``env.vars`` sets its own allocator config without
+    them is told what that costs."""
+    var = "PYTORCH_NPU_ALLOC_CONF" if job.resources.device == "npu" else "PYTORCH_CUDA_ALLOC_CONF"
+    value = job.env.vars.get(var)
+    if value is None or "expandable_segments:true" in value.replace(" ", "").lower():
+        return ""
+    return (f"; note: env.vars sets {var}={value} without expandable_segments:True, so batches of varying "
+            "length can fragment the allocator's cache beyond this estimate's 5 % allowance")
 
 
 def host_limit(job: Job, facts: "PartitionFacts") -> tuple[Optional[float], str]:
