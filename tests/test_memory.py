@@ -383,3 +383,30 @@ def test_hpcft_check_on_slurm_refuses_then_accepts(slurm, hpcft_home, run_hpcft,
     bad.write_text("device_memory: {gpu: 80 gigs}\n")   # bug 7: one line, exit 2, no traceback
     proc = run_hpcft("check", str(path))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "'80 gigs' is not a size" in proc.stderr
+
+
+# --------------------------------------------------------------------------- a run's estimate vs its peaks
+
+def test_a_runs_peaks_against_its_estimate(tmp_path):
+    from hpcft.runs.memory import describe, memory_vs_estimate, read_estimate
+
+    est = {"available": True, "device_gib": 20.0, "node_gib": 10.0, "plan": {"seq_len": 2048}, "partition": "gpu"}
+    metrics = {"memory": {"peak_device_allocated_mb": 16384.0, "peak_device_reserved_mb": 18432.0},
+               "ranks": [{"host": "g1", "host_rss_mb": 3072.0}, {"host": "g1", "host_rss_mb": 3072.0},
+                         {"host": "g2", "host_rss_mb": 2048.0}, {"host": "g2", "host_rss_mb": "lots"}]}
+    m = memory_vs_estimate(est, metrics)
+    assert (m["peak_device_reserved_gib"], m["device_ratio"]) == (18.0, 0.9)   # reserved: what runs out
+    assert (m["peak_node_host_gib"], m["node_ratio"]) == (6.0, 0.6)            # the two ranks on g1
+    lines = describe(m)
+    assert lines[0] == "device 18 GiB reserved at peak (16 allocated) against ~20 estimated at max_seq_length 2048: 0.9x"
+    assert lines[1] == "host 6 GiB per node at peak against ~10 estimated: 0.6x"
+    cpu = memory_vs_estimate(est, {"memory": {"peak_device_allocated_mb": None}, "ranks": []})
+    assert cpu["device_ratio"] is None and describe(cpu) == [
+        "device: ~20 GiB estimated at max_seq_length 2048 (no device peak recorded)"]
+    assert memory_vs_estimate(None, metrics) is None
+    for hostile in ("[1, 2]", "not json", '{"available": false}', '"text"'):   # a run folder is shared ground
+        (tmp_path / "memory-estimate.json").write_text(hostile)
+        assert read_estimate(tmp_path) is None
+    (tmp_path / "memory-estimate.json").write_text('{"available": true, "device_gib": "x", "plan": 3}')
+    odd = memory_vs_estimate(read_estimate(tmp_path), {"memory": [], "ranks": {}})
+    assert odd["estimate_device_gib"] is None and odd["device_ratio"] is None and describe(odd)

@@ -37,6 +37,7 @@ def collect(record) -> dict:
     from ..core.progress_log import last_progress, read_jsonl
     from ..core.rundir import LaunchSpec, RunPaths
     from ..runs.index import RERUNS
+    from ..runs.memory import memory_vs_estimate, read_estimate
 
     paths = RunPaths(record.run_dir)
     try:
@@ -59,11 +60,15 @@ def collect(record) -> dict:
         "swanlog": str(paths.swanlog) if paths.swanlog.is_dir() else None,
         "serve": str(paths.serve_info) if paths.serve_info.is_file() else None,
         "eval": str(paths.dir / "eval") if (paths.dir / "eval").is_dir() else None,
+        "memory_estimate": str(paths.memory_estimate) if paths.memory_estimate.is_file() else None,
         "samples": str(paths.dir / "samples.jsonl") if (paths.dir / "samples.jsonl").is_file() else None,
     }
+    metrics = _read_json(paths.metrics)
     return {"run_id": record.run_id, "name": record.name, "job_id": record.job_id, "executor": record.executor,
             "state": record.state, "submitted_at": record.submitted_at, "partition": record.partition,
-            "job": job, "metrics": _read_json(paths.metrics), "progress": last_progress(paths.progress),
+            "job": job, "metrics": metrics, "progress": last_progress(paths.progress),
+            # the pre-flight's memory estimate against the run's measured peaks (LLM jobs)
+            "memory": memory_vs_estimate(read_estimate(paths.dir), metrics),
             "files": files,
             "benchmarks": read_scores(paths.dir),  # hpcft eval / train.eval_tasks: eval/<task>.json
             # SCOW portal reruns, both ways: the run this one reruns, and this run's own reruns
@@ -155,6 +160,11 @@ def run(args) -> int:
         p = info["progress"]
         print(f"progress:  step {p.get('step')}/{p.get('max_steps')} epoch {_num(p.get('epoch'))} "
               f"loss {_num(p.get('loss'))} eta {p.get('eta')}")
+    if info["memory"]:
+        from ..runs.memory import describe
+
+        for i, line in enumerate(describe(info["memory"])):
+            print(f"{'memory:' if i == 0 else '':<10} {line}")
     for task, b in info["benchmarks"].items():
         limit = f", limit {b['limit']} per task" if b.get("limit") else ""
         print(f"benchmark: {task} {b.get('metric')} {_fmt(b.get('score'))} ({b.get('samples')} questions{limit}"

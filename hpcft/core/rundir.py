@@ -22,6 +22,7 @@ Everything either side needs to find in a run folder goes through :class:`RunPat
       eval/<task>.json, eval/harness/     hpcft eval / train.eval_tasks (benchmark scores)
       export-logs/                        hpcft export --merge --submit
       placement.json                      why partition: auto chose where the job runs
+      memory-estimate.json                an LLM job's memory estimate at submit (hpcft show: vs measured)
       reruns.jsonl, .slurm-job            SCOW portal reruns of this run; the job that owns job.sh
 """
 
@@ -65,6 +66,7 @@ class RunPaths:
     swanlog = property(lambda self: self.dir / "swanlog")          # train.report_to: swanlab (offline)
     predictions = property(lambda self: self.dir / "predictions")  # hpcft predict --submit
     serve_info = property(lambda self: self.dir / "serve.json")    # hpcft serve --submit: node, port, pid
+    memory_estimate = property(lambda self: self.dir / "memory-estimate.json")  # submit: LLM jobs
 
     def stdout(self, job_id: str) -> Path:
         return self.dir / f"job.{job_id}.out"

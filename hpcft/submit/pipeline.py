@@ -238,6 +238,7 @@ class JobSubmission(Submission[SubmitResult]):
     def write(self, plan: ScriptPlan, paths: RunPaths) -> list[Path]:
         write_run(plan, paths)
         write_placement(self, paths.dir)
+        write_estimate(paths.dir, self.estimate, plan.partition)
         return [paths.dir]
 
     def result(self, script: str, checks: list[Check]) -> SubmitResult:
@@ -275,6 +276,15 @@ def write_placement(sub: "Submission", run_dir: Path) -> None:
 
     if sub.placement is not None:
         atomic_write_json(run_dir / "placement.json", sub.placement.as_dict())
+
+
+def write_estimate(run_dir: Path, est: Optional[dict], partition: Optional[str]) -> None:
+    """``memory-estimate.json``: what the pre-flight estimated, for ``hpcft show`` to hold
+    against the run's measured peaks (:mod:`hpcft.runs.memory`)."""
+    from ..core.atomic import atomic_write_json
+
+    if est and est.get("available"):
+        atomic_write_json(RunPaths(run_dir).memory_estimate, {**est, "partition": partition})
 
 
 def job_memory(loaded: LoadedJob, settings: Settings, partition: Optional[str], executor: str,

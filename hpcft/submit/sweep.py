@@ -34,7 +34,16 @@ from ..preflight.checks import Check
 from ..preflight.live import LiveCluster
 from ..runs.index import RunRecord, RunStore, now_iso
 from . import scow
-from .pipeline import Submission, ask_cluster, choose_executor, preflight, run, write_placement
+from .pipeline import (
+    Submission,
+    ask_cluster,
+    choose_executor,
+    job_memory,
+    preflight,
+    run,
+    write_estimate,
+    write_placement,
+)
 from .render import ScriptPlan, make_plan
 
 # Every array task runs the one script: keys that shape it cannot differ between points.
@@ -199,6 +208,8 @@ class SweepSubmission(Submission[SweepResult]):
         for task_paths, (_, task) in zip(tasks, self.pairs):
             task_paths.dir.mkdir()
             write_task(task, self.settings, task_paths, plan.partition, plan.scow_dir)
+            write_estimate(task_paths.dir, job_memory(task, self.settings, plan.partition, self.executor,
+                                                      self.cluster), plan.partition)
         return [t.dir for t in tasks]
 
     def result(self, script: str, checks: list[Check]) -> SweepResult:
