@@ -10,13 +10,18 @@
    node has 2 GPUs, so the 3 x 4 table is asked with a view of the partitions whose nodes claim
    8 (Slurm answers the 4- and 8-GPU requests with a refusal, which costs the same round trip).
    Then the whole ``hpcft check`` command with placement on the real cluster (target <= 1 s).
+3. ``--runs DIR`` (a runs folder, e.g. ``~/hpcft/runs``): the site's own table instead, every
+   finished LLM run's measured peaks against the estimate submit made for it (hpcft.runs.memory):
+   the figures that tell whether the estimate holds on this cluster's GPUs and software.
 
     .venv/bin/python benchmarks/bench_memory.py [--quick] [--repeat 5]
+    .venv/bin/python benchmarks/bench_memory.py --runs ~/hpcft/runs
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -54,6 +59,33 @@ def accuracy() -> bool:
     print(f"  within +-15 %: {within} of {len(rows)}; below 0.95: {len(below)}"
           + "".join(f"\n    {x[0]:.2f}x {x[1]:.1f} vs {x[2]:.1f} GiB: {x[3]}" for x in below))
     return within == len(rows) and not below
+
+
+def site_runs(root: Path) -> bool:
+    """The site's own accuracy table from its run folders (device: reserved peak / estimate)."""
+    from hpcft.runs.memory import memory_vs_estimate, read_estimate
+
+    rows = []
+    for run_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        try:
+            metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        m = memory_vs_estimate(read_estimate(run_dir), metrics)
+        if m:
+            rows.append((run_dir.name, m))
+    print(f"runs in {root} with an estimate and measured peaks: {len(rows)}")
+    print(f"  {'run':<40} {'estimate':>9} {'reserved':>9} {'ratio':>6} {'host est':>9} {'host':>7} {'ratio':>6}")
+    for name, m in rows:
+        cells = [m["estimate_device_gib"], m["peak_device_reserved_gib"], m["device_ratio"],
+                 m["estimate_node_gib"], m["peak_node_host_gib"], m["node_ratio"]]
+        print(f"  {name[:40]:<40} " + " ".join(f"{'-' if v is None else round(v, 2):>{w}}"
+                                                  for v, w in zip(cells, (9, 9, 6, 9, 7, 6))))
+    ratios = [m["device_ratio"] for _, m in rows if m["device_ratio"] is not None]
+    if ratios:
+        print(f"  device: measured/estimated {min(ratios):.2f}-{max(ratios):.2f}x, "
+              f"{sum(r > 1 for r in ratios)} of {len(ratios)} above the estimate")
+    return bool(rows)
 
 
 def _slurm_up() -> bool:
@@ -129,7 +161,10 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="3 repeats")
+    ap.add_argument("--runs", type=Path, help="a runs folder: its LLM runs' peaks against their estimates")
     args = ap.parse_args()
+    if args.runs:
+        return 0 if site_runs(args.runs.expanduser()) else 1
     repeat = 3 if args.quick else args.repeat
     ok = accuracy()
     print()
