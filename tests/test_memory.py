@@ -43,8 +43,8 @@ CONFLICTING = {"qwen-7b-chat LoRA r 8 (c_attn), bf16, 2048 tokens"}
 
 
 def _ratios() -> dict[str, float]:
-    return {r["case"]: estimate(shape_from_config(r["config"]), Plan(**r["plan"])).total / r["measured_gib"]
-            for r in MEASURED}
+    return {r["case"]: estimate(shape_from_config(r["config"]), Plan(**r["plan"])).as_measured(
+        r.get("measured_as", "device")) / r["measured_gib"] for r in MEASURED}
 
 
 def test_estimate_against_measured_peaks():

@@ -55,7 +55,7 @@ class Plan:
 
     method: str = "lora"              # lora | qlora | full | freeze
     task: str = "sft"                 # sft | dpo | kto | orpo | simpo
-    precision: str = "bf16"           # bf16 | fp16 | fp32
+    precision: str = "bf16"           # bf16 | fp16 | fp32 (mixed precision); bf16-true: everything 16-bit
     zero_stage: Optional[int] = None  # None: no DeepSpeed (one process, or DDP)
     offload: bool = False             # the optimizer (DeepSpeed offload_optimizer)
     offload_params: bool = False      # the weights too (ZeRO-3 offload_param)
@@ -91,9 +91,20 @@ class Estimate:
     plan: Plan = field(default_factory=Plan)
 
     @property
+    def allocated(self) -> float:
+        """GiB of tensors at the peak: what ``torch.cuda.max_memory_allocated`` reports."""
+        return self.weights + self.gradients + self.optimizer + self.activations + self.reference
+
+    @property
     def total(self) -> float:
-        parts = self.weights + self.gradients + self.optimizer + self.activations + self.reference
-        return parts * FRAGMENTATION + CONTEXT_GIB
+        """GiB the device must have: the tensors, the allocator's slack, the CUDA/CANN context."""
+        return self.allocated * FRAGMENTATION + CONTEXT_GIB
+
+    def as_measured(self, kind: str) -> float:
+        """The figure a measurement of ``kind`` would show: ``allocated`` (max_memory_allocated),
+        ``reserved`` (max_memory_reserved: with the allocator's slack) or ``device`` (nvidia-smi,
+        or the card a run fills: with the context too)."""
+        return {"allocated": self.allocated, "reserved": self.allocated * FRAGMENTATION, "device": self.total}[kind]
 
     @property
     def host_total(self) -> float:
@@ -122,6 +133,14 @@ def model_states(shape: Shape, plan: Plan) -> tuple[float, float, float, int]:
     half = 4 if plan.precision == "fp32" else 2
     stage = plan.zero_stage
     live = 4 * shape.largest_module_params  # ZeRO-3: the module being computed, gathered
+    if plan.precision == "bf16-true" and stage is None:   # pure 16-bit (no fp32 master): Adam's moments too
+        if plan.method == "full":
+            return 2 * p, 2 * p, 4 * p, p
+        trainable = shape.lora_params(plan.lora_r, plan.lora_targets) if plan.method in ("lora", "qlora") else 0
+        if plan.method == "qlora":
+            emb = shape.vocab * shape.hidden * (1 if shape.tied else 2)
+            return QLORA_BYTES * (p - emb) + 2 * emb + 2 * trainable, 2 * trainable, 8 * trainable, trainable
+        return 2 * p, 2 * trainable, 4 * trainable, trainable
     if plan.method == "full":
         if stage is None:
             return 6 * p, 4 * p, 8 * p, p
@@ -149,7 +168,7 @@ def model_states(shape: Shape, plan: Plan) -> tuple[float, float, float, int]:
         base = QLORA_BYTES * (p - emb) + 2 * emb
     else:
         base = half * (p - (trainable if plan.method == "freeze" else 0))
-    if stage == 3 and plan.method != "qlora":
+    if stage == 3:   # QLoRA too: peft's ZeRO-3 recipe stores the 4-bit weights in a 16-bit dtype to shard them
         base = live if plan.offload_params else base / n + live
     w, g, o = base + 4 * trainable, 4 * trainable, 8 * trainable
     if stage is not None and stage >= 1:

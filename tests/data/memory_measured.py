@@ -7,6 +7,10 @@ Units: Qwen's table writes "G"; it is read as GB (1e9 bytes; the 7B full row at 
 162.0G on 2 x A100-80G, fits only so) and converted. Multi-GPU rows are the table's total
 over its GPUs, divided per device. Unsloth's rows are the longest context Hugging Face + FA2
 fits in a card of that size: the card's GiB is an upper bound of the peak.
+``measured_as`` says what the figure is, so that like is held against like (Estimate.as_measured):
+"allocated" (torch.cuda.max_memory_allocated: tensors only), "reserved" (max_memory_reserved: with
+the caching allocator's slack) or "device" (the default: nvidia-smi, or the card a run fills,
+CUDA context included).
 Left out, on purpose: torchtune's README table (torch.compile, packed batches of 2 and
 recipe-specific optimizers such as 8-bit paged AdamW and optimizer-in-backward that hpcft's HF
 Trainer path does not use), Qwen's "LoRA (emb)" rows (trained embeddings), and LLaMA-Factory's
@@ -85,7 +89,7 @@ def _rows():
                  "config": QWEN1["7B"],
                  "plan": {"method": "lora", "lora_r": 8, "lora_targets": ["q_proj", "k_proj", "v_proj"],
                           "seq_len": 2048, "batch_size": 1, "logit_bytes": QWEN1_LOGIT_BYTES},
-                 "measured_gib": 27.74})
+                 "measured_gib": 27.74, "measured_as": "reserved"})
     return rows
 
 
