@@ -244,7 +244,7 @@ def test_refuses_8b_full_on_one_80g_gpu_naming_fixes_and_accepts_lora(hpcft_home
     assert not check.ok
     msg = check.message
     assert "8B full fine-tuning needs ~" in msg and "at ZeRO-0" in msg and "have 80 GiB" in msg
-    assert "method: lora" in msg and "deepspeed: 3 over 4 devices" in msg and "offload: true" in msg
+    assert "method: lora" in msg and "deepspeed: 3 over 2 devices" in msg and "offload: true" in msg
     ok = memory_check(_load(settings, _job(tmp_path, method="lora")), settings, _view(), "gpu", tmp_path)
     assert ok.ok and "fits 80 GiB (device_memory[a100] (gres type))" in ok.message
     small = memory_check(full, Settings(device_memory={"a100": "12G"}), _view(1), "gpu", tmp_path)
@@ -356,7 +356,7 @@ def test_hpcft_check_on_slurm_refuses_then_accepts(slurm, hpcft_home, run_hpcft,
     proc = run_hpcft("check", str(path))
     assert proc.returncode == 2, proc.stdout + proc.stderr
     line = next(x for x in proc.stdout.splitlines() if x.startswith("✗ memory"))
-    assert "method: lora" in line and "deepspeed: 3 over 4 devices" in line
+    assert "method: lora" in line and "deepspeed: 3 over 2 devices" in line
     sub = run_hpcft("submit", str(path))
     assert sub.returncode == 2 and "memory: 8B full fine-tuning needs" in sub.stderr
     assert not list((hpcft_home / "runs").glob("*-llm-*"))  # nothing queued, nothing half-written

@@ -17,14 +17,20 @@ Per device, in bytes, then ``x FRAGMENTATION + CONTEXT_GIB`` (allocator and CUDA
 * **preference tuning** (dpo, kto, orpo, simpo): chosen and rejected go through the model
   together (2x the batch); full DPO/KTO hold a frozen reference model (weights only, sharded at
   ZeRO-3); LoRA DPO/KTO use the base with the adapter disabled as the reference (no copy).
-* **activations** with gradient checkpointing: each layer's input (2 B x batch x seq x hidden),
-  one layer recomputed at a time (:data:`LAYER_H` x hidden + :data:`LAYER_I` x the MLP width a token
-  passes through, 2 B each), and the logits in the loss (:data:`LOGIT_BYTES` per token and
-  vocabulary entry: 16-bit logits, their fp32 copy, log-softmax and its gradient). Without
-  checkpointing every layer keeps its full set.
+* **activations**, per token: with gradient checkpointing each layer's input (2 B x hidden) stays
+  for the backward, and on top of them the larger of two phases that never overlap: one layer
+  recomputed and back-propagated (:data:`WORK_H` x hidden + :data:`WORK_I` x the MLP width a token
+  passes through, + :data:`ROUTE_H` x hidden per routed expert of a MoE) and the loss
+  (:data:`LOGIT_BYTES` per vocabulary entry: the 16-bit logits, transformers' fp32 copy, the
+  log-softmax it keeps and the gradients; +2 with Gemma 2's final soft-capping). Without
+  checkpointing every layer keeps what its backward needs (:data:`SAVED_H`, :data:`SAVED_I`),
+  and the loss comes on top.
 
-The constants are held against measured peaks in tests/data/memory_measured.py (docs/memory.md
-lists each case, its source and the ratio).
+The activation constants are fitted, with a margin, to traces of the real transformers code
+(devtools/memtrace.py: one training step under FakeTensorMode, every storage counted;
+tests/test_memory_trace.py holds the estimate to them for each family); the whole estimate is
+held against measured peaks in tests/data/memory_measured.py (docs/memory.md lists each case,
+its source and the ratio).
 """
 
 from __future__ import annotations
@@ -37,9 +43,13 @@ from .shape import ModelShapeError, Shape, read_shape, shape_from_config  # noqa
 GiB = 2 ** 30
 FRAGMENTATION = 1.05
 CONTEXT_GIB = 2.0
-LAYER_H = 8          # a recomputed layer's working set, x hidden, 2 B each (attention with flash/SDPA)
-LAYER_I = 4           # ... x the MLP width (gate, up, act, product, their grads)
-LOGIT_BYTES = 16      # per token x vocabulary entry in the loss
+# activations, bytes per token (traced: devtools/memtrace.py, transformers 5, bf16, SDPA)
+WORK_H, WORK_I = 16, 18   # a checkpointed layer recomputed and back-propagated: x hidden, x MLP width
+                          # (traced 15-22 x the MLP width for the dense families)
+ROUTE_H = 8               # a MoE layer, per routed expert: the gathered inputs and outputs, x hidden
+SAVED_H, SAVED_I = 16, 8  # a layer without checkpointing keeps for its backward (traced 0.85-0.97x of it)
+TAIL_H = 8                # the final norm and the hidden states the head reads
+LOGIT_BYTES = 15          # the loss, per vocabulary entry (traced 14.0-14.7)
 QLORA_BYTES = 0.60    # 4-bit NF4 weights with double-quantised constants, B/param
 PREFERENCE_TASKS = ("dpo", "kto", "orpo", "simpo")
 REFERENCE_TASKS = ("dpo", "kto")   # the two that hold a reference model
@@ -149,9 +159,9 @@ def model_states(shape: Shape, plan: Plan) -> tuple[float, float, float, int]:
             w, g, o = half * p, half * p + 4 * p / n, 12 * p / n
         elif stage == 2:
             w, g, o = half * p, (half + 4) * p / n, 12 * p / n
-        else:            # 20 B/param over the ranks (DeepSpeed's estimator says 18; Qwen-1.8B full
-            # ZeRO-3 on one A100 fits 20, not 18) + the module being computed, gathered
-            w, g, o = half * p / n + live, (half + 4) * p / n, 12 * p / n
+        else:            # DeepSpeed's 18 B/param over the ranks + the module being computed, gathered;
+            # on one device the 16-bit gradients are not reduced away: 20 (Qwen-1.8B full ZeRO-3 on one A100)
+            w, g, o = half * p / n + live, (4 + (half if n == 1 else 0)) * p / n, 12 * p / n
         if plan.offload:          # DeepSpeed: the gradients and the states go to the host
             g, o = 0.0, 0.0
             if stage >= 3 and plan.offload_params:
@@ -179,12 +189,14 @@ def model_states(shape: Shape, plan: Plan) -> tuple[float, float, float, int]:
 def activations(shape: Shape, plan: Plan) -> float:
     b = plan.batch_size * (2 if plan.task in PREFERENCE_TASKS else 1)
     tokens = b * plan.seq_len
-    layer = tokens * (LAYER_H * shape.hidden + LAYER_I * shape.active_intermediate) * 2
+    h, width = shape.hidden, shape.active_intermediate
+    route = ROUTE_H * shape.active * h if shape.moe_layers else 0
+    loss = shape.vocab * (plan.logit_bytes + (2 if shape.logit_softcap else 0))
     if plan.gradient_checkpointing:
-        act = shape.layers * tokens * shape.hidden * 2 + layer
+        per_token = shape.layers * 2 * h + max(WORK_H * h + WORK_I * width + route, loss)
     else:
-        act = shape.layers * layer
-    return act + tokens * shape.vocab * plan.logit_bytes
+        per_token = shape.layers * (SAVED_H * h + SAVED_I * width + route) + loss
+    return tokens * (per_token + TAIL_H * h)
 
 
 def host_memory(shape: Shape, plan: Plan) -> dict:

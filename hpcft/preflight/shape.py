@@ -55,6 +55,7 @@ class Shape:
     attn_params: int = 0          # per layer; 0: computed from heads (deepseek's MLA sets it)
     qkv_bias: bool = False
     vision_params: int = 0        # a multimodal model's vision tower and projector (loaded, not adapted)
+    logit_softcap: bool = False   # final_logit_softcapping (Gemma 2): the loss keeps one more copy of the logits
 
     # ---- the counts
     @property
@@ -157,7 +158,8 @@ def shape_from_config(cfg: Any) -> Shape:
     vocab = _get(cfg, "vocab_size")
     tied = cfg.get("tie_word_embeddings", mtype.startswith("gemma"))
     bias = bool(_BIASED.get(mtype) or cfg.get("attention_bias") or cfg.get("qkv_bias"))
-    shape = Shape(mtype, h, layers, 0, vocab, heads, kv, head_dim, bool(tied), qkv_bias=bias)
+    shape = Shape(mtype, h, layers, 0, vocab, heads, kv, head_dim, bool(tied), qkv_bias=bias,
+                  logit_softcap=bool(cfg.get("final_logit_softcapping")))
     if family == "llama":
         shape.intermediate = _get(cfg, "intermediate_size")
     elif family == "moe":

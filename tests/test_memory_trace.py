@@ -1,0 +1,73 @@
+"""The estimate's activation term against a trace of the real transformers code (devtools/memtrace.py):
+one training step of each family, built from its published config.json under FakeTensorMode,
+every storage the operators create counted. Never below the trace (an underestimate is found out
+after hours in the queue), and within 20 % of it for the dense families."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
+
+from published_configs import PUBLISHED  # noqa: E402
+
+pytestmark = pytest.mark.worker
+
+# Not traceable here, each for its reason: remote code only (not in transformers), and Gemma 3's
+# multimodal model (its vision merge reads tensor values, which a fake tensor does not have)
+# DeepSeek-V3's MLA has query/key heads of 192 and value heads of 128: on CPU, SDPA falls back to the
+# math kernel for unequal head sizes and materialises 128 heads x seq^2 scores, which CUDA's
+# memory-efficient kernel does not: its trace is not the GPU's (DeepSeek-V2-Lite, 16 heads, is traced)
+UNTRACEABLE = {"chatglm": "remote code", "internlm2": "remote code", "gemma3": "multimodal: data-dependent",
+               "deepseek_v3": "CPU attention kernel differs"}
+
+
+def _families() -> list[tuple[str, dict]]:
+    out, seen = [], set()
+    for repo, _, cfg in PUBLISHED:
+        kind = cfg["model_type"]
+        if kind in seen or kind in UNTRACEABLE:
+            continue
+        seen.add(kind)
+        out.append((repo, cfg))
+    return out
+
+
+@pytest.mark.parametrize("repo, cfg", _families(), ids=lambda x: x if isinstance(x, str) else "")
+def test_activations_never_below_the_traced_step(repo, cfg):
+    import transformers
+
+    from devtools.memtrace import cut, estimated, trace
+
+    if ("num_experts_per_tok" in cfg or "n_routed_experts" in cfg) and int(transformers.__version__.split(".")[0]) < 5:
+        pytest.skip("transformers 4.x routes experts through nonzero(), whose shape a fake tensor cannot know")
+    small = cut(cfg)
+    for seq in (1024, 4096):
+        got = trace(small, seq)
+        est = estimated(small, seq)
+        assert got["forward_gib"] < got["peak_gib"]            # the backward's peak is the step's
+        ratio = est / got["peak_gib"]
+        top = 1.4 if cfg["model_type"] == "mixtral" else 1.2   # two 14336-wide experts, run one at a time
+        assert 1.0 <= ratio <= top, (repo, seq, round(got["peak_gib"], 3), round(est, 3))
+
+
+def test_trace_counts_what_a_step_allocates():
+    """The counter itself: checkpointing keeps 2 B x hidden per layer and token (the layer inputs),
+    the loss scales with the vocabulary, and twice the tokens take twice the memory."""
+    from devtools.memtrace import cut, trace
+
+    llama = next(cfg for repo, _, cfg in PUBLISHED if cfg["model_type"] == "llama")
+    small = {**cut(llama, 2), "vocab_size": 1024}
+    two, four = trace(small, 512), trace({**small, "num_hidden_layers": 4}, 512)
+    per_layer = (four["peak_gib"] - two["peak_gib"]) * 2 ** 30 / 2 / 512
+    assert per_layer == pytest.approx(2 * llama["hidden_size"], rel=0.01)
+    assert trace(small, 1024)["peak_gib"] == pytest.approx(2 * two["peak_gib"], rel=0.02)
+    kept = (trace({**small, "num_hidden_layers": 4}, 512, checkpointing=False)["peak_gib"]
+            - trace(small, 512, checkpointing=False)["peak_gib"]) * 2 ** 30 / 2 / 512
+    assert kept > 10 * per_layer          # without checkpointing every layer keeps all its activations
+    vocab = [trace({**small, "vocab_size": v}, 512)["peak_gib"] for v in (65536, 131072)]
+    per_entry = (vocab[1] - vocab[0]) * 2 ** 30 / 512 / 65536
+    assert 12 <= per_entry <= 16     # 16-bit logits, their fp32 copy, the log-softmax and gradients
