@@ -29,7 +29,7 @@ from hpcft.preflight.shape import ModelShapeError, shape_from_config
 from hpcft.stage.layout import register_local
 
 sys.path.insert(0, str(Path(__file__).parent / "data"))
-from memory_measured import MEASURED  # noqa: E402
+from memory_measured import IN_SCOPE, MEASURED, outside  # noqa: E402
 from published_configs import PUBLISHED  # noqa: E402
 
 # Llama-3-8B-Instruct's config.json (the fields the estimate reads)
@@ -37,25 +37,42 @@ LLAMA3_8B = {"architectures": ["LlamaForCausalLM"], "hidden_size": 4096, "interm
              "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 8, "vocab_size": 128256,
              "tie_word_embeddings": False, "model_type": "llama", "torch_dtype": "bfloat16"}
 LLAMA2_70B = next(cfg for name, _, cfg in PUBLISHED if name == "meta-llama/Llama-2-70b-hf")
-# ms-swift's qwen-7b-chat LoRA row (27.7 GiB at 2048 tokens) contradicts Qwen's own table for the
-# same model (22.2 GiB at 2048 with a 8x larger adapter): the one case the estimate stays below
-CONFLICTING = {"qwen-7b-chat LoRA r 8 (c_attn), bf16, 2048 tokens"}
+# The rows of what hpcft runs that the estimate stays below 0.95 of, each with what it misses.
+# A new one fails the test: it is either a transcription to check or a term the estimate lacks.
+KNOWN_BELOW = {
+    "qwen-7b-chat LoRA r 8 (c_attn), bf16, 2048 tokens":
+        "ms-swift's max_memory_reserved on variable-length data without expandable segments (which hpcft's "
+        "sbatch turns on); Qwen's own table has the same model at 22.2 GiB",
+    "ms-swift Qwen2.5-7B-Instruct LoRA r 8, DDP on 2, max_length 2048 (self-cognition, short)":
+        "the same: 27.5 GiB reserved where the same script without DDP and ZeRO-2 read 18-20.5",
+    "Llama-2-70B LoRA r 8 all-linear, ZeRO-3 on 8 H100, batch 8 x 2048 packed":
+        "open: ZeRO-3's gathered and prefetched parameters beyond the largest module, in a whole-GPU reading",
+    "ms-swift Qwen2.5-7B-Instruct LoRA r 8, ZeRO-3 on 2, max_length 2048 (self-cognition, short)":
+        "open: the same ZeRO-3 LoRA term (0.93)",
+    "Qwen-1.8B LoRA, 4096 tokens, 1 GPU(s)":
+        "0.947: the table's own step from 2k to 4k tokens (+4.9 GiB) is as large as from 4k to 8k (+5.2); "
+        "activations are linear in tokens (traced)",
+}
 
 
-def _ratios() -> dict[str, float]:
-    return {r["case"]: estimate(shape_from_config(r["config"]), Plan(**r["plan"])).as_measured(
-        r.get("measured_as", "device")) / r["measured_gib"] for r in MEASURED}
+def _ratio(r: dict) -> float:
+    est = estimate(shape_from_config(r["config"]), Plan(**r["plan"]))
+    return est.as_measured(r.get("measured_as", "device")) / r["measured_gib"]
 
 
 def test_estimate_against_measured_peaks():
-    ratios = _ratios()
-    assert len(ratios) == len(MEASURED) >= 70
+    """The targets on the rows that measure what hpcft runs; the rest (4-bit bases, LitGPT) are
+    held only to a median, and printed by benchmarks/bench_memory.py beside them."""
+    ratios = {r["case"]: _ratio(r) for r in IN_SCOPE}
+    assert len(ratios) == len(IN_SCOPE) >= 50 and len(MEASURED) >= 115
     below = {case for case, x in ratios.items() if x < 0.95}
-    assert below == CONFLICTING, {c: round(ratios[c], 2) for c in below}
+    assert below == set(KNOWN_BELOW), {c: round(ratios[c], 2) for c in below ^ set(KNOWN_BELOW)}
     within = [x for x in ratios.values() if 0.85 <= x <= 1.15]
-    assert len(within) >= 0.78 * len(ratios), sorted(round(x, 2) for x in ratios.values())
-    assert max(ratios.values()) <= 1.45   # the worst overestimate: Qwen-1.8B Q-LoRA at 8192 tokens
-    assert statistics.median(abs(x - 1) for x in ratios.values()) <= 0.10
+    assert len(within) >= 0.85 * len(ratios), sorted(round(x, 2) for x in ratios.values())
+    assert max(ratios.values()) <= 1.25   # the worst overestimate: Qwen-1.8B full at 8192 tokens
+    assert statistics.median(abs(x - 1) for x in ratios.values()) <= 0.09
+    rest = [_ratio(r) for r in MEASURED if outside(r)]
+    assert statistics.median(abs(x - 1) for x in rest) <= 0.15
     for r in MEASURED:
         assert r["source"].startswith("https://"), r["case"]
 
@@ -410,3 +427,21 @@ def test_a_runs_peaks_against_its_estimate(tmp_path):
     (tmp_path / "memory-estimate.json").write_text('{"available": true, "device_gib": "x", "plan": 3}')
     odd = memory_vs_estimate(read_estimate(tmp_path), {"memory": [], "ranks": {}})
     assert odd["estimate_device_gib"] is None and odd["device_ratio"] is None and describe(odd)
+
+
+def test_foreach_adamw_step_is_counted_on_npus(hpcft_home, tmp_path):
+    """torch's multi-tensor AdamW (the NPU path; CUDA runs the fused kernel) keeps a temporary of the
+    second moments' size during the step, when the activations are already freed."""
+    shape = shape_from_config(LLAMA3_8B)
+    fused = estimate(shape, Plan(method="full", seq_len=512))
+    foreach = estimate(shape, Plan(method="full", seq_len=512, optimizer="foreach"))
+    assert fused.step == 0 and foreach.step == pytest.approx(4 * shape.params / 2 ** 30)
+    assert foreach.allocated == pytest.approx(fused.allocated - fused.activations + foreach.step)
+    assert "optimizer step" in foreach.summary() and "step" in foreach.as_dict()["device_parts_gib"]
+    zero = estimate(shape, Plan(method="full", seq_len=512, optimizer="foreach", zero_stage=2, world_size=8))
+    assert zero.step == 0                                   # DeepSpeed steps with its own fused Adam
+    _stage(hpcft_home / "cache", tmp_path, LLAMA3_8B)
+    settings = Settings()
+    npu = _load(settings, _job(tmp_path, method="full", resources={"partition": "npu", "npus_per_node": 1}))
+    gpu = _load(settings, _job(tmp_path, method="full"))
+    assert plan_of(npu, tmp_path).optimizer == "foreach" and plan_of(gpu, tmp_path).optimizer == "fused"

@@ -14,15 +14,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
 
 from published_configs import PUBLISHED  # noqa: E402
 
+from devtools.memtrace import NOT_THE_GPUS  # noqa: E402
+
 pytestmark = pytest.mark.worker
 
-# Not traceable here, each for its reason: remote code only (not in transformers), and Gemma 3's
-# multimodal model (its vision merge reads tensor values, which a fake tensor does not have)
-# DeepSeek-V3's MLA has query/key heads of 192 and value heads of 128: on CPU, SDPA falls back to the
-# math kernel for unequal head sizes and materialises 128 heads x seq^2 scores, which CUDA's
-# memory-efficient kernel does not: its trace is not the GPU's (DeepSeek-V2-Lite, 16 heads, is traced)
+# Not traceable here, each for its reason: remote code only (not in transformers), Gemma 3's
+# multimodal model (its vision merge reads tensor values, which a fake tensor does not have), and
+# the families whose CPU trace is not the GPU's step (devtools.memtrace.NOT_THE_GPUS)
 UNTRACEABLE = {"chatglm": "remote code", "internlm2": "remote code", "gemma3": "multimodal: data-dependent",
-               "deepseek_v3": "CPU attention kernel differs"}
+               **NOT_THE_GPUS}
 
 
 def _families() -> list[tuple[str, dict]]:

@@ -78,6 +78,7 @@ class Plan:
     lora_targets: Any = "all-linear"
     zero_init: bool = True            # ZeRO-3 loads with deepspeed.zero.Init (each rank its shard)
     logit_bytes: int = LOGIT_BYTES    # transformers' loss upcasts the logits to fp32 (remote code may not)
+    optimizer: str = "fused"          # fused AdamW (CUDA, CPU) | foreach: torch's multi-tensor AdamW (NPU)
 
     def describe(self) -> str:
         zero = "ZeRO-0" if self.zero_stage is None else f"ZeRO-{self.zero_stage}"
@@ -97,13 +98,14 @@ class Estimate:
     optimizer: float
     activations: float
     reference: float = 0.0    # a frozen reference model (full DPO/KTO)
+    step: float = 0.0         # the optimizer step's temporaries (foreach AdamW), after the activations are freed
     host: dict = field(default_factory=dict)   # GiB per node: loading, offload, ranks, total
     plan: Plan = field(default_factory=Plan)
 
     @property
     def allocated(self) -> float:
         """GiB of tensors at the peak: what ``torch.cuda.max_memory_allocated`` reports."""
-        return self.weights + self.gradients + self.optimizer + self.activations + self.reference
+        return self.weights + self.gradients + self.optimizer + self.reference + max(self.activations, self.step)
 
     @property
     def total(self) -> float:
@@ -122,16 +124,17 @@ class Estimate:
 
     def summary(self) -> str:
         ref = f", reference {self.reference:.1f}" if self.reference else ""
+        step = f", optimizer step {self.step:.1f}" if self.step > self.activations else ""
         return (f"~{self.total:.0f} GiB per device for {self.params / 1e9:.2g}B parameters "
                 f"({self.plan.describe()}: weights {self.weights:.1f}, gradients {self.gradients:.1f}, "
-                f"optimizer {self.optimizer:.1f}, activations {self.activations:.1f}{ref} GiB)")
+                f"optimizer {self.optimizer:.1f}, activations {self.activations:.1f}{ref}{step} GiB)")
 
     def as_dict(self) -> dict:
         """The shape ``hpcft check --json`` prints (tests/schemas/check.schema.json)."""
         return {"params": self.params, "trainable": self.trainable, "plan": asdict(self.plan),
                 "device_gib": round(self.total, 2),
                 "device_parts_gib": {k: round(getattr(self, k), 2) for k in
-                                     ("weights", "gradients", "optimizer", "activations", "reference")},
+                                     ("weights", "gradients", "optimizer", "activations", "reference", "step")},
                 "fragmentation": FRAGMENTATION, "context_gib": CONTEXT_GIB,
                 "node_gib": round(self.host_total, 2),
                 "node_parts_gib": {k: round(v, 2) for k, v in self.host.items() if k != "total"}}
@@ -234,5 +237,9 @@ def estimate(shape: Shape, plan: Plan) -> Estimate:
     if plan.task in REFERENCE_TASKS and plan.method == "full":
         half = 4 if plan.precision == "fp32" else 2
         ref = half * shape.params / (max(1, plan.world_size) if plan.zero_stage == 3 else 1)
+    step = 0.0
+    if plan.optimizer == "foreach" and plan.zero_stage is None:
+        # torch's multi-tensor AdamW: _foreach_sqrt of the second moments is one temporary of their size
+        step = (2 if plan.precision == "bf16-true" else 4) * trainable
     return Estimate(shape.params, trainable, w / GiB, g / GiB, o / GiB, activations(shape, plan) / GiB,
-                    ref / GiB, host_memory(shape, plan), plan)
+                    reference=ref / GiB, step=step / GiB, host=host_memory(shape, plan), plan=plan)

@@ -43,7 +43,8 @@ def plan_of(job: Job, base_dir: Path) -> Plan:
                 world_size=world, per_node=max(1, r.devices_per_node) if r.device != "cpu" else 1,
                 batch_size=t.batch_size, seq_len=t.max_seq_length,
                 gradient_checkpointing=t.gradient_checkpointing is not False,
-                lora_r=t.lora.r if t.lora else 8, lora_targets=t.lora.target_modules if t.lora else "all-linear")
+                lora_r=t.lora.r if t.lora else 8, lora_targets=t.lora.target_modules if t.lora else "all-linear",
+                optimizer="foreach" if r.device == "npu" else "fused")   # hpcft.worker.trainer.optimizer_name
 
 
 def _offloads(section) -> bool:
