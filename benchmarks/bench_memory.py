@@ -18,6 +18,7 @@
 
     .venv/bin/python benchmarks/bench_memory.py [--quick] [--repeat 5]
     .venv/bin/python benchmarks/bench_memory.py --runs ~/hpcft/runs
+    .venv/bin/python benchmarks/bench_memory.py --markdown    # docs/memory.md's tables
 """
 
 from __future__ import annotations
@@ -67,6 +68,21 @@ def _report(title: str, rows: list) -> tuple[int, int]:
     print(f"  within +-15 %: {within} of {len(rows)}; below 0.95: {len(below)}"
           + "".join(f"\n    {x[0]:.2f}x {x[1]:.1f} vs {x[2]:.1f} GiB: {x[3]}" for x in below))
     return within, len(below)
+
+
+def markdown() -> None:
+    """docs/memory.md's accuracy tables, from the same arithmetic (``--markdown``)."""
+    sources = list(dict.fromkeys(r["source"] for r in MEASURED))
+    for title, rows in (("What hpcft runs (the targets)", IN_SCOPE),
+                        ("Beside them: 4-bit bases and LitGPT's own loop", [r for r in MEASURED if outside(r)])):
+        print(f"#### {title}\n")
+        print("| # | case | measured GiB | as | estimate GiB | ratio | source |\n|---|---|---:|---|---:|---:|---|")
+        for i, (r, (ratio, est, got, _, src)) in enumerate(zip(rows, _table(rows)), 1):
+            print(f"| {i} | {r['case']} | {got:.1f} | {r.get('measured_as', 'device')} | {est:.1f} | "
+                  f"{ratio:.2f} | [{sources.index(src) + 1}] |")
+        print()
+    for i, src in enumerate(sources, 1):
+        print(f"[{i}] {src}  ")
 
 
 def accuracy() -> bool:
@@ -195,9 +211,13 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="3 repeats")
     ap.add_argument("--runs", type=Path, help="a runs folder: its LLM runs' peaks against their estimates")
+    ap.add_argument("--markdown", action="store_true", help="print docs/memory.md's accuracy tables")
     args = ap.parse_args()
     if args.runs:
         return 0 if site_runs(args.runs.expanduser()) else 1
+    if args.markdown:
+        markdown()
+        return 0
     repeat = 3 if args.quick else args.repeat
     ok = accuracy()
     print()

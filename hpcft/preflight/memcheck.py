@@ -184,13 +184,14 @@ def host_memory(p: Preflight) -> Iterator[Check]:
     need = est.host_total
     limit, source = host_limit(p.job, facts)
     parts = ", ".join(f"{k} {v:.0f}" for k, v in est.host.items() if k != "total" and v)
-    line = f"~{need:.0f} GiB per node ({parts} GiB; {plan.per_node} rank(s))"
+    digits = 1 if limit is not None and round(need) == round(limit) else 0   # never "needs 19 but gives 19"
+    line = f"~{need:.{digits}f} GiB per node ({parts} GiB; {plan.per_node} rank(s))"
     if limit is None or need <= limit:
         yield Check(HOST, True, line + (f"; fits {limit:.0f} GiB ({source})" if limit else ""))
         return
     found = host_fixes(shape, plan, need, limit, facts, p.job)
     hint = ("; use " + ", or ".join(found)) if found else ""
-    yield Check(HOST, False, f"{line} but {source} gives {limit:.0f} GiB{hint}")
+    yield Check(HOST, False, f"{line} but {source} gives {limit:.{digits}f} GiB{hint}")
 
 
 def host_fixes(shape: Shape, plan: Plan, need: float, limit: float, facts: "PartitionFacts", job: Job) -> list[str]:
