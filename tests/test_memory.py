@@ -394,7 +394,7 @@ def test_hpcft_check_on_slurm_refuses_then_accepts(slurm, hpcft_home, run_hpcft,
     assert any(c["name"] == "memory" and "fits 80 GiB" in c["message"] for c in doc["checks"])
     est = doc["estimate"]
     assert est["available"] and 3 < est["device_gib"] < 10 and est["node_gib"] > 4
-    assert set(est["device_parts_gib"]) == {"weights", "gradients", "optimizer", "activations", "reference"}
+    assert set(est["device_parts_gib"]) == {"weights", "gradients", "optimizer", "activations", "reference", "step"}
     assert doc["placement"] is None
     bad = Path(os.environ["HPCFT_CONFIG"])
     bad.write_text("device_memory: {gpu: 80 gigs}\n")   # bug 7: one line, exit 2, no traceback
