@@ -103,10 +103,10 @@ def traced() -> None:
     except ImportError as exc:
         print(f"traced activations: not measured ({exc})")
         return
-    rows = [r for r in table((1024, 4096)) if "error" not in r]
+    rows = [r for r in table((1024, 4096, 32768)) if "error" not in r]
     ratios = [r["ratio"] for r in rows]
     print(f"traced activations ({len(rows)} steps, {len({r['model_type'] for r in rows})} families, {LAYERS} layers, "
-          f"1k and 4k tokens): estimate/trace {min(ratios):.2f}-{max(ratios):.2f}x, "
+          f"1k, 4k and 32k tokens): estimate/trace {min(ratios):.2f}-{max(ratios):.2f}x, "
           f"median {statistics.median(ratios):.2f}x")
 
 

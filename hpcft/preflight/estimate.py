@@ -22,9 +22,10 @@ Per device, in bytes, then ``x FRAGMENTATION + CONTEXT_GIB`` (allocator and CUDA
   recomputed and back-propagated (:data:`WORK_H` x hidden + :data:`WORK_I` x the MLP width a token
   passes through, + :data:`ROUTE_H` x hidden per routed expert of a MoE) and the loss
   (:data:`LOGIT_BYTES` per vocabulary entry: the 16-bit logits, transformers' fp32 copy, the
-  log-softmax it keeps and the gradients; +2 with Gemma 2's final soft-capping). Without
-  checkpointing every layer keeps what its backward needs (:data:`SAVED_H`, :data:`SAVED_I`),
-  and the loss comes on top.
+  log-softmax it keeps and the gradients; +2 with Gemma 2's final soft-capping). An eager
+  attention (Gemma 2, InternLM2) adds its heads x seq x seq scores to the layer
+  (:data:`SCORES_WORK` B each). Without checkpointing every layer keeps what its backward needs
+  (:data:`SAVED_H`, :data:`SAVED_I`, :data:`SCORES_SAVED`), and the loss comes on top.
 
 The activation constants are fitted, with a margin, to traces of the real transformers code
 (devtools/memtrace.py: one training step under FakeTensorMode, every storage counted;
@@ -49,6 +50,9 @@ WORK_H, WORK_I = 16, 18   # a checkpointed layer recomputed and back-propagated:
 ROUTE_H = 8               # a MoE layer, per routed expert: the gathered inputs and outputs, x hidden
 SAVED_H, SAVED_I = 16, 8  # a layer without checkpointing keeps for its backward (traced 0.85-0.97x of it)
 TAIL_H = 8                # the final norm and the hidden states the head reads
+SCORES_WORK = 16          # eager attention (shape.eager_attention), per head x seq x seq of each sequence:
+                          # a recomputed layer's scores, soft-capped, softmaxed and back (traced 13.2 at 16k)
+SCORES_SAVED = 8          # ... kept by every layer without checkpointing (traced 7.9)
 LOGIT_BYTES = 15          # the loss, per vocabulary entry (traced 14.0-14.7)
 QLORA_BYTES = 0.60    # 4-bit NF4 weights with double-quantised constants, B/param
 PREFERENCE_TASKS = ("dpo", "kto", "orpo", "simpo")
@@ -195,10 +199,12 @@ def activations(shape: Shape, plan: Plan) -> float:
     h, width = shape.hidden, shape.active_intermediate
     route = ROUTE_H * shape.active * h if shape.moe_layers else 0
     loss = shape.vocab * (plan.logit_bytes + (2 if shape.logit_softcap else 0))
+    # eager attention: heads x seq^2 scores per sequence, i.e. heads x seq per token
+    scores = shape.heads * plan.seq_len if shape.eager_attention else 0
     if plan.gradient_checkpointing:
-        per_token = shape.layers * 2 * h + max(WORK_H * h + WORK_I * width + route, loss)
+        per_token = shape.layers * 2 * h + max(WORK_H * h + WORK_I * width + route + SCORES_WORK * scores, loss)
     else:
-        per_token = shape.layers * (SAVED_H * h + SAVED_I * width + route) + loss
+        per_token = shape.layers * (SAVED_H * h + SAVED_I * width + route + SCORES_SAVED * scores) + loss
     return tokens * (per_token + TAIL_H * h)
 
 

@@ -30,6 +30,10 @@ FAMILIES = {
     "chatglm": "chatglm",
 }
 _BIASED = {"qwen2": True, "qwen2_moe": True}   # q/k/v projections carry a bias (glm4/chatglm: attention_bias)
+# Families whose attention materialises the seq x seq scores in the code hpcft's worker runs (no
+# attn_implementation is passed): transformers 5 has no SDPA path for Gemma 2 (its soft-capping),
+# and InternLM2's own code is eager unless its config asks for flash-attention 2
+EAGER_ATTENTION = {"gemma2", "internlm2"}
 
 
 @dataclass
@@ -56,6 +60,7 @@ class Shape:
     qkv_bias: bool = False
     vision_params: int = 0        # a multimodal model's vision tower and projector (loaded, not adapted)
     logit_softcap: bool = False   # final_logit_softcapping (Gemma 2): the loss keeps one more copy of the logits
+    eager_attention: bool = False  # the attention keeps heads x seq x seq scores (EAGER_ATTENTION)
 
     # ---- the counts
     @property
@@ -159,7 +164,8 @@ def shape_from_config(cfg: Any) -> Shape:
     tied = cfg.get("tie_word_embeddings", mtype.startswith("gemma"))
     bias = bool(_BIASED.get(mtype) or cfg.get("attention_bias") or cfg.get("qkv_bias"))
     shape = Shape(mtype, h, layers, 0, vocab, heads, kv, head_dim, bool(tied), qkv_bias=bias,
-                  logit_softcap=bool(cfg.get("final_logit_softcapping")))
+                  logit_softcap=bool(cfg.get("final_logit_softcapping")),
+                  eager_attention=mtype in EAGER_ATTENTION and cfg.get("attn_implementation") != "flash_attention_2")
     if family == "llama":
         shape.intermediate = _get(cfg, "intermediate_size")
     elif family == "moe":
