@@ -445,3 +445,44 @@ def test_foreach_adamw_step_is_counted_on_npus(hpcft_home, tmp_path):
     npu = _load(settings, _job(tmp_path, method="full", resources={"partition": "npu", "npus_per_node": 1}))
     gpu = _load(settings, _job(tmp_path, method="full"))
     assert plan_of(npu, tmp_path).optimizer == "foreach" and plan_of(gpu, tmp_path).optimizer == "fused"
+
+
+def test_a_job_that_already_ran_within_the_device_is_not_refused(hpcft_home, tmp_path):
+    """The site's own measurement beats the arithmetic: a run of the same model, data and plan
+    that peaked within the device lets the job through; a larger or a foreign one does not."""
+    from dataclasses import asdict
+
+    from hpcft.runs.index import RunRecord, RunStore
+    from hpcft.runs.memory import dataset_key
+
+    _stage(hpcft_home / "cache", tmp_path, LLAMA3_8B)
+    settings = Settings(device_memory={"a100": "80G"})
+    job = _load(settings, _job(tmp_path, method="full"))
+    plan = asdict(plan_of(job, tmp_path))
+    refused = memory_check(job, settings, _view(), "gpu", tmp_path)
+    assert not refused.ok and "measured" not in refused.message
+
+    def earlier(name: str, reserved_mb, estimate_doc=None) -> None:
+        run_dir = settings.runs / name
+        run_dir.mkdir(parents=True)
+        doc = estimate_doc if estimate_doc is not None else {
+            "available": True, "device_gib": 146.0, "node_gib": 30.0, "plan": plan, "partition": "gpu",
+            "model": job.train.model, "dataset": dataset_key(job.train.dataset)}
+        (run_dir / "memory-estimate.json").write_text(json.dumps(doc))
+        (run_dir / "metrics.json").write_text(json.dumps({"memory": {"peak_device_reserved_mb": reserved_mb}}))
+        RunStore(settings.runs).add(RunRecord(run_id=name, name="llm", run_dir=str(run_dir), job_file=None,
+                                              kind="train", executor="slurm", submitted_at="2026-12-03T00:00:00",
+                                              job_id=name[-3:]))
+
+    earlier("llm-001", 79 * 1024)                 # 79 + the 2 GiB context: still not within 80
+    assert not memory_check(job, settings, _view(), "gpu", tmp_path).ok
+    earlier("llm-002", 70 * 1024)
+    earlier("llm-003", 60 * 1024, {**json.loads((settings.runs / "llm-002" / "memory-estimate.json").read_text()),
+                                   "plan": {**plan, "seq_len": 512}})     # another plan: not this job's
+    earlier("llm-004", 10, [1, 2])                # a torn or hostile file is ignored
+    check = memory_check(job, settings, _view(), "gpu", tmp_path)
+    assert not check.ok and "79 GiB reserved at the peak of run llm-001 (the largest of 2 runs)" in check.message
+    (settings.runs / "llm-001" / "metrics.json").write_text("{")   # the 79 GiB run's record is torn
+    check = memory_check(job, settings, _view(), "gpu", tmp_path)
+    assert check.ok, check.message
+    assert "but the same job ran within it; measured: 70 GiB reserved at the peak of run llm-002" in check.message

@@ -14,7 +14,7 @@ from typing import Iterator, Optional
 from ..core.job import Job
 from .checks import Check, ClusterView, Preflight
 from .devices import device_memory, parse_size_gib
-from .estimate import Estimate, ModelShapeError, Plan, Shape, estimate, read_shape
+from .estimate import CONTEXT_GIB, Estimate, ModelShapeError, Plan, Shape, estimate, read_shape
 
 NAME = "memory"
 HOST = "host memory"
@@ -138,11 +138,19 @@ def memory(p: Preflight) -> Iterator[Check]:
     except ValueError as exc:  # a cluster config written before it was validated
         yield Check(NAME, False, f"device_memory in the cluster config: {exc}")
         return
+    seen = measured(p, plan)
+    if seen:
+        note += (f"; measured: {seen['gib']:g} GiB reserved at the peak of run {seen['run_id']}"
+                 f"{' (the largest of ' + str(seen['runs']) + ' runs)' if seen['runs'] > 1 else ''} "
+                 "of the same model, data and plan")
     if limit is None:
         yield Check(NAME, True, f"{est.summary()}; device memory of partition '{p.partition}' unknown "
-                                "(set device_memory in the cluster config, e.g. {a100: 80G, 910b: 64G})")
+                                "(set device_memory in the cluster config, e.g. {a100: 80G, 910b: 64G}){note}")
     elif est.total <= limit:
         yield Check(NAME, True, f"{est.summary()}; fits {limit:.0f} GiB ({source}){note}")
+    elif seen and seen["gib"] + CONTEXT_GIB <= limit:   # what ran is the better figure: not refused
+        yield Check(NAME, True, f"{est.summary()}; above the {limit:.0f} GiB of '{p.partition}' ({source}), but the "
+                                f"same job ran within it{note} (+{CONTEXT_GIB:g} GiB context)")
     else:
         size = f"{est.params / 1e9:.2g}B"
         zero = f"ZeRO-{plan.zero_stage}" if plan.zero_stage is not None else "ZeRO-0"
@@ -163,6 +171,20 @@ def allocator_note(job: Job) -> str:
         return ""
     return (f"; note: env.vars sets {var}={value} without expandable_segments:True, so batches of varying "
             "length can fragment the allocator's cache beyond this estimate's 5 % allowance")
+
+
+def measured(p: Preflight, plan: Plan) -> Optional[dict]:
+    """The largest device peak earlier runs of the same model, data and plan measured
+    (:func:`hpcft.runs.memory.earlier_peak`), or None."""
+    from dataclasses import asdict
+
+    from ..runs.memory import earlier_peak
+
+    t = p.job.train
+    try:
+        return earlier_peak(p.settings.runs, t.model, t.dataset, asdict(plan))
+    except OSError:   # no runs folder yet, or one this user cannot read
+        return None
 
 
 def host_limit(job: Job, facts: "PartitionFacts") -> tuple[Optional[float], str]:

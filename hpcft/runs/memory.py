@@ -87,3 +87,41 @@ def describe(m: dict) -> list[str]:
         lines.append(f"host {num(m['peak_node_host_gib'])} GiB per node at peak against ~"
                      f"{num(m['estimate_node_gib'])} estimated: {num(m['node_ratio'])}x")
     return lines
+
+
+def dataset_key(dataset) -> object:
+    """``train.dataset`` as JSON: a name, or the mix's entries as plain dicts."""
+    if isinstance(dataset, list):
+        return [d.model_dump() if hasattr(d, "model_dump") else d for d in dataset]
+    return dataset
+
+
+def earlier_peak(runs_root: Path, model: str, dataset, plan: dict, *, scan: int = 500) -> Optional[dict]:
+    """The largest device peak (reserved, else allocated) that finished runs of the same model,
+    data and plan measured, among the newest ``scan`` runs of the index: ``{"run_id", "gib",
+    "runs"}``, or None. What a site measured is the estimate's best check: a job the arithmetic
+    would refuse is let through when the same job already ran within the device's memory."""
+    from .index import RunStore
+
+    best: Optional[dict] = None
+    matches = 0
+    for entry in reversed(RunStore(runs_root).entries()[-scan:]):
+        run_dir = entry.get("run_dir") if isinstance(entry, dict) else None
+        if not isinstance(run_dir, str):
+            continue
+        est = read_estimate(run_dir)
+        if not est or est.get("model") != model or est.get("dataset") != dataset_key(dataset) \
+                or est.get("plan") != plan:
+            continue
+        try:
+            metrics = json.loads(RunPaths(run_dir).metrics.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        m = memory_vs_estimate(est, metrics)
+        gib = (m or {}).get("peak_device_reserved_gib") or (m or {}).get("peak_device_allocated_gib")
+        if gib is None:
+            continue
+        matches += 1
+        if best is None or gib > best["gib"]:
+            best = {"run_id": Path(run_dir).name, "gib": gib, "partition": est.get("partition")}
+    return {**best, "runs": matches} if best else None

@@ -238,7 +238,7 @@ class JobSubmission(Submission[SubmitResult]):
     def write(self, plan: ScriptPlan, paths: RunPaths) -> list[Path]:
         write_run(plan, paths)
         write_placement(self, paths.dir)
-        write_estimate(paths.dir, self.estimate, plan.partition)
+        write_estimate(paths.dir, self.estimate, plan.partition, self.loaded.job)
         return [paths.dir]
 
     def result(self, script: str, checks: list[Check]) -> SubmitResult:
@@ -278,13 +278,16 @@ def write_placement(sub: "Submission", run_dir: Path) -> None:
         atomic_write_json(run_dir / "placement.json", sub.placement.as_dict())
 
 
-def write_estimate(run_dir: Path, est: Optional[dict], partition: Optional[str]) -> None:
+def write_estimate(run_dir: Path, est: Optional[dict], partition: Optional[str], job) -> None:
     """``memory-estimate.json``: what the pre-flight estimated, for ``hpcft show`` to hold
-    against the run's measured peaks (:mod:`hpcft.runs.memory`)."""
+    against the run's measured peaks, and for later checks of the same model, data and plan
+    (:mod:`hpcft.runs.memory`)."""
     from ..core.atomic import atomic_write_json
+    from ..runs.memory import dataset_key
 
-    if est and est.get("available"):
-        atomic_write_json(RunPaths(run_dir).memory_estimate, {**est, "partition": partition})
+    if est and est.get("available") and job.train is not None:
+        atomic_write_json(RunPaths(run_dir).memory_estimate, {**est, "partition": partition, "model": job.train.model,
+                                                              "dataset": dataset_key(job.train.dataset)})
 
 
 def job_memory(loaded: LoadedJob, settings: Settings, partition: Optional[str], executor: str,

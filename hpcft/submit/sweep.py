@@ -209,7 +209,7 @@ class SweepSubmission(Submission[SweepResult]):
             task_paths.dir.mkdir()
             write_task(task, self.settings, task_paths, plan.partition, plan.scow_dir)
             write_estimate(task_paths.dir, job_memory(task, self.settings, plan.partition, self.executor,
-                                                      self.cluster), plan.partition)
+                                                      self.cluster), plan.partition, task.job)
         return [t.dir for t in tasks]
 
     def result(self, script: str, checks: list[Check]) -> SweepResult:
