@@ -62,6 +62,18 @@ def test_job_ids(runs, store):
     assert resolve(store, "9001").run_id == paths.run_id
 
 
+
+def test_the_portal_job_that_submitted_a_rerun_names_it(runs, store):
+    """A SCOW portal rerun its allocation could not hold is submitted again from inside the
+    portal's job: the portal lists that job, so its id names the run it submitted."""
+    fake_run(runs, "orig", job_id="600")
+    paths = new_run_dir(runs, "job-20261203-101010")
+    store.add(RunRecord(run_id=paths.run_id, name="job-20261203-101010", run_dir=str(paths.dir), job_file=None,
+                        kind="train", executor="slurm", submitted_at=now_iso(), job_id="702", rerun_of="x",
+                        launched_by="701"))
+    assert resolve(store, "701").run_id == resolve(store, "702").run_id == paths.run_id
+    assert json.loads(store.index.read_text().splitlines()[-1])["launched_by"] == "701"
+
 def test_sweep_by_id_prefix_array_id_and_folder(runs, store):
     run = fake_run(runs, "plain", job_id="4241")
     sweep = fake_sweep(runs, "swp", POINTS, array_job_id="4242")

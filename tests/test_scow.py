@@ -416,3 +416,6 @@ def test_portal_rerun_of_an_npu_job_submits_it_with_its_npus(slurm, fake_home, p
     assert f"submitted job {st['job_id']}" in said and "1 NPU(s) per node" in said
     runs = {r["job_id"]: r for r in hpcft_json("runs", env=env)}
     assert runs[st["job_id"]]["rerun_of"] == original and runs[st["job_id"]]["name"] == form["jobName"]
+    # the portal lists its own job: its id names the run it submitted
+    assert hpcft_json("status", launcher, env=env)["run_id"] == st["run_id"]
+    assert f"HELLO from {st['run_dir']}" in hpcft("logs", launcher, env=env, check=True).stdout

@@ -39,6 +39,7 @@ class RunRecord:
     sweep: Optional[str] = None        # the sweep id, for an array task of a sweep
     sweep_index: Optional[int] = None  # its array index
     rerun_of: Optional[str] = None     # the run id this run reruns (from the SCOW portal's saved job)
+    launched_by: Optional[str] = None  # the SCOW portal's job that submitted this rerun (its allocation could not hold it)
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunRecord":
@@ -88,6 +89,8 @@ class RunStore:
                 entry["sweep"] = record.sweep
             if record.rerun_of:
                 entry["rerun_of"] = record.rerun_of
+            if record.launched_by:
+                entry["launched_by"] = record.launched_by
             lines.append(json.dumps(entry) + "\n")
         with file_lock(self.lock):
             fd = os.open(self.index, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)

@@ -95,6 +95,9 @@ def _match(store: RunStore, entries: list[dict], ref: str) -> Target:
     for e in newest:
         if str(e.get("job_id") or "") == ref:
             return _run(store, e)
+    for e in newest:   # the SCOW portal's job that submitted a rerun its allocation could not hold
+        if str(e.get("launched_by") or "") == ref:
+            return _run(store, e)
 
     found: dict[str, Path | dict] = {}  # id -> sweep folder or index entry: what the prefix names, oldest first
     for e in entries:

@@ -226,9 +226,10 @@ def run(sub: Submission[R], *, dry_run: bool = False, skip_asset_check: bool = F
 
 class JobSubmission(Submission[SubmitResult]):
     def __init__(self, loaded: LoadedJob, settings: Settings, executor: str, save_template: Optional[bool] = None,
-                 cluster: Optional[LiveCluster] = None):
+                 cluster: Optional[LiveCluster] = None, rerun: Optional[tuple[str, str]] = None):
         super().__init__(loaded, settings, executor, cluster)
         self.save_template = settings.scow.save_template if save_template is None else save_template
+        self.rerun = rerun   # (the run it reruns, the SCOW portal job submitting it): hpcft.submit.rerun
 
     def check_options(self, scow_dir: Optional[Path]) -> None:
         if self.save_template and scow_dir is None:
@@ -252,6 +253,8 @@ class JobSubmission(Submission[SubmitResult]):
                            job_file=str(self.loaded.source) if self.loaded.source else None, kind=job.kind,
                            executor=self.executor, submitted_at=now_iso(), partition=plan.partition,
                            job_id=job_id, state="SUBMITTED")
+        if self.rerun:   # in the index too: `hpcft logs <the portal's job id>` finds this run
+            record.rerun_of, record.launched_by = self.rerun
         RunStore(self.settings.runs).add(record)
         result = SubmitResult(record, script, checks)
         if plan.scow_dir is not None:
@@ -263,10 +266,11 @@ class JobSubmission(Submission[SubmitResult]):
 
 def submit(loaded: LoadedJob, settings: Settings, *, dry_run: bool = False,
            executor: Optional[str] = None, skip_asset_check: bool = False,
-           raise_on_failure: bool = True, save_template: Optional[bool] = None) -> SubmitResult:
+           raise_on_failure: bool = True, save_template: Optional[bool] = None,
+           rerun: Optional[tuple[str, str]] = None) -> SubmitResult:
     cluster = ask_cluster(loaded, settings, executor)
     executor = executor or choose_executor(loaded, settings, cluster)
-    sub = JobSubmission(loaded, settings, executor, save_template, cluster)
+    sub = JobSubmission(loaded, settings, executor, save_template, cluster, rerun)
     return run(sub, dry_run=dry_run, skip_asset_check=skip_asset_check, raise_on_failure=raise_on_failure)
 
 

@@ -114,7 +114,7 @@ def rerun(run_dir: str | Path, alloc: Allocation, folder: Path) -> tuple[RunPath
     job = loaded.job
     reasons = portal_gaps(job, settings) + alloc.misses(job)
     if reasons:
-        return _resubmit(loaded, _portal_settings(settings, folder), src, reasons)
+        return _resubmit(loaded, _portal_settings(settings, folder), src, reasons, alloc.job_id)
     paths = new_run_dir(settings.runs, job.name)
     prepare_run(loaded, settings, paths, old.partition, scow_dir=folder)
     paths.submitit.mkdir(exist_ok=True)
@@ -132,7 +132,8 @@ def rerun(run_dir: str | Path, alloc: Allocation, folder: Path) -> tuple[RunPath
     return paths, None
 
 
-def _resubmit(loaded: LoadedJob, settings: Settings, src: RunPaths, reasons: list[str]) -> tuple[RunPaths, str]:
+def _resubmit(loaded: LoadedJob, settings: Settings, src: RunPaths, reasons: list[str],
+              launcher: str) -> tuple[RunPaths, str]:
     """Submit the job with its own resources from inside the portal's job (whose allocation
     cannot run it). Slurm's variables of this job are not handed on to the new one."""
     from ..runs.index import RunStore
@@ -140,12 +141,9 @@ def _resubmit(loaded: LoadedJob, settings: Settings, src: RunPaths, reasons: lis
 
     for key in [k for k in os.environ if k.startswith(("SLURM_", "SBATCH_", "SRUN_")) and k != "SLURM_CONF"]:
         del os.environ[key]
-    result = submit(loaded, settings, executor="slurm", save_template=False)
+    result = submit(loaded, settings, executor="slurm", save_template=False, rerun=(src.run_id, launcher))
     record = result.record
-    record.rerun_of = src.run_id
-    store = RunStore(settings.runs)
-    store.save(record)
-    store.note_rerun(src.dir, record)
+    RunStore(settings.runs).note_rerun(src.dir, record)
     print(f"hpcft: rerun of {src.run_id} from the SCOW portal: this job cannot run it ("
           f"{'; '.join(reasons)}), so it submitted job {record.job_id} (run {record.run_id}) with the job's "
           f"own resources; follow it with: hpcft logs -f {record.job_id}", flush=True)
