@@ -333,3 +333,19 @@ def test_base_model_trained_on_chatml_stops_at_im_end_after_save(tmp_path):
     with torch.no_grad():
         after = saved.generate(**prompt, max_new_tokens=12, do_sample=False)
     assert tok.decode(after[0, n:]) == "apple apple<|im_end|>"
+
+
+def test_the_api_server_stops_at_each_familys_own_end_of_turn():
+    """serve --api stops a reply at the token the model's template ends replies with, also where
+    neither the EOS nor the common markers name it (a base model taught ChatML keeps <|endoftext|>
+    as EOS; R1 distills end with their own sentence token)."""
+    from types import SimpleNamespace
+
+    from devtools.hub.chat_templates import FAMILIES, make_family_tokenizer
+    from hpcft.worker.api_engine import stop_token_ids
+
+    for family in FAMILIES:
+        tok = make_family_tokenizer(family)
+        ids = stop_token_ids(tok, SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=None)))
+        assert tok.convert_tokens_to_ids(end_of_turn(tok)) in ids, family
+        assert tok.eos_token_id in ids, family

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from ..core.chat import end_of_turn
 from .errors import WorkerError
 
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "<|end|>", "<end_of_turn>",
@@ -101,6 +102,9 @@ def stop_token_ids(tokenizer, model) -> list[int]:
         ids += value if isinstance(value, list) else [value] if value is not None else []
     vocab = tokenizer.get_vocab()
     ids += [vocab[t] for t in END_OF_TURN if t in vocab]
+    own = end_of_turn(tokenizer)   # what the model's own chat template ends a reply with (core.chat)
+    if own in vocab:
+        ids.append(vocab[own])
     return sorted(set(int(i) for i in ids))
 
 
