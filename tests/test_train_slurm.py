@@ -67,21 +67,28 @@ def test_requeue_resumes_and_matches_an_uninterrupted_run(slurm, hub_fixtures, h
                                                           tmp_path):
     stage_standard(hpcft_home / "cache", hub_fixtures)
     job = tiny_job("mrpc-requeue", learning_rate=3e-3, epochs=2)
-    slow = {**job, "env": {"vars": fault_env(step_sleep=0.1)}}  # time to signal mid-epoch 2
+    # 0.25 s a step: steps 40-63 take 6 s, time enough to signal mid-epoch 2 on a busy machine
+    slow = {**job, "env": {"vars": fault_env(step_sleep=0.25)}}
     sub = json.loads(run_hpcft("submit", str(_job_file(tmp_path, slow)), "--json", check=True).stdout)
 
-    ref = make_run(job)  # the uninterrupted run, meanwhile, same seed, one thread like the Slurm job
-    ref_proc = run_worker(ref)
-    assert ref_proc.returncode == 0, ref_proc.stderr[-3000:]
-
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if any(e.get("step", 0) >= 40 for e in _events(sub["run_dir"]) if e["event"] == "train"):
-            break
-        time.sleep(0.2)
-    else:
-        pytest.fail("the job never reached step 40: " + run_hpcft("logs", sub["job_id"]).stdout[-2000:])
-    subprocess.run(["scancel", "--signal=USR2", sub["job_id"]], check=True)
+    # the uninterrupted run, side by side (same seed, one thread like the Slurm job); waiting for it
+    # first let the Slurm job finish unsignalled on a fast machine
+    ref = make_run(job)
+    ref_proc = run_worker(ref, wait=False)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if any(e.get("step", 0) >= 40 for e in _events(sub["run_dir"]) if e["event"] == "train"):
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the job never reached step 40: " + run_hpcft("logs", sub["job_id"]).stdout[-2000:])
+        subprocess.run(["scancel", "--signal=USR2", sub["job_id"]], check=True)
+        ref_out, _ = ref_proc.communicate(timeout=240)
+    finally:
+        if ref_proc.poll() is None:
+            ref_proc.kill()
+    assert ref_proc.returncode == 0, ref_out[-3000:]
     proc = run_hpcft("logs", "-f", sub["job_id"], timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "time-limit signal received" in proc.stdout and "restart 1" in proc.stdout
