@@ -454,8 +454,6 @@ def test_a_job_that_already_ran_within_the_device_is_not_refused(hpcft_home, tmp
     that peaked within the device lets the job through; a larger or a foreign one does not."""
     from dataclasses import asdict
 
-    from hpcft.runs.index import RunRecord, RunStore
-    from hpcft.runs.memory import dataset_key
 
     _stage(hpcft_home / "cache", tmp_path, LLAMA3_8B)
     settings = Settings(device_memory={"a100": "80G"})
@@ -465,16 +463,7 @@ def test_a_job_that_already_ran_within_the_device_is_not_refused(hpcft_home, tmp
     assert not refused.ok and "measured" not in refused.message
 
     def earlier(name: str, reserved_mb, estimate_doc=None) -> None:
-        run_dir = settings.runs / name
-        run_dir.mkdir(parents=True)
-        doc = estimate_doc if estimate_doc is not None else {
-            "available": True, "device_gib": 146.0, "node_gib": 30.0, "plan": plan, "partition": "gpu",
-            "model": job.train.model, "dataset": dataset_key(job.train.dataset)}
-        (run_dir / "memory-estimate.json").write_text(json.dumps(doc))
-        (run_dir / "metrics.json").write_text(json.dumps({"memory": {"peak_device_reserved_mb": reserved_mb}}))
-        RunStore(settings.runs).add(RunRecord(run_id=name, name="llm", run_dir=str(run_dir), job_file=None,
-                                              kind="train", executor="slurm", submitted_at="2026-12-03T00:00:00",
-                                              job_id=name[-3:]))
+        _earlier_run(settings, job, plan, name, {"peak_device_reserved_mb": reserved_mb}, estimate_doc)
 
     earlier("llm-001", 79 * 1024)                 # 79 + the 2 GiB context: still not within 80
     assert not memory_check(job, settings, _view(), "gpu", tmp_path).ok
@@ -488,3 +477,68 @@ def test_a_job_that_already_ran_within_the_device_is_not_refused(hpcft_home, tmp
     check = memory_check(job, settings, _view(), "gpu", tmp_path)
     assert check.ok, check.message
     assert "but the same job ran within it; measured: 70 GiB reserved at the peak of run llm-002" in check.message
+
+
+def _earlier_run(settings, job, plan: dict, name: str, memory: dict, estimate_doc=None) -> None:
+    """A finished run of ``job`` in the index with its estimate and the peaks it measured."""
+    from hpcft.runs.index import RunRecord, RunStore
+    from hpcft.runs.memory import dataset_key
+
+    run_dir = settings.runs / name
+    run_dir.mkdir(parents=True)
+    doc = estimate_doc if estimate_doc is not None else {
+        "available": True, "device_gib": 146.0, "node_gib": 30.0, "plan": plan, "partition": "h200",
+        "model": job.train.model, "dataset": dataset_key(job.train.dataset)}
+    (run_dir / "memory-estimate.json").write_text(json.dumps(doc))
+    (run_dir / "metrics.json").write_text(json.dumps({"memory": memory}))
+    RunStore(settings.runs).add(RunRecord(run_id=name, name="llm", run_dir=str(run_dir), job_file=None,
+                                          kind="train", executor="slurm", submitted_at="2026-12-03T00:00:00",
+                                          job_id=name[-3:]))
+
+
+def test_what_earlier_runs_allocated_outranks_an_estimate_that_fits(hpcft_home, tmp_path):
+    """The other way round: the estimate fits, but a run of the same plan on a larger device
+    allocated more than this one holds. Only the allocated peak refuses (a reserved peak on a
+    larger device can be cache the allocator would free under pressure); placement follows both."""
+    from dataclasses import asdict
+
+    from hpcft.preflight import placement
+    from hpcft.runs.memory import measured_peaks
+
+    _stage(hpcft_home / "cache", tmp_path, LLAMA3_8B)
+    settings = Settings(device_memory={"a100": "40G"})
+    job = _load(settings, _job(tmp_path, method="lora"))
+    plan = plan_of(job, tmp_path)
+    est = estimate(shape_from_config(LLAMA3_8B), plan)
+    assert est.total < 40 and memory_check(job, settings, _view(), "gpu", tmp_path).ok
+    _earlier_run(settings, job, asdict(plan), "llm-001", {"peak_device_reserved_mb": 45 * 1024})
+    check = memory_check(job, settings, _view(), "gpu", tmp_path)
+    assert check.ok and "measured: 45 GiB reserved at the peak of run llm-001" in check.message   # reserved only
+    _earlier_run(settings, job, asdict(plan), "llm-002", {"peak_device_reserved_mb": 44 * 1024,
+                                                          "peak_device_allocated_mb": 39 * 1024})
+    check = memory_check(job, settings, _view(), "gpu", tmp_path)
+    assert not check.ok, check.message
+    assert "by the estimate, but run llm-002 of the same model, data and plan allocated 39 GiB on 'h200' " \
+           "(+2 GiB context: above 40)" in check.message
+    assert "counting the 2.02x the estimate fell short, use max_seq_length: 512" in check.message
+
+    seen = measured_peaks(settings.runs, job.train.model, job.train.dataset)
+    shape = shape_from_config(LLAMA3_8B)
+    sized = [(shape, plan, seen)]
+    one = placement._candidate("a100", 1, 1, "job", sized, 40.0, None, 3600)
+    assert not one.fits and one.why == "measured: run llm-002 allocated 39 GiB (+2 GiB context)"
+    roomy = placement._candidate("h200", 1, 1, "job", sized, 141.0, None, 3600)
+    assert roomy.fits and roomy.why == ""
+    two = placement._candidate("a100", 2, 1, "job", sized, 40.0, None, 3600)
+    assert two.fits   # two devices are another plan: no run measured it
+
+    tight = est.total - 1   # the estimate refuses; the run that measured the plan within it decides
+    _earlier_run(settings, job, asdict(plan), "llm-003", {"peak_device_reserved_mb": (tight - 3) * 1024})
+    (settings.runs / "llm-001" / "metrics.json").write_text("[]")
+    (settings.runs / "llm-002" / "metrics.json").write_text("[]")
+    sized = [(shape, plan, measured_peaks(settings.runs, job.train.model, job.train.dataset))]
+    within = placement._candidate("a100", 1, 1, "job", sized, tight, None, 3600)
+    assert within.fits and "but ran within it: llm-003 measured" in within.why
+    sweep = placement._candidate("a100", 1, 1, "job", [*sized, (shape, plan_of(_load(settings, _job(
+        tmp_path, method="lora", max_seq_length=4096)), tmp_path), {})], tight, None, 3600)
+    assert not sweep.fits   # a sweep's other point, never measured, still needs the estimate

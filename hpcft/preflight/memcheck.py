@@ -146,8 +146,16 @@ def memory(p: Preflight) -> Iterator[Check]:
     if limit is None:
         yield Check(NAME, True, f"{est.summary()}; device memory of partition '{p.partition}' unknown "
                                 "(set device_memory in the cluster config, e.g. {a100: 80G, 910b: 64G}){note}")
-    elif est.total <= limit:
+    elif est.total <= limit and not measured_above(seen, limit):
         yield Check(NAME, True, f"{est.summary()}; fits {limit:.0f} GiB ({source}){note}")
+    elif est.total <= limit:   # the estimate fits, but the same job allocated more where it ran
+        # the changes that fit with the margin the measurement showed the estimate lacks
+        short = (seen["allocated_gib"] + CONTEXT_GIB) / max(est.total, 1e-9)
+        found = fixes(shape, plan, limit / short, facts.per_node or max(r.devices_per_node, 8))
+        yield Check(NAME, False, f"{est.summary()}; fits {limit:.0f} GiB ({source}) by the estimate, but "
+                                 f"{measured_above(seen, limit)}"
+                                 + (f"; counting the {short:.2f}x the estimate fell short, use " + ", or ".join(found)
+                                    if found else ""))
     elif seen and seen["gib"] + CONTEXT_GIB <= limit:   # what ran is the better figure: not refused
         yield Check(NAME, True, f"{est.summary()}; above the {limit:.0f} GiB of '{p.partition}' ({source}), but the "
                                 f"same job ran within it{note} (+{CONTEXT_GIB:g} GiB context)")
@@ -159,6 +167,18 @@ def memory(p: Preflight) -> Iterator[Check]:
         yield Check(NAME, False, f"{size} {plan.method} fine-tuning needs ~{est.total:.0f} GiB per device at {zero} "
                                  f"but {r.device.upper()}s of '{p.partition}' have {limit:.0f} GiB ({source}){hint}. "
                                  f"Estimate: {est.summary()}{note}")
+
+
+def measured_above(seen: Optional[dict], limit: float) -> str:
+    """Why a measurement says the plan does not fit ``limit`` GiB, or "". Only the allocated peak
+    counts: tensors that lived at once. A reserved peak on a larger device can hold cache the
+    allocator would have freed under pressure, so it proves nothing about a smaller one."""
+    alloc = (seen or {}).get("allocated_gib")
+    if alloc is None or alloc + CONTEXT_GIB <= limit:
+        return ""
+    where = f" on '{seen['allocated_partition']}'" if seen.get("allocated_partition") else ""
+    return (f"run {seen['allocated_run_id']} of the same model, data and plan allocated {alloc:g} GiB{where} "
+            f"(+{CONTEXT_GIB:g} GiB context: above {limit:.0f})")
 
 
 def allocator_note(job: Job) -> str:

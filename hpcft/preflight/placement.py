@@ -19,9 +19,9 @@ from ..core.config import Settings
 from ..core.job import Job, LoadedJob
 from .checks import Preflight
 from .devices import device_memory
-from .estimate import Estimate, Plan, estimate
+from .estimate import CONTEXT_GIB, Estimate, Plan, estimate
 from .live import ClusterView
-from .memcheck import fixes, host_limit, job_estimate, partition_facts
+from .memcheck import fixes, host_limit, job_estimate, measured_above, partition_facts
 
 DEVICE_COUNTS = (1, 2, 4, 8)
 NODE_COUNTS = (1, 2, 4)
@@ -147,7 +147,7 @@ def place(loaded: LoadedJob, settings: Settings, view: ClusterView, points: Opti
     sized = []
     for j in jobs:   # each distinct model once
         shape, plan, _ = job_estimate(Preflight(j, settings, loaded.base_dir, executor, view, None))
-        sized.append((shape, plan))
+        sized.append((shape, plan, _measured(settings, j) if shape is not None else {}))
     for part in partitions_for(job, settings, view, device):
         facts = partition_facts(view, part, device)
         if device != "cpu" and not facts.per_node:
@@ -186,11 +186,29 @@ def place(loaded: LoadedJob, settings: Settings, view: ClusterView, points: Opti
     return _with(loaded, best, device), out
 
 
+def _measured(settings: Settings, job: Job) -> dict:
+    """What earlier runs of the job's model and data measured, per plan (read once per job)."""
+    from ..runs.memory import measured_peaks
+
+    try:
+        return measured_peaks(settings.runs, job.train.model, job.train.dataset)
+    except OSError:   # no runs folder yet, or one this user cannot read
+        return {}
+
+
 def _candidate(part: str, n: int, nodes: int, stage, sized, limit, node_limit, seconds: int) -> Candidate:
+    """The candidate, sized by its most demanding job. A plan that earlier runs of the same
+    model and data measured is judged by the measurement where the two disagree: it fits when it
+    ran within ``limit`` (reserved peak + context), and it does not when it allocated more."""
+    from ..runs.memory import plan_key
+
     dev_gib = node_gib = None
     zero = None
     fits, why = True, ""
-    for shape, plan in sized:
+    ran_within: list[str] = []    # per job: runs that measured the plan within the limit
+    above: list[str] = []         # per job: runs that allocated more than the limit holds
+    refused = 0                   # jobs the estimate refuses and no run measured within the limit
+    for shape, plan, seen in sized:
         if shape is None:
             continue
         p = Plan(**{**plan.__dict__, "world_size": max(1, n) * nodes, "per_node": max(1, n)})
@@ -202,11 +220,22 @@ def _candidate(part: str, n: int, nodes: int, stage, sized, limit, node_limit, s
         zero = p.zero_stage
         dev_gib = max(dev_gib or 0.0, e.total)
         node_gib = max(node_gib or 0.0, e.host_total)
+        m = seen.get(plan_key(asdict(p))) if limit is not None else None
+        if m and measured_above(m, limit):
+            above.append(f"run {m['allocated_run_id']} allocated {m['allocated_gib']:g} GiB")
+        elif m and e.total > limit and m["gib"] + CONTEXT_GIB <= limit:
+            ran_within.append(f"{m['run_id']} measured {m['gib']:g}")
+        elif limit is not None and e.total > limit:
+            refused += 1
     if stage != "job":
         zero = stage
-    if dev_gib is not None and limit is not None and dev_gib > limit:
+    if above:
+        fits, why = False, "measured: " + "; ".join(above) + f" (+{CONTEXT_GIB:g} GiB context)"
+    elif dev_gib is not None and limit is not None and dev_gib > limit and not refused:
+        why = f"estimate {dev_gib:.0f}, but ran within it: " + "; ".join(ran_within) + " GiB"
+    elif dev_gib is not None and limit is not None and dev_gib > limit:
         fits, why = False, f"needs {dev_gib:.0f} GiB per device"
-    elif node_gib is not None and node_limit is not None and node_gib > node_limit:
+    if fits and node_gib is not None and node_limit is not None and node_gib > node_limit:
         fits, why = False, f"needs {node_gib:.0f} GiB per node"
     hours = max(1, n) * nodes * seconds / 3600
     return Candidate(part, n, nodes, zero, dev_gib, node_gib, limit, fits, why, device_hours=round(hours, 2))
@@ -237,7 +266,7 @@ def _nothing_fits(out: Placement, sized) -> str:
     if refused and len(refused) == len([c for c in out.candidates if c.device_gib is None or c.why.startswith("Slurm")]):
         return "Slurm accepts none of the plans: " + refused[0].why
     biggest = max(out.candidates, key=lambda c: (c.limit_gib or 0, c.devices * c.nodes))
-    shape, plan = next(((s, p) for s, p in sized if s is not None), (None, None))
+    shape, plan = next(((s, p) for s, p, _ in sized if s is not None), (None, None))
     if shape is None or biggest.limit_gib is None:
         return "no plan fits: " + "; ".join(sorted({c.why for c in out.candidates if c.why}))
     p = Plan(**{**plan.__dict__, "world_size": max(1, biggest.devices) * biggest.nodes,

@@ -96,32 +96,54 @@ def dataset_key(dataset) -> object:
     return dataset
 
 
-def earlier_peak(runs_root: Path, model: str, dataset, plan: dict, *, scan: int = 500) -> Optional[dict]:
-    """The largest device peak (reserved, else allocated) that finished runs of the same model,
-    data and plan measured, among the newest ``scan`` runs of the index: ``{"run_id", "gib",
-    "runs"}``, or None. What a site measured is the estimate's best check: a job the arithmetic
-    would refuse is let through when the same job already ran within the device's memory."""
+def plan_key(plan: dict) -> str:
+    """A plan (``asdict(Plan)``) as one comparable string."""
+    return json.dumps(plan, sort_keys=True, default=str)
+
+
+def measured_peaks(runs_root: Path, model: str, dataset, *, scan: int = 500) -> dict[str, dict]:
+    """What finished runs of this model and data measured, per plan (:func:`plan_key`), among
+    the newest ``scan`` runs of the index: ``{"run_id", "gib", "allocated_gib", "partition",
+    "runs"}``. ``gib`` is the largest device peak (reserved, else allocated) and names its run;
+    ``allocated_gib`` the largest allocated peak, with its run and partition (None when no run
+    recorded one). Read once per
+    job, so placement can look up each candidate plan without reading the runs again."""
     from .index import RunStore
 
-    best: Optional[dict] = None
-    matches = 0
+    found: dict[str, dict] = {}
+    want = dataset_key(dataset)
     for entry in reversed(RunStore(runs_root).entries()[-scan:]):
         run_dir = entry.get("run_dir") if isinstance(entry, dict) else None
         if not isinstance(run_dir, str):
             continue
         est = read_estimate(run_dir)
-        if not est or est.get("model") != model or est.get("dataset") != dataset_key(dataset) \
-                or est.get("plan") != plan:
+        if not est or est.get("model") != model or est.get("dataset") != want \
+                or not isinstance(est.get("plan"), dict):
             continue
         try:
             metrics = json.loads(RunPaths(run_dir).metrics.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        m = memory_vs_estimate(est, metrics)
-        gib = (m or {}).get("peak_device_reserved_gib") or (m or {}).get("peak_device_allocated_gib")
+        m = memory_vs_estimate(est, metrics) or {}
+        gib = m.get("peak_device_reserved_gib") or m.get("peak_device_allocated_gib")
         if gib is None:
             continue
-        matches += 1
-        if best is None or gib > best["gib"]:
-            best = {"run_id": Path(run_dir).name, "gib": gib, "partition": est.get("partition")}
-    return {**best, "runs": matches} if best else None
+        key = plan_key(est["plan"])
+        best = found.setdefault(key, {"run_id": None, "gib": 0.0, "partition": None, "allocated_gib": None,
+                                      "allocated_run_id": None, "allocated_partition": None, "runs": 0})
+        best["runs"] += 1
+        if best["run_id"] is None or gib > best["gib"]:
+            best.update(run_id=Path(run_dir).name, gib=gib, partition=est.get("partition"))
+        alloc = m.get("peak_device_allocated_gib")
+        if alloc is not None and (best["allocated_gib"] is None or alloc > best["allocated_gib"]):
+            best.update(allocated_gib=alloc, allocated_run_id=Path(run_dir).name,
+                        allocated_partition=est.get("partition"))
+    return found
+
+
+def earlier_peak(runs_root: Path, model: str, dataset, plan: dict, *, scan: int = 500) -> Optional[dict]:
+    """The largest device peak (reserved, else allocated) that finished runs of the same model,
+    data and plan measured (:func:`measured_peaks`): ``{"run_id", "gib", "runs", ...}``, or None.
+    What a site measured is the estimate's best check: a job the arithmetic would refuse is let
+    through when the same job already ran within the device's memory."""
+    return measured_peaks(runs_root, model, dataset, scan=scan).get(plan_key(plan))
