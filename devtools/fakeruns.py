@@ -12,7 +12,7 @@ from pathlib import Path
 from hpcft.core.atomic import atomic_write_json
 from hpcft.core.rundir import RunPaths
 from hpcft.runs.index import RunRecord, RunStore, new_run_dir, now_iso
-from hpcft.submit.sweep import Sweep
+from hpcft.runs.sweep_record import Sweep
 
 
 def fake_run(runs_root: Path, name: str, *, partition: str = "gpu", samples_per_s: float = 100.0,

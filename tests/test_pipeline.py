@@ -16,9 +16,10 @@ from hpcft.core.config import load_settings
 from hpcft.core.errors import PreflightError
 from hpcft.core.job import load_job
 from hpcft.runs.index import RunStore
+from hpcft.runs.sweep_record import Sweep
 from hpcft.submit import pipeline
 from hpcft.submit.pipeline import submit
-from hpcft.submit.sweep import Sweep, submit_sweep
+from hpcft.submit.sweep import submit_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = "PartitionName=cpu Default=YES MaxTime=1-00:00:00 Nodes=vm State=UP TotalNodes=1\n"

@@ -14,7 +14,7 @@ from hpcft.cluster import slurm
 from hpcft.core.errors import NotFoundError
 from hpcft.runs.index import RunRecord, RunStore, new_run_dir, now_iso
 from hpcft.runs.ref import resolve, resolve_run
-from hpcft.submit.sweep import Sweep
+from hpcft.runs.sweep_record import Sweep
 
 POINTS = [{"train.seed": s} for s in (1, 2, 3)]
 

@@ -15,7 +15,7 @@ def run(args) -> int:
     from ..runs.index import RunStore
     from ..runs.monitor import cancel
     from ..runs.ref import resolve
-    from ..submit.sweep import Sweep
+    from ..runs.sweep_record import Sweep
     from . import sweep_views
 
     store = RunStore(settings().runs)

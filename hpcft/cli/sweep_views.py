@@ -110,7 +110,7 @@ def recent(store, limit: int) -> list[tuple]:
     from pathlib import Path
 
     from ..core.errors import NotFoundError
-    from ..submit.sweep import Sweep
+    from ..runs.sweep_record import Sweep
 
     out: list[tuple] = []
     seen: set[str] = set()

@@ -4,15 +4,15 @@ anything is queued,
 * ``train.init_from`` names a finished hpcft LLM run, trained on the same model, with an
   adapter only where this job trains one; the reference is replaced by that run's folder in the
   job, so the run folder's ``job.yaml`` records which run it continued and the worker gets a
-  path. References resolve as :mod:`hpcft.runs.ref` resolves a run (folder, run id or unique
-  prefix, Slurm job id, job name), minus sweeps (a sweep is not one run); ref itself is not
-  imported here: it loads sweeps through the submit pipeline, which runs these rules;
+  path. The reference is any that names one run (:func:`hpcft.runs.ref.resolve_run`: a folder,
+  a run id or unique prefix, a Slurm job id, a job name; a sweep only when it has one run);
 * the first rows of a local data file are preference rows (:mod:`hpcft.core.pref_rows`), each
   problem one line naming the row.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -23,7 +23,8 @@ from ..core.errors import NotFoundError
 from ..core.job import Job
 from ..core.pref_rows import sample_problems
 from ..core.rundir import RunPaths
-from ..runs.index import RunRecord, RunStore
+from ..runs.index import RunStore
+from ..runs.ref import resolve_run
 from .checks import Check, Preflight
 
 NAME = "preference"
@@ -48,7 +49,7 @@ def _init_from(job: Job, p: Preflight) -> list[str]:
     if not t.init_from:
         return []
     try:
-        record = find_run(RunStore(p.settings.runs), t.init_from)
+        record = resolve_run(RunStore(p.settings.runs), os.path.expanduser(t.init_from))
     except NotFoundError as exc:
         return [f"train.init_from {t.init_from!r}: {exc}"]
     paths = RunPaths(record.run_dir)
@@ -76,30 +77,6 @@ def _init_from(job: Job, p: Preflight) -> list[str]:
     if not problems:
         t.init_from = str(Path(record.run_dir).resolve())  # recorded in the run's job.yaml; the worker reads it
     return problems
-
-
-def find_run(store: RunStore, ref: str) -> RunRecord:
-    """The run ``ref`` names: a run folder, a run id, a Slurm job id, a unique prefix of a run
-    id, a job name (its latest run); else a NotFoundError (a prefix of several lists them)."""
-    if RunPaths(Path(ref).expanduser()).record.is_file():
-        return store.load(Path(ref).expanduser())
-    newest = store.entries()[::-1]
-    if not newest:
-        raise NotFoundError(f"no runs yet under {store.root}; submit the SFT job first")
-    for key in ("run_id", "job_id"):
-        for e in newest:
-            if str(e.get(key) or "") == ref:
-                return store.load(Path(e["run_dir"]))
-    prefixed = [e for e in newest if e["run_id"].startswith(ref)]
-    if len(prefixed) == 1:
-        return store.load(Path(prefixed[0]["run_dir"]))
-    named = next((e for e in newest if e.get("name") == ref), None)
-    if named is not None:
-        return store.load(Path(named["run_dir"]))
-    if prefixed:
-        raise NotFoundError(f"'{ref}' matches several runs: {', '.join(e['run_id'] for e in prefixed[:10])}; "
-                            "give more of the id (see: hpcft runs)")
-    raise NotFoundError(f"no run or job '{ref}' (see: hpcft runs)")
 
 
 def _data(job: Job, base_dir: Path) -> list[str]:

@@ -18,23 +18,21 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Union
+from typing import Optional, Union
 
 from ..core.atomic import read_json
 from ..core.errors import NotFoundError
 from ..core.rundir import RunPaths
 from .index import RunRecord, RunStore
+from .sweep_record import Sweep
 
-if TYPE_CHECKING:
-    from ..submit.sweep import Sweep
-
-Target = Union[RunRecord, "Sweep"]
+Target = Union[RunRecord, Sweep]
 JOB_ID = re.compile(r"\d+(_\d+)?")
 SHOWN = 10  # candidates an ambiguous prefix lists
 
 
 def resolve(store: RunStore, ref: Optional[str]) -> Target:
-    """The run (a :class:`RunRecord`) or the sweep (a :class:`~hpcft.submit.sweep.Sweep`) ``ref`` names."""
+    """The run (a :class:`RunRecord`) or the sweep (a :class:`~hpcft.runs.sweep_record.Sweep`) ``ref`` names."""
     if ref and ref != "latest":
         folder = Path(ref)
         if RunPaths(folder).record.is_file():
@@ -66,14 +64,11 @@ def _run(store: RunStore, entry: dict) -> RunRecord:
     return store.load(Path(entry["run_dir"]))
 
 
-def _load_sweep(folder: Path) -> Optional["Sweep"]:
-    # the module brings the submit pipeline with it: imported only when a folder or a sweep is named
-    from ..submit.sweep import Sweep
-
+def _load_sweep(folder: Path) -> Optional[Sweep]:
     return Sweep.load(folder)
 
 
-def _sweep(folder: Path) -> "Sweep":
+def _sweep(folder: Path) -> Sweep:
     sweep = _load_sweep(folder)
     if sweep is None:
         raise NotFoundError(f"sweep {folder.name}: its folder {folder} has no sweep record (deleted?)")

@@ -14,8 +14,8 @@ from ..cluster import slurm
 from ..cluster.slurm import TERMINAL_STATES
 from ..core.errors import NotFoundError
 from ..core.rundir import RunPaths
-from ..submit.sweep import Sweep
 from .index import RunRecord, RunStore
+from .sweep_record import Sweep
 
 
 def records(store: RunStore, sweep: Sweep) -> list[RunRecord]:

@@ -18,13 +18,13 @@ import copy
 import itertools
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from pydantic import ValidationError
 
-from ..core.atomic import atomic_write_json, atomic_write_text, read_json
+from ..core.atomic import atomic_write_text
 from ..core.config import Settings
 from ..core.errors import ConfigError
 from ..core.job import Job, LoadedJob
@@ -33,6 +33,7 @@ from ..core.yamlfile import set_dotted
 from ..preflight.checks import Check
 from ..preflight.live import LiveCluster
 from ..runs.index import RunRecord, RunStore, now_iso
+from ..runs.sweep_record import Sweep
 from . import scow
 from .pipeline import (
     Submission,
@@ -48,40 +49,6 @@ from .render import ScriptPlan, make_plan
 
 # Every array task runs the one script: keys that shape it cannot differ between points.
 SHARED_KEYS = ("name", "resources", "env", "executor", "sweep", "max_requeues")
-SWEEP_FILE = "sweep.json"
-
-
-@dataclass
-class Sweep:
-    """What ``sweep.json`` holds: enough to group, count, cancel and rank without the job file."""
-
-    sweep_id: str
-    name: str
-    run_dir: str
-    size: int
-    points: list[dict[str, Any]]
-    tasks: list[str]                     # run ids, in array index order
-    submitted_at: str
-    array_job_id: Optional[str] = None
-    max_parallel: Optional[int] = None
-    metric: Optional[str] = None
-    goal: str = "max"
-    job_file: Optional[str] = None
-    partition: Optional[str] = None
-
-    @property
-    def task_dirs(self) -> list[Path]:
-        return [Path(self.run_dir) / t for t in self.tasks]
-
-    def save(self) -> None:
-        atomic_write_json(Path(self.run_dir) / SWEEP_FILE, asdict(self))
-
-    @classmethod
-    def load(cls, run_dir: Path | str) -> Optional["Sweep"]:
-        data = read_json(Path(run_dir) / SWEEP_FILE)
-        if not isinstance(data, dict):
-            return None
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 @dataclass
