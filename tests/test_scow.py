@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -410,7 +411,9 @@ def test_portal_rerun_of_an_npu_job_submits_it_with_its_npus(slurm, fake_home, p
     assert st["state"] == "COMPLETED", st
     assert st["job_id"] != launcher and st["run_id"] != jid
     log = hpcft("logs", st["job_id"], env=env, check=True).stdout
-    assert f"HELLO from {st['run_dir']}" in log and "NPUS 0" in log
+    assert f"HELLO from {st['run_dir']}" in log
+    # one NPU of the node's two: which one depends on what else holds the npu partition's gres now
+    assert re.search(r"^NPUS [01]$", log, re.M), log
     assert (folder / f"job.{st['job_id']}.out").is_file()
     said = (folder / f"job.{launcher}.out").read_text()
     assert f"submitted job {st['job_id']}" in said and "1 NPU(s) per node" in said
