@@ -146,17 +146,16 @@ def memory(p: Preflight) -> Iterator[Check]:
     if limit is None:
         yield Check(NAME, True, f"{est.summary()}; device memory of partition '{p.partition}' unknown "
                                 "(set device_memory in the cluster config, e.g. {a100: 80G, 910b: 64G}){note}")
-    elif est.total <= limit and not measured_above(seen, limit):
+    elif est.total <= limit and not (above := measured_above(seen, limit)):
         yield Check(NAME, True, f"{est.summary()}; fits {limit:.0f} GiB ({source}){note}")
     elif est.total <= limit:   # the estimate fits, but the same job allocated more where it ran
         # the changes that fit with the margin the measurement showed the estimate lacks
         short = (seen["allocated_gib"] + CONTEXT_GIB) / max(est.total, 1e-9)
         found = fixes(shape, plan, limit / short, facts.per_node or max(r.devices_per_node, 8))
-        yield Check(NAME, False, f"{est.summary()}; fits {limit:.0f} GiB ({source}) by the estimate, but "
-                                 f"{measured_above(seen, limit)}"
+        yield Check(NAME, False, f"{est.summary()}; fits {limit:.0f} GiB ({source}) by the estimate, but {above}"
                                  + (f"; counting the {short:.2f}x the estimate fell short, use " + ", or ".join(found)
                                     if found else ""))
-    elif seen and seen["gib"] + CONTEXT_GIB <= limit:   # what ran is the better figure: not refused
+    elif ran_within(seen, limit):   # what ran is the better figure: not refused
         yield Check(NAME, True, f"{est.summary()}; above the {limit:.0f} GiB of '{p.partition}' ({source}), but the "
                                 f"same job ran within it{note} (+{CONTEXT_GIB:g} GiB context)")
     else:
@@ -167,6 +166,12 @@ def memory(p: Preflight) -> Iterator[Check]:
         yield Check(NAME, False, f"{size} {plan.method} fine-tuning needs ~{est.total:.0f} GiB per device at {zero} "
                                  f"but {r.device.upper()}s of '{p.partition}' have {limit:.0f} GiB ({source}){hint}. "
                                  f"Estimate: {est.summary()}{note}")
+
+
+def ran_within(seen: Optional[dict], limit: float) -> bool:
+    """Whether runs of the same plan peaked (reserved, else allocated) within ``limit`` GiB with
+    the context added: the measurement that lets through a job the estimate refuses."""
+    return bool(seen) and seen["gib"] + CONTEXT_GIB <= limit
 
 
 def measured_above(seen: Optional[dict], limit: float) -> str:

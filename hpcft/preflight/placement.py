@@ -10,6 +10,7 @@ concrete values; :func:`place` also returns the table of candidates and why it c
 from __future__ import annotations
 
 import copy
+import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Optional
@@ -21,7 +22,7 @@ from .checks import Preflight
 from .devices import device_memory
 from .estimate import CONTEXT_GIB, Estimate, Plan, estimate
 from .live import ClusterView
-from .memcheck import fixes, host_limit, job_estimate, measured_above, partition_facts
+from .memcheck import fixes, host_limit, job_estimate, measured_above, partition_facts, ran_within
 
 DEVICE_COUNTS = (1, 2, 4, 8)
 NODE_COUNTS = (1, 2, 4)
@@ -144,10 +145,16 @@ def place(loaded: LoadedJob, settings: Settings, view: ClusterView, points: Opti
     r = job.resources
     out = Placement()
     jobs = points or [job]
+    from ..runs.memory import dataset_key
+
     sized = []
+    seen: dict[str, dict] = {}   # a sweep's points mostly share model and data: the runs are read once
     for j in jobs:   # each distinct model once
         shape, plan, _ = job_estimate(Preflight(j, settings, loaded.base_dir, executor, view, None))
-        sized.append((shape, plan, _measured(settings, j) if shape is not None else {}))
+        key = json.dumps([j.train.model, dataset_key(j.train.dataset)], default=str) if shape is not None else ""
+        if shape is not None and key not in seen:
+            seen[key] = _measured(settings, j)
+        sized.append((shape, plan, seen.get(key, {})))
     for part in partitions_for(job, settings, view, device):
         facts = partition_facts(view, part, device)
         if device != "cpu" and not facts.per_node:
@@ -187,7 +194,7 @@ def place(loaded: LoadedJob, settings: Settings, view: ClusterView, points: Opti
 
 
 def _measured(settings: Settings, job: Job) -> dict:
-    """What earlier runs of the job's model and data measured, per plan (read once per job)."""
+    """What earlier runs of the job's model and data measured, per plan."""
     from ..runs.memory import measured_peaks
 
     try:
@@ -205,7 +212,7 @@ def _candidate(part: str, n: int, nodes: int, stage, sized, limit, node_limit, s
     dev_gib = node_gib = None
     zero = None
     fits, why = True, ""
-    ran_within: list[str] = []    # per job: runs that measured the plan within the limit
+    within: list[str] = []        # per job: runs that measured the plan within the limit
     above: list[str] = []         # per job: runs that allocated more than the limit holds
     refused = 0                   # jobs the estimate refuses and no run measured within the limit
     for shape, plan, seen in sized:
@@ -223,8 +230,8 @@ def _candidate(part: str, n: int, nodes: int, stage, sized, limit, node_limit, s
         m = seen.get(plan_key(asdict(p))) if limit is not None else None
         if m and measured_above(m, limit):
             above.append(f"run {m['allocated_run_id']} allocated {m['allocated_gib']:g} GiB")
-        elif m and e.total > limit and m["gib"] + CONTEXT_GIB <= limit:
-            ran_within.append(f"{m['run_id']} measured {m['gib']:g}")
+        elif e.total > limit and ran_within(m, limit):
+            within.append(f"{m['run_id']} measured {m['gib']:g}")
         elif limit is not None and e.total > limit:
             refused += 1
     if stage != "job":
@@ -232,7 +239,7 @@ def _candidate(part: str, n: int, nodes: int, stage, sized, limit, node_limit, s
     if above:
         fits, why = False, "measured: " + "; ".join(above) + f" (+{CONTEXT_GIB:g} GiB context)"
     elif dev_gib is not None and limit is not None and dev_gib > limit and not refused:
-        why = f"estimate {dev_gib:.0f}, but ran within it: " + "; ".join(ran_within) + " GiB"
+        why = f"estimate {dev_gib:.0f}, but ran within it: " + "; ".join(within) + " GiB"
     elif dev_gib is not None and limit is not None and dev_gib > limit:
         fits, why = False, f"needs {dev_gib:.0f} GiB per device"
     if fits and node_gib is not None and node_limit is not None and node_gib > node_limit:
