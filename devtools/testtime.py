@@ -13,6 +13,10 @@ appends one JSON line to ``DIR/<worker>.jsonl``:
 As a command it runs one lane and prints its breakdown::
 
     python -m devtools.testtime run --lane NAME [--top 25] -- python -m pytest ...
+    python -m devtools.testtime durations DIR [--out tests/durations.json]
+
+``durations`` writes each test module's summed wall time from a lane's records (the folder
+``run`` names at the end): the order in which devtools/xdist_groups.py hands groups out.
 
 It exits with the lane's exit code. The lane's ``CPU of the process tree`` is user + sys of the
 command and every descendant it waited for (``RUSAGE_CHILDREN``), ``machine busy`` the whole
@@ -120,7 +124,24 @@ def run_lane(cmd: list[str], *, lane: str, top: int) -> int:
     wall, machine = time.monotonic() - w0, machine_cpu() - m0
     tree = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     print(report(folder, lane=lane, wall=wall, tree_cpu=tree, machine=machine, top=top), flush=True)
+    print(f"time: lane {lane}: per-test records in {folder} (python -m devtools.testtime durations {folder})",
+          flush=True)
     return rc
+
+
+def write_durations(folder: Path, out: Path) -> dict:
+    """Summed wall seconds per test module, written atomically to ``out``."""
+    modules: dict[str, float] = {}
+    for r in load(folder):
+        module = r["test"].split("::", 1)[0]
+        modules[module] = modules.get(module, 0.0) + r["wall"]
+    data = {"about": "summed wall seconds per test module, longest first: the order the xdist groups start in "
+                     "(devtools/xdist_groups.py); rewrite with python -m devtools.testtime durations DIR",
+            "modules": {m: round(w, 1) for m, w in sorted(modules.items(), key=lambda kv: -kv[1])}}
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(out)
+    return data
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,7 +151,14 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--lane", required=True)
     rp.add_argument("--top", type=int, default=25)
     rp.add_argument("command", nargs=argparse.REMAINDER)
+    dp = sub.add_parser("durations", help="write each module's summed wall time (tests/durations.json)")
+    dp.add_argument("folder", type=Path)
+    dp.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "tests" / "durations.json")
     args = ap.parse_args(argv)
+    if args.cmd == "durations":
+        data = write_durations(args.folder, args.out)
+        print(f"{args.out}: {len(data['modules'])} modules")
+        return 0
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not cmd:
         ap.error("run: give the lane's command after --")

@@ -12,16 +12,55 @@ from pathlib import Path
 
 import pytest
 
+from devtools import xdist_groups
+
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+# --------------------------------------------------------------------------- running in parallel
+# scripts/test runs the newest lane with `-n 4 --dist loadgroup`: the Slurm modules side by side,
+# the in-process tier serially on one worker, longest first (devtools/xdist_groups.py says why).
+
+def pytest_collection_modifyitems(config, items):
+    slurm_modules = {item.location[0] for item in items if item.get_closest_marker("slurm")}
+    module_groups: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    for item in items:
+        module = item.location[0]
+        group = module_groups.setdefault(module, xdist_groups.group_of(module, slurm_modules))
+        counts[module] = counts.get(module, 0) + 1
+        item.add_marker(pytest.mark.xdist_group(group))
+    if os.environ.get("PYTEST_XDIST_WORKER"):   # every worker sorts alike: the order xdist hands groups out
+        ranked = xdist_groups.order(module_groups, counts, xdist_groups.load_durations())
+        rank = {g: i for i, g in enumerate(ranked)}
+        items.sort(key=lambda it: rank[module_groups[it.location[0]]])   # stable: modules keep their order
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") == "loadgroup":
+        return xdist_groups.make_scheduler(config, log)
+    return None
+
+
+def shared_tmp(tmp_path_factory, name: str) -> Path:
+    """A folder every xdist worker of this session shares (the workers' base temp's parent),
+    or the session's own when running without xdist."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    path = root / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 @pytest.fixture(scope="session", autouse=True)
 def shared_ops_dir(tmp_path_factory):
     """One build folder for DeepSpeed's compiled ops across the session's multi-rank CPU jobs
     (devtools.faults.fault_env(cpu_fallback=True) passes it on): the op is built once, not per
-    test. The per-user ops cache itself is tested in tests/test_distributed.py."""
-    path = tmp_path_factory.getbasetemp() / "shared-ops"
+    test or per xdist worker (torch's extension builder locks the folder while it builds). The
+    per-user ops cache itself is tested in tests/test_distributed.py."""
+    path = shared_tmp(tmp_path_factory, "shared-ops")
     os.environ["HPCFT_TEST_OPS_DIR"] = str(path)
     yield path
     os.environ.pop("HPCFT_TEST_OPS_DIR", None)

@@ -2,7 +2,7 @@
 ``pytest_plugins = ["devtools.hub.pytest_fixtures"]`` or import them into a test module.
 
 - ``hub_fixtures``  (session): {(kind, repo_id): folder} of the standard fixture set.
-  Generated once per session (~5 s, imports transformers), or reused from
+  Generated once per session, shared by its xdist workers (~5 s, imports transformers), or reused from
   ``$HPCFT_HUB_FIXTURES`` when set (versioned, so stale folders are regenerated).
 - ``modelers_fixtures`` (session): the openMind tutorial's two repos under their Modelers ids.
 - ``hub_server``    (session): a started HubServer serving both (legacy-name aliases on).
@@ -31,7 +31,10 @@ _STRIP = {"http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy",
 
 @pytest.fixture(scope="session")
 def hub_fixtures(tmp_path_factory) -> dict:
-    root = os.environ.get("HPCFT_HUB_FIXTURES") or tmp_path_factory.mktemp("hub-fixtures")
+    root = os.environ.get("HPCFT_HUB_FIXTURES")
+    if not root:   # under xdist the workers share one set (make_standard_fixtures locks while it makes it)
+        base = tmp_path_factory.getbasetemp()
+        root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "hub-fixtures"
     return make_standard_fixtures(root)
 
 
