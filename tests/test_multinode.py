@@ -307,8 +307,10 @@ def test_preflight_against_the_live_2_node_cluster(mn, tmp_path):
     assert proc.returncode == 2
     assert "3 nodes requested but partition 'gpu' has 2; lower resources.nodes" in proc.stderr, proc.stderr
     assert "3 gpus per node requested but nodes of 'gpu' have at most 2" in proc.stderr, proc.stderr
-    names = subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True).stdout
-    assert "mn-refused" not in names
+    # only the jobs of the names refused here: other tests' jobs may be in the queue meanwhile
+    queued = subprocess.run(["squeue", "-h", "-n", "mn-refused-ds,mn-refused", "-o", "%i %j"], capture_output=True,
+                            text=True).stdout
+    assert not queued.strip(), queued
 
 
 def test_a_failing_rank_of_a_train_job_is_the_one_status_reports(mn, tmp_path):

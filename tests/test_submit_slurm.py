@@ -30,8 +30,10 @@ def make_job(tmp_path: Path, body: str, name: str = "job.yaml") -> Path:
     return path
 
 
-def queue() -> list[str]:
-    return subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True).stdout.split()
+def queue(name: str) -> list[str]:
+    """The queued jobs named ``name`` (only those: other tests' jobs share the queue)."""
+    return subprocess.run(["squeue", "-h", "-n", name, "-o", "%i"], capture_output=True, text=True,
+                          check=True).stdout.split()
 
 
 def wait_state(run_id: str, timeout: float = 60) -> dict:
@@ -129,11 +131,11 @@ def test_cancel_and_follow(slurm, tmp_path):
 
 def test_dry_run_submits_nothing(slurm, tmp_path, hpcft_home):
     job = make_job(tmp_path, "name: dry\nscript: hello.py\nresources: {time: '5'}\n")
-    before = queue()
+    before = queue("dry")
     proc = hpcft("submit", str(job), "--dry-run", check=True)
     assert proc.stdout.startswith("#!/bin/bash") and "#SBATCH --job-name=dry" in proc.stdout
     assert "nothing submitted" in proc.stderr
-    assert queue() == before
+    assert queue("dry") == before
     assert not (hpcft_home / "runs").exists() or not list((hpcft_home / "runs").glob("*/run.json"))
 
 
@@ -169,11 +171,11 @@ def test_preflight_errors_submit_nothing(slurm, tmp_path, hpcft_home, override, 
     sets = ["--set", override]
     if "gpus_per_node" in override:
         sets += ["--set", "resources.partition=gpu"]
-    before = queue()
+    before = queue("pre")
     proc = hpcft("submit", str(job), *sets)
     assert proc.returncode == 2, proc.stderr
     assert expect in proc.stderr and proc.stderr.startswith(str(job)), proc.stderr
-    assert queue() == before
+    assert queue("pre") == before
     assert not list((hpcft_home / "runs").glob("*/run.json")) if (hpcft_home / "runs").exists() else True
 
 
