@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
+from devtools.wait import wait_for
 from tests.conftest import IN_CI, ROOT, hpcft, hpcft_json
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -58,10 +58,9 @@ def test_unknown_account_and_qos_rejected_before_sbatch(acct, tmp_path):
 
 def test_accounted_job_and_sacct_status(acct, tmp_path, monkeypatch):
     res = hpcft_json("submit", str(job_file(tmp_path, ", account: research")))
-    deadline = time.monotonic() + 60
-    while (st := hpcft_json("status", res["run_id"]))["state"] != "COMPLETED":
-        assert time.monotonic() < deadline and st["state"] not in ("FAILED", "CANCELLED"), st
-        time.sleep(0.5)
+    wait_for(lambda: hpcft_json("status", res["run_id"]), until=lambda st: st["state"] == "COMPLETED",
+             fail=lambda st: st["state"] in ("FAILED", "CANCELLED"), timeout=60, interval=0.5,
+             what=f"accounted run {res['run_id']} to complete")
     # the controller forgets finished jobs after MinJobAge: then state comes from sacct
     from hpcft.cluster import slurm
 
@@ -73,13 +72,10 @@ def test_accounted_job_and_sacct_status(acct, tmp_path, monkeypatch):
         return real_run(args, *a, **kw)
 
     monkeypatch.setattr(slurm, "_run", forgetful)
-    deadline = time.monotonic() + 30
-    while True:  # slurmdbd records the end a moment after the controller: it may still say PENDING
-        info = slurm.job_info(res["job_id"])
-        if info is not None and info.terminal:
-            break
-        assert time.monotonic() < deadline, f"job never showed up ended in sacct: {info}"
-        time.sleep(0.5)
+    # slurmdbd records the end a moment after the controller: it may still say PENDING
+    info = wait_for(lambda: slurm.job_info(res["job_id"]), until=lambda info: info is not None and info.terminal,
+                    timeout=30, interval=0.5, what=f"job {res['job_id']} to show up ended in sacct",
+                    describe=lambda info: f"sacct's job info {info}")
     assert info.source == "sacct" and info.state == "COMPLETED" and info.exit_code == "0:0"
 
 
@@ -110,19 +106,18 @@ def test_sweep_above_max_submit_jobs_refused_before_sbatch(acct, tmp_path):
 
     _sacctmgr("modify", "user", "where", "name=root", "set", "maxsubmitjobs=4")
     try:
-        deadline = time.monotonic() + 30  # slurmctld learns the limit from slurmdbd a moment later
-        while _raw_array_accepted(9):
-            assert time.monotonic() < deadline, "Slurm never enforced MaxSubmitJobs=4"
-            time.sleep(1)
+        # slurmctld learns the limit from slurmdbd a moment later
+        wait_for(lambda: not _raw_array_accepted(9), timeout=30, interval=1,
+                 what="Slurm to enforce MaxSubmitJobs=4 (sbatch refusing a 9-task array)",
+                 describe=lambda _: "sbatch still accepted a 9-task array")
         proc = hpcft("submit", str(sweep("too-many", 9)))
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert "9 tasks exceed your MaxSubmitJobs 4" in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
         res = hpcft_json("submit", str(sweep("fits", 3)))
         assert len(res["tasks"]) == 3
-        deadline = time.monotonic() + 120
-        while (st := hpcft_json("status", res["sweep_id"]))["states"] != {"COMPLETED": 3}:
-            assert time.monotonic() < deadline and "FAILED" not in st["states"], st
-            time.sleep(1)
+        wait_for(lambda: hpcft_json("status", res["sweep_id"]), until=lambda st: st["states"] == {"COMPLETED": 3},
+                 fail=lambda st: "FAILED" in st["states"], timeout=120, interval=1,
+                 what=f"all 3 tasks of sweep {res['sweep_id']} to complete")
     finally:
         _sacctmgr("modify", "user", "where", "name=root", "set", "maxsubmitjobs=-1")

@@ -24,6 +24,7 @@ import yaml
 
 from devtools.hub.pytest_fixtures import hub_fixtures  # noqa: F401
 from devtools.runs import ROOT, stage_standard, tiny_job
+from devtools.wait import wait_for
 from hpcft.core.progress_log import read_progress
 from tests.conftest import IN_CI, hpcft
 
@@ -226,14 +227,14 @@ def test_serve_page_in_a_real_browser(trained, tmp_path):
     driver = None
     try:
         out = []
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            line = proc.stdout.readline()
-            out.append(line)
-            if "hpcft: serving" in line:
-                break
-        assert any("hpcft: serving" in x for x in out), "".join(out)
-        text = "".join(out)
+
+        def read_line() -> str:  # blocks until serve prints its next line; the wait judges all of them
+            out.append(proc.stdout.readline())
+            return "".join(out)
+
+        text = wait_for(read_line, until=lambda text: "hpcft: serving" in text,
+                        fail=lambda _: proc.poll() is not None, timeout=120, interval=0,
+                        what=f"hpcft serve to print 'hpcft: serving' (port {port})")
         assert f"ssh -N -L {port}:127.0.0.1:{port}" in text and "SCOW" in text
         info = json.loads((Path(a["run_dir"]) / "serve.json").read_text())
         assert info["port"] == port and info["host"] == "127.0.0.1"
@@ -281,9 +282,10 @@ def test_serve_submit_runs_on_a_node_and_scancel_frees_the_port(trained):
         assert _answers(f"http://127.0.0.1:{info['port']}/")
     finally:
         subprocess.run(["scancel", job_id], env={**os.environ, **env}, check=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and _answers(f"http://127.0.0.1:{info['port']}/"):
-        time.sleep(0.5)
+    url = f"http://127.0.0.1:{info['port']}/"
+    wait_for(lambda: not _answers(url), timeout=60, interval=0.5,
+             what=f"the serve app of cancelled job {job_id} to stop answering at {url}",
+             describe=lambda _: f"{url} still answers 200")
     with socket.socket() as s:  # the port is free again
         s.bind(("127.0.0.1", info["port"]))
 

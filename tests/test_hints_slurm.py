@@ -14,12 +14,13 @@ import json
 import os
 import shutil
 import subprocess
-import time
+import warnings
 from pathlib import Path
 
 import pytest
 import yaml
 
+from devtools.wait import WaitTimeout, wait_for
 from tests.conftest import ROOT, hpcft, hpcft_json
 
 pytestmark = pytest.mark.slurm
@@ -139,18 +140,21 @@ def _write_job(tmp_path: Path, name: str, script: str, extra: dict) -> Path:
 
 
 def _wait_all(subs: dict[str, dict], timeout: float) -> dict[str, dict]:
-    deadline = time.monotonic() + timeout
     done: dict[str, dict] = {}
-    while len(done) < len(subs):
+
+    def poll() -> dict[str, dict]:  # the runs that ended so far, by name
         for name, sub in subs.items():
             if name not in done:
                 st = hpcft_json("status", sub["run_id"])
                 if st["state"] in TERMINAL:
                     done[name] = st
-        assert time.monotonic() < deadline, {n: hpcft_json("status", s["run_id"])["state"] for n, s in subs.items()
-                                             if n not in done}
-        time.sleep(1)
-    return done
+        return done
+
+    def still_running(done: dict[str, dict]) -> str:
+        return repr({n: hpcft_json("status", s["run_id"])["state"] for n, s in subs.items() if n not in done})
+
+    return wait_for(poll, until=lambda done: len(done) == len(subs), timeout=timeout, interval=1,
+                    what=f"all {len(subs)} hint jobs to end", describe=still_running)
 
 
 def test_every_hint_from_its_real_error(slurm, tmp_path):
@@ -196,9 +200,13 @@ def private_cluster(tmp_path):
                 os.kill(pid, 15)
             except (FileNotFoundError, ValueError, ProcessLookupError):
                 continue
-            deadline = time.monotonic() + 20
-            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-                time.sleep(0.2)
+            proc = Path(f"/proc/{pid}")
+            try:
+                wait_for(lambda proc=proc: not proc.exists(), timeout=20, interval=0.2,
+                         what=f"the private cluster's {name} (pid {pid}) to exit after SIGTERM",
+                         describe=lambda _, proc=proc: f"{proc} still exists")
+            except WaitTimeout as e:  # teardown goes on (as it always has): say so, but fail nothing
+                warnings.warn(str(e), stacklevel=1)
         shutil.rmtree(state, ignore_errors=True)
         Path(f"{state}.lock").unlink(missing_ok=True)  # dev-slurm's lock beside its dir
 
@@ -211,14 +219,10 @@ def test_node_failure_hint(slurm, private_cluster, tmp_path, monkeypatch):
     job = {"name": "hint-node-fail", "script": "run.py", "resources": {"time": "5", "sbatch": ["--no-requeue"]}}
     (folder / "job.yaml").write_text(yaml.safe_dump(job))
     sub = hpcft_json("submit", str(folder / "job.yaml"))
-    deadline = time.monotonic() + 60
-    while hpcft_json("status", sub["run_id"])["state"] != "RUNNING":
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
+    wait_for(lambda: hpcft_json("status", sub["run_id"]), until=lambda st: st["state"] == "RUNNING",
+             timeout=60, interval=0.5, what=f"run {sub['run_id']} to start on the private cluster")
     slurmd = int((private_cluster["state"] / "run" / "slurmd.pid").read_text().strip())
     os.kill(slurmd, 9)  # the node dies: its slurmd stops answering (SlurmdTimeout=10)
-    deadline = time.monotonic() + 120
-    while (st := hpcft_json("status", sub["run_id"]))["state"] != "NODE_FAIL":
-        assert time.monotonic() < deadline, st
-        time.sleep(1)
+    st = wait_for(lambda: hpcft_json("status", sub["run_id"]), until=lambda st: st["state"] == "NODE_FAIL",
+                  timeout=120, interval=1, what=f"run {sub['run_id']} to end NODE_FAIL after its node's slurmd was killed")
     assert st["hint"] and "a node of the job failed (Slurm NODE_FAIL)" in st["hint"], st

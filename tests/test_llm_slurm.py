@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ import yaml
 
 from devtools.hub.llm_fixtures import DECOYS, LLAMA_ID, make_tiny_llama, needed_files, write_alpaca, write_messages
 from devtools.hub.server import HubServer
+from devtools.wait import wait_for
 from hpcft.core.progress_log import read_progress
 
 DEAD = "http://127.0.0.1:9"
@@ -228,14 +228,16 @@ def test_requeue_mid_lora_run_resumes_at_the_same_step(slurm, llama_repo, hpcft_
     _stage_local(llama_repo, hpcft_home)
     data = write_messages(tmp_path / "messages.jsonl", n=96)
     sub = _submit_ranks(run_hpcft, tmp_path, "lora-requeue", data, 1, {"step_sleep": 0.3}, epochs=3)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        p = Path(sub["run_dir"]) / "progress.jsonl"
-        if p.exists() and any(e.get("step", 0) >= 8 for e in _events(sub["run_dir"]) if e["event"] == "train"):
-            break
-        time.sleep(0.3)
-    else:
-        pytest.fail("the job never reached step 8: " + run_hpcft("logs", sub["job_id"]).stdout[-2000:])
+
+    def train_step() -> int | None:  # the last train step logged so far
+        if not (Path(sub["run_dir"]) / "progress.jsonl").exists():
+            return None
+        return max((e.get("step", 0) for e in _events(sub["run_dir"]) if e["event"] == "train"), default=None)
+
+    wait_for(train_step, until=lambda step: step is not None and step >= 8, timeout=240, interval=0.3,
+             what=f"job {sub['job_id']} to reach train step 8",
+             describe=lambda step: f"train step {step}; the job's log: "
+                                   + run_hpcft("logs", sub["job_id"]).stdout[-2000:])
     subprocess.run(["scancel", "--signal=USR2", sub["job_id"]], check=True)
     m = _wait(run_hpcft, sub, timeout=400)
     ev = _events(sub["run_dir"])

@@ -8,13 +8,13 @@ import json
 import os
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
 
+from devtools.wait import WaitTimeout, wait_for
 from hpcft.cluster import slurm as slurm_mod
 from hpcft.cluster.slurm import parse_test_only
 
@@ -48,13 +48,16 @@ def _fill(partition: str) -> str:
     job_id = subprocess.run(["sbatch", "--parsable", "-p", partition, "-c", str(os.cpu_count()), "-t", "1-00:00:00",
                              "-J", f"hpcft-test-fill-{partition}", "-o", "/dev/null", "--wrap", "sleep 1800"],
                             capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
-    for _ in range(100):
-        state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
-        if state.strip() == "RUNNING":
-            return job_id
-        time.sleep(0.2)
-    subprocess.run(["scancel", job_id])
-    raise AssertionError(f"the filler job {job_id} in {partition} did not start ({state.strip()})")
+    try:
+        wait_for(lambda: subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True,
+                                        text=True).stdout.strip(),
+                 until=lambda state: state == "RUNNING", timeout=20, interval=0.2,
+                 what=f"the filler job {job_id} in {partition} to start",
+                 describe=lambda state: f"squeue state {state!r}")
+    except WaitTimeout:
+        subprocess.run(["scancel", job_id])
+        raise
+    return job_id
 
 
 @pytest.fixture

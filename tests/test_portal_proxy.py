@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from devtools.wait import wait_for
 from hpcft.core.config import Scow
 from tests.test_serve_api import train_tiny_chat
 
@@ -139,11 +140,14 @@ def test_demo_and_tensorboard_through_the_portal_need_their_secret(slurm, portal
         good = {"Authorization": "Basic " + base64.b64encode(f"anyone:{tb['password']}".encode()).decode()}
         code, page, _ = _status(urllib.request.Request(f"{base}/", headers=good))
         assert code == 200 and b"TensorBoard" in page
-        deadline, runs = time.monotonic() + 90, []
-        while time.monotonic() < deadline and portal_run["run_id"] not in json.dumps(runs):
+
+        def board_runs() -> list:
             code, body, _ = _status(urllib.request.Request(f"{base}/data/runs", headers=good))
-            runs = json.loads(body) if code == 200 else []
-            time.sleep(1)
+            return json.loads(body) if code == 200 else []
+
+        runs = wait_for(board_runs, until=lambda runs: portal_run["run_id"] in json.dumps(runs), timeout=90,
+                        interval=1, what=f"TensorBoard's /data/runs to list run {portal_run['run_id']}",
+                        describe=lambda runs: f"runs {runs}")
         assert any(portal_run["run_id"] in r for r in runs), runs  # the run's own event files
     finally:
         for proc in procs.values():
@@ -210,16 +214,17 @@ def test_tensorboard_scow_app_logs_in_with_the_connect_button(portal_run, tmp_pa
     proc = subprocess.Popen(["bash", str(entry)], cwd=work, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not (work / "session.json").exists():
-            time.sleep(0.2)
+        deadline = time.monotonic() + 120   # for both waits together
+        wait_for(lambda: (work / "session.json").exists(), timeout=120, interval=0.2,
+                 what=f"the TensorBoard app to write {work / 'session.json'}",
+                 describe=lambda _: "no session.json yet")
         session = json.loads((work / "session.json").read_text())
         base = f"http://127.0.0.1:{session['PORT']}"
-        code = None
-        while time.monotonic() < deadline and code != 401 and proc.poll() is None:
-            code = _status(urllib.request.Request(f"{base}/"))[0] if _port_open(session["PORT"]) else None
-            time.sleep(0.5)
-        assert code == 401, proc.stdout.read() if proc.poll() is not None else code
+        wait_for(lambda: _status(urllib.request.Request(f"{base}/"))[0] if _port_open(session["PORT"]) else None,
+                 until=lambda code: code == 401, fail=lambda _: proc.poll() is not None,
+                 timeout=max(deadline - time.monotonic(), 0), interval=0.5,
+                 what=f"the TensorBoard app to answer 401 (password needed) at {base}/",
+                 describe=lambda code: proc.stdout.read() if proc.poll() is not None else f"status {code}")
         # the connect button: POST <proxy path>/hpcft-login with formData password={{ PASSWORD }}
         form = urllib.parse.urlencode({"password": session["PASSWORD"]}).encode()
         code, _, headers = _status(urllib.request.Request(f"{base}/hpcft-login", data=form), RAW)

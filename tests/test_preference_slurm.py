@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ import yaml
 
 from devtools.faults import fault_env
 from devtools.hub.llm_fixtures import LLAMA_ID, make_tiny_llama, write_alpaca, write_preference
+from devtools.wait import wait_for
 from hpcft.core.progress_log import read_progress
 
 DEAD = "http://127.0.0.1:9"
@@ -71,11 +71,11 @@ def test_dpo_continues_an_sft_adapter_on_2_ranks_and_resumes_after_a_requeue(slu
         "task": "dpo", "dataset": str(write_preference(tmp_path / "pref.jsonl", n=48)), "init_from": "pref-sft",
         "epochs": 3, "batch_size": 4, "learning_rate": 5e-3, "deepspeed": False}, step_sleep=0.3)
     progress = Path(lora["run_dir"]) / "progress.jsonl"
-    deadline = time.monotonic() + 300
-    while not (progress.exists() and any(e["event"] == "train" and e.get("step", 0) >= 7
-                                         for e in _events(lora["run_dir"]))):
-        assert time.monotonic() < deadline, run_hpcft("logs", lora["job_id"]).stdout[-3000:]
-        time.sleep(0.3)
+    wait_for(lambda: progress.exists() and any(e["event"] == "train" and e.get("step", 0) >= 7
+                                               for e in _events(lora["run_dir"])),
+             timeout=300, interval=0.3, what=f"DPO job {lora['job_id']} to reach train step 7",
+             describe=lambda _: "no train step >= 7 yet; the job's log: "
+                                + run_hpcft("logs", lora["job_id"]).stdout[-3000:])
     subprocess.run(["scancel", "--signal=USR2", lora["job_id"]], check=True)
 
     m = _wait(run_hpcft, lora)

@@ -13,6 +13,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from devtools.wait import wait_for
 from hpcft.core.config import Scow, Settings
 from hpcft.core.job import load_job
 from hpcft.runs.index import RunStore
@@ -176,22 +177,18 @@ HELLO = "import os\nprint('HELLO from', os.environ['HPCFT_RUN_DIR'], 'in', os.ge
 
 
 def _wait(ref: str, env: dict, timeout: float = 240) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        st = hpcft_json("status", ref, env=env)
-        if st["state"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
-            return st
-        assert time.monotonic() < deadline, st
-        time.sleep(0.5)
+    return wait_for(lambda: hpcft_json("status", ref, env=env),
+                    until=lambda st: st["state"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL",
+                                                     "OUT_OF_MEMORY"),
+                    timeout=timeout, interval=0.5, what=f"job {ref} to end")
 
 
 def _wait_known(ref: str, env: dict, timeout: float = 240) -> None:
     """A rerun registers its run once the portal's job starts."""
-    deadline = time.monotonic() + timeout
-    while hpcft("status", ref, env=env).returncode != 0:
-        assert time.monotonic() < deadline, subprocess.run(["scontrol", "show", "job", ref],
-                                                           capture_output=True, text=True).stdout
-        time.sleep(0.5)
+    wait_for(lambda: hpcft("status", ref, env=env).returncode == 0, timeout=timeout, interval=0.5,
+             what=f"the portal's job {ref} to register its run (hpcft status {ref} to succeed)",
+             describe=lambda _: subprocess.run(["scontrol", "show", "job", ref], capture_output=True,
+                                               text=True).stdout)
 
 
 def _slurm(*args: str) -> str:
@@ -348,10 +345,9 @@ def test_scow_job_logs_script_template_and_portal_rerun(slurm, fake_home, portal
     assert hpcft_json("show", sub["run_id"], env=env)["reruns"] == [st["run_id"]]
 
     # the copy submitted from the file browser stopped at once, with what to do instead
-    deadline = time.monotonic() + 120
-    while not any(f"JobState={s} " in _slurm("scontrol", "show", "job", "-o", copy) for s in ("COMPLETED", "FAILED")):
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
+    wait_for(lambda: _slurm("scontrol", "show", "job", "-o", copy),
+             until=lambda info: any(f"JobState={s} " in info for s in ("COMPLETED", "FAILED")),
+             timeout=120, interval=0.5, what=f"the file browser's copy, job {copy}, to stop")
     err = (folder / f"job.{copy}.err").read_text()
     assert f"hpcft: this script belongs to job {jid}; to run the job again: hpcft submit {job}" in err, err
     assert "HELLO" not in (folder / f"job.{copy}.out").read_text()
@@ -375,10 +371,8 @@ def test_sweep_tasks_log_in_the_scow_folder(slurm, fake_home, tmp_path):
     job.write_text("name: scow-sweep\nscript: hello.py\nresources: {time: '5'}\n"
                    "sweep: {points: [{args: [a]}, {args: [b]}]}\n")
     sub = hpcft_json("submit", str(job), env=env)
-    deadline = time.monotonic() + 240
-    while hpcft_json("status", sub["sweep_id"], env=env)["states"] != {"COMPLETED": 2}:
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
+    wait_for(lambda: hpcft_json("status", sub["sweep_id"], env=env), until=lambda st: st["states"] == {"COMPLETED": 2},
+             timeout=240, interval=0.5, what=f"both tasks of sweep {sub['sweep_id']} to complete")
     folder = fake_home / "scow" / "jobs" / "scow-sweep"
     array = sub["job_id"]
     assert (folder / f"job.{array}.sh").read_text() == (Path(sub["run_dir"]) / "job.sh").read_text()

@@ -17,11 +17,11 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
+from devtools.wait import wait_for
 from tests.conftest import hpcft
 
 DEAD = "http://127.0.0.1:9"
@@ -160,14 +160,11 @@ def test_api_submit_answers_the_openai_client_and_scancel_frees_the_port(slurm, 
             client.chat.completions.create(model="gpt-4o", messages=msgs, max_tokens=2)
     finally:
         subprocess.run(["scancel", job_id], env={**os.environ, **env}, check=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and _listening(info["port"]):
-        time.sleep(0.5)
-    assert not _listening(info["port"])  # the port is free again
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and info_path.exists():
-        time.sleep(0.5)
-    assert not info_path.exists()  # removed by the server on SIGTERM
+    wait_for(lambda: not _listening(info["port"]), timeout=60, interval=0.5,  # the port is free again
+             what=f"port {info['port']} to be free after scancel {job_id}",
+             describe=lambda _: f"something still listens on 127.0.0.1:{info['port']}")
+    wait_for(lambda: not info_path.exists(), timeout=30, interval=0.5,  # removed by the server on SIGTERM
+             what=f"the API server to remove {info_path} on SIGTERM", describe=lambda _: f"{info_path} still exists")
 
 
 # --------------------------------------------------------------------------- bad input

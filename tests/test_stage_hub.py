@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from devtools.hub.pytest_fixtures import hub, hub_fixtures, hub_server  # noqa: F401
+from devtools.wait import WaitTimeout, wait_for
 from hpcft.core.config import load_settings
 from hpcft.core.errors import StageError
 from hpcft.core.resolve import load_table, plan
@@ -284,14 +285,14 @@ def test_ctrl_c_leaves_a_resumable_state(env):
     env.faults.slow("*/model.safetensors", bytes_per_sec=50_000, times=1)
     p = subprocess.Popen([sys.executable, "-m", "hpcft.cli.main", "stage", "bert-base-uncased", "--source", "hf"],
                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 20
-    parts = []
-    while time.monotonic() < deadline:
-        parts = [q for q in cache().tmp.rglob("model.safetensors.part") if q.stat().st_size > 20_000]
-        if parts:
-            break
-        time.sleep(0.05)
-    assert parts, "no partial download appeared"
+    try:  # a part file renamed between rglob and stat is "not yet"
+        parts = wait_for(lambda: [q for q in cache().tmp.rglob("model.safetensors.part") if q.stat().st_size > 20_000],
+                         timeout=20, interval=0.05, retry_on=(FileNotFoundError,),
+                         what="a partial download of model.safetensors over 20 kB in the cache's tmp",
+                         describe=lambda _: "no such partial download")
+    except WaitTimeout:
+        p.kill()
+        raise
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=20)
     assert p.returncode == 130 and "resume" in err

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from devtools.wait import wait_for
 from tests.conftest import hpcft, hpcft_json
 
 pytestmark = pytest.mark.slurm
@@ -37,13 +38,10 @@ def queue(name: str) -> list[str]:
 
 
 def wait_state(run_id: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        st = hpcft_json("status", run_id)
-        if st["state"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
-            return st
-        assert time.monotonic() < deadline, f"job did not end in {timeout}s: {st}"
-        time.sleep(0.5)
+    return wait_for(lambda: hpcft_json("status", run_id),
+                    until=lambda st: st["state"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL",
+                                                     "OUT_OF_MEMORY"),
+                    timeout=timeout, interval=0.5, what=f"run {run_id} to end")
 
 
 def submit(path: Path, *extra: str) -> dict:
@@ -117,11 +115,13 @@ def test_cancel_and_follow(slurm, tmp_path):
     follower = subprocess.Popen(["python", "-m", "hpcft.cli.main", "logs", "-f", res["run_id"]],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=os.environ.copy())
-    deadline = time.monotonic() + 30
-    while hpcft_json("status", res["run_id"])["state"] != "RUNNING":
-        assert time.monotonic() < deadline
-        time.sleep(0.3)
-    time.sleep(1.5)
+    wait_for(lambda: hpcft_json("status", res["run_id"]), until=lambda st: st["state"] == "RUNNING",
+             timeout=30, interval=0.3, what=f"run {res['run_id']} to start")
+    # the job has printed its line before it is cancelled (this was a fixed 1.5 s sleep)
+    log = Path(res["log"])
+    wait_for(lambda: log.exists() and "tick" in log.read_text(), timeout=30, interval=0.2,
+             what=f"job {res['job_id']} to print 'tick' to {log}",
+             describe=lambda _: log.read_text()[-2000:] if log.exists() else f"no {log} yet")
     proc = hpcft("cancel", res["run_id"], check=True)
     assert f"cancelled job {res['job_id']}" in proc.stdout
     assert wait_state(res["run_id"])["state"] == "CANCELLED"
@@ -221,10 +221,9 @@ def test_logs_follow_across_requeue(slurm, tmp_path):
     follower = subprocess.Popen(["python", "-m", "hpcft.cli.main", "logs", "-f", res["run_id"]],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
     log = Path(res["log"])
-    deadline = time.monotonic() + 30
-    while not (log.exists() and "run 0" in log.read_text()):
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    wait_for(lambda: log.exists() and "run 0" in log.read_text(), timeout=30, interval=0.2,
+             what=f"job {res['job_id']} to print 'run 0' to {log}",
+             describe=lambda _: log.read_text()[-2000:] if log.exists() else f"no {log} yet")
     subprocess.run(["scontrol", "requeue", res["job_id"]], check=True)
     st = wait_state(res["run_id"], timeout=90)
     assert st["state"] == "COMPLETED" and st["restarts"] == 1, st

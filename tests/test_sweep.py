@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from devtools.wait import wait_for
 from hpcft.cluster.slurm import parse_array_states, parse_config, parse_index_set
 from hpcft.core.config import Settings
 from hpcft.core.errors import ConfigError
@@ -118,14 +118,9 @@ def test_3x3_sweep_is_one_array_job(slurm, hpcft_home, tmp_path):
     pairs = {(y["train"]["learning_rate"], y["train"]["seed"])
              for y in (yaml.safe_load((f / "job.yaml").read_text()) for f in folders)}
     assert len(pairs) == 9 and {lr for lr, _ in pairs} == {1e-3, 3e-3, 1e-2}
-    deadline = time.monotonic() + 400
-    while True:
-        st = hpcft_json("status", sub["sweep_id"])
-        if st["states"].get("COMPLETED") == 9:
-            break
-        failed = [t for t in st["tasks"] if t["state"] in ("FAILED", "CANCELLED", "TIMEOUT")]
-        assert not failed and time.monotonic() < deadline, st
-        time.sleep(2)
+    wait_for(lambda: hpcft_json("status", sub["sweep_id"]), until=lambda st: st["states"].get("COMPLETED") == 9,
+             fail=lambda st: any(t["state"] in ("FAILED", "CANCELLED", "TIMEOUT") for t in st["tasks"]),
+             timeout=400, interval=2, what=f"all 9 tasks of sweep {sub['sweep_id']} to complete")
     assert hpcft_json("status", array)["sweep_id"] == sub["sweep_id"]  # the array job id finds the sweep
     shown = hpcft_json("show", sub["sweep_id"])
     values = [r["value"] for r in shown["ranking"]]
@@ -150,19 +145,12 @@ def test_cancel_sweep_cancels_every_task(slurm, tmp_path):
     path = tmp_path / "cancel.yaml"
     path.write_text(yaml.safe_dump(doc))
     sub = hpcft_json("submit", str(path))
-    deadline = time.monotonic() + 240
-    while hpcft_json("status", sub["sweep_id"])["states"].get("RUNNING", 0) < 1:
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
+    wait_for(lambda: hpcft_json("status", sub["sweep_id"]), until=lambda st: st["states"].get("RUNNING", 0) >= 1,
+             timeout=240, interval=0.5, what=f"a task of sweep {sub['sweep_id']} to run")
     proc = hpcft("cancel", sub["sweep_id"], check=True)
     assert f"cancelled job array {sub['job_id']}" in proc.stdout
-    deadline = time.monotonic() + 240
-    while True:
-        st = hpcft_json("status", sub["sweep_id"])
-        if st["states"] == {"CANCELLED": 4}:
-            break
-        assert time.monotonic() < deadline, st
-        time.sleep(0.5)
+    wait_for(lambda: hpcft_json("status", sub["sweep_id"]), until=lambda st: st["states"] == {"CANCELLED": 4},
+             timeout=240, interval=0.5, what=f"all 4 tasks of sweep {sub['sweep_id']} to be CANCELLED")
     assert not [ln for ln in _queue_names() if ln.endswith(" sweep-cancel")]
 
 
@@ -190,15 +178,14 @@ def test_an_array_task_requeues_and_resumes_on_its_own(slurm, hpcft_home, tmp_pa
     def events(folder: Path) -> list[dict]:
         return read_progress(folder / "progress.jsonl")
 
-    deadline = time.monotonic() + 180
-    while not any(e["event"] == "train" and e.get("step", 0) >= 20 for e in events(task)):
-        assert time.monotonic() < deadline, hpcft("logs", f"{sub['job_id']}_1").stdout[-2000:]
-        time.sleep(0.3)
+    wait_for(lambda: any(e["event"] == "train" and e.get("step", 0) >= 20 for e in events(task)), timeout=180,
+             interval=0.3, what=f"task {sub['job_id']}_1 to reach train step 20",
+             describe=lambda _: "no train step >= 20 yet; the task's log: "
+                                + hpcft("logs", f"{sub['job_id']}_1").stdout[-2000:])
     subprocess.run(["scancel", "--signal=USR2", f"{sub['job_id']}_1"], check=True)
-    deadline = time.monotonic() + 420
-    while (st := hpcft_json("status", sub["sweep_id"]))["states"] != {"COMPLETED": 2}:
-        assert time.monotonic() < deadline and "FAILED" not in st["states"], st
-        time.sleep(2)
+    wait_for(lambda: hpcft_json("status", sub["sweep_id"]), until=lambda st: st["states"] == {"COMPLETED": 2},
+             fail=lambda st: "FAILED" in st["states"], timeout=420, interval=2,
+             what=f"both tasks of sweep {sub['sweep_id']} to complete after task 1's requeue")
     one = hpcft_json("status", f"{sub['job_id']}_1")
     assert one["restarts"] >= 1, one
     ev = events(task)

@@ -11,6 +11,7 @@ import pytest
 
 from devtools.hub.pytest_fixtures import hub_fixtures  # noqa: F401
 from devtools.runs import make_run, run_worker, stage_standard, tiny_job
+from devtools.wait import WaitTimeout, wait_for
 from hpcft.worker import telemetry as tele
 
 DEAD = "http://127.0.0.1:9"
@@ -99,7 +100,6 @@ def test_requeued_run_sums_its_legs(hub_fixtures, hpcft_home):  # noqa: F811
     """USR2 mid-run -> the leg hands over (a `leg` event); the rerun finishes; metrics.json covers
     both legs: every step's samples and real tokens once, the same totals as an uninterrupted run."""
     import signal
-    import time
 
     from devtools.faults import fault_env
     from hpcft.worker.timelimit import EXIT_REQUEUE
@@ -110,12 +110,15 @@ def test_requeued_run_sums_its_legs(hub_fixtures, hpcft_home):  # noqa: F811
     assert run_worker(ref).returncode == 0
     paths = make_run(job)
     proc = run_worker(paths, wait=False, env=fault_env(step_sleep=0.05))
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if paths.progress.exists() and any(json.loads(x).get("step", 0) >= 40 for x in
-                                           paths.progress.read_text().splitlines()):
-            break
-        time.sleep(0.1)
+    try:  # a torn last line (the worker mid-write) is "not yet"
+        wait_for(lambda: paths.progress.exists() and any(json.loads(x).get("step", 0) >= 40 for x in
+                                                         paths.progress.read_text().splitlines()),
+                 timeout=90, interval=0.1, retry_on=(ValueError,), what="the worker to reach step 40",
+                 describe=lambda _: "no step >= 40 yet; progress.jsonl ends: "
+                                    + (paths.progress.read_text()[-1500:] if paths.progress.exists() else "(none)"))
+    except WaitTimeout:
+        proc.kill()
+        raise
     proc.send_signal(signal.SIGUSR2)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == EXIT_REQUEUE, out[-3000:]

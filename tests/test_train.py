@@ -11,7 +11,6 @@ import json
 import shutil
 import signal
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ import yaml
 from devtools.faults import fault_env
 from devtools.hub.pytest_fixtures import hub_fixtures  # noqa: F401
 from devtools.runs import ROOT, make_run, run_worker, stage_standard, tiny_job
+from devtools.wait import WaitTimeout, wait_for
 from hpcft.worker.checkpoints import MARKER
 from hpcft.worker.timelimit import EXIT_REQUEUE
 
@@ -74,11 +74,15 @@ def test_resume_after_the_time_limit_signal_is_exact(staged):
 
     paths = make_run(job)
     proc = run_worker(paths, wait=False, env=fault_env(step_sleep=0.05))
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if paths.progress.exists() and any(e.get("step", 0) >= 40 for e in _events(paths) if e["event"] == "train"):
-            break
-        time.sleep(0.1)
+    try:  # a torn last line (the worker mid-write) is "not yet"
+        wait_for(lambda: paths.progress.exists() and any(e.get("step", 0) >= 40 for e in _events(paths)
+                                                         if e["event"] == "train"),
+                 timeout=90, interval=0.1, retry_on=(ValueError,), what="the worker to reach train step 40",
+                 describe=lambda _: "no train step >= 40 yet; progress.jsonl ends: "
+                                    + (paths.progress.read_text()[-1500:] if paths.progress.exists() else "(none)"))
+    except WaitTimeout:
+        proc.kill()
+        raise
     proc.send_signal(signal.SIGUSR2)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == EXIT_REQUEUE, out[-3000:]

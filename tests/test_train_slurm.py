@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ import yaml
 from devtools.faults import fault_env
 from devtools.hub.pytest_fixtures import hub_fixtures  # noqa: F401
 from devtools.runs import make_run, run_worker, stage_standard, tiny_job
+from devtools.wait import wait_for
 from hpcft.core.progress_log import read_progress
 from tests.test_train_tutorial import stage_from_loopback_hub
 
@@ -76,13 +76,10 @@ def test_requeue_resumes_and_matches_an_uninterrupted_run(slurm, hub_fixtures, h
     ref = make_run(job)
     ref_proc = run_worker(ref, wait=False)
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if any(e.get("step", 0) >= 40 for e in _events(sub["run_dir"]) if e["event"] == "train"):
-                break
-            time.sleep(0.1)
-        else:
-            pytest.fail("the job never reached step 40: " + run_hpcft("logs", sub["job_id"]).stdout[-2000:])
+        wait_for(lambda: any(e.get("step", 0) >= 40 for e in _events(sub["run_dir"]) if e["event"] == "train"),
+                 timeout=180, interval=0.1, what=f"job {sub['job_id']} to reach train step 40",
+                 describe=lambda _: "no train step >= 40 yet; the job's log: "
+                                    + run_hpcft("logs", sub["job_id"]).stdout[-2000:])
         subprocess.run(["scancel", "--signal=USR2", sub["job_id"]], check=True)
         ref_out, _ = ref_proc.communicate(timeout=240)
     finally:
