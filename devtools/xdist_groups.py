@@ -19,16 +19,27 @@ the in-process tests, which compute in pytest itself, run one after another:
   one it has (xdist's default queues a second group behind a long one while another worker
   runs dry).
 
+How the groups reach the scheduler: xdist's own channel (a ``@group`` suffix its worker writes
+into each node id) does nothing on pytest 9.2, which builds node ids from a structured id
+(pytest-xdist #1386, open: every test is then scheduled on its own, silently). So the
+controller names a file in ``HPCFT_XDIST_GROUPS`` before it starts the workers, worker gw0
+writes {node id: group} there at collection (:func:`publish`), and the scheduler reads it
+when it splits the collection into groups, which xdist does only once every worker has
+collected. Without the file (a worker crashed), each test module is a group of its own.
+
 ``group_of`` and ``order`` are pure, and tested in tests/test_xdist_groups.py.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Mapping
 
 UNIT = "unit"
+GROUPS_ENV = "HPCFT_XDIST_GROUPS"
 DURATIONS = Path(__file__).resolve().parents[1] / "tests" / "durations.json"
 
 
@@ -56,11 +67,49 @@ def order(module_groups: Mapping[str, str], counts: Mapping[str, int],
     return sorted(cost, key=lambda g: -cost[g])
 
 
+def announce() -> Path:
+    """Controller side, before the workers start: the file the workers will publish groups in."""
+    fd, name = tempfile.mkstemp(prefix="hpcft-xdist-groups-", suffix=".json")
+    os.close(fd)
+    os.environ[GROUPS_ENV] = name
+    return Path(name)
+
+
+def publish(groups: Mapping[str, str]) -> None:
+    """Worker gw0, at collection: {node id: group}, written whole (temporary file, then rename)."""
+    target = os.environ.get(GROUPS_ENV)
+    if not target or os.environ.get("PYTEST_XDIST_WORKER") != "gw0":
+        return
+    tmp = Path(target + ".tmp")
+    tmp.write_text(json.dumps(dict(groups)))
+    tmp.replace(target)
+
+
+def read_published(path: str | None) -> dict[str, str]:
+    try:
+        data = json.loads(Path(path).read_text()) if path else {}
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def scope_of(nodeid: str, published: Mapping[str, str]) -> str:
+    """The work unit of a test: its published group, else its module."""
+    return published.get(nodeid) or nodeid.split("::", 1)[0]
+
+
 def make_scheduler(config, log):
-    """xdist's loadgroup scheduler, with no prefetch behind a long group."""
+    """xdist's loadgroup scheduler, fed our groups, with no prefetch behind a long group."""
     from xdist.scheduler.loadgroup import LoadGroupScheduling
 
     class LongestFirst(LoadGroupScheduling):
+        _published: dict[str, str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self._published is None:   # first call: every worker has collected (and gw0 published)
+                self._published = read_published(os.environ.get(GROUPS_ENV))
+            return scope_of(nodeid, self._published)
+
         def _reschedule(self, node) -> None:
             if node.shutting_down:
                 return

@@ -22,6 +22,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # scripts/test runs the newest lane with `-n 4 --dist loadgroup`: the Slurm modules side by side,
 # the in-process tier serially on one worker, longest first (devtools/xdist_groups.py says why).
 
+@pytest.hookimpl(tryfirst=True)   # before xdist reads the xdist_group marks into the node ids
 def pytest_collection_modifyitems(config, items):
     slurm_modules = {item.location[0] for item in items if item.get_closest_marker("slurm")}
     module_groups: dict[str, str] = {}
@@ -35,6 +36,18 @@ def pytest_collection_modifyitems(config, items):
         ranked = xdist_groups.order(module_groups, counts, xdist_groups.load_durations())
         rank = {g: i for i, g in enumerate(ranked)}
         items.sort(key=lambda it: rank[module_groups[it.location[0]]])   # stable: modules keep their order
+        xdist_groups.publish({it.nodeid: module_groups[it.location[0]] for it in items})
+
+
+def pytest_configure(config):
+    if getattr(config.option, "numprocesses", None) and not os.environ.get("PYTEST_XDIST_WORKER"):
+        config._hpcft_groups_file = xdist_groups.announce()   # before the workers start: they inherit it
+
+
+def pytest_unconfigure(config):
+    path = getattr(config, "_hpcft_groups_file", None)
+    if path is not None:
+        path.unlink(missing_ok=True)
 
 
 @pytest.hookimpl(optionalhook=True)

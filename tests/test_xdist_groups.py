@@ -48,3 +48,22 @@ def test_the_committed_durations_name_modules_that_exist():
     root = Path(__file__).resolve().parents[1]
     listed = load_durations()
     assert listed and all((root / m).is_file() for m in listed), [m for m in listed if not (root / m).is_file()]
+
+
+def test_groups_reach_the_scheduler_through_the_announced_file(tmp_path, monkeypatch):
+    """pytest 9.2 ignores xdist's @group node-id suffix (pytest-xdist #1386): gw0 publishes the
+    groups in the file the controller announced, and the scheduler splits by them."""
+    from devtools import xdist_groups as xg
+
+    target = tmp_path / "groups.json"
+    monkeypatch.setenv(xg.GROUPS_ENV, str(target))
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
+    xg.publish({"tests/test_job.py::t": UNIT})
+    assert not target.exists()   # only gw0 writes
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
+    xg.publish({"tests/test_job.py::t": UNIT, "tests/test_multinode.py::t[zero2]": "test_multinode"})
+    published = xg.read_published(str(target))
+    assert xg.scope_of("tests/test_job.py::t", published) == UNIT
+    assert xg.scope_of("tests/test_multinode.py::t[zero2]", published) == "test_multinode"
+    assert xg.scope_of("tests/test_new.py::t", published) == "tests/test_new.py"   # unpublished: its module
+    assert xg.read_published(str(tmp_path / "missing")) == {} and xg.read_published(None) == {}
