@@ -67,19 +67,19 @@ def test_requeue_resumes_and_matches_an_uninterrupted_run(slurm, hub_fixtures, h
                                                           tmp_path):
     stage_standard(hpcft_home / "cache", hub_fixtures)
     job = tiny_job("mrpc-requeue", learning_rate=3e-3, epochs=2)
-    # 0.25 s a step: steps 40-63 take 6 s, time enough to signal mid-epoch 2 on a busy machine
-    slow = {**job, "env": {"vars": fault_env(step_sleep=0.25)}}
-    sub = json.loads(run_hpcft("submit", str(_job_file(tmp_path, slow)), "--json", check=True).stdout)
+    # Why this cannot race (it failed a CI run when the job finished before the USR2 arrived): the
+    # job pauses at step 40 until it has the signal (the pause_at fault), and the test signals only
+    # once the job says it is paused, so however busy the machine, the signal lands mid-epoch 2.
+    paused = {**job, "env": {"vars": fault_env(pause_at=40)}}
+    sub = json.loads(run_hpcft("submit", str(_job_file(tmp_path, paused)), "--json", check=True).stdout)
 
-    # the uninterrupted run, side by side (same seed, one thread like the Slurm job); waiting for it
-    # first let the Slurm job finish unsignalled on a fast machine
+    # the uninterrupted run, side by side (same seed, one thread like the Slurm job)
     ref = make_run(job)
     ref_proc = run_worker(ref, wait=False)
     try:
-        wait_for(lambda: any(e.get("step", 0) >= 40 for e in _events(sub["run_dir"]) if e["event"] == "train"),
-                 timeout=180, interval=0.1, what=f"job {sub['job_id']} to reach train step 40",
-                 describe=lambda _: "no train step >= 40 yet; the job's log: "
-                                    + run_hpcft("logs", sub["job_id"]).stdout[-2000:])
+        marker = Path(sub["run_dir"]) / "test-fault-paused"
+        wait_for(marker.exists, timeout=180, interval=0.1, what=f"job {sub['job_id']} to pause at train step 40",
+                 describe=lambda _: "not paused yet; the job's log: " + run_hpcft("logs", sub["job_id"]).stdout[-2000:])
         subprocess.run(["scancel", "--signal=USR2", sub["job_id"]], check=True)
         ref_out, _ = ref_proc.communicate(timeout=240)
     finally:

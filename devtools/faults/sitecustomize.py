@@ -6,6 +6,10 @@ this ``sitecustomize``) and says what to inject in ``HPCFT_TEST_FAULTS``, comma-
     step_sleep=0.1     sleep after every optimizer step (rehearse time limits on tiny models)
     fail_rank=2@3      rank 2 raises at step 3 (rehearse how a failing rank is reported)
     cpu_fallback=1     a GPU job trains on the CPU when torch sees no CUDA (fake-gres test clusters)
+    pause_at=40        the first run (not a requeued one) stops at step 40 until it gets the
+                       time-limit signal (at most 300 s), after writing ``test-fault-paused`` (the
+                       step) into the run folder: a test signals when that file appears, and the
+                       job cannot finish first however busy the machine is
 
 Use :func:`devtools.faults.fault_env` to build the variables.
 """
@@ -41,7 +45,8 @@ def _install(spec: dict) -> None:
 
     sleep_s = float(spec.get("step_sleep", "0") or 0)
     which, _, at = spec.get("fail_rank", "").partition("@")
-    if not sleep_s and not which:
+    pause_at = int(spec.get("pause_at", "0") or 0)
+    if not sleep_s and not which and not pause_at:
         return
 
     def factory(ctx):
@@ -55,6 +60,15 @@ def _install(spec: dict) -> None:
             def on_step_end(self, args, state, control, **kw):
                 if sleep_s:
                     time.sleep(sleep_s)
+                if pause_at and ctx.restart == 0 and state.global_step == pause_at:
+                    from hpcft.worker.timelimit import SignalState
+
+                    marker = ctx.paths.dir / "test-fault-paused"
+                    marker.write_text(f"{pause_at}\n")
+                    print(f"hpcft: [test fault] paused at step {pause_at} until the time-limit signal", flush=True)
+                    deadline = time.monotonic() + 300
+                    while not SignalState.requested and time.monotonic() < deadline:
+                        time.sleep(0.05)
                 if fail_at is not None and state.global_step >= fail_at:
                     raise RuntimeError(f"injected failure at step {state.global_step} (test fault fail_rank)")
                 return control
