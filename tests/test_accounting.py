@@ -72,7 +72,9 @@ def test_accounted_job_and_sacct_status(acct, tmp_path, monkeypatch):
         return real_run(args, *a, **kw)
 
     monkeypatch.setattr(slurm, "_run", forgetful)
-    # slurmdbd records the end a moment after the controller: it may still say PENDING
+    # Why this cannot race (a fresh-clone CI run once read PENDING here): slurmdbd records the
+    # end a moment after the controller, so sacct is polled until it says the job ended, and the
+    # cluster is this module's own (its own dir and ports), so no other test's job is in it.
     info = wait_for(lambda: slurm.job_info(res["job_id"]), until=lambda info: info is not None and info.terminal,
                     timeout=30, interval=0.5, what=f"job {res['job_id']} to show up ended in sacct",
                     describe=lambda info: f"sacct's job info {info}")

@@ -406,7 +406,9 @@ def test_portal_rerun_of_an_npu_job_submits_it_with_its_npus(slurm, fake_home, p
     assert st["job_id"] != launcher and st["run_id"] != jid
     log = hpcft("logs", st["job_id"], env=env, check=True).stdout
     assert f"HELLO from {st['run_dir']}" in log
-    # one NPU of the node's two: which one depends on what else holds the npu partition's gres now
+    # Why this cannot race (a CI run got NPUS 1 while another test's job held NPU 0): the job gets
+    # one NPU of the node's two, and which one depends on what else holds the npu gres now, so either
+    # index passes; a job that has to wait for an NPU waits in the queue, inside _wait's 240 s.
     assert re.search(r"^NPUS [01]$", log, re.M), log
     assert (folder / f"job.{st['job_id']}.out").is_file()
     said = (folder / f"job.{launcher}.out").read_text()
