@@ -219,8 +219,15 @@ def test_node_failure_hint(slurm, private_cluster, tmp_path, monkeypatch):
     job = {"name": "hint-node-fail", "script": "run.py", "resources": {"time": "5", "sbatch": ["--no-requeue"]}}
     (folder / "job.yaml").write_text(yaml.safe_dump(job))
     sub = hpcft_json("submit", str(folder / "job.yaml"))
-    wait_for(lambda: hpcft_json("status", sub["run_id"]), until=lambda st: st["state"] == "RUNNING",
-             timeout=60, interval=0.5, what=f"run {sub['run_id']} to start on the private cluster")
+    st = wait_for(lambda: hpcft_json("status", sub["run_id"]), until=lambda st: st["state"] == "RUNNING",
+                  timeout=60, interval=0.5, what=f"run {sub['run_id']} to start on the private cluster")
+    # Kill the node only once the script runs (its 'working' line): RUNNING comes before the batch
+    # script's srun has launched the step through this slurmd, and a slurmd killed in that second
+    # left the controller recording the job COMPLETED 4 s in (a parallel CI run, on a busy machine).
+    log = Path(st["log"])
+    wait_for(lambda: log.is_file() and "working" in log.read_text(errors="replace"), timeout=60, interval=0.2,
+             what=f"run {sub['run_id']}'s script to print 'working' in {log}",
+             describe=lambda _: log.read_text(errors="replace")[-2000:] if log.is_file() else "no log yet")
     slurmd = int((private_cluster["state"] / "run" / "slurmd.pid").read_text().strip())
     os.kill(slurmd, 9)  # the node dies: its slurmd stops answering (SlurmdTimeout=10)
     st = wait_for(lambda: hpcft_json("status", sub["run_id"]), until=lambda st: st["state"] == "NODE_FAIL",
