@@ -11,7 +11,7 @@ import pytest
 
 from devtools.hub.pytest_fixtures import hub_fixtures  # noqa: F401
 from devtools.runs import make_run, run_worker, stage_standard, tiny_job
-from devtools.wait import WaitTimeout, wait_for
+from devtools.wait import WaitTimeout
 from hpcft.worker import telemetry as tele
 
 DEAD = "http://127.0.0.1:9"
@@ -101,7 +101,7 @@ def test_requeued_run_sums_its_legs(hub_fixtures, hpcft_home):  # noqa: F811
     both legs: every step's samples and real tokens once, the same totals as an uninterrupted run."""
     import signal
 
-    from devtools.faults import fault_env
+    from devtools.faults import fault_env, wait_paused
     from hpcft.worker.timelimit import EXIT_REQUEUE
 
     stage_standard(hpcft_home / "cache", hub_fixtures)
@@ -109,13 +109,13 @@ def test_requeued_run_sums_its_legs(hub_fixtures, hpcft_home):  # noqa: F811
     ref = make_run(job)
     assert run_worker(ref).returncode == 0
     paths = make_run(job)
-    proc = run_worker(paths, wait=False, env=fault_env(step_sleep=0.05))
-    try:  # a torn last line (the worker mid-write) is "not yet"
-        wait_for(lambda: paths.progress.exists() and any(json.loads(x).get("step", 0) >= 40 for x in
-                                                         paths.progress.read_text().splitlines()),
-                 timeout=90, interval=0.1, retry_on=(ValueError,), what="the worker to reach step 40",
-                 describe=lambda _: "no step >= 40 yet; progress.jsonl ends: "
-                                    + (paths.progress.read_text()[-1500:] if paths.progress.exists() else "(none)"))
+    # Why this cannot race: the worker pauses at step 40 until it has the signal (the pause_at
+    # fault), and the test signals once it says so, however long a busy machine keeps the test waiting.
+    proc = run_worker(paths, wait=False, env=fault_env(pause_at=40))
+    try:
+        wait_paused(paths.dir, timeout=90, what="the worker to pause at step 40",
+                    describe=lambda _: "not paused yet; progress.jsonl ends: "
+                                       + (paths.progress.read_text()[-1500:] if paths.progress.exists() else "(none)"))
     except WaitTimeout:
         proc.kill()
         raise

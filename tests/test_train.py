@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from devtools.faults import fault_env
+from devtools.faults import fault_env, wait_paused
 from devtools.hub.pytest_fixtures import hub_fixtures  # noqa: F401
 from devtools.runs import ROOT, make_run, run_worker, stage_standard, tiny_job
-from devtools.wait import WaitTimeout, wait_for
+from devtools.wait import WaitTimeout
 from hpcft.worker.checkpoints import MARKER
 from hpcft.worker.timelimit import EXIT_REQUEUE
 
@@ -73,13 +73,13 @@ def test_resume_after_the_time_limit_signal_is_exact(staged):
     _ok(run_worker(ref))
 
     paths = make_run(job)
-    proc = run_worker(paths, wait=False, env=fault_env(step_sleep=0.05))
-    try:  # a torn last line (the worker mid-write) is "not yet"
-        wait_for(lambda: paths.progress.exists() and any(e.get("step", 0) >= 40 for e in _events(paths)
-                                                         if e["event"] == "train"),
-                 timeout=90, interval=0.1, retry_on=(ValueError,), what="the worker to reach train step 40",
-                 describe=lambda _: "no train step >= 40 yet; progress.jsonl ends: "
-                                    + (paths.progress.read_text()[-1500:] if paths.progress.exists() else "(none)"))
+    # Why this cannot race: the worker pauses at step 40 until it has the signal (the pause_at
+    # fault), and the test signals once it says so, however long a busy machine keeps the test waiting.
+    proc = run_worker(paths, wait=False, env=fault_env(pause_at=40))
+    try:
+        wait_paused(paths.dir, timeout=90, what="the worker to pause at step 40",
+                    describe=lambda _: "not paused yet; progress.jsonl ends: "
+                                       + (paths.progress.read_text()[-1500:] if paths.progress.exists() else "(none)"))
     except WaitTimeout:
         proc.kill()
         raise

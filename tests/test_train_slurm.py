@@ -19,10 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from devtools.faults import fault_env
+from devtools.faults import fault_env, wait_paused
 from devtools.hub.pytest_fixtures import hub_fixtures  # noqa: F401
 from devtools.runs import make_run, run_worker, stage_standard, tiny_job
-from devtools.wait import wait_for
 from hpcft.core.progress_log import read_progress
 from tests.test_train_tutorial import stage_from_loopback_hub
 
@@ -77,9 +76,8 @@ def test_requeue_resumes_and_matches_an_uninterrupted_run(slurm, hub_fixtures, h
     ref = make_run(job)
     ref_proc = run_worker(ref, wait=False)
     try:
-        marker = Path(sub["run_dir"]) / "test-fault-paused"
-        wait_for(marker.exists, timeout=180, interval=0.1, what=f"job {sub['job_id']} to pause at train step 40",
-                 describe=lambda _: "not paused yet; the job's log: " + run_hpcft("logs", sub["job_id"]).stdout[-2000:])
+        wait_paused(sub["run_dir"], timeout=180, what=f"job {sub['job_id']} to pause at train step 40",
+                    describe=lambda _: "not paused yet; the job's log: " + run_hpcft("logs", sub["job_id"]).stdout[-2000:])
         subprocess.run(["scancel", "--signal=USR2", sub["job_id"]], check=True)
         ref_out, _ = ref_proc.communicate(timeout=240)
     finally:

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 FOLDER = Path(__file__).resolve().parent
+PAUSED = "test-fault-paused"   # written into the run folder by the pause_at fault
 
 
 def fault_env(*, step_sleep: float = 0.0, fail_rank: str = "", cpu_fallback: bool = False,
@@ -26,3 +27,12 @@ def fault_env(*, step_sleep: float = 0.0, fail_rank: str = "", cpu_fallback: boo
         if os.environ.get("HPCFT_TEST_OPS_DIR"):
             extra["TORCH_EXTENSIONS_DIR"] = os.environ["HPCFT_TEST_OPS_DIR"]
     return {"PYTHONPATH": str(FOLDER), "HPCFT_TEST_FAULTS": ",".join(items), **extra}
+
+
+def wait_paused(run_dir, *, timeout: float, what: str, describe=None) -> None:
+    """Wait until a run started with ``fault_env(pause_at=N)`` is paused at step N: from then on it
+    waits for the time-limit signal, so a test that signals now cannot be too late."""
+    from devtools.wait import wait_for
+
+    marker = Path(run_dir) / PAUSED
+    wait_for(marker.exists, timeout=timeout, interval=0.1, what=what, describe=describe)

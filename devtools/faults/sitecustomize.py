@@ -63,7 +63,7 @@ def _install(spec: dict) -> None:
                 if pause_at and ctx.restart == 0 and state.global_step == pause_at:
                     from hpcft.worker.timelimit import SignalState
 
-                    marker = ctx.paths.dir / "test-fault-paused"
+                    marker = ctx.paths.dir / "test-fault-paused"   # devtools.faults.PAUSED
                     marker.write_text(f"{pause_at}\n")
                     print(f"hpcft: [test fault] paused at step {pause_at} until the time-limit signal", flush=True)
                     deadline = time.monotonic() + 300
