@@ -87,3 +87,21 @@ def tiny_job(name: str = "mrpc-tiny", **train) -> dict:
     spec = {"model": "bert-base-uncased", "dataset": "glue/mrpc", "metric": "glue", "epochs": 3,
             "learning_rate": 1e-3, "batch_size": 16, "logging_steps": 5, "seed": 7, **train}
     return {"name": name, "executor": "local", "train": spec}
+
+
+def start_paused_worker(paths: RunPaths, *, step: int = 40, timeout: float = 90):
+    """Start the worker with the pause_at fault and return its process once it is paused at
+    ``step``: from then on it waits for the time-limit signal, so a test that signals now cannot
+    be too late, however long a busy machine kept the test waiting. Killed if it never pauses."""
+    from devtools.faults import fault_env, wait_paused
+    from devtools.wait import WaitTimeout
+
+    proc = run_worker(paths, wait=False, env=fault_env(pause_at=step))
+    try:
+        wait_paused(paths.dir, timeout=timeout, what=f"the worker to pause at step {step}",
+                    describe=lambda _: "not paused yet; progress.jsonl ends: "
+                                       + (paths.progress.read_text()[-1500:] if paths.progress.exists() else "(none)"))
+    except WaitTimeout:
+        proc.kill()
+        raise
+    return proc

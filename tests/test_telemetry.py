@@ -10,8 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from devtools.hub.pytest_fixtures import hub_fixtures  # noqa: F401
-from devtools.runs import make_run, run_worker, stage_standard, tiny_job
-from devtools.wait import WaitTimeout
+from devtools.runs import make_run, run_worker, stage_standard, start_paused_worker, tiny_job
 from hpcft.worker import telemetry as tele
 
 DEAD = "http://127.0.0.1:9"
@@ -101,7 +100,6 @@ def test_requeued_run_sums_its_legs(hub_fixtures, hpcft_home):  # noqa: F811
     both legs: every step's samples and real tokens once, the same totals as an uninterrupted run."""
     import signal
 
-    from devtools.faults import fault_env, wait_paused
     from hpcft.worker.timelimit import EXIT_REQUEUE
 
     stage_standard(hpcft_home / "cache", hub_fixtures)
@@ -109,16 +107,7 @@ def test_requeued_run_sums_its_legs(hub_fixtures, hpcft_home):  # noqa: F811
     ref = make_run(job)
     assert run_worker(ref).returncode == 0
     paths = make_run(job)
-    # Why this cannot race: the worker pauses at step 40 until it has the signal (the pause_at
-    # fault), and the test signals once it says so, however long a busy machine keeps the test waiting.
-    proc = run_worker(paths, wait=False, env=fault_env(pause_at=40))
-    try:
-        wait_paused(paths.dir, timeout=90, what="the worker to pause at step 40",
-                    describe=lambda _: "not paused yet; progress.jsonl ends: "
-                                       + (paths.progress.read_text()[-1500:] if paths.progress.exists() else "(none)"))
-    except WaitTimeout:
-        proc.kill()
-        raise
+    proc = start_paused_worker(paths, step=40)   # paused until the signal: no race with the last steps
     proc.send_signal(signal.SIGUSR2)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == EXIT_REQUEUE, out[-3000:]

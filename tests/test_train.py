@@ -16,10 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from devtools.faults import fault_env, wait_paused
 from devtools.hub.pytest_fixtures import hub_fixtures  # noqa: F401
-from devtools.runs import ROOT, make_run, run_worker, stage_standard, tiny_job
-from devtools.wait import WaitTimeout
+from devtools.runs import ROOT, make_run, run_worker, stage_standard, start_paused_worker, tiny_job
 from hpcft.worker.checkpoints import MARKER
 from hpcft.worker.timelimit import EXIT_REQUEUE
 
@@ -73,16 +71,7 @@ def test_resume_after_the_time_limit_signal_is_exact(staged):
     _ok(run_worker(ref))
 
     paths = make_run(job)
-    # Why this cannot race: the worker pauses at step 40 until it has the signal (the pause_at
-    # fault), and the test signals once it says so, however long a busy machine keeps the test waiting.
-    proc = run_worker(paths, wait=False, env=fault_env(pause_at=40))
-    try:
-        wait_paused(paths.dir, timeout=90, what="the worker to pause at step 40",
-                    describe=lambda _: "not paused yet; progress.jsonl ends: "
-                                       + (paths.progress.read_text()[-1500:] if paths.progress.exists() else "(none)"))
-    except WaitTimeout:
-        proc.kill()
-        raise
+    proc = start_paused_worker(paths, step=40)   # paused until the signal: no race with the last steps
     proc.send_signal(signal.SIGUSR2)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == EXIT_REQUEUE, out[-3000:]
