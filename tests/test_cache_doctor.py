@@ -164,7 +164,7 @@ def test_verify_lists_untrusted_manifests(hpcft_home, tmp_path):
     cache = Cache(Path(os.environ["HPCFT_CACHE"]))
     register_local(cache, "model", "org/m", _model(tmp_path))
     forged = cache.root / "manifests" / "model" / "org--forged.json"
-    forged.write_text(json.dumps({"kind": "model", "repo_id": "org/forged", "path": "/etc", "files": []}))
+    forged.write_text(json.dumps({"kind": "model", "repo_id": "org/forged", "sha": "x", "path": "/etc", "files": []}))
     proc = hpcft("cache", "verify")
     assert proc.returncode == 1 and "not trusted, ignored" in proc.stderr and "outside the cache" in proc.stderr
     rm = hpcft("cache", "rm", "org/forged")

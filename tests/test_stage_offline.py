@@ -98,17 +98,19 @@ def test_shim_passes_through_unstaged_names_and_local_paths(tmp_path, monkeypatc
     monkeypatch.setenv("HPCFT_CACHE", str(tmp_path))
     assert s.staged_dataset("glue", "mrpc") is None
     (tmp_path / "manifests" / "dataset").mkdir(parents=True)
-    folder = tmp_path / "snap"
-    folder.mkdir()
-    (tmp_path / "manifests" / "dataset" / "x.json").write_text(json.dumps(
-        {"repo_id": "nyu-mll/glue", "config": "mrpc", "aliases": ["glue", "glue/mrpc"], "path": str(folder),
-         "revision": "main", "sha": "abc", "files": []}))
+    folder = tmp_path / "hf/hub/datasets--nyu-mll--glue/snapshots/abc"
+    folder.mkdir(parents=True)
+    # bound to its asset: named by its key, naming the asset's own snapshot folder (hpcft_trust)
+    (tmp_path / "manifests" / "dataset" / "nyu-mll--glue@mrpc.json").write_text(json.dumps(
+        {"kind": "dataset", "repo_id": "nyu-mll/glue", "config": "mrpc", "aliases": ["glue", "glue/mrpc"],
+         "path": str(folder), "revision": "main", "sha": "abc", "files": []}))
     assert s.staged_dataset("glue", "mrpc") == (str(folder), "mrpc")
-    # a manifest is believed only when its folder lies inside the cache (hpcft_trust)
+    # a manifest is believed only when its folder is its asset's own, inside the cache
     outside = tmp_path.parent / f"{tmp_path.name}-outside"
     outside.mkdir()
-    (tmp_path / "manifests" / "dataset" / "y.json").write_text(json.dumps(
-        {"repo_id": "evil/glue", "config": "cola", "aliases": ["glue"], "path": str(outside), "files": []}))
+    (tmp_path / "manifests" / "dataset" / "evil--glue@cola.json").write_text(json.dumps(
+        {"kind": "dataset", "repo_id": "evil/glue", "config": "cola", "aliases": ["glue"], "path": str(outside),
+         "sha": "abc", "files": []}))
     assert s.staged_dataset("glue", "cola") is None
     assert s.staged_dataset("nyu-mll/glue", "mrpc", revision="abc") == (str(folder), "mrpc")
     assert s.staged_dataset("glue", "cola") is None

@@ -45,3 +45,8 @@ class NotStagedError(HpcftError):
 
 class StageError(HpcftError):
     """Staging from a hub failed (network, missing repo, bad hash, disk)."""
+
+
+class TrustError(HpcftError):
+    """A file in a shared place (the cache, a runs folder, a run-time cache) that another user could
+    have written or swapped, so it is not used; the message names it and its owner."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -32,9 +31,7 @@ from .safefs import Dir, Modes
 KINDS = ("model", "dataset", "metric")
 
 
-def asset_key(kind: str, repo_id: str, config: Optional[str] = None) -> str:
-    safe = repo_id.strip("/").replace("/", "--")
-    return f"{safe}@{config}" if (kind == "dataset" and config) else safe
+asset_key = trust.asset_key
 
 
 @dataclass
@@ -71,24 +68,27 @@ class Cache:
 
     def asset_rel(self, kind: str, repo_id: str, sha: str) -> str:
         """Where an asset's files go, relative to the root (``hf/hub/models--ORG--NAME/snapshots/SHA``)."""
-        safe = repo_id.strip("/").replace("/", "--")
-        if kind == "metric":
-            return f"metrics/{safe}/{sha}/{repo_id.strip('/').split('/')[-1]}"
-        return f"hf/hub/{kind}s--{safe}/snapshots/{sha}"
+        return trust.asset_rel(kind, repo_id, sha)
 
     def asset_dir(self, kind: str, repo_id: str, sha: str) -> Path:
         return self.root / self.asset_rel(kind, repo_id, sha)
 
     # ---- manifests -------------------------------------------------------
     def records(self) -> list[tuple[Path, Any, str]]:
-        """Every manifest file: (its path, its data, "" if trusted else why not)."""
+        """Every manifest file: (its path, its data or None, "" if trusted else why not)."""
         out = []
         base = self.root / "manifests"
         for kind in KINDS:
-            for path in sorted((base / kind).glob("*.json")) if (base / kind).is_dir() else []:
-                data = _read_manifest(path)
-                out.append((path, data, trust.problem(str(self.root), str(path), data, self.admins)
-                            if data is not None else "not valid JSON, or not a regular file"))
+            try:
+                names = sorted(os.listdir(base / kind))
+            except OSError:
+                continue
+            for name in names:
+                if not name.endswith(".json"):
+                    continue
+                path = base / kind / name
+                data, why = trust.read(str(path))
+                out.append((path, data, why or trust.problem(str(self.root), str(path), data, self.admins)))
         return out
 
     def manifests(self) -> list[dict[str, Any]]:
@@ -96,23 +96,34 @@ class Cache:
         return [dict(data, _owner=_uid(path), _manifest=str(path)) for path, data, why in self.records() if not why]
 
     def load(self, kind: str, repo_id: str, config: Optional[str] = None) -> Optional[StagedAsset]:
-        path = self.manifest_path(kind, repo_id, config)
-        data = _read_manifest(path)
-        if not isinstance(data, dict) or trust.problem(str(self.root), str(path), data, self.admins):
+        """The asset's own manifest (the one at its key), when it is trusted."""
+        try:
+            path = self.manifest_path(kind, repo_id, config)
+        except (AttributeError, TypeError):
+            return None
+        data, why = trust.read(str(path))
+        if data is None or trust.problem(str(self.root), str(path), data, self.admins):
             return None
         return StagedAsset(kind, data["repo_id"], data.get("config"), Path(data["path"]),
                            dict(data, _owner=_uid(path), _manifest=str(path)))
 
     def find(self, kind: str, name: str, config: Optional[str] = None) -> Optional[StagedAsset]:
-        """By repo id or by any alias recorded at staging time."""
+        """By repo id (the manifest at its key), else by an alias recorded at staging time: one
+        the caller staged first, then one the cache admin (or root) staged. Another member's
+        alias claim is never followed here: they choose the name, so they could claim ``glue``
+        for a folder of theirs. Names from hpcft's alias table are resolved to their repo id by
+        the caller first (:func:`hpcft.core.assets.lookup`), which is how everybody shares."""
         direct = self.load(kind, name, config)
         if direct:
             return direct
-        for data in self.manifests():
-            if data.get("kind") != kind or (config and data.get("config") != config):
-                continue
-            if name == data.get("repo_id") or name in data.get("aliases", []):
-                return self.load(kind, data["repo_id"], data.get("config"))
+        claims = [m for m in self.manifests()
+                  if m["kind"] == kind and (not config or m.get("config") == config) and name in m.get("aliases", [])
+                  and trust.rank(m["_owner"], self.admins) < 2]
+        claims.sort(key=lambda m: (trust.rank(m["_owner"], self.admins), m["_manifest"]))
+        for m in claims:
+            found = self.load(kind, m["repo_id"], m.get("config"))
+            if found is not None:
+                return found
         return None
 
     def write_manifest(self, kind: str, repo_id: str, config: Optional[str], path: Path, *,
@@ -133,21 +144,6 @@ class Cache:
                                                          modes=modes or Modes()) as folder:
             folder.write_atomic(self.manifest_path(kind, repo_id, config).name, data, modes or Modes())
         return manifest
-
-
-def _read_manifest(path: Path) -> Any:
-    """A manifest's JSON, opened without following a link (a planted link reads as no manifest)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        with os.fdopen(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                return None
-            return json.loads(fh.read(16 << 20))
-    except (OSError, ValueError):
-        return None
 
 
 def _uid(path: Path) -> int:

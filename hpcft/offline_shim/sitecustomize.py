@@ -27,7 +27,6 @@ other call pass through untouched. A ``sitecustomize`` further down ``sys.path``
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -43,9 +42,27 @@ def _offline() -> bool:
     return any(os.environ.get(v, "").lower() in _TRUE for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
 
 
+_WARNED: set = set()
+
+
+def _warn_once(key: str, text: str) -> None:
+    if key not in _WARNED and len(_WARNED) < 20:
+        _WARNED.add(key)
+        print(f"hpcft: {text}", file=sys.stderr)
+
+
+def _owner_name(uid: int) -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, ImportError):
+        return f"uid {uid}"
+
+
 def _manifests(kind: str) -> list:
-    """The cache's trusted manifests of ``kind`` (hpcft_trust: a manifest another group member forged
-    or planted, or one pointing outside the cache, is ignored)."""
+    """The cache's trusted manifests of ``kind`` (hpcft_trust: a manifest another group member forged,
+    planted, or bound to another asset's name is ignored, with one warning naming its owner)."""
     root = os.environ.get("HPCFT_CACHE", "")
     base = os.path.join(root, "manifests", kind)
     out = []
@@ -54,17 +71,64 @@ def _manifests(kind: str) -> list:
     except OSError:
         return out
     for n in names:
-        if n.endswith(".json"):
-            path = os.path.join(base, n)
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-                with os.fdopen(fd, "rb") as fh:
-                    data = json.loads(fh.read(16 << 20))
-            except (OSError, ValueError):
-                continue
-            if not hpcft_trust.problem(root, path, data):
-                out.append(data)
+        if not n.endswith(".json"):
+            continue
+        path = os.path.join(base, n)
+        data, why = hpcft_trust.read(path)
+        why = why or hpcft_trust.problem(root, path, data)
+        try:
+            uid = os.lstat(path).st_uid
+        except OSError:
+            continue
+        if why:
+            _warn_once(path, f"ignored manifest {path} of {_owner_name(uid)}: {why}")
+            continue
+        out.append(dict(data, _owner=uid))
     return out
+
+
+def _table() -> dict:
+    """hpcft's own name table for datasets (``hpcft/core/aliases.yaml``, shipped with hpcft):
+    name -> repo id. Empty when PyYAML is missing from the job's Python."""
+    try:
+        import yaml
+
+        here = os.path.dirname(os.path.abspath(__file__))
+        with open(os.path.join(here, os.pardir, "core", "aliases.yaml"), encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+    except (ImportError, OSError, ValueError) as exc:
+        _warn_once("table", f"hpcft's dataset names are not readable here ({type(exc).__name__}); "
+                            "only repo ids and your own aliases resolve")
+        return {}
+    out = {}
+    for name, value in (data.get("datasets") or {}).items():
+        rid = value.get("id") if isinstance(value, dict) else value
+        if isinstance(rid, str):
+            out[str(name)] = rid.split(":", 1)[0]
+    return out
+
+
+def _answering(name: str) -> list:
+    """Trusted dataset manifests that answer to ``name``: the repo's own manifests; else those of
+    the repo hpcft's name table gives the name; else those that claim it as an alias, the caller's
+    own first, then root's. Another user's alias claim is not followed (they could claim ``glue``
+    for a folder of theirs)."""
+    ms = _manifests("dataset")
+    direct = [m for m in ms if m.get("repo_id") == name]
+    if direct:
+        return direct
+    rid = _table().get(name)
+    via = [m for m in ms if rid and m.get("repo_id") == rid]
+    if via:
+        return via
+    claims = [m for m in ms if name in (m.get("aliases") or [])]
+    ranks = {hpcft_trust.rank(m["_owner"]) for m in claims}
+    best = min(ranks) if ranks else 2
+    for m in claims:
+        if hpcft_trust.rank(m["_owner"]) == 2:
+            _warn_once(f"alias:{name}:{m['repo_id']}", f"{m['repo_id']}, staged by {_owner_name(m['_owner'])}, "
+                       f"claims the name {name!r}; not followed (stage it yourself, or use its repo id)")
+    return [m for m in claims if hpcft_trust.rank(m["_owner"]) == best < 2]
 
 
 def staged_dataset(path, name=None, revision=None):
@@ -74,8 +138,7 @@ def staged_dataset(path, name=None, revision=None):
     typed = path
     if name is None and ":" in path:
         path, name = path.split(":", 1)
-    cands = [m for m in _manifests("dataset")
-             if path == m.get("repo_id") or path in (m.get("aliases") or [])]
+    cands = _answering(path)
     if revision is not None:
         cands = [m for m in cands if str(revision) in (m.get("revision"), m.get("sha"))]
     cands = [m for m in cands if os.path.isdir(str(m.get("path")))]
@@ -88,6 +151,49 @@ def staged_dataset(path, name=None, revision=None):
         return None
     m = cands[0]
     return m["path"], (name if name is not None else m.get("config"))
+
+
+def staged_metric(path):
+    """The staged script for a metric name (``glue``, ``evaluate-metric/glue``), or None: its
+    own manifest, else one the caller or root staged under that alias. evaluate then copies the
+    script into the caller's own module cache (``HF_MODULES_CACHE``, private), never a shared one."""
+    if not isinstance(path, str) or not path or os.path.exists(path) or not os.environ.get("HPCFT_CACHE"):
+        return None
+    ms = _manifests("metric")
+    ids = (path, f"evaluate-metric/{path}") if "/" not in path else (path,)
+    cands = [m for rid in ids for m in ms if m.get("repo_id") == rid] or \
+        sorted((m for m in ms if path in (m.get("aliases") or []) and hpcft_trust.rank(m["_owner"]) < 2),
+               key=lambda m: hpcft_trust.rank(m["_owner"]))
+    for m in cands:
+        stem = m["repo_id"].rsplit("/", 1)[-1]
+        for name in (f"{stem}.py", f"{stem.replace('-', '_')}.py"):
+            script = os.path.join(m["path"], name)
+            if os.path.isfile(script):
+                return script
+    return None
+
+
+def _wrap_metric(fn):
+    import functools
+
+    @functools.wraps(fn)
+    def load(path=None, *args, **kwargs):
+        script = staged_metric(path) if _offline() else None
+        if script is not None:
+            print(f"hpcft: evaluate.load({path!r}) -> staged script {script}", file=sys.stderr)
+            return fn(script, *args, **kwargs)
+        return fn(path, *args, **kwargs)
+
+    load.__hpcft_shim__ = True
+    return load
+
+
+def patch_evaluate(module) -> None:
+    """``evaluate.load("glue")`` offline: the staged script (see :func:`staged_metric`)."""
+    for owner in (module, sys.modules.get("evaluate.loading")):
+        fn = getattr(owner, "load", None) if owner is not None else None
+        if fn is not None and not getattr(fn, "__hpcft_shim__", False):
+            owner.load = _wrap_metric(fn)
 
 
 def _wrap(fn, what):
@@ -196,7 +302,7 @@ def install() -> bool:
     if os.environ.get("HPCFT_SHIM", "1").lower() in ("0", "false", "no", "off") \
             or not os.environ.get("HPCFT_CACHE"):
         return False
-    hooks = {"datasets": patch_datasets, **{name: patch_openmind_hub for name in OM_MODULES},
+    hooks = {"datasets": patch_datasets, "evaluate": patch_evaluate, **{name: patch_openmind_hub for name in OM_MODULES},
              "openmind.integrations.datasets": patch_openmind_datasets, "openmind.omdatasets": patch_openmind_datasets}
     for name, hook in hooks.items():
         if name in sys.modules:  # imported already (e.g. install() called late)

@@ -5,9 +5,8 @@ For each staged asset (``store.py`` has the base layout)::
     hf/hub/models--ORG--NAME/refs/{main,REV}       commit sha (what offline from_pretrained reads)
     hf/hub/models--ALIAS -> models--ORG--NAME      names users type (bert-base-uncased)
     hf/hub/datasets--ORG--NAME/...                 same for datasets (+ the shim, see offline_shim)
-    metrics/ORG--NAME/SHA/NAME/                    the evaluate module (evaluate.load(path) works)
-    hf/modules/evaluate_modules/metrics/evaluate-metric--NAME/HASH/NAME.py
-                                                   what evaluate.load("NAME") finds offline
+    metrics/ORG--NAME/SHA/NAME/                    the evaluate module (evaluate.load(path) works;
+                                                   offline, the job's shim maps evaluate.load("NAME") to it)
 
 Every write goes through :mod:`safefs` (descriptors, ``O_NOFOLLOW``, random temp names): the
 cache may be shared by a Unix group whose members can plant links. Modes: see
@@ -31,11 +30,11 @@ from ..core.errors import StageError
 from ..core.safefs import ME, O_NEW, Dir, Lock, Modes, owner_name, remove_tree, rename
 from ..core.store import Cache, StagedAsset, asset_key
 
-# writable-by-jobs folders of HF_HOME (datasets' arrow cache, evaluate's module and metric caches),
-# and ModelScope's cache
-RUNTIME_DIRS = ("hf/datasets", "hf/modules", "hf/metrics", "modelscope")
-TOP_DIRS = ("tmp", "locks", "manifests/model", "manifests/dataset", "manifests/metric", "metrics", "hf/hub",
-            *RUNTIME_DIRS)
+# where an older hpcft pointed jobs' run-time caches, inside the shared cache (datasets' arrow cache,
+# evaluate's and transformers' module code, ModelScope's cache, compiled ops). They are per user now
+# (hpcft.core.offline.private_runtime); `hpcft cache doctor` reports what is left here.
+OLD_RUNTIME_DIRS = ("hf/datasets", "hf/modules", "hf/metrics", "modelscope", "ops")
+TOP_DIRS = ("tmp", "locks", "manifests/model", "manifests/dataset", "manifests/metric", "metrics", "hf/hub")
 
 
 def modes_for(settings) -> Modes:
@@ -317,46 +316,6 @@ def link_aliases(cache: Cache, modes: Modes, kind: str, repo_id: str, names: Ite
             except OSError:
                 continue  # another user's entry appeared meanwhile (sticky folder): theirs stays
     return problems
-
-
-def metric_module_dir(cache: Cache, repo_id: str) -> Path:
-    return cache.root / "hf" / "modules" / "evaluate_modules" / "metrics" / repo_id.replace("/", "--")
-
-
-def install_metric_module(cache: Cache, modes: Modes, repo_id: str, folder: Path) -> Optional[Path]:
-    """Lay the module out as evaluate's own module cache does after an online load, so that
-    ``evaluate.load("glue")`` with HF_EVALUATE_OFFLINE=1 finds it with no network."""
-    name = repo_id.split("/")[-1]
-    with Dir.open_root(cache.root) as root, root.sub(_rel(cache, folder), shared=False) as src:
-        pys = sorted(p for p in src.entries() if p.endswith(".py"))
-        if f"{name}.py" not in pys:
-            return None
-        code = {p: PartFile(src, p).open_read().read() for p in pys}
-    digest = hashlib.sha256(b"".join(code[p] for p in pys)).hexdigest()
-    top_rel = _rel(cache, metric_module_dir(cache, repo_id))
-    final = metric_module_dir(cache, repo_id) / digest
-    with Dir.open_root(cache.root) as root:
-        for pkg in ("hf/modules/evaluate_modules", "hf/modules/evaluate_modules/metrics", top_rel):
-            with root.sub(pkg, create=True, modes=modes) as d:
-                _touch(d, "__init__.py", modes)
-        with root.sub(top_rel, modes=modes) as top:
-            if top.lstat(digest) is not None:
-                return final
-            tmp_name, tmp = top.mkdtemp(f".{digest[:16]}.")
-            try:
-                for p, data in code.items():
-                    _write_new(tmp, p, data, modes)
-                _write_new(tmp, "__init__.py", b"", modes)
-                _write_new(tmp, f"{name}.json", (f'{{"original file path": "{folder / (name + ".py")}", '
-                                                 f'"local file path": "{final / (name + ".py")}"}}').encode(), modes)
-                tmp.fix_tree(modes)
-                try:
-                    rename(top, tmp_name, top, digest)
-                except OSError:
-                    remove_tree(top, tmp_name)  # another process installed it meanwhile
-            finally:
-                tmp.close()
-    return final
 
 
 def _rel(cache: Cache, path: Path) -> str:

@@ -12,7 +12,7 @@ from ..core.errors import ConfigError, NotFoundError
 from ..core.safefs import ME, Dir, owner_name, rel_parts, remove_tree
 from ..core.store import Cache, sha256_file
 from .cards import sync_staged_configs
-from .layout import lock, metric_module_dir
+from .layout import lock
 
 
 def _names(m: dict) -> list[str]:
@@ -136,11 +136,6 @@ def _remove_one(cache: Cache, m: dict) -> None:
             top_rel, sha = sha_rel.rsplit("/", 1)
             with root.sub(top_rel) as top:
                 remove_tree(top, sha)
-            mod = metric_module_dir(cache, rid)
-            if mod.is_dir() and not mod.is_symlink():
-                mrel, mbase = rel_parts(mod, cache.root).rsplit("/", 1)
-                with root.sub(mrel) as mparent:
-                    remove_tree(mparent, mbase)
             _prune(root, top_rel)
             return
         with root.sub(parent_rel) as parent:

@@ -182,8 +182,6 @@ def _stage_local(ref: AssetRef, ctx: _Ctx) -> StageResult:
                            files=1, bytes=ref.local.stat().st_size)
     t0 = time.monotonic()
     asset = layout.register_local(ctx.cache, ref.kind, ref.repo_id, ref.local, aliases=ref.names, modes=ctx.modes)
-    if ref.kind == "metric":
-        layout.install_metric_module(ctx.cache, ctx.modes, ref.repo_id, asset.path)
     m = asset.manifest
     ctx.say(f"✓ {ref.kind} {ref.typed}: copied into the cache ({len(m['files'])} files, {human(m['size'])}) "
             f"at {asset.path}")
@@ -302,9 +300,6 @@ def _fetch(ref: AssetRef, ctx: _Ctx, src: Source, listing: Listing, tried: list[
         extra["unverified"] = unverified
     if ctx.opts.cross_check:
         extra["cross_checked"] = True
-    if ref.kind == "metric":
-        mod = layout.install_metric_module(cache, modes, listing.repo_id, final)
-        extra["evaluate_module"] = str(mod) if mod else None
     manifest = cache.write_manifest(ref.kind, listing.repo_id, ref.config, final, source=src.name,
                                     endpoint=src.endpoint, revision=listing.revision, sha=listing.sha,
                                     files=files, aliases=names_, extra=extra, modes=modes)

@@ -23,8 +23,9 @@ from typing import Any, Callable, Optional
 
 from ..core.assets import JobAsset, job_assets, require
 from ..core.atomic import atomic_write_json, read_json
+from ..core.errors import TrustError
 from ..core.job import Job
-from ..core.offline import OFFLINE_FLAGS, join_paths
+from ..core.offline import OFFLINE_FLAGS, ensure_private, join_paths
 from ..core.rundir import LaunchSpec, RunPaths
 from . import device as dev
 from .console import error, log, warn
@@ -63,23 +64,28 @@ def apply_env(spec: LaunchSpec) -> None:
     os.environ.setdefault("DS_ACCELERATOR", dev.ds_accelerator(spec.device))
     if "huggingface_hub.constants" in sys.modules:  # it reads HF_HUB_OFFLINE once, at import
         sys.modules["huggingface_hub.constants"].HF_HUB_OFFLINE = True
+    ensure_runtime()
 
 
 def ops_cache_dir(env: Optional[dict] = None) -> Optional[str]:
-    """Where compiled torch/DeepSpeed ops go: inside the hpcft cache, one folder per user (a
-    build dir holds a lock file its user must write), so the 33-70 s first-use build of
-    DeepSpeed's ops is paid once, not by every job."""
+    """Where compiled torch/DeepSpeed ops go: the user's own run-time folder
+    (``$HPCFT_RUNTIME/torch_extensions``, private), so the 33-70 s first-use build of DeepSpeed's
+    ops is paid once per user, not by every job. Never a shared folder: a compiled op is a shared
+    object the job loads, so one another user could write would be their code in your job."""
     env = os.environ if env is None else env
-    cache = env.get("HPCFT_CACHE")
-    if not cache:
-        return None
-    import getpass
+    runtime = env.get("HPCFT_RUNTIME")
+    return str(Path(runtime) / "torch_extensions") if runtime else None
 
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = str(os.getuid())
-    return str(Path(cache) / "ops" / user / "torch_extensions")
+
+def ensure_runtime() -> None:
+    """The user's run-time caches (HF_DATASETS_CACHE, HF_MODULES_CACHE, ...) live under
+    ``$HPCFT_RUNTIME``: create it 0700 and refuse one that is not the user's own."""
+    runtime = os.environ.get("HPCFT_RUNTIME")
+    if runtime:
+        try:
+            ensure_private(Path(runtime))
+        except OSError as exc:
+            raise TrustError(f"{exc}; set HPCFT_HOME to a folder of your own") from None
 
 
 def prepare_task(spec: LaunchSpec) -> TaskEnv:
