@@ -24,11 +24,18 @@ Everything either side needs to find in a run folder goes through :class:`RunPat
       placement.json                      why partition: auto chose where the job runs
       memory-estimate.json                an LLM job's memory estimate at submit (hpcft show: vs measured)
       reruns.jsonl, .slurm-job            SCOW portal reruns of this run; the job that owns job.sh
+
+A run folder and its ``submitit/`` are ``0700`` and submitit's pickles ``0600``, whatever the umask
+(:func:`make_private_dir`, :func:`write_private_pickle`): a pickle is code the job runs, so nobody
+but its owner may reach it. The worker checks that before it unpickles
+(:mod:`hpcft.worker.pickle_guard`).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import pickle
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -36,6 +43,31 @@ from typing import Any, Optional
 from .atomic import atomic_write_json
 
 SPEC_VERSION = 2
+PRIVATE_DIR = 0o700   # a run folder, its submitit/, the runs root and HPCFT_HOME when hpcft makes them
+PRIVATE_FILE = 0o600  # submitit's pickles
+
+
+def make_private_dir(path: Path | str) -> None:
+    """``mkdir`` a folder only its owner can enter, whatever the umask: the mode at mkdir (a umask
+    can only take bits away), then ``fchmod`` on the folder opened without following a link
+    (which also drops a setgid bit inherited from a group folder). FileExistsError as mkdir."""
+    os.mkdir(path, PRIVATE_DIR)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchmod(fd, PRIVATE_DIR)
+    finally:
+        os.close(fd)
+
+
+def write_private_pickle(obj: Any, path: Path | str) -> None:
+    """What submitit's ``cloudpickle_dump`` writes, but ``0600`` from its first byte and never
+    through a link (the same signature, so the worker hands it to submitit for its checkpoints)."""
+    import cloudpickle  # submitit's own dependency: only the paths that pickle pay for it
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE)
+    with os.fdopen(fd, "wb") as fh:
+        os.fchmod(fd, PRIVATE_FILE)  # a file that was there already: on the descriptor, as it is now
+        cloudpickle.dump(obj, fh, pickle.HIGHEST_PROTOCOL)
 
 
 class RunPaths:

@@ -3,6 +3,11 @@
 One folder per submit under ``Settings.runs``; what lives inside is the run-folder contract
 in :mod:`hpcft.core.rundir`. The index (``index.jsonl``) is append-only under a lock, so concurrent
 submits never lose each other's lines; run.json is replaced atomically.
+
+Private by default: hpcft makes ``HPCFT_HOME``, the runs root and every run folder ``0700``,
+whatever the umask (a run folder holds the pickle its job unpickles: whoever can write there runs
+code as you). A runs root others may write into (a lab's ``runs_dir``) is used only when it is
+sticky, so nobody renames or replaces another's run (:func:`ready_runs_root`).
 """
 
 from __future__ import annotations
@@ -10,16 +15,20 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import pwd
 import re
 import secrets
+import shlex
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from ..core.atomic import atomic_write_json, file_lock, read_json
-from ..core.errors import NotFoundError
+from ..core.config import hpcft_home
+from ..core.errors import ConfigError, NotFoundError
 from ..core.progress_log import read_jsonl
-from ..core.rundir import RunPaths
+from ..core.rundir import RunPaths, make_private_dir
 
 RERUNS = "reruns.jsonl"  # in a run folder: its reruns from the SCOW portal (RunStore.note_rerun)
 
@@ -53,16 +62,73 @@ def _slug(name: str) -> str:
 
 
 def new_run_dir(runs_root: Path, name: str) -> RunPaths:
-    """Create a fresh, unique run folder (mkdir is atomic: no two submits share one)."""
-    runs_root.mkdir(parents=True, exist_ok=True)
+    """Create a fresh, unique, ``0700`` run folder (mkdir is atomic: no two submits share one)."""
+    runs_root = Path(runs_root)
+    ready_runs_root(runs_root)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     while True:
         run_dir = runs_root / f"{stamp}-{_slug(name)}-{secrets.token_hex(2)}"
         try:
-            run_dir.mkdir()
+            make_private_dir(run_dir)
             return RunPaths(run_dir)
         except FileExistsError:
             continue
+        except OSError as exc:
+            raise ConfigError([f"{run_dir}: cannot create the run folder: {exc.strerror}"]) from None
+
+
+def ready_runs_root(root: Path) -> None:
+    """The runs root exists and nobody else can replace what is in it: made ``0700`` when missing
+    (``HPCFT_HOME`` too, when the root is inside it).
+
+    An existing folder that others may write into is used only when it is sticky (``chmod +t``:
+    then only an entry's owner renames or removes it), else refused with one line. The exception
+    is hpcft's own folders, ``HPCFT_HOME`` and its ``runs``, when they are yours: an older hpcft
+    made them under your umask (002 on clusters with a group per lab), not you on purpose, so
+    their group/other write bits are taken away and the submit goes on. Read access is left as it
+    is: a colleague may read a cache under ``HPCFT_HOME``. A ``runs_dir`` you configured is never
+    changed: it may be shared with your group on purpose, and only you can say how."""
+    home = Path(os.path.abspath(hpcft_home()))
+    root = Path(os.path.abspath(root))
+    ours = root == home / "runs"
+    if root != home and root.is_relative_to(home):
+        _ready_folder(home, "HPCFT_HOME", fix=True)
+    _ready_folder(root, "runs folder" if ours else "runs_dir", fix=ours)
+
+
+def _ready_folder(folder: Path, role: str, fix: bool) -> None:
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)  # above hpcft's folders: as any mkdir -p makes them
+        make_private_dir(folder)
+        return
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise ConfigError([f"{role} {folder}: cannot create it: {exc.strerror}"]) from None
+    try:
+        st = os.stat(folder)  # a link to a scratch folder is fine: the folder it leads to is judged
+    except OSError as exc:
+        raise ConfigError([f"{role} {folder}: {exc.strerror}"]) from None
+    mode = stat.S_IMODE(st.st_mode)
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError([f"{role} {folder}: not a folder"])
+    if not mode & 0o022 or mode & stat.S_ISVTX:
+        return
+    if fix and st.st_uid == os.getuid():
+        os.chmod(folder, mode & ~0o022)
+        return
+    who = "group and others" if mode & 0o022 == 0o022 else "its group" if mode & 0o020 else "others"
+    raise ConfigError([f"{role} {folder} (mode {mode:04o}, owner {_user(st.st_uid)}) is writable by {who} "
+                       f"but not sticky: another user could rename or replace your runs and the code they "
+                       f"run; its owner can make it sticky (chmod +t {shlex.quote(str(folder))}), or set "
+                       f"{'HPCFT_HOME' if role == 'HPCFT_HOME' else 'runs_dir'} to a folder of your own"])
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 class RunStore:
