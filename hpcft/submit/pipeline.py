@@ -23,13 +23,13 @@ from ..core.config import Settings
 from ..core.errors import PreflightError, SlurmError
 from ..core.job import Job, LoadedJob
 from ..core.offline import link_openmind_cache
-from ..core.rundir import RunPaths
+from ..core.rundir import RunPaths, make_private_dir, write_private_pickle
 from ..preflight import rules
 from ..preflight.checks import Check, Preflight, resolve_partition
 from ..preflight.live import ClusterView, LiveCluster
 from ..runs.index import RunRecord, RunStore, new_run_dir, now_iso
 from . import scow
-from .render import ScriptPlan, launch_command, make_plan, render_script
+from .render import ScriptPlan, make_plan, render_script, submitit_command
 
 
 @dataclass
@@ -318,6 +318,7 @@ def write_run(plan: ScriptPlan, paths: RunPaths) -> None:
         shutil.copyfile(loaded.source, paths.source_yaml)
     atomic_write_text(paths.job_yaml, yaml.safe_dump(loaded.job.model_dump(mode="json"), sort_keys=False))
     plan.launch_spec().write()
+    private_submitit_folder(paths)
     if not loaded.job.output_dir:
         paths.output.mkdir(exist_ok=True)
     paths.logs.mkdir(exist_ok=True)
@@ -336,6 +337,15 @@ def prepare_run(loaded: LoadedJob, settings: Settings, paths: RunPaths,
 
 # --------------------------------------------------------------------------- submitit
 
+def private_submitit_folder(paths: RunPaths) -> None:
+    """``submitit/`` exists, 0700, before submitit writes a pickle or a log into it (submitit
+    makes it with the umask's mode otherwise)."""
+    try:
+        make_private_dir(paths.submitit)
+    except FileExistsError:
+        pass
+
+
 def submit_slurm(plan: ScriptPlan, paths: RunPaths, script: str, run_dirs: list[Path]) -> list[str]:
     """One sbatch call for one job (one run folder) or for a job array (one run folder per
     array task, in task order; the script carries ``--array``). Returns the job ids
@@ -347,7 +357,7 @@ def submit_slurm(plan: ScriptPlan, paths: RunPaths, script: str, run_dirs: list[
 
     from ..entry import WorkerCall
 
-    expected = launch_command(plan)
+    expected = submitit_command(plan)  # what the rendered script's guard hands on to (render.launch_command)
     if (len(run_dirs) > 1) != bool(plan.array):
         raise SlurmError(f"internal: {len(run_dirs)} run folders for a script with array={plan.array!r}")
 
@@ -355,32 +365,35 @@ def submit_slurm(plan: ScriptPlan, paths: RunPaths, script: str, run_dirs: list[
         """submitit with hpcft's readable template, rendered once, as the whole sbatch script."""
 
         def _make_submission_file_text(self, command: str, uid: str) -> str:
-            if command != expected:  # the script's last line must be the command submitit runs
+            if command != expected:  # the script's guard runs submitit on the folder submitit would
                 raise SlurmError(f"internal: submitit's launch command {command!r} differs from the "
-                                 f"rendered script's {expected!r}")
+                                 f"one the rendered script's guard runs, {expected!r}")
             return script
 
         def _internal_process_submissions(self, delayed):
-            """Arrays as submitit does them (one pickle per task, moved to <id>_<i>_submitted.pkl
-            after sbatch; a task waits for it), but with this script rather than submitit's own."""
-            if len(delayed) == 1:
-                return super()._internal_process_submissions(delayed)
+            """A job or an array as submitit does them (one pickle per task, moved to
+            <id>[_<i>]_submitted.pkl after sbatch; a task waits for it), but with this script
+            rather than submitit's own, and each pickle 0600 from its first byte: the worker
+            refuses one that others could have written (hpcft.worker.pickle_guard)."""
             folder = submitit_utils.JobPaths.get_first_id_independent_folder(self.folder)
-            folder.mkdir(parents=True, exist_ok=True)
             pickles = []
             for d in delayed:
                 pickle = folder / f"{uuid.uuid4().hex}.pkl"
                 d.set_timeout(self.parameters.get("time", 5), self.max_num_timeout)
-                d.dump(pickle)
+                write_private_pickle(d, pickle)
                 pickles.append(pickle)
             first = self._submit_command(self._submitit_command_str)
-            tasks = list(range(first.num_tasks))
-            jobs = [submitit.SlurmJob(folder=self.folder, job_id=f"{first.job_id}_{i}", tasks=tasks)
-                    for i in range(len(delayed))]
+            if len(delayed) == 1:
+                jobs = [first]
+            else:
+                tasks = list(range(first.num_tasks))
+                jobs = [submitit.SlurmJob(folder=self.folder, job_id=f"{first.job_id}_{i}", tasks=tasks)
+                        for i in range(len(delayed))]
             for job, pickle in zip(jobs, pickles):
                 job.paths.move_temporary_file(pickle, "submitted_pickle")
             return jobs
 
+    private_submitit_folder(paths)  # a sweep's: its task folders link to it
     executor = TemplatedSlurmExecutor(folder=str(paths.submitit), max_num_timeout=plan.job.max_requeues,
                                       python=shlex.quote(plan.python))
     r = plan.job.resources
@@ -403,6 +416,7 @@ def submit_local(plan: ScriptPlan, paths: RunPaths) -> str:
 
     from ..entry import WorkerCall
 
+    private_submitit_folder(paths)  # submitit writes its pickle with the umask's mode: nobody else may reach it
     executor = submitit.LocalExecutor(folder=str(paths.submitit), max_num_timeout=plan.job.max_requeues)
     r = plan.job.resources
     executor.update_parameters(timeout_min=max(1, r.time_seconds // 60), tasks_per_node=1,

@@ -233,10 +233,16 @@ def _bytecode_cache(settings: Settings):
     return Cache(str(folder))
 
 
-def launch_command(plan: ScriptPlan) -> str:
-    """The line srun runs in each task: submitit's own launcher (``python -u -m
-    submitit.core._submit FOLDER``), which unpickles :class:`hpcft.entry.WorkerCall`."""
+def submitit_command(plan: ScriptPlan) -> str:
+    """The line submitit itself would have srun run (``python -u -m submitit.core._submit FOLDER``)."""
     return f"{q(plan.python)} -u -m submitit.core._submit {q(plan.submitit_dir)}"
+
+
+def launch_command(plan: ScriptPlan) -> str:
+    """The line srun runs in each task: :mod:`hpcft.worker.pickle_guard` with submitit's folder.
+    It checks who could have written the job's pickle, then runs submitit's own launcher in the
+    same process on the bytes it checked, which unpickle :class:`hpcft.entry.WorkerCall`."""
+    return f"{q(plan.python)} -u -m hpcft.worker.pickle_guard {q(plan.submitit_dir)}"
 
 
 def render_script(plan: ScriptPlan) -> str:
