@@ -123,9 +123,9 @@ def test_only_the_requested_glue_config_and_its_metric(env):
     assert mrpc.path == cola.path and (mrpc.path / "mrpc").is_dir() and (cola.path / "cola").is_dir()
     metric = cache().find("metric", "glue")
     assert metric.path.name == "glue" and (metric.path / "glue.py").is_file()
-    mods = cache().root / "hf/modules/evaluate_modules/metrics/evaluate-metric--glue"
-    [h] = [p for p in mods.iterdir() if p.is_dir()]
-    assert len(h.name) == 64 and (h / "glue.py").is_file() and (h / "__init__.py").is_file()
+    # nothing that a job imports from a module cache is shared: evaluate copies the staged script
+    # into each user's own HF_MODULES_CACHE (tests/test_stage_offline.py)
+    assert not (cache().root / "hf" / "modules").exists()
 
 
 def test_cli_json_summary_and_ls(env, run_hpcft):
@@ -355,12 +355,13 @@ def test_cache_group_gives_setgid_group_dirs(env, hpcft_home):
     assert proc.returncode == 0, proc.stderr
     snap = cache().find("model", "bert-base-uncased").path
     # shared folders: setgid + sticky (the group adds entries, only an entry's owner renames or removes it)
-    for p in (snap.parent, cache().root / "manifests" / "model", cache().root / "hf" / "datasets", cache().tmp):
+    for p in (snap.parent, cache().root / "manifests" / "model", cache().root / "hf" / "hub", cache().tmp):
         st = os.stat(p)
         assert stat.S_IMODE(st.st_mode) == 0o3775 and st.st_gid == os.getgid(), (p, oct(st.st_mode))
     # a staged asset: the group reads, only the stager writes (nobody can add a file to it either)
     assert stat.S_IMODE(os.stat(snap).st_mode) == 0o2755
     assert stat.S_IMODE(os.stat(snap / "model.safetensors").st_mode) == 0o644
+    assert not (cache().root / "hf" / "datasets").exists()  # run-time caches are each user's own
     config(hpcft_home, "cache_group: no-such-group-hpcft\n")
     bad = cli("stage", "bert-base-cased", "--source", "hf")
     assert bad.returncode == 1 and "cache_group 'no-such-group-hpcft'" in bad.stderr
@@ -421,5 +422,5 @@ def test_local_folders_are_registered(env, tmp_path, hub_fixtures, monkeypatch):
     res = run(["./mybert"], metrics=["./glue"])
     assert [r.status for r in res] == ["local", "local"]
     assert cache().find("model", "./mybert").path.joinpath("config.json").is_file()
-    assert (cache().root / "hf/modules/evaluate_modules/metrics/local--glue").is_dir()
+    assert cache().find("metric", "./glue").path.joinpath("glue.py").is_file()
     assert len(env.log) == 0

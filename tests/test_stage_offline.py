@@ -5,6 +5,7 @@ with the real transformers / datasets / evaluate / huggingface_hub."""
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -72,6 +73,13 @@ def test_typed_names_load_offline_with_the_hub_stopped(hub_fixtures, tmp_path): 
     assert proc.returncode == 0, proc.stderr[-6000:]
     assert "OK" in proc.stdout and "'f1'" in proc.stdout
     assert "hpcft: load_dataset('glue', 'mrpc') -> staged copy" in proc.stderr
+    assert "hpcft: evaluate.load('glue') -> staged script" in proc.stderr
+    # what the libraries wrote at run time (Arrow cache, the metric's copied module) is the user's own
+    runtime = Path(os.environ["HPCFT_HOME"]) / "runtime"
+    assert stat.S_IMODE(os.stat(runtime).st_mode) == 0o700  # made private by the shim, whatever the umask
+    assert list((runtime / "hf" / "modules" / "evaluate_modules" / "metrics").rglob("glue.py"))
+    assert any((runtime / "hf" / "datasets").iterdir())
+    assert not any((cache / "hf" / d).exists() for d in ("modules", "datasets", "metrics"))
     snap = [line for line in proc.stdout.splitlines() if line.startswith("SNAPSHOT")][0]
     assert "models--google-bert--bert-base-uncased/snapshots/" in snap or "models--bert-base-uncased/snapshots" in snap
     assert time.monotonic() - t0 < 120

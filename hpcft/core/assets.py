@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from . import foreign
 from .errors import HpcftError, NotStagedError
 from .resolve import DATA_FILE_EXT, DATA_FILE_SUFFIXES, AliasTable, resolve
 from .store import Cache, StagedAsset
@@ -36,6 +37,7 @@ class JobAsset:
     path: Optional[Path] = None   # the staged (or local) folder/file; None when missing
     repo_id: Optional[str] = None
     local: bool = False           # a path the job names, not a hub id: it cannot be staged
+    refused: str = ""             # staged, but another user's copy not as you checked it (core.foreign)
 
     @property
     def found(self) -> bool:
@@ -99,10 +101,11 @@ def _find_staged(cache: Cache, kind: str, name: str, config: Optional[str],
         ref = resolve(kind, name, table, config)
     except HpcftError:      # e.g. an unknown config of a known dataset: not staged, and not stageable
         ref = None
-    pairs = [(base, cfg)]
-    if ref is not None:
+    pairs = []
+    if ref is not None:  # the canonical repo id first: another user may stage a repo named like an alias
         pairs.append((ref.repo_id, ref.config if kind == "dataset" else None))
         cfg = cfg or (ref.config if kind == "dataset" else None)
+    pairs.append((base, cfg))
     if kind == "dataset" and cfg is None and "/" in base:
         head, tail = base.rsplit("/", 1)
         pairs.append((head, tail))       # glue/mrpc when the table does not know glue
@@ -135,9 +138,13 @@ def lookup(kind: str, name: str, cache: Cache, table: AliasTable, *, config: Opt
     if found is None:
         base = name.split(":", 1)[0] if kind == "dataset" and config is None and ":" in name else name
         return JobAsset(kind, base, cfg)
+    shown = name.split(":", 1)[0] if kind == "dataset" else name
+    label = found.repo_id + (f":{found.config}" if found.config else "")
+    why = foreign.problem(kind, label, JobAsset(kind, shown, cfg).typed, found.path, found.manifest, cache.admins)
+    if why:
+        return JobAsset(kind, shown, cfg, repo_id=found.repo_id, refused=why)
     path = metric_script(found.path, found.repo_id) if kind == "metric" else found.path
-    return JobAsset(kind, name.split(":", 1)[0] if kind == "dataset" else name, cfg, path=path,
-                    repo_id=found.repo_id)
+    return JobAsset(kind, shown, cfg, path=path, repo_id=found.repo_id)
 
 
 # --------------------------------------------------------------------------- a job's assets
@@ -185,9 +192,10 @@ def stage_command(missing: list[JobAsset], table: AliasTable) -> str:
 
 def problems(assets: list[JobAsset], table: AliasTable) -> list[str]:
     """One line per kind of problem: what is not staged plus the command, and missing local paths."""
-    hub = [a for a in assets if not a.found and not a.local]
+    refused = [a for a in assets if a.refused]
+    hub = [a for a in assets if not a.found and not a.local and not a.refused]
     local = [a for a in assets if not a.found and a.local]
-    lines = []
+    lines = list(dict.fromkeys(a.refused for a in refused))
     if hub:
         what = ", ".join(dict.fromkeys(f"{a.kind} {a.typed}" for a in hub))
         lines.append(f"not staged in the hpcft cache: {what}")

@@ -146,6 +146,22 @@ class Cache:
         return manifest
 
 
+def admin_uids(settings) -> frozenset:
+    """The cache admin (``cache_admin`` in the cluster config), whose copies every user trusts."""
+    import pwd
+
+    from .errors import StageError
+
+    name = getattr(settings, "cache_admin", None)
+    if not name:
+        return frozenset()
+    try:
+        return frozenset({pwd.getpwnam(name).pw_uid})
+    except KeyError:
+        raise StageError(f"cache_admin {name!r} is not a user on this machine (check `getent passwd {name}` "
+                         "and cache_admin in the hpcft config)") from None
+
+
 def _uid(path: Path) -> int:
     try:
         return os.lstat(path).st_uid

@@ -297,6 +297,29 @@ class _PostImport:
         pass
 
 
+def private_runtime() -> None:
+    """``$HPCFT_RUNTIME`` (the user's run-time caches: HF_DATASETS_CACHE, HF_MODULES_CACHE, ...)
+    exists and is 0700 before any library writes there, whatever the umask; one that belongs to
+    somebody else is reported (the worker refuses to run with it)."""
+    path = os.environ.get("HPCFT_RUNTIME")
+    if not path:
+        return
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.lstat(path)
+        if st.st_uid != os.getuid():
+            _warn_once("runtime", f"{path} belongs to {_owner_name(st.st_uid)}, not you: the run-time caches "
+                                  "there are not private; set HPCFT_HOME to a folder of your own")
+        elif st.st_mode & 0o077:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.fchmod(fd, 0o700)
+            finally:
+                os.close(fd)
+    except OSError as exc:
+        _warn_once("runtime", f"cannot make the private run-time folder {path} ({exc.strerror})")
+
+
 def install() -> bool:
     """Register the hook (idempotent). Returns whether the shim is active."""
     if os.environ.get("HPCFT_SHIM", "1").lower() in ("0", "false", "no", "off") \
@@ -327,5 +350,6 @@ def _chain() -> None:
 
 
 if __name__ == "sitecustomize":
+    private_runtime()
     install()
     _chain()

@@ -38,12 +38,27 @@ def _card_configs(readme: str) -> list[dict]:
     return [c for c in configs or [] if isinstance(c, dict)]
 
 
+def repo_yaml(readme: str, paths: list[str]) -> Optional[bytes]:
+    """What ``.huggingface.yaml`` holds for a folder with these files and card, or None when the
+    folder needs none (the card lists no configs, or all of them are here). Pure: the stage
+    writes it, and the check of another user's copy compares it byte for byte."""
+    import yaml
+
+    entries = _card_configs(readme)
+    present = {name for name, files in dataset_configs([p for p in paths if p != REPOYAML], readme).items() if files}
+    keep = [c for c in entries if str(c.get("config_name", "default")) in present]
+    if not entries or not keep or len(keep) == len(entries):
+        return None
+    return ("# written by hpcft: the configs staged in this folder (datasets reads this\n"
+            "# file instead of README.md's configs:, see hpcft/stage/cards.py)\n"
+            + yaml.safe_dump({"configs": keep}, sort_keys=False, allow_unicode=True)).encode()
+
+
 def sync_staged_configs(cache, folder: Path, modes: Optional[Modes] = None) -> Optional[Path]:
     """Write (or remove) ``folder/.huggingface.yaml`` so it lists the configs staged in ``folder``
     (an asset folder of ours in ``cache``), through descriptors, under the folder's lock.
 
     Returns the file when one is needed: the card lists configs and not all of them are here."""
-    import yaml
 
     modes = modes or Modes()
     folder = Path(folder)
@@ -56,16 +71,10 @@ def sync_staged_configs(cache, folder: Path, modes: Optional[Modes] = None) -> O
         if st is not None and stat.S_ISREG(st.st_mode):
             with os.fdopen(d.open("README.md", os.O_RDONLY), "rb") as fh:
                 text = fh.read(16 << 20).decode("utf-8", "replace")
-        entries = _card_configs(text)
-        paths = list(d.walk_files())
-        present = {name for name, files in dataset_configs(paths, text).items() if files}
-        keep = [c for c in entries if str(c.get("config_name", "default")) in present]
-        if not entries or not keep or len(keep) == len(entries):
+        data = repo_yaml(text, list(d.walk_files()))
+        if data is None:
             if d.lstat(REPOYAML) is not None:
                 d.unlink(REPOYAML)
             return None
-        d.write_atomic(REPOYAML, ("# written by hpcft: the configs staged in this folder (datasets reads this\n"
-                                  "# file instead of README.md's configs:, see hpcft/stage/cards.py)\n"
-                                  + yaml.safe_dump({"configs": keep}, sort_keys=False, allow_unicode=True)).encode(),
-                       modes)
+        d.write_atomic(REPOYAML, data, modes)
         return folder / REPOYAML

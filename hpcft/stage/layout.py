@@ -20,7 +20,6 @@ import errno
 import grp
 import hashlib
 import os
-import pwd
 import stat
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -28,7 +27,7 @@ from typing import Callable, Iterable, Optional
 from ..core import names as safe_names
 from ..core.errors import StageError
 from ..core.safefs import ME, O_NEW, Dir, Lock, Modes, owner_name, remove_tree, rename
-from ..core.store import Cache, StagedAsset, asset_key
+from ..core.store import Cache, StagedAsset, admin_uids, asset_key
 
 # where an older hpcft pointed jobs' run-time caches, inside the shared cache (datasets' arrow cache,
 # evaluate's and transformers' module code, ModelScope's cache, compiled ops). They are per user now
@@ -46,18 +45,6 @@ def modes_for(settings) -> Modes:
     except KeyError:
         raise StageError(f"cache_group {group!r} is not a group on this machine (check `getent group "
                          f"{group}` and cache_group in the hpcft config)") from None
-
-
-def admin_uids(settings) -> frozenset:
-    """The cache admin (``cache_admin`` in the cluster config), whose files every user trusts."""
-    name = getattr(settings, "cache_admin", None)
-    if not name:
-        return frozenset()
-    try:
-        return frozenset({pwd.getpwnam(name).pw_uid})
-    except KeyError:
-        raise StageError(f"cache_admin {name!r} is not a user on this machine (check `getent passwd {name}` "
-                         "and cache_admin in the hpcft config)") from None
 
 
 def cache_for(settings, root: Optional[Path] = None) -> Cache:

@@ -4,9 +4,9 @@
   was written); a file that fails it is hashed again.
 * :func:`check_foreign`: an asset another member of the group staged. Its owner may rewrite its
   files *and* its manifest (both are theirs), so a copy staged by somebody else is hashed in full
-  against its manifest and the manifest compared with what the mirror lists for that commit,
-  once per user; what was checked is remembered in the user's own ``$HPCFT_HOME`` by inode,
-  ctime and size (a ctime cannot be set back), and checked again only when a file changed.
+  against its manifest, its folder must hold nothing else, and the manifest must match what the
+  mirror lists for that commit, once per user; what was checked is remembered in the user's own
+  ``$HPCFT_HOME`` (:mod:`hpcft.core.foreign`), which every later use compares.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import stat
 from pathlib import Path
 from typing import Optional
 
-from ..core.atomic import atomic_write_json, read_json
+from ..core import foreign
 from ..core.errors import StageError
 from ..core.safefs import owner_name
-from ..core.store import StagedAsset, sha256_fd
+from ..core.store import Cache, StagedAsset, sha256_fd
+from .cards import REPOYAML, repo_yaml
 from .http import git_blob_sha1_prefix
 from .sources import Source, SourceError
 
@@ -70,69 +71,95 @@ def _git_oid(path: Path, size: int) -> Optional[str]:
     return h.hexdigest()
 
 
-def _fingerprint(asset: StagedAsset) -> dict:
-    out = {}
-    for f in asset.manifest.get("files", []):
-        st = _lstat(asset.path / f["path"])
-        out[f["path"]] = [st.st_ino, st.st_ctime_ns, st.st_size] if st else None
-    mst = _lstat(Path(asset.manifest["_manifest"]))
-    out[""] = [mst.st_ino, mst.st_ctime_ns, mst.st_size] if mst else None
-    return out
+def check_foreign(asset: StagedAsset, sources: list[Source], cache: Cache, typed: str) -> str:
+    """Raise StageError when another user's copy is not exactly what the mirror serves; return a note.
 
-
-def check_foreign(asset: StagedAsset, sources: list[Source], state: Path, typed: str) -> str:
-    """Raise StageError when another user's copy is not what the mirror serves; return a note."""
+    Refused when: a file no longer matches its manifest; the folder holds a file no manifest of
+    theirs lists (a ``from_pretrained`` would load an added ``adapter_config.json``); the manifest
+    lists a file the mirror does not, or hashes one differently; or the mirror cannot be asked
+    (source ``local``, a source not configured here, unreachable). Accepted copies are remembered
+    (:mod:`hpcft.core.foreign`), so ``check``, ``submit`` and the job compare a fingerprint only."""
     m = asset.manifest
     who = owner_name(m.get("_owner", -1))
     label = f"{asset.kind} {asset.repo_id}" + (f":{asset.config}" if asset.config else "")
-    key = str(m["_manifest"])
-    seen = read_json(state, {}) if state.is_file() else {}
-    seen = seen if isinstance(seen, dict) else {}
-    now = _fingerprint(asset)
-    if seen.get(key) == now:
+    manifest_file = str(m["_manifest"])
+    if foreign.checked(asset.path, manifest_file):
         return ""
+
+    def refuse(why: str) -> StageError:
+        return StageError(f"{label}: staged by {who}, but {why}; not used. Ask {who} or the cache admin to run "
+                          f"`hpcft cache rm {typed}`, or stage into a cache of your own (--cache DIR)")
+
     bad = [f["path"] for f in m.get("files", []) if _sha256(asset.path / f["path"]) != f.get("sha256")]
     if bad:
-        raise StageError(f"{label}: staged by {who}, but {', '.join(bad[:3])} no longer match its manifest; "
-                         f"not used. Ask {who} or the cache admin to run `hpcft cache rm {typed}`, or stage into "
-                         "a cache of your own (--cache DIR)")
-    note = _against_listing(asset, sources, who, label, typed)
-    seen[key] = now
+        raise refuse(f"{', '.join(bad[:3])} no longer match its manifest")
+    extra = unlisted_files(asset, cache)
+    if extra:
+        raise refuse(f"its folder holds {', '.join(extra[:3])}, which no manifest of theirs lists")
+    _against_listing(asset, sources, refuse)
+    foreign.remember(asset.path, manifest_file)
+    return f"staged by {who}: its {len(m.get('files', []))} files checked against the manifest and " \
+           f"{m.get('source')}'s listing"
+
+
+def unlisted_files(asset: StagedAsset, cache: Cache) -> list[str]:
+    """Files in the asset's folder that no trusted manifest of its owner for that folder lists
+    (``.huggingface.yaml`` counts as listed when it is exactly what hpcft writes for the folder)."""
+    owner = asset.manifest.get("_owner")
+    listed = {f["path"] for o in cache.manifests() if o.get("path") == str(asset.path) and o.get("_owner") == owner
+              for f in o.get("files", [])}
+    out = []
+    for dirpath, _dirs, files, _dfd in os.fwalk(asset.path, follow_symlinks=False):
+        rel_dir = os.path.relpath(dirpath, asset.path)
+        for name in files:
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            if rel in listed:
+                continue
+            if rel == REPOYAML and asset.kind == "dataset" and _repo_yaml_is_ours(asset.path):
+                continue
+            out.append(rel)
+    return sorted(out)
+
+
+def _repo_yaml_is_ours(folder: Path) -> bool:
     try:
-        atomic_write_json(state, seen, mode=0o600)
+        with os.fdopen(os.open(folder / REPOYAML, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as fh:
+            have = fh.read(1 << 20)
+        readme = b""
+        if (folder / "README.md").is_file() and not (folder / "README.md").is_symlink():
+            readme = (folder / "README.md").read_bytes()[: 16 << 20]
     except OSError:
-        pass  # only a memo: the next stage checks again
-    return note or f"staged by {who}: its {len(m.get('files', []))} files checked against the manifest and " \
-                   f"{m.get('source')}'s listing"
+        return False
+    paths = [str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and not p.is_symlink()]
+    return repo_yaml(readme.decode("utf-8", "replace"), paths) == have
 
 
-def _against_listing(asset: StagedAsset, sources: list[Source], who: str, label: str, typed: str) -> str:
-    """Compare the manifest's hashes with what the manifest's own source lists for its commit."""
+def _against_listing(asset: StagedAsset, sources: list[Source], refuse) -> None:
+    """The manifest's files and hashes are what the manifest's own source lists for its commit."""
     m = asset.manifest
     src = next((s for s in sources if s.name == m.get("source")), None)
-    if src is None or m.get("source") == "local" or not m.get("sha"):
-        return f"staged by {who}: files match its manifest (not re-checked against a mirror: source " \
-               f"{m.get('source')!r} is not configured here)"
+    if m.get("source") == "local":
+        raise refuse("it was staged from a local folder, which no mirror can vouch for")
+    if src is None:
+        raise refuse(f"its source {m.get('source')!r} is not configured here, so it cannot be checked")
     from ..core.resolve import AssetRef
 
-    ref = AssetRef(asset.kind, asset.repo_id, typed, config=asset.config)
+    ref = AssetRef(asset.kind, asset.repo_id, asset.repo_id, config=asset.config)
     try:
         listed = src.listing(ref, m["sha"]).by_path()
     except SourceError as exc:
-        return f"staged by {who}: files match its manifest (not re-checked against the mirror: {exc})"
+        raise refuse(f"{src.name} cannot be asked about it ({exc})") from None
     for f in m.get("files", []):
         theirs = listed.get(f["path"])
         if theirs is None:
-            continue
+            raise refuse(f"its manifest lists {f['path']}, which {src.name} does not list for commit "
+                         f"{str(m['sha'])[:12]}")
         if theirs.sha256:
             ok = theirs.sha256 == f.get("sha256")
         elif theirs.git_oid:
             ok = _git_oid(asset.path / f["path"], f["size"]) == theirs.git_oid
         else:
-            continue
+            raise refuse(f"{src.name} lists no hash for {f['path']}")
         if not ok:
-            raise StageError(f"{label}: staged by {who}, but {f['path']} differs from what {src.name} "
-                             f"({src.endpoint}) lists for commit {str(m['sha'])[:12]}; not used. Ask {who} or the "
-                             f"cache admin to run `hpcft cache rm {typed}`, or stage into a cache of your own "
-                             "(--cache DIR)")
-    return ""
+            raise refuse(f"{f['path']} differs from what {src.name} ({src.endpoint}) lists for commit "
+                         f"{str(m['sha'])[:12]}")

@@ -132,7 +132,7 @@ def _cached(ref: AssetRef, ctx: _Ctx) -> Optional[StageResult]:
         return None
     if owner not in (ME, 0, *ctx.cache.admins):  # another user's copy: check it once, as they could change it
         sources = ctx.metric_sources if ref.kind == "metric" else ctx.sources
-        note = recheck.check_foreign(asset, sources, ctx.settings.home / "checked-assets.json", ref.typed)
+        note = recheck.check_foreign(asset, sources, ctx.cache, ref.typed)
         if note:
             ctx.say(f"  {ref.kind} {ref.label}: {note}")
     new = set(ref.names) - set(m.get("aliases", [])) - {asset.repo_id}

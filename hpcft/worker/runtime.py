@@ -158,7 +158,7 @@ def start(spec: LaunchSpec, task: TaskEnv, process_start: float) -> Context | di
     this run already completed (a requeue after the end)."""
     from ..core.config import load_settings
     from ..core.resolve import load_table
-    from ..core.store import Cache
+    from ..core.store import Cache, admin_uids
 
     paths = spec.paths
     writer = ProgressWriter(paths.progress, enabled=task.is_main)
@@ -176,8 +176,8 @@ def start(spec: LaunchSpec, task: TaskEnv, process_start: float) -> Context | di
     job = load_job(paths)
     settings = load_settings()
     table = load_table(settings)
-    found = job_assets(job, Cache(Path(os.environ.get("HPCFT_CACHE") or settings.cache)), table,
-                       Path(spec.base_dir))
+    found = job_assets(job, Cache(Path(os.environ.get("HPCFT_CACHE") or settings.cache), admin_uids(settings)),
+                       table, Path(spec.base_dir))
     try:
         require(found, table)
     except Exception as exc:
