@@ -169,14 +169,23 @@ def _uid(path: Path) -> int:
         return -1
 
 
-def sha256_fd(fh, bufsize: int = 1 << 20) -> str:
+def sha256_fd(fh, bufsize: int = 1 << 20, limit: Optional[int] = None) -> str:
+    """sha256 of what ``fh`` reads; with ``limit``, of at most ``limit + 1`` bytes (a file longer than
+    a manifest lists then differs, without reading a planted terabyte to the end)."""
     h = hashlib.sha256()
-    while chunk := fh.read(bufsize):
+    left = None if limit is None else limit + 1
+    while left is None or left > 0:
+        chunk = fh.read(bufsize if left is None else min(bufsize, left))
+        if not chunk:
+            break
         h.update(chunk)
+        if left is not None:
+            left -= len(chunk)
     return h.hexdigest()
 
 
-def sha256_file(path: Path, bufsize: int = 1 << 20) -> str:
-    """sha256 of a file, opened without following a link at its last component."""
-    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as fh:
-        return sha256_fd(fh, bufsize)
+def sha256_file(path: Path, bufsize: int = 1 << 20, limit: Optional[int] = None) -> str:
+    """sha256 of a file, opened without following a link at its last component (and without
+    blocking on a FIFO); see :func:`sha256_fd` for ``limit``."""
+    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as fh:
+        return sha256_fd(fh, bufsize, limit)

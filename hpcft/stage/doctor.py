@@ -16,14 +16,17 @@ import stat
 from dataclasses import dataclass
 from typing import Optional
 
+from ..core.offline import ensure_private, private_runtime
 from ..core.safefs import ME, O_DIR, Modes, owner_name
 from ..core.store import Cache
+from .layout import OLD_RUNTIME_DIRS
 
 # folders that hold a staged asset (their files are the asset): relative to the cache root
 _ASSET = re.compile(r"^(hf/hub/(models|datasets)--[^/]+/snapshots/[^/]+|metrics/[^/]+/[^/]+)(/.*)?$")
 _ALIAS = re.compile(r"^hf/hub/(models|datasets)--[^/]+$")
-# folders jobs write into (datasets' arrow cache, evaluate's caches): files there are the jobs'
-_RUNTIME = ("hf/datasets", "hf/metrics", "modelscope")
+# where an older hpcft let jobs write (datasets' arrow cache, evaluate's and transformers' module
+# code, ModelScope, compiled ops): per user now, so whatever is still here is reported, never used
+_RUNTIME = OLD_RUNTIME_DIRS
 
 
 @dataclass
@@ -43,8 +46,10 @@ def examine(cache: Cache, modes: Modes, fix: bool = False) -> list[Finding]:
     for dirpath, dirs, files, dfd in os.fwalk(root, follow_symlinks=False):
         rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
         rel_dir = "" if rel_dir == "." else rel_dir
-        if rel_dir.startswith(_RUNTIME):
+        if rel_dir in _RUNTIME:
+            out += _old_runtime(dirpath, rel_dir, dfd, [*dirs, *files], fix)
             dirs[:] = []
+            continue
         _check_dir(out, dirpath, rel_dir, os.stat(dfd), dfd, modes, fix, is_root=not rel_dir)
         for name in [*dirs, *files]:  # fwalk lists a link to a folder among the folders (and skips it)
             rel = f"{rel_dir}/{name}" if rel_dir else name
@@ -65,6 +70,44 @@ def examine(cache: Cache, modes: Modes, fix: bool = False) -> list[Finding]:
             out.append(Finding(str(path), f"a manifest that is not trusted (ignored by every lookup): {why}",
                                owner_name(os.lstat(path).st_uid) if os.path.lexists(path) else "?"))
     return out
+
+
+def _old_runtime(path: str, rel: str, dfd: int, names: list[str], fix: bool) -> list[Finding]:
+    """Entries in a run-time cache an older hpcft shared (``hf/modules``...): jobs now use their
+    user's own (``$HPCFT_HOME/runtime``), so these are never read; another user's are reported
+    (they may be a plant), the caller's own are moved into the caller's runtime folder by --fix
+    when everything below them is theirs."""
+    out = []
+    for name in sorted(names):
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        f = Finding(os.path.join(path, name), f"left in {rel}, a run-time cache that is per user now "
+                    "(jobs no longer read it; --fix by its owner moves it to their own)", owner_name(st.st_uid))
+        if fix and st.st_uid == ME and _all_mine(dfd, name, st):
+            dest = ensure_private(private_runtime() / "moved-from-cache" / rel)
+            target = dest / name
+            if not os.path.lexists(target):
+                try:
+                    os.rename(name, target, src_dir_fd=dfd)
+                    f.fixed = True
+                except OSError as exc:  # another filesystem: left in place, said so
+                    f.what += f" (not moved: {exc.strerror})"
+        out.append(f)
+    return out
+
+
+def _all_mine(dfd: int, name: str, st: os.stat_result) -> bool:
+    if not stat.S_ISDIR(st.st_mode):
+        return not stat.S_ISLNK(st.st_mode)
+    fd = os.open(name, O_DIR, dir_fd=dfd)
+    try:
+        for _p, dirs, files, sub in os.fwalk(".", dir_fd=fd, follow_symlinks=False):
+            for n in [*dirs, *files]:
+                est = os.stat(n, dir_fd=sub, follow_symlinks=False)
+                if est.st_uid != ME or stat.S_ISLNK(est.st_mode):
+                    return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def _check_dir(out: list[Finding], path: str, rel: str, st: os.stat_result, dfd: int, modes: Modes, fix: bool,

@@ -89,7 +89,7 @@ def verify(cache: Cache, name: Optional[str] = None, kind: Optional[str] = None)
                 problems.append(Problem(label, str(p), "not a regular file"))
             elif st.st_size != f["size"]:
                 problems.append(Problem(label, str(p), f"size {st.st_size} != {f['size']}"))
-            elif sha256_file(p) != f["sha256"]:
+            elif sha256_file(p, limit=f["size"]) != f["sha256"]:
                 problems.append(Problem(label, str(p), "sha256 differs from the manifest"))
     return found, problems
 
@@ -112,14 +112,26 @@ def remove(cache: Cache, name: str, kind: Optional[str] = None) -> list[dict]:
 
 
 def _remove_one(cache: Cache, m: dict) -> None:
+    """Remove one asset: its manifest, then its own snapshot folder (the one its manifest is bound
+    to, :mod:`hpcft_trust`) when that folder belongs to the manifest's owner; the repo's folder
+    goes only once nothing else is in it. Never a folder shared by other assets or users."""
     kind, rid, cfg = m["kind"], m["repo_id"], m.get("config")
+    folder = Path(m["path"])
+    try:
+        fst = os.lstat(folder)
+    except OSError:
+        fst = None
+    if fst is not None and (not stat.S_ISDIR(fst.st_mode) or fst.st_uid != m.get("_owner")):
+        raise ConfigError([f"hpcft cache rm {rid}: {folder} does not belong to the manifest's owner "
+                           f"({owner_name(m.get('_owner', -1))}); refused, nothing removed"])
     with lock(cache, kind, rid, cfg), Dir.open_root(cache.root) as root:
         with root.sub(rel_parts(cache.manifest_path(kind, rid, cfg).parent, cache.root)) as mdir:
             try:
                 mdir.unlink(cache.manifest_path(kind, rid, cfg).name)  # first: no longer staged
             except FileNotFoundError:
                 pass
-        folder = Path(m["path"])
+        if fst is None:
+            return
         parent_rel, base = rel_parts(folder, cache.root).rsplit("/", 1)
         others = [o for o in cache.manifests() if o.get("path") == m["path"]]
         if others:  # another config shares the snapshot: drop only files nobody else lists
@@ -131,27 +143,54 @@ def _remove_one(cache: Cache, m: dict) -> None:
             if kind == "dataset":
                 sync_staged_configs(cache, folder)
             return
-        if kind == "metric":  # metrics/ORG--NAME/SHA/NAME: the SHA folder goes
-            sha_rel = parent_rel
-            top_rel, sha = sha_rel.rsplit("/", 1)
-            with root.sub(top_rel) as top:
-                remove_tree(top, sha)
-            _prune(root, top_rel)
-            return
         with root.sub(parent_rel) as parent:
             remove_tree(parent, base)
+        if kind == "metric":  # metrics/ORG--NAME/SHA/NAME: the SHA folder and ORG--NAME go when empty
+            _prune(root, parent_rel)
+            return
         repo_rel = parent_rel.rsplit("/snapshots", 1)[0]
         if not any(o.get("repo_id") == rid and o.get("kind") == kind for o in cache.manifests()):
-            hub_rel, repo_name = repo_rel.rsplit("/", 1)
-            with root.sub(hub_rel) as hub:
-                st = hub.lstat(repo_name)
-                if st is not None and st.st_uid == ME:
-                    remove_tree(hub, repo_name)
-                for link in hub.entries():
-                    lst = hub.lstat(link)
-                    if lst is not None and stat.S_ISLNK(lst.st_mode) and lst.st_uid == ME \
-                            and os.readlink(link, dir_fd=hub.fd) == repo_name:
-                        hub.unlink(link)
+            _drop_repo(root, repo_rel, m.get("sha"))
+
+
+def _drop_repo(root: Dir, repo_rel: str, sha: Optional[str]) -> None:
+    """``hf/hub/models--ORG--NAME`` once its last asset is gone: our refs that name ``sha``, then
+    ``refs/``, ``snapshots/`` and the folder itself, each only if empty (another user's snapshot or
+    ref keeps it), then our alias links to it."""
+    hub_rel, repo_name = repo_rel.rsplit("/", 1)
+    with root.sub(hub_rel) as hub:
+        st = hub.lstat(repo_name)
+        if st is None or not stat.S_ISDIR(st.st_mode):
+            return
+        with hub.sub(repo_name) as repo:
+            refs = repo.lstat("refs")
+            if refs is not None and stat.S_ISDIR(refs.st_mode):
+                with repo.sub("refs") as rdir:
+                    for ref in rdir.entries():
+                        rst = rdir.lstat(ref)
+                        if rst is not None and stat.S_ISREG(rst.st_mode) and rst.st_uid == ME \
+                                and _read_small(rdir, ref) == sha:
+                            rdir.unlink(ref)
+            for sub in ("refs", "snapshots"):
+                try:
+                    os.rmdir(sub, dir_fd=repo.fd)
+                except OSError:
+                    pass  # not empty (another user's entry), or absent: it stays
+        try:
+            os.rmdir(repo_name, dir_fd=hub.fd)
+        except OSError:
+            return
+        for link in hub.entries():
+            lst = hub.lstat(link)
+            if lst is not None and stat.S_ISLNK(lst.st_mode) and lst.st_uid == ME \
+                    and os.readlink(link, dir_fd=hub.fd) == repo_name:
+                hub.unlink(link)
+
+
+def _read_small(folder: Dir, name: str) -> str:
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder.fd)
+    with os.fdopen(fd, "rb") as fh:
+        return fh.read(200).decode("ascii", "replace").strip()
 
 
 def _prune(root: Dir, rel: str) -> None:

@@ -40,7 +40,7 @@ def changed_files(asset: StagedAsset) -> list[str]:
             out.append(f"{f['path']}: not a regular file")
         elif st.st_size != f["size"]:
             out.append(f"{f['path']}: size {st.st_size} != {f['size']}")
-        elif (written is None or st.st_mtime > written + 1) and _sha256(asset.path / f["path"]) != f.get("sha256"):
+        elif (written is None or st.st_mtime > written + 1) and _sha256(asset.path / f["path"], f["size"]) != f.get("sha256"):
             out.append(f"{f['path']}: sha256 differs")
     return out
 
@@ -52,10 +52,10 @@ def _lstat(path: Path) -> Optional[os.stat_result]:
         return None
 
 
-def _sha256(path: Path) -> Optional[str]:
+def _sha256(path: Path, limit: Optional[int] = None) -> Optional[str]:
     try:
-        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as fh:
-            return sha256_fd(fh)
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as fh:
+            return sha256_fd(fh, limit=limit)
     except OSError:
         return None
 
@@ -90,7 +90,7 @@ def check_foreign(asset: StagedAsset, sources: list[Source], cache: Cache, typed
         return StageError(f"{label}: staged by {who}, but {why}; not used. Ask {who} or the cache admin to run "
                           f"`hpcft cache rm {typed}`, or stage into a cache of your own (--cache DIR)")
 
-    bad = [f["path"] for f in m.get("files", []) if _sha256(asset.path / f["path"]) != f.get("sha256")]
+    bad = [f["path"] for f in m.get("files", []) if _sha256(asset.path / f["path"], f["size"]) != f.get("sha256")]
     if bad:
         raise refuse(f"{', '.join(bad[:3])} no longer match its manifest")
     extra = unlisted_files(asset, cache)
