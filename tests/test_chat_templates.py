@@ -10,6 +10,7 @@ exactly those ids where trained and -100 elsewhere.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -349,3 +350,51 @@ def test_the_api_server_stops_at_each_familys_own_end_of_turn():
         ids = stop_token_ids(tok, SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=None)))
         assert tok.convert_tokens_to_ids(end_of_turn(tok)) in ids, family
         assert tok.eos_token_id in ids, family
+
+
+# ----------------------------------------------------------------------------- the login side's renderer
+
+CONVERSATIONS = [
+    _msgs(Q, "red")["messages"],
+    [{"role": "system", "content": "Answer in one word."}, *_msgs(Q, THINK, Q2, "white")["messages"]],
+    [{"role": "user", "content": "Weather in Paris?"}, {"role": "assistant", "content": None, "tool_calls": [CALL]},
+     {"role": "tool", "tool_call_id": "call00001", "content": "sunny"}, {"role": "assistant", "content": "Sunny."}],
+]
+
+
+@pytest.mark.parametrize("family", ["qwen3", "qwen2.5", "llama3", "llama3.1", "glm4", "internlm2.5",
+                                    "deepseek-r1-distill", "mistral"])
+def test_the_pre_flight_renders_each_real_template_as_jinjas_own_sandbox_does(family, tmp_path):
+    """The pre-flight's renderer (hpcft.core.chat.TemplateTokenizer), with its time and size limits,
+    writes exactly the text of jinja's own sandbox (what it used before the limits), and fails
+    where that fails, for each family's real template on plain, system, thinking and tool rows."""
+    import jinja2.ext
+    from jinja2.exceptions import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from devtools.hub.chat_templates import FAMILIES
+    from hpcft.core import chat_sandbox
+    from hpcft.core.chat import TemplateTokenizer
+
+    f = FAMILIES[family]
+    specials = {"bos_token": f["bos"], "eos_token": f["eos"]}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": f["template"], **specials}))
+    mine = TemplateTokenizer.from_folder(tmp_path)
+    plain = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    plain.filters["tojson"] = chat_sandbox._tojson
+    plain.globals["raise_exception"] = chat_sandbox._raise
+    template = plain.from_string(f["template"])
+    rendered = 0
+    for msgs in CONVERSATIONS:
+        for tools in (None, TOOLS):
+            for gen in (False, True):
+                kw = {"tools": tools, "add_generation_prompt": gen}
+                try:
+                    want = template.render(messages=msgs, **kw, **{k: v for k, v in specials.items() if v})
+                except (TemplateError, TypeError) as exc:
+                    with pytest.raises(type(exc), match=re.escape(str(exc))):
+                        mine.apply_chat_template(msgs, **kw)
+                    continue
+                assert mine.apply_chat_template(msgs, **kw) == want, (msgs, kw)
+                rendered += 1
+    assert rendered >= 6

@@ -386,18 +386,20 @@ class TemplateTokenizer:
     ``chat_template.jinja``) and rendered the way transformers does (a sandboxed jinja2
     environment with ``tojson``, ``raise_exception`` and ``strftime_now``), without transformers:
     what the pre-flight needs to try a data file's conversations on the model's template. It has
-    the parts of a tokenizer :class:`ChatRenderer` uses, except token ids."""
+    the parts of a tokenizer :class:`ChatRenderer` uses, except token ids. The template is
+    somebody else's program run on the login node: it renders under a time and a size limit
+    (:mod:`hpcft.core.chat_sandbox`), past which :class:`~hpcft.core.chat_sandbox.RenderLimit`
+    ("chat template of MODEL: rendering exceeded 2 s; refused") ends the pre-flight."""
 
-    def __init__(self, template: str, specials: dict[str, Optional[str]], special_tokens: list[str]):
-        import jinja2.ext
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    def __init__(self, template: str, specials: dict[str, Optional[str]], special_tokens: list[str],
+                 model: str = "the model", **limits: Any):
+        from .chat_sandbox import LimitedEnvironment
 
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
-        env.filters["tojson"] = _tojson
-        env.globals["raise_exception"] = _raise
-        env.globals["strftime_now"] = _strftime_now
+        # rendered under a time and size limit (limits: seconds, total_seconds, chars; see chat_sandbox)
+        self._env = LimitedEnvironment(model, **limits)
+        self.model = model
         self.chat_template = template
-        self._compiled = env.from_string(template)
+        self._compiled = self._env.compile_template(template)
         self.specials = specials
         self.bos_token, self.eos_token = specials.get("bos_token"), specials.get("eos_token")
         self.all_special_tokens = special_tokens
@@ -435,30 +437,20 @@ class TemplateTokenizer:
         names += [t.get("content") for t in (cfg.get("added_tokens_decoder") or {}).values()
                   if isinstance(t, dict) and t.get("special") and t.get("content")]
         try:
-            return cls(template, specials, sorted(set(names)))
+            return cls(template, specials, sorted(set(names)), model_name(folder))
         except TemplateError:
             return None  # e.g. a {% generation %} block: the worker renders it with transformers
 
     def apply_chat_template(self, messages: list[dict], tokenize: bool = False, add_generation_prompt: bool = False,
                             tools: Optional[list] = None, **kwargs: Any) -> str:
-        return self._compiled.render(messages=messages, tools=tools, add_generation_prompt=add_generation_prompt,
-                                     **{k: v for k, v in self.specials.items() if v is not None}, **kwargs)
+        return self._env.render(self._compiled, (messages, tools, kwargs), messages=messages, tools=tools, add_generation_prompt=add_generation_prompt,
+                                **{k: v for k, v in self.specials.items() if v is not None}, **kwargs)
 
 
-def _tojson(x: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None,
-            sort_keys: bool = False) -> str:
-    import json
+def model_name(folder) -> str:
+    """The repo id of a staged model folder (``.../models--ORG--NAME/snapshots/SHA``), else the folder."""
+    from pathlib import Path
 
-    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-
-def _raise(message: str) -> None:
-    from jinja2.exceptions import TemplateError
-
-    raise TemplateError(message)
-
-
-def _strftime_now(fmt: str) -> str:
-    from datetime import datetime
-
-    return datetime.now().strftime(fmt)
+    folder = Path(folder)
+    repo = folder.parent.parent.name if folder.parent.name == "snapshots" else ""
+    return repo.removeprefix("models--").replace("--", "/") if repo.startswith("models--") else str(folder)
