@@ -37,7 +37,7 @@ from devtools.wait import wait_for
 from hpcft.core.config import Settings
 from hpcft.core.errors import ConfigError
 from hpcft.core.rundir import RunPaths, make_private_dir, write_private_pickle
-from hpcft.runs.index import new_run_dir
+from hpcft.runs.index import RunStore, new_run_dir
 from hpcft.submit.pipeline import private_submitit_folder
 from hpcft.worker.pickle_guard import EXIT_REFUSED, Refused, read_trusted
 from tests.conftest import IN_CI
@@ -137,7 +137,7 @@ def test_a_shared_runs_dir_is_refused_unless_sticky(tmp_path, umask002):
     assert mode(paths.dir) == 0o700  # no setgid bit from the group folder either
 
 
-def test_another_users_runs_dir_needs_the_sticky_bit_too(tmp_path, people):
+def test_another_users_runs_dir_needs_the_sticky_bit_too_and_keeps_an_index_of_yours(tmp_path, people):
     lab = tmp_path / "lab"
     lab.mkdir()
     os.chown(lab, people.a.uid, people.a.gid)
@@ -146,6 +146,16 @@ def test_another_users_runs_dir_needs_the_sticky_bit_too(tmp_path, people):
         new_run_dir(lab, "x")
     os.chmod(lab, 0o1777)
     assert mode(new_run_dir(lab, "x").dir) == 0o700
+    store = RunStore(lab)
+    assert store.index.name == f"index.{os.getuid()}.jsonl"  # index.jsonl is the folder owner's
+    store.index.write_text("")  # made first by A, to list A's runs as yours: refused, not read
+    os.chown(store.index, people.a.uid, people.a.gid)
+    with pytest.raises(ConfigError) as err:
+        new_run_dir(lab, "x")
+    [line] = err.value.lines()
+    assert line.startswith(f"{store.index} (owner {people.a.name}, mode 0644) is not your own file"), line
+    with pytest.raises(ConfigError):
+        store.entries()
 
 
 # ---------------------------------------------------------------------------- the guard, in process
@@ -283,20 +293,26 @@ class World:
         os.chown(path, self.people.b.uid, self.people.b.gid)
         return path
 
-    def as_b(self, *argv: str) -> subprocess.CompletedProcess:
-        """``argv`` as B with umask 002 and hpcftshare as B's primary group: what B's files get."""
-        b = self.people.b
-        env = {"PATH": users.BASE_PATH, "USER": b.name, "LOGNAME": b.name, "LANG": "C.UTF-8",
-               "HOME": str(self.bhome), "HPCFT_HOME": str(self.bhome / "hpcft"), "HPCFT_CONFIG": str(self.config),
-               "XDG_CONFIG_HOME": str(self.bhome / ".config"), "PYTHONPATH": str(self.people.src),
+    def as_b(self, *argv: str, user: users.User | None = None) -> subprocess.CompletedProcess:
+        """``argv`` as B (or ``user``) with umask 002 and hpcftshare as primary group: what B's files
+        get. B's home is the world's b/, another user's is hpcft's state only (HPCFT_HOME)."""
+        user = user or self.people.b
+        home = self.bhome if user == self.people.b else self.dir / user.name
+        if not home.exists():
+            home.mkdir(mode=0o755)
+            os.chown(home, user.uid, user.gid)
+        env = {"PATH": users.BASE_PATH, "USER": user.name, "LOGNAME": user.name, "LANG": "C.UTF-8",
+               "HOME": str(home), "HPCFT_HOME": str(home / "hpcft"), "HPCFT_CONFIG": str(self.config),
+               "XDG_CONFIG_HOME": str(home / ".config"), "PYTHONPATH": str(self.people.src),
                "PYTHONDONTWRITEBYTECODE": "1", "SLURM_CONF": self.slurm_conf}
-        cmd = ["runuser", "-u", b.name, "-g", GROUP, "--", "sh", "-c", 'umask 002 && exec "$@"', "sh",
+        cmd = ["runuser", "-u", user.name, "-g", GROUP, "--", "sh", "-c", 'umask 002 && exec "$@"', "sh",
                "env", "-i", *(f"{k}={v}" for k, v in env.items()), *argv]
         return subprocess.run(cmd, capture_output=True, text=True, cwd=self.bhome, timeout=120)
 
-    def submit(self, name: str) -> dict:
-        proc = self.as_b(self.people.python, "-m", "hpcft.cli.main", "submit", str(self.job_file(name)), "--json")
-        assert proc.returncode == 0, f"B's submit failed:\n{proc.stdout}\n{proc.stderr}"
+    def submit(self, name: str, user: users.User | None = None) -> dict:
+        proc = self.as_b(self.people.python, "-m", "hpcft.cli.main", "submit", str(self.job_file(name)), "--json",
+                         user=user)
+        assert proc.returncode == 0, f"the submit failed:\n{proc.stdout}\n{proc.stderr}"
         res = json.loads(proc.stdout)
         self.jobs.append(res["job_id"])
         return res
@@ -411,6 +427,10 @@ def test_a_shared_runs_dir_must_be_sticky_and_the_worker_refuses_pickles_others_
 
     os.chmod(lab, 0o3775)  # what the refusal asks of the folder's owner
     inplace, swap = world.submit("p26-inplace"), world.submit("p26-swap")
+    mine = world.submit("p26-a-own", user=world.people.a)  # the lab's other member submits there too
+    assert Path(mine["run_dir"]).parent == lab
+    indexes = {p.name: len(p.read_text().splitlines()) for p in lab.glob("index*.jsonl")}
+    assert indexes == {f"index.{world.people.b.uid}.jsonl": 2, f"index.{world.people.a.uid}.jsonl": 1}
     pkls = {}
     for res in (inplace, swap):
         run_dir = Path(res["run_dir"])

@@ -94,6 +94,7 @@ def ready_runs_root(root: Path) -> None:
     if root != home and root.is_relative_to(home):
         _ready_folder(home, "HPCFT_HOME", fix=True)
     _ready_folder(root, "runs folder" if ours else "runs_dir", fix=ours)
+    RunStore(root).check()
 
 
 def _ready_folder(folder: Path, role: str, fix: bool) -> None:
@@ -131,11 +132,35 @@ def _user(uid: int) -> str:
         return f"uid {uid}"
 
 
+def _owned_by_me(folder: Path) -> bool:
+    try:
+        return os.stat(folder).st_uid == os.getuid()
+    except FileNotFoundError:
+        return True  # made by this user's first submit
+
+
 class RunStore:
     def __init__(self, runs_root: Path):
         self.root = Path(runs_root)
-        self.index = self.root / "index.jsonl"
-        self.lock = self.root / ".index.lock"
+        # a runs root that is not yours (a lab's sticky runs_dir): an index and a lock of your own in
+        # it, index.<uid>.jsonl, since nobody else may append to yours, nor you to theirs
+        tag = "" if _owned_by_me(self.root) else f".{os.getuid()}"
+        self.index = self.root / f"index{tag}.jsonl"
+        self.lock = self.root / f".index{tag}.lock"
+
+    def check(self) -> None:
+        """The index and its lock, where they exist, are the caller's own files. In a shared runs
+        folder another user may have made them first (the sticky bit stops replacing, not creating),
+        to list their runs as yours."""
+        for path in (self.index, self.lock):
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+                raise ConfigError([f"{path} (owner {_user(st.st_uid)}, mode {stat.S_IMODE(st.st_mode):04o}) is "
+                                   f"not your own file: another user made it in the shared runs folder {self.root}; "
+                                   "its owner or the folder's can remove it, or set runs_dir to a folder of your own"])
 
     def save(self, record: RunRecord, durable: bool = True) -> None:
         atomic_write_json(RunPaths(record.run_dir).record, asdict(record), durable=durable)
@@ -159,7 +184,7 @@ class RunStore:
                 entry["launched_by"] = record.launched_by
             lines.append(json.dumps(entry) + "\n")
         with file_lock(self.lock):
-            fd = os.open(self.index, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            fd = os.open(self.index, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
             try:
                 os.write(fd, "".join(lines).encode())
                 os.fsync(fd)
@@ -188,6 +213,7 @@ class RunStore:
         return read_jsonl(Path(original) / RERUNS)
 
     def entries(self) -> list[dict[str, Any]]:
+        self.check()
         return read_jsonl(self.index)  # a torn line from a crashed writer is skipped: the others are still good
 
     def records(self, limit: Optional[int] = None) -> list[RunRecord]:
