@@ -116,6 +116,8 @@ class Settings(_Strict):
     # the user who looks after a shared cache: files they own are trusted by everybody (see
     # docs/staging.md, "Security model")
     cache_admin: Optional[str] = None
+    # default $HPCFT_HOME/runs; a folder shared on purpose (a lab's) must be sticky (chmod +t), and each
+    # run folder in it is 0700 (hpcft.runs.index.ready_runs_root)
     runs_dir: Optional[Path] = None
     templates_dir: Optional[Path] = None
     sources: Sources = Sources()
