@@ -4,14 +4,22 @@ member wrote (a model's chat template, a lock file, a staged metric script) cann
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from devtools.wait import wait_for
 from hpcft.core.chat import ChatRenderer, TemplateTokenizer
 from hpcft.core.chat_sandbox import RenderLimit
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 HI = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
 
@@ -94,3 +102,143 @@ def test_the_limited_renderer_loads_no_heavy_library():
             "print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- a lock held by another user
+
+HOLD = """
+import fcntl, os, pwd, socket, sys, time  # all imported before the drop: /root's Python is 0700
+from hpcft.core.safefs import Dir, Lock
+folder = Dir.open_root(sys.argv[1])
+user = pwd.getpwnam(sys.argv[3])
+os.setgroups([]); os.setgid(user.pw_gid); os.setuid(user.pw_uid)
+with Lock(folder, sys.argv[2]):
+    sys.stdin.read()  # held until the test closes stdin
+"""
+
+
+@pytest.fixture(scope="module")
+def other():
+    """A real Unix user other than the one running the tests (hpcfta, devtools/users.py)."""
+    from devtools import users
+
+    try:
+        users.check_tools()
+        users.ensure_group("hpcftshare")
+        return users.ensure_user("hpcfta", "hpcftshare")
+    except users.Unavailable as exc:
+        if IN_CI:
+            pytest.fail(f"a second user is required under CI=true: {exc}")
+        pytest.skip(f"no second user: {exc}")
+
+
+def _lock_file(cache_root: Path, owner) -> tuple[Path, Path]:
+    """The lock of local/lm's model in a fresh cache, created by ``owner`` (as a user of the group would)."""
+    from hpcft.core.safefs import Modes
+    from hpcft.core.store import Cache
+    from hpcft.stage.layout import prepare_cache
+
+    cache = Cache(cache_root)
+    prepare_cache(cache, Modes())
+    path = cache.lock_path("model", "local/lm")
+    path.touch()
+    os.chown(path, owner.uid, owner.gid)
+    return cache.root / "locks", path
+
+
+def _is_held(path: Path) -> bool:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def test_stage_names_the_other_user_holding_the_lock_and_gives_up_after_locks_wait_s(
+        other, hpcft_home, tmp_path, run_hpcft):
+    """Finding 7: a lock held for ever made `hpcft stage` wait without end and without naming the
+    owner. Now it says once who holds it (user and pid, from /proc/locks), gives up after
+    locks.wait_s with one line, and has written nothing; once the lock is free it stages."""
+    locks, path = _lock_file(hpcft_home / "cache", other)
+    (hpcft_home / "no-cluster-config.yaml").write_text("locks:\n  wait_s: 3\n")
+    (tmp_path / "lm").mkdir()
+    (tmp_path / "lm" / "config.json").write_text('{"model_type": "bert"}')
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(locks), path.name, other.name],
+                              stdin=subprocess.PIPE, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        record = wait_for(lambda: path.read_text() if _is_held(path) else "", until=lambda text: text.endswith("\n"),
+                          timeout=30, fail=lambda _: holder.poll() is not None,
+                          what=f"{other.name}'s process to take {path} and write its record there")
+        assert record == f"user={other.name} pid={holder.pid} host={socket.gethostname()}\n"
+        res = run_hpcft("stage", str(tmp_path / "lm"), cwd=tmp_path, timeout=60)
+        who = f"{other.name} (pid {holder.pid})"
+        assert res.returncode == 1, res.stderr
+        assert res.stderr.splitlines() == [
+            f"… lock {path}, held by {who}: waiting (2 s so far; gives up after 3 s, locks.wait_s)",
+            f"hpcft: error: {path}: held by {who} for more than 3 s; gave up. Ask {other.name}, or the cache admin, "
+            "to end that process if it hangs, or raise locks.wait_s in the hpcft config to wait longer"]
+        cache = hpcft_home / "cache"
+        assert not list((cache / "manifests" / "model").iterdir()) and not list((cache / "tmp").iterdir())
+        assert not (cache / "hf" / "hub" / "models--local--lm").exists()
+    finally:
+        holder.communicate(timeout=30)  # stdin closed: the holder lets go
+    assert holder.returncode == 0 and path.read_text() == ""  # its record went with it
+    res = run_hpcft("stage", str(tmp_path / "lm"), cwd=tmp_path, timeout=60)
+    assert res.returncode == 0, res.stderr
+
+
+def test_a_holder_on_another_host_is_named_from_its_record_and_only_when_it_owns_the_file(
+        other, tmp_path, monkeypatch):
+    """On a shared filesystem a holder on another login node is not in this host's /proc/locks:
+    the record it wrote into its own lock file names it. A record that does not match the file's
+    owner, or that says this host (a stale one: the holder would be in /proc/locks), is not
+    believed: then the file's owner is named."""
+    from hpcft.core.errors import StageError
+    from hpcft.core.safefs import Dir, Lock
+
+    locks, path = _lock_file(tmp_path / "cache", other)
+    monkeypatch.setattr(Lock, "flock_holders", staticmethod(lambda st, table=None: []))
+    held = os.open(path, os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        for record, named in ((f"user={other.name} pid=77 host=login9\n", f"{other.name} (pid 77 on login9)"),
+                              ("user=root pid=77 host=login9\n", f"{other.name} (pid unknown: the lock file's owner)"),
+                              (f"user={other.name} pid=77 host={socket.gethostname()}\n",
+                               f"{other.name} (pid unknown: the lock file's owner)"),
+                              ("garbage", f"{other.name} (pid unknown: the lock file's owner)")):
+            path.write_text(record)
+            with Dir.open_root(locks) as folder, pytest.raises(StageError) as info:
+                Lock(folder, path.name, timeout=0.3).__enter__()
+            assert str(info.value).startswith(f"{path}: held by {named} for more than 0.3 s; gave up. "
+                                              f"Ask {other.name}, or the cache admin,")
+    finally:
+        os.close(held)
+
+
+def test_the_holders_are_read_from_proc_locks_without_its_waiters():
+    from hpcft.core.safefs import Lock
+
+    st = os.stat_result((0o100644, 1597472, os.makedev(254, 0), 1, 0, 0, 0, 0, 0, 0))
+    table = ("1: POSIX  ADVISORY  WRITE 15341 fe:00:15343679 0 EOF\n"
+             "2: FLOCK  ADVISORY  WRITE 4242 fe:00:1597472 0 EOF\n"
+             "2: -> FLOCK  ADVISORY  WRITE 4343 fe:00:1597472 0 EOF\n"
+             "3: FLOCK  ADVISORY  WRITE 5151 fe:01:1597472 0 EOF\n")
+    assert Lock.flock_holders(st, table) == [4242]
+
+
+@pytest.mark.parametrize("value, problem", [
+    ("0", "Input should be greater than 0 (got 0)"),
+    ("-5", "Input should be greater than 0 (got -5)"),
+    ("soon", "Input should be a valid number (got 'soon')"),
+    (".inf", "Input should be a finite number (got inf)"),
+    ("true", "Input should be a valid number (got True)"),
+])
+def test_locks_wait_s_must_be_a_positive_number(hpcft_home, tmp_path, run_hpcft, value, problem):
+    config = hpcft_home / "no-cluster-config.yaml"
+    config.write_text(f"locks:\n  wait_s: {value}\n")
+    res = run_hpcft("stage", str(tmp_path / "nothing"), cwd=tmp_path, timeout=60)
+    assert res.returncode == 2
+    assert res.stderr.splitlines() == [f"{config}:2: locks.wait_s: {problem}"]

@@ -46,6 +46,13 @@ class Sources(_Strict):
     min_speed_kbs: float = Field(10, gt=0)
 
 
+class Locks(_Strict):
+    """How long a command waits for a lock of the shared cache that somebody else holds (``hpcft
+    stage`` of an asset another stage is fetching) before it gives up, naming the holder."""
+
+    wait_s: float = Field(600, gt=0, strict=True, allow_inf_nan=False)  # a number: not "600", not true
+
+
 class Partitions(_Strict):
     """Which partitions carry which accelerator. Unlisted partitions are classified
     from the gres their nodes offer (npu > gpu > cpu)."""
@@ -132,6 +139,7 @@ class Settings(_Strict):
     # memory of one GPU/NPU, keyed by gres type, partition or node feature, e.g. {a100: 80G, 910b: 64G}
     # (the LLM memory pre-flight compares its estimate with it; see docs/llm.md)
     device_memory: dict[str, str] = {}
+    locks: Locks = Locks()
 
     @field_validator("device_memory")
     @classmethod

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import secrets
+import socket
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -366,24 +368,44 @@ def remove_tree(parent: Dir, name: str) -> None:
 class Lock:
     """An exclusive ``flock`` on ``folder/name``, opened without following links (a link planted in
     its place is refused by name). Works across users: a lock file another user created is opened
-    read-only, which is enough for ``flock``."""
+    read-only, which is enough for ``flock``.
+
+    Waiting names the holder (:meth:`holder`): ``on_wait(seconds, where)`` is called after 2 s and
+    every 30 s, ``where`` being the path, plus ``, held by USER (pid N)`` the first time and when the
+    holder changes; after ``timeout`` s (None: no limit) it gives up in one line naming the holder,
+    who is read from ``/proc/locks`` (this host), else from the record ``user=U pid=N host=H`` a
+    holder writes into a lock file it owns (another host; believed only when U owns the file), else
+    is the file's owner."""
+
+    RECORD = re.compile(r"user=(\S+) pid=(\d+) host=(\S+)\n?")
+
+    @dataclass(frozen=True)
+    class Holder:
+        user: str
+        pid: Optional[int] = None
+        host: Optional[str] = None   # another host's (from the file's record); None: this one
+
+        def __str__(self) -> str:
+            if self.pid is None:
+                return f"{self.user} (pid unknown: the lock file's owner)"
+            return f"{self.user} (pid {self.pid}{f' on {self.host}' if self.host else ''})"
 
     def __init__(self, folder: Dir, name: str, *, on_wait=None, timeout: Optional[float] = None):
         self.folder, self.name, self.on_wait, self.timeout = folder, name, on_wait, timeout
         self.fd = -1
+        self.recorded = False   # our user/pid are in the file (cleared again on release)
 
-    def __enter__(self) -> "Lock":
-        import fcntl
-        import time
-
-        path = self.folder.join(self.name)
+    def _open(self, path: str) -> None:
+        flags = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         while self.fd < 0:
             try:
-                self.fd = os.open(self.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                                  dir_fd=self.folder.fd)
+                try:  # read-write where we may (our own file: the record), else read-only
+                    self.fd = os.open(self.name, os.O_RDWR | flags, dir_fd=self.folder.fd)
+                except PermissionError:
+                    self.fd = os.open(self.name, os.O_RDONLY | flags, dir_fd=self.folder.fd)
             except FileNotFoundError:
                 try:
-                    self.fd = os.open(self.name, O_NEW, 0o644, dir_fd=self.folder.fd)
+                    self.fd = os.open(self.name, (O_NEW & ~os.O_WRONLY) | os.O_RDWR, 0o644, dir_fd=self.folder.fd)
                 except FileExistsError:
                     continue
             except OSError as exc:
@@ -396,25 +418,84 @@ class Lock:
                 os.close(self.fd)
                 self.fd = -1
                 raise Planted(f"{path}: the lock file is not a regular file; refused")
+
+    def __enter__(self) -> "Lock":
+        import fcntl
+        import time
+
+        path = self.folder.join(self.name)
+        self._open(path)
         t0 = time.monotonic()
-        waited = 0.0
+        waited, named = 0.0, None
         while True:
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._record()
                 return self
             except BlockingIOError:
                 pass
             now = time.monotonic() - t0
             if self.timeout is not None and now >= self.timeout:
+                holder = self.holder()
                 os.close(self.fd)
                 self.fd = -1
-                raise StageError(f"{path}: still locked by another process after {self.timeout:.0f} s")
+                raise StageError(f"{path}: held by {holder} for more than {self.timeout:g} s; gave up. Ask "
+                                 f"{holder.user}, or the cache admin, to end that process if it hangs, or raise "
+                                 "locks.wait_s in the hpcft config to wait longer")
             if self.on_wait is not None and now - waited >= (2 if waited == 0 else 30):
-                waited = now
-                self.on_wait(now, path)
+                waited, holder = now, self.holder()
+                self.on_wait(now, path if holder == named else f"{path}, held by {holder}")
+                named = holder
             time.sleep(0.1)
+
+    @staticmethod
+    def flock_holders(st: os.stat_result, table: Optional[str] = None) -> list[int]:
+        """Who holds a lock on the file of ``st`` (pids; waiters ``->`` are not) by ``/proc/locks``."""
+        if table is None:
+            try:
+                with open("/proc/locks", encoding="ascii", errors="replace") as fh:
+                    table = fh.read()
+            except OSError:
+                return []
+        want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        rows = [line.split() for line in table.splitlines()]
+        return [int(f[4]) for f in rows if len(f) >= 6 and f[1] != "->" and f[5] == want and f[4].isdigit()
+                and int(f[4]) > 0]
+
+    def holder(self) -> "Lock.Holder":
+        """Who holds the lock now (see the class docstring)."""
+        st = os.fstat(self.fd)
+        for pid in self.flock_holders(st):
+            try:
+                return self.Holder(owner_name(os.stat(f"/proc/{pid}").st_uid), pid)
+            except OSError:  # gone meanwhile, or /proc hides other users' processes
+                return self.Holder(owner_name(st.st_uid), pid)
+        try:
+            found = self.RECORD.fullmatch(os.pread(self.fd, 512, 0).decode("utf-8", "replace"))
+        except OSError:
+            found = None
+        if found and found.group(1) == owner_name(st.st_uid) and found.group(3) != socket.gethostname():
+            return self.Holder(found.group(1), int(found.group(2)), found.group(3))
+        return self.Holder(owner_name(st.st_uid))
+
+    def _record(self) -> None:
+        """Write who holds it into a lock file we own, for waiters on other hosts."""
+        me = os.geteuid()
+        if os.fstat(self.fd).st_uid != me:
+            return
+        try:
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, f"user={owner_name(me)} pid={os.getpid()} host={socket.gethostname()}\n".encode(), 0)
+            self.recorded = True
+        except OSError:  # opened read-only after all (a read-only mount): waiters name the file's owner
+            self.recorded = False
 
     def __exit__(self, *exc) -> None:
         if self.fd >= 0:
-            os.close(self.fd)  # closing releases the flock
-            self.fd = -1
+            try:
+                if self.recorded:  # a record left behind would name us while somebody else holds it
+                    os.ftruncate(self.fd, 0)
+            finally:
+                self.recorded = False
+                os.close(self.fd)  # closing releases the flock
+                self.fd = -1

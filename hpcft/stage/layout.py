@@ -77,7 +77,25 @@ def prepare_cache(cache: Cache, modes: Modes) -> None:
 
 def lock(cache: Cache, kind: str, repo_id: str, config: Optional[str], *,
          on_wait: Optional[Callable] = None, timeout: Optional[float] = None) -> "_CacheLock":
-    return _CacheLock(cache, cache.lock_path(kind, repo_id, config).name, on_wait, timeout)
+    """The asset's lock (a context manager). While another process holds it, ``on_wait(seconds,
+    where)`` is told how long it has waited, ``where`` naming the holder the first time (default:
+    one line on stderr); after ``timeout`` seconds (default: the hpcft config's ``locks.wait_s``)
+    it gives up with a :class:`StageError` naming the holder, before anything is written."""
+    if timeout is None:
+        from ..core.config import load_settings
+
+        timeout = load_settings().locks.wait_s
+    return _CacheLock(cache, cache.lock_path(kind, repo_id, config).name, on_wait or _waiting(timeout), timeout)
+
+
+def _waiting(timeout: float) -> Callable[[float, str], None]:
+    def say(seconds: float, where: str) -> None:
+        import sys
+
+        print(f"… lock {where}: waiting ({seconds:.0f} s so far; gives up after {timeout:g} s, locks.wait_s)",
+              file=sys.stderr, flush=True)
+
+    return say
 
 
 class _CacheLock:
