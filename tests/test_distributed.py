@@ -102,7 +102,8 @@ def test_prepare_task_gives_each_rank_its_log_and_the_ops_cache(tmp_path):
         prepare_task(spec)
         print("from", os.environ["RANK"], os.environ["TORCH_EXTENSIONS_DIR"])
     """
-    env = {"SLURM_JOB_ID": "77", "SLURM_NTASKS": "2", "HPCFT_CACHE": str(tmp_path / "cache")}
+    env = {"SLURM_JOB_ID": "77", "SLURM_NTASKS": "2", "HPCFT_CACHE": str(tmp_path / "cache"),
+           "HPCFT_RUNTIME": str(tmp_path / "runtime")}
     r0 = _task(code, {**env, "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}, tmp_path)
     r1 = _task(code, {**env, "SLURM_PROCID": "1", "SLURM_LOCALID": "1"}, tmp_path)
     assert r0.returncode == 0 and r1.returncode == 0, r0.stderr + r1.stderr
@@ -111,7 +112,7 @@ def test_prepare_task_gives_each_rank_its_log_and_the_ops_cache(tmp_path):
     assert "hpcft: rank 1/2 on" in rank1 and "from 1 " in rank1
     assert os.readlink(run / "logs" / "job.77.rank0.out") == "../job.77.out"
     ops = Path(r0.stdout.split()[2])
-    assert ops.is_dir() and ops.is_relative_to(tmp_path / "cache" / "ops")
+    assert ops.is_dir() and ops == tmp_path / "runtime" / "torch_extensions"  # the user's own, never the cache
 
 
 def test_one_process_train_job_stays_out_of_torch_distributed(tmp_path):

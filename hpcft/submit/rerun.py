@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Optional
 from ..core.config import Settings
 from ..core.errors import HpcftError
 from ..core.job import Job, LoadedJob
-from ..core.rundir import RunPaths
+from ..core.rundir import RunPaths, make_private_dir, write_private_pickle
 from .scow import home, place, portal_gaps
 
 if TYPE_CHECKING:
@@ -117,10 +117,10 @@ def rerun(run_dir: str | Path, alloc: Allocation, folder: Path) -> tuple[RunPath
         return _resubmit(loaded, _portal_settings(settings, folder), src, reasons, alloc.job_id)
     paths = new_run_dir(settings.runs, job.name)
     prepare_run(loaded, settings, paths, old.partition, scow_dir=folder)
-    paths.submitit.mkdir(exist_ok=True)
+    make_private_dir(paths.submitit)
     delayed = DelayedSubmission(WorkerCall(str(paths.dir)))
     delayed.set_timeout(max(1, job.resources.time_seconds // 60), job.max_requeues)
-    delayed.dump(paths.submitit / f"{alloc.job_id}_submitted.pkl")
+    write_private_pickle(delayed, paths.submitit / f"{alloc.job_id}_submitted.pkl")  # the node's guard checks it
     place(paths, folder, alloc.job_id, None)
     record = RunRecord(run_id=paths.run_id, name=job.name, run_dir=str(paths.dir), job_file=old.job_file,
                        kind=job.kind, executor="slurm", submitted_at=now_iso(), job_id=alloc.job_id,
