@@ -13,9 +13,9 @@ def register(sub) -> None:
     p = sub.add_parser(
         "tensorboard", help="TensorBoard over runs' event files (train.report_to: [tensorboard]), with a password",
         description="Start TensorBoard over the named runs (default: every run with event files), side by side. "
-                    "TensorBoard has no login of its own, so it listens on the node's loopback behind a small "
-                    "proxy that asks for a password, made per server, printed once and kept only in the "
-                    "server's 0600 tensorboard.json. Here it binds to 127.0.0.1 (reach it with the ssh line "
+                    "TensorBoard has no login of its own, so it runs inside a small server that asks for a "
+                    "password first (its only port; no second, open one on the node's loopback), made per "
+                    "server, printed once and kept only in the server's 0600 tensorboard.json. Here it binds to 127.0.0.1 (reach it with the ssh line "
                     "printed); with --submit it runs as a Slurm job (no GPU) in the first run's environment. With "
                     "scow: {portal_url, cluster} in the cluster config, a submitted TensorBoard binds where the "
                     "SCOW portal reaches it and the portal's proxy URL is printed.",

@@ -1,0 +1,244 @@
+"""Issue 26, finding 6: the servers hpcft runs on a shared node hold against another user of it.
+
+- ``hpcft tensorboard``: TensorBoard's app runs inside the authenticating process, whose gated
+  port is the only socket it listens on (read from /proc, children included).
+- Every server bounds bodies (413 beyond; a login form's only after it is known to be one) and
+  drops a client that sends no request in time (header-less or trickling), while it goes on
+  serving the others: the TensorBoard front (stdlib), the API and the demo (uvicorn).
+- ``serve --api``: NaN, Infinity and every out-of-range sampling value get a 400 with a JSON
+  error, and the next good request is served; one request that breaks ``generate`` fails alone.
+- ``hpcft serve`` (the demo) asks for a password on loopback too, printed once with the URL.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import select
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from devtools.wait import wait_for
+
+SHORT_S = 1.0   # the header deadline the in-process servers get here (the product's is serving.HEADER_S)
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+RAW = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect)
+
+
+def _status(req: urllib.request.Request, opener=OPENER) -> tuple[int, bytes, dict]:
+    try:
+        with opener.open(req, timeout=30) as r:
+            return r.status, r.read(), r.headers
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), exc.headers
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _descendants(pid: int) -> list[int]:
+    out = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        for child in children:
+            out += _descendants(int(child))
+    return out
+
+
+def listening_ports(pid: int) -> dict[int, list[int]]:
+    """{pid: [port, ...]} of the TCP sockets in LISTEN and the bound UDP sockets of ``pid`` and
+    its descendants (/proc/PID/fd's socket inodes matched in /proc/PID/net/{tcp,tcp6,udp,udp6})."""
+    found: dict[int, list[int]] = {}
+    for p in _descendants(pid):
+        inodes = set()
+        for fd in Path(f"/proc/{p}/fd").iterdir():
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:["):-1])
+        for table, state in (("tcp", "0A"), ("tcp6", "0A"), ("udp", "07"), ("udp6", "07")):
+            for line in Path(f"/proc/{p}/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == state and fields[9] in inodes:
+                    found.setdefault(p, []).append(int(fields[1].rsplit(":", 1)[1], 16))
+    return found
+
+
+def _still_open(socks: list[socket.socket]) -> list[socket.socket]:
+    """Those of ``socks`` the server has not closed (a closed one reads as EOF or a reset)."""
+    readable = set(select.select(socks, [], [], 0)[0])
+    left = []
+    for s in socks:
+        if s in readable:
+            try:
+                if s.recv(1, socket.MSG_PEEK) == b"":
+                    continue
+            except ConnectionResetError:
+                continue
+        left.append(s)
+    return left
+
+
+def _raw_answer(port: int, data: bytes) -> bytes:
+    """What the server answers to ``data`` sent as is (the body, if any, left unsent)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        got = b""
+        while b"\r\n\r\n" not in got:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+        return got
+
+
+def _hold_slow_clients(port: int, serve_one) -> None:
+    """50 connections that send nothing and one that trickles a header: the server answers
+    ``serve_one()`` meanwhile, then closes every one of them on its own."""
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(50)]
+    trickle = socket.create_connection(("127.0.0.1", port))
+    trickle.sendall(b"GET / HTTP/1.1\r\n")
+    try:
+        serve_one()
+        stop = threading.Event()
+
+        def drip():  # a byte at a time, well inside any per-read timeout
+            while not stop.wait(SHORT_S / 4):
+                try:
+                    trickle.sendall(b"X")
+                except OSError:
+                    return
+
+        threading.Thread(target=drip, daemon=True).start()
+        held = idle + [trickle]
+        wait_for(lambda: _still_open(held), until=lambda left: not left,
+                 timeout=15 * SHORT_S, interval=0.2, what="the server to drop 51 clients that sent no request in time",
+                 describe=lambda left: f"{len(left)} connections still open")
+        stop.set()
+        serve_one()  # and it still serves
+    finally:
+        for s in idle + [trickle]:
+            s.close()
+
+
+# --------------------------------------------------------------------------- TensorBoard
+
+def _event_dir(root: Path) -> Path:
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    d = root / "events"
+    w = EventFileWriter(str(d))
+    for step in range(3):
+        value = summary_pb2.Summary.Value(tag="loss", simple_value=1.0 / (step + 1))
+        w.add_event(event_pb2.Event(wall_time=1.0 + step, step=step, summary=summary_pb2.Summary(value=[value])))
+    w.close()
+    return d
+
+
+def _basic(password: str) -> dict:
+    return {"Authorization": "Basic " + base64.b64encode(f"anyone:{password}".encode()).decode()}
+
+
+def test_tensorboard_listens_only_on_its_password_port(tmp_path):
+    pytest.importorskip("tensorboard")
+    info_path = tmp_path / "tensorboard.json"
+    proc = subprocess.Popen([sys.executable, "-m", "hpcft.worker.tensorboard", "--logdir-spec",
+                             f"run-a:{_event_dir(tmp_path)}", "--info-file", str(info_path), "--print-secret"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        info = wait_for(lambda: json.loads(info_path.read_text()) if info_path.is_file() else None,
+                        fail=lambda _: proc.poll() is not None, timeout=60, interval=0.2,
+                        what=f"the TensorBoard server to write {info_path}")
+        assert stat.S_IMODE(info_path.stat().st_mode) == 0o600
+        base = f"http://127.0.0.1:{info['port']}"
+        assert listening_ports(proc.pid) == {proc.pid: [info["port"]]}  # no inner TensorBoard port, no child
+        code, _, headers = _status(urllib.request.Request(f"{base}/data/runs"))
+        assert code == 401 and headers["WWW-Authenticate"].startswith("Basic ")
+        runs = f"{base}/data/runs"
+        wait_for(lambda: _status(urllib.request.Request(runs, headers=_basic(info["password"])))[:2],
+                 until=lambda got: got == (200, b'["run-a/."]'), timeout=30, interval=0.2,
+                 what=f"{runs} to list the run (TensorBoard's reloader reads the event files)")
+        code, page, _ = _status(urllib.request.Request(f"{base}/", headers=_basic(info["password"])))
+        assert code == 200 and b"TensorBoard" in page
+        # the SCOW connect button's form login: a cookie scoped to the server, then the board with it
+        form = urllib.parse.urlencode({"password": info["password"]}).encode()
+        code, _, headers = _status(urllib.request.Request(f"{base}/hpcft-login", data=form), RAW)
+        assert code == 303 and headers["Location"] == "./"
+        cookie = headers["Set-Cookie"].split(";")[0]
+        scalars = f"{base}/data/plugin/scalars/scalars?run={urllib.parse.quote('run-a/.')}&tag=loss"
+        code, data, _ = _status(urllib.request.Request(scalars, headers={"Cookie": cookie}))
+        assert code == 200
+        rows = json.loads(data)  # [wall time, step, value]: the event file's own values
+        assert [r[1] for r in rows] == [0, 1, 2] and [r[2] for r in rows] == pytest.approx([1.0, 0.5, 1 / 3])
+        assert listening_ports(proc.pid) == {proc.pid: [info["port"]]}  # still one, once the board has loaded
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+    assert out.count(info["password"]) == 1, out  # printed once, to its owner
+    assert "Traceback" not in err, err
+    assert not info_path.exists()  # removed on SIGTERM
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory):
+    """The TensorBoard front in this process over a real board, with a short header deadline."""
+    pytest.importorskip("tensorboard")
+    from hpcft.worker.tensorboard import Gate, board_app, serve_board
+
+    app = board_app(f"run-a:{_event_dir(tmp_path_factory.mktemp('board'))}")
+    front, serving = serve_board(app, Gate("s3cret-pass"), "127.0.0.1", 0)
+    front.RequestHandlerClass.header_s = SHORT_S
+    yield {"port": front.server_address[1], "password": "s3cret-pass"}
+    front.shutdown()
+    serving.join(10)
+
+
+def test_front_reads_a_body_only_for_a_login_and_only_a_small_one(board):
+    port = board["port"]
+    # a login form of 200 MB declared (nothing sent): 413 at once, and the connection closes
+    got = _raw_answer(port, b"POST /hpcft-login HTTP/1.1\r\nHost: x\r\nContent-Length: 200000000\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 413 ") and b"Connection: close" in got
+    assert _raw_answer(port, b"POST /hpcft-login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                       ).startswith(b"HTTP/1.1 411 ")
+    # without the password, a body is never read: 401, and the connection closes (its body unread)
+    got = _raw_answer(port, b"POST /data/runs HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 401 ") and b"Connection: close" in got
+    # the password in a small form still logs in; a wrong one is refused
+    base = f"http://127.0.0.1:{port}"
+    assert _status(urllib.request.Request(f"{base}/hpcft-login", data=b"password=wrong"), RAW)[0] == 401
+    code, _, headers = _status(urllib.request.Request(f"{base}/hpcft-login", data=b"password=s3cret-pass"), RAW)
+    assert code == 303 and headers["Set-Cookie"].startswith("hpcft-tb=")
+    # with the password, a body over the cap is refused too
+    auth = base64.b64encode(b"x:s3cret-pass")
+    got = _raw_answer(port, b"POST /data/runs HTTP/1.1\r\nHost: x\r\nAuthorization: Basic " + auth +
+                      b"\r\nContent-Length: 99999999\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 413 ")
+
+
+def test_front_drops_clients_that_send_no_request_and_serves_the_others(board):
+    def serve_one():
+        req = urllib.request.Request(f"http://127.0.0.1:{board['port']}/data/runs", headers=_basic(board["password"]))
+        code, body, _ = _status(req)
+        assert code == 200 and "run-a" in body.decode()
+
+    _hold_slow_clients(board["port"], serve_one)
