@@ -319,3 +319,85 @@ def test_malformed_manifests_are_warnings_naming_their_owner(shared):
     proc = as_b_job(shared, SHIM_LOOKUP)
     assert proc.rc == 0 and json.loads(proc.out.strip().splitlines()[-1]) == [folder, "mrpc"], str(proc)
     assert proc.err.count(A_NAME) == 3, str(proc)
+
+
+LOAD_THEN_RECHECK = """\
+import sys
+from hpcft.core.assets import changed_since_checked, lookup
+from hpcft.core.config import load_settings
+from hpcft.core.resolve import load_table
+from hpcft.core.store import Cache
+s = load_settings()
+a = lookup("model", "bert-base-uncased", Cache(s.cache), load_table(s))
+print("LOOKED-UP", a.path, a.refused or "-", flush=True)
+sys.stdin.readline()          # the job reads its files now; A rewrites them meanwhile
+print("CHANGED", changed_since_checked([a]), flush=True)
+"""
+
+
+def test_a_copy_rewritten_while_b_job_loads_it_stops_the_job(shared):
+    """A race between the check and the reads: B's job looks up A's copy (accepted: B's stage
+    checked it), then A rewrites it while the job loads. The check after the job's setup phase
+    (hpcft.worker.task.Task.loaded_as_checked) sees it and names the copy."""
+    import subprocess
+
+    from devtools import users
+
+    folder = staged(shared, shared.a, "bert-base-uncased")[("model", BERT)]["path"]
+    assert shared.hpcft(shared.b, "stage", "bert-base-uncased", "--json").rc == 0
+    cmd = users.as_user(shared.b, [shared.people.python, "-c", LOAD_THEN_RECHECK], job_env(shared))
+    job = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           cwd=shared.b.home)
+    first = job.stdout.readline()
+    assert first.startswith(f"LOOKED-UP {folder} -"), first + job.stderr.read()
+    shared.as_a("import json\n" + REWRITE_AS_LOCAL, folder=folder,
+                manifest=shared.cache / "manifests/model/google-bert--bert-base-uncased.json", how="changed")
+    out, err = job.communicate("go\n", timeout=60)
+    assert job.returncode == 0 and "Traceback" not in err, out + err
+    assert "changed while this job loaded it" in out and folder in out, out + err
+
+
+HARDLINK = """\
+folder = Path(os.environ["FOLDER"])
+target = folder / "vocab.txt"
+other = Path(os.environ["OTHER"])
+if os.environ["HOW"] == "own-file":   # a second name in A's home: A could rewrite it there, unseen in the cache
+    os.chmod(AHOME, 0o755)
+    other.write_bytes(target.read_bytes())
+os.unlink(target)
+os.link(other, target)
+"""
+
+
+@pytest.fixture
+def hardlinks_allowed():
+    """fs.protected_hardlinks=0 for the test (a kernel that lets anyone link files they do not own)."""
+    knob = Path("/proc/sys/fs/protected_hardlinks")
+    old = knob.read_text().strip()
+    knob.write_text("0")
+    yield
+    knob.write_text(old)
+
+
+@pytest.mark.parametrize("how", ["own-file", "b-file"])
+def test_a_hard_linked_file_makes_a_copy_untrusted(shared, how, request):
+    """A's copy of bert whose vocab.txt is a hard link: to a file in A's home (same bytes, so every
+    hash matches), or, where the kernel allows it, to B's own staged vocab.txt of another model.
+    Neither manifest is trusted; B's lookup does not hand it out and B's stage names A."""
+    if how == "b-file":
+        request.getfixturevalue("hardlinks_allowed")
+        other = Path(staged(shared, shared.b, "bert-base-cased")[("model", "google-bert/bert-base-cased")]["path"])
+        other = other / "vocab.txt"
+    else:
+        other = shared.a.home / "vocab-second-name.txt"
+    folder = staged(shared, shared.a, "bert-base-uncased")[("model", BERT)]["path"]
+    shared.as_a(HARDLINK, folder=folder, other=other, how=how)
+    look = as_b_job(shared, LOOKUP)
+    assert "PATH None" in look.out, f"B's lookup hands out a copy with a hard-linked file:\n{look}"
+    stage = shared.hpcft(shared.b, "stage", "bert-base-uncased", "--json")
+    assert stage.rc != 0 and "Traceback" not in stage.err and A_NAME in stage.err.strip().splitlines()[-1], str(stage)
+    verify = shared.hpcft(shared.b, "cache", "verify")
+    assert verify.rc != 0 and ("hard link" in verify.err or "another user" in verify.err), str(verify)
+    if how == "b-file":  # B's own copy, which A gave a second name, is still B's: B trusts it
+        assert as_b_job(shared, LOOKUP.replace('"bert-base-uncased"', '"bert-base-cased"')).out.startswith(
+            f"PATH {other.parent} REFUSED")

@@ -38,6 +38,7 @@ class JobAsset:
     repo_id: Optional[str] = None
     local: bool = False           # a path the job names, not a hub id: it cannot be staged
     refused: str = ""             # staged, but another user's copy not as you checked it (core.foreign)
+    foreign: Optional[tuple[str, str]] = None  # another user's copy, as you checked it: (folder, its manifest)
 
     @property
     def found(self) -> bool:
@@ -144,7 +145,9 @@ def lookup(kind: str, name: str, cache: Cache, table: AliasTable, *, config: Opt
     if why:
         return JobAsset(kind, shown, cfg, repo_id=found.repo_id, refused=why)
     path = metric_script(found.path, found.repo_id) if kind == "metric" else found.path
-    return JobAsset(kind, shown, cfg, path=path, repo_id=found.repo_id)
+    theirs = foreign.is_foreign(found.manifest.get("_owner", foreign.ME), cache.admins)
+    return JobAsset(kind, shown, cfg, path=path, repo_id=found.repo_id,
+                    foreign=(str(found.path), found.manifest["_manifest"]) if theirs else None)
 
 
 # --------------------------------------------------------------------------- a job's assets
@@ -203,6 +206,16 @@ def problems(assets: list[JobAsset], table: AliasTable) -> list[str]:
     for a in local:
         lines.append(f"{'data file' if a.kind == 'file' else a.kind} not found: {a.name}")
     return lines
+
+
+def changed_since_checked(assets: list[JobAsset]) -> list[str]:
+    """Other users' copies that changed since this process looked them up (the worker asks after
+    its setup phase loaded them: a copy rewritten while the job read it may have handed it the
+    owner's bytes, not the ones you checked)."""
+    return [f"{a.kind} {a.typed}: {a.foreign[0]} changed while this job loaded it (its owner rewrote it); "
+            "stopped, as what was loaded may not be what you checked. Run `hpcft stage "
+            f"{a.typed}` on the login node, then submit again"
+            for a in assets if a.foreign and not foreign.checked(Path(a.foreign[0]), a.foreign[1])]
 
 
 def require(assets: list[JobAsset], table: AliasTable) -> None:

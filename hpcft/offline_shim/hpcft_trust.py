@@ -14,8 +14,8 @@ Anybody in the cache's group can write a file into ``manifests/``. A manifest is
   snapshots/SHA``; for a dataset also ``SHA.uUID`` of the manifest's owner), so one asset has one
   manifest and a manifest cannot name a shared folder such as ``hf/hub``;
 * nobody but its owner can write it, and the folder and every file it lists lie inside the cache
-  with no link on the way, belong to the manifest's owner, are not writable by others, and each
-  file has one name (a hard link could be another file's second name).
+  with no link on the way, belong to the manifest's owner, are not writable by others, and (for
+  another user's copy) each file has one name (a hard link could be another file's second name).
 
 Everything here returns a reason ("" when trusted) and never raises on what a group member wrote.
 """
@@ -200,7 +200,10 @@ def problem(root: str, manifest_file: str, data: object, admins: frozenset = fro
             return f"{rel} belongs to another user than the manifest"
         if stat.S_IMODE(est.st_mode) & 0o022:
             return f"{rel} is writable by other users"
-        if est.st_nlink != 1:
+        if est.st_nlink != 1 and st.st_uid != os.getuid():
+            # a second name elsewhere lets its owner rewrite it unseen in the cache; your own files
+            # you trust (another user can add a name to them only where the kernel allows it, and
+            # still cannot write them)
             return f"{rel} has {est.st_nlink} names (a hard link)"
     return ""
 

@@ -54,6 +54,7 @@ class Task:
         """The phases in order; the metrics.json content on rank 0 ({} on the other ranks and
         after a hand-over for the requeue)."""
         self.setup()
+        self.loaded_as_checked()
         leg = self.train()
         if leg is None:  # stopped for the time limit: the job is being requeued
             return {}
@@ -70,6 +71,16 @@ class Task:
         """Build everything :meth:`train` needs; set ``self.tokenizer`` and ``self.trainer``
         (through :meth:`build_trainer`). Starts with :meth:`begin`."""
         raise NotImplementedError
+
+    def loaded_as_checked(self) -> None:
+        """After setup has read every asset: another user's copy that changed meanwhile (between
+        the look-up at start and the reads) stops the job before a step trains on it."""
+        from ..core.assets import changed_since_checked
+        from ..core.errors import TrustError
+
+        changed = changed_since_checked(self.ctx.assets)
+        if changed:
+            raise TrustError("\n".join(changed))
 
     def begin(self, *, device_note: str = "") -> None:
         """The start of every setup: quiet HF libraries, say what runs where, pick the device
