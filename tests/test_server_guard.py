@@ -242,3 +242,195 @@ def test_front_drops_clients_that_send_no_request_and_serves_the_others(board):
         assert code == 200 and "run-a" in body.decode()
 
     _hold_slow_clients(board["port"], serve_one)
+
+
+# --------------------------------------------------------------------------- the API (transformers backend)
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    """The API over the tiny chat model (untrained: the answers' text does not matter here), served
+    by uvicorn as ``serve --api`` serves it, with a short header deadline."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    from devtools.hub.llm_fixtures import make_tiny_llama
+    from hpcft.worker.api_engine import Engine, load
+    from hpcft.worker.api_server import Api, build_app, serve_app
+
+    model_dir = make_tiny_llama(tmp_path_factory.mktemp("api-model") / "tiny", decoys=False)
+    model, tok = load(model_dir, None, "cpu")
+    engine = Engine(model, tok, max_batch=4, max_wait_s=0.2)
+    port = _free_port()
+    server, serving = serve_app(build_app(Api(engine, "tiny", "sk-test", [], False)), "127.0.0.1", port,
+                                header_s=SHORT_S)
+    base = f"http://127.0.0.1:{port}/v1"
+    wait_for(lambda: _status(urllib.request.Request(f"{base}/models", headers={"Authorization": "Bearer sk-test"}))[0],
+             until=lambda code: code == 200, timeout=60, interval=0.2, retry_on=(OSError,),
+             what=f"the API to answer on {base}/models")
+    yield {"base": base, "port": port, "engine": engine, "tok": tok}
+    server.should_exit = True
+    serving.join(10)
+
+
+def _post(api, path: str, body, key: str = "sk-test", raw: bytes | None = None) -> tuple[int, dict]:
+    data = raw if raw is not None else json.dumps(body).encode()
+    req = urllib.request.Request(api["base"] + path, data=data, headers={
+        "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    code, got, _ = _status(req)
+    return code, json.loads(got)
+
+
+GOOD = {"prompt": "red green", "max_tokens": 3}
+BAD = [  # (the body as sent, the param the error names)
+    (b'{"prompt": "red green", "max_tokens": 3, "temperature": NaN}', None),
+    (b'{"prompt": "red green", "max_tokens": 3, "top_p": Infinity}', None),
+    (b'{"prompt": "red green", "max_tokens": 3, "temperature": -Infinity}', None),
+    (b'{"prompt": "red green", "max_tokens": 3, "temperature": 1e999}', None),
+    (b'{"prompt": "red green", "max_tokens": 3, "metadata": {"x": [NaN]}}', None),   # anywhere in the body
+    (b'{"prompt": "x", "max_tokens": 1' + b"0" * 5000 + b"}", None),                 # an int of 5000 digits
+    (b"[" * 100000 + b"]" * 100000, None),
+    (b'[{"prompt": "x"}]', None),
+    (b'{"prompt": "x", "temperature": 2.5}', "temperature"),
+    (b'{"prompt": "x", "temperature": -0.1}', "temperature"),
+    (b'{"prompt": "x", "temperature": true}', "temperature"),
+    (b'{"prompt": "x", "temperature": "0.7"}', "temperature"),
+    (b'{"prompt": "x", "top_p": 1.5}', "top_p"),
+    (b'{"prompt": "x", "top_p": false}', "top_p"),
+    (b'{"prompt": "x", "max_tokens": 0}', "max_tokens"),
+    (b'{"prompt": "x", "max_tokens": -5}', "max_tokens"),
+    (b'{"prompt": "x", "max_tokens": 2.5}', "max_tokens"),
+    (b'{"prompt": "x", "max_tokens": true}', "max_tokens"),
+    (b'{"prompt": "x", "max_completion_tokens": 0}', "max_completion_tokens"),
+    (b'{"prompt": "x", "max_tokens": 99999999999999999999}', "max_tokens"),   # beyond the context
+    (b'{"prompt": "x", "n": 2}', "n"),
+    (b'{"prompt": "x", "n": true}', "n"),
+    (b'{"prompt": "x", "presence_penalty": 3}', "presence_penalty"),
+    (b'{"prompt": "x", "frequency_penalty": 0.5}', "frequency_penalty"),
+    (b'{"prompt": "x", "seed": true}', "seed"),
+    (b'{"prompt": "x", "seed": 1.5}', "seed"),
+    (b'{"prompt": "x", "seed": 99999999999999999999}', "seed"),
+    (b'{"prompt": "x", "logprobs": 3}', "logprobs"),
+    (b'{"prompt": "x", "best_of": 2}', "best_of"),
+    (b'{"prompt": "x", "stream": "yes"}', "stream"),
+    (b'{"prompt": "x", "stream_options": {"include_usage": 1}}', "stream_options"),
+    (b'{"prompt": "x", "ignore_eos": 1}', "ignore_eos"),
+    (b'{"prompt": "x", "stop": ["a", 3]}', "stop"),
+    (b'{"prompt": "x", "model": 7}', "model"),
+]
+
+
+@pytest.mark.parametrize("raw, param", BAD, ids=[f"{i}-{p or 'json'}" for i, (_, p) in enumerate(BAD)])
+def test_api_refuses_a_bad_value_with_a_400_and_serves_the_next_request(api, raw, param):
+    code, got = _post(api, "/completions", None, raw=raw)
+    assert code == 400, got
+    assert set(got) == {"error"} and got["error"]["type"] == "invalid_request_error" and got["error"]["message"]
+    assert got["error"]["param"] == param, got
+    code, got = _post(api, "/completions", GOOD)
+    assert code == 200 and got["choices"][0]["finish_reason"] in ("stop", "length"), got
+
+
+def test_api_refuses_a_nan_chat_request_then_answers_chat_and_stream(api):
+    msgs = [{"role": "user", "content": "hi"}]
+    raw = json.dumps({"messages": msgs, "max_tokens": 3}).encode()[:-1] + b', "temperature": NaN}'
+    code, got = _post(api, "/chat/completions", None, raw=raw)
+    assert code == 400 and "NaN" in got["error"]["message"]
+    code, got = _post(api, "/chat/completions", {"messages": msgs, "max_tokens": 3, "logprobs": True})
+    assert code == 400 and got["error"]["param"] == "logprobs"
+    code, got = _post(api, "/chat/completions", {"messages": msgs, "max_tokens": 3, "temperature": 0.7, "seed": 1,
+                                                 "presence_penalty": 0, "n": 1, "logprobs": False})
+    assert code == 200 and got["choices"][0]["message"]["role"] == "assistant"
+    req = urllib.request.Request(api["base"] + "/chat/completions", headers={"Authorization": "Bearer sk-test"},
+                                 data=json.dumps({"messages": msgs, "max_tokens": 3, "stream": True}).encode())
+    with OPENER.open(req, timeout=60) as r:
+        assert r.read().decode().rstrip().endswith("data: [DONE]")
+
+
+def test_api_bounds_bodies_after_the_key(api):
+    def answer(key: str, length: int) -> bytes:  # the body declared, never sent
+        return _raw_answer(api["port"], b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                           key.encode() + b"\r\nContent-Length: " + str(length).encode() + b"\r\n\r\n")
+
+    assert answer("sk-test", 5 * 1024 * 1024).startswith(b"HTTP/1.1 413 ")
+    assert answer("sk-wrong", 5 * 1024 * 1024).startswith(b"HTTP/1.1 401 ")  # the key first: no body read
+    code, got = _post(api, "/completions", {**GOOD, "prompt": "red " * 1000})  # a large body within the cap
+    assert code == 200, got
+
+
+def test_body_guard_caps_a_body_sent_without_a_length():
+    """A chunked body (no Content-Length) is read only up to the cap, then 413; the app never runs."""
+    import asyncio
+
+    from hpcft.worker.serving import BodyGuard
+
+    async def app(scope, receive, send):
+        raise AssertionError("the app was called with an oversized body")
+
+    async def drive(path: str, chunks: int) -> tuple[int, dict]:
+        sent = []
+        pending = [{"type": "http.request", "body": b"x" * 1024, "more_body": True} for _ in range(chunks)]
+
+        async def receive():
+            return pending.pop(0) if pending else {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": path, "headers": [(b"transfer-encoding", b"chunked")]}
+        await BodyGuard(app, limit=64 * 1024, login_limit=4 * 1024)(scope, receive, send)
+        return sent[0]["status"], json.loads(sent[1]["body"]), len(pending)
+
+    status, body, left = asyncio.run(drive("/v1/completions", 1000))
+    assert status == 413 and "over 65536 bytes" in body["error"]["message"] and left > 900  # stopped reading
+    status, body, _ = asyncio.run(drive("/login", 10))
+    assert status == 413 and "over 4096 bytes" in body["error"]["message"]
+
+
+def test_api_drops_clients_that_send_no_request_and_serves_the_others(api):
+    def serve_one():
+        req = urllib.request.Request(api["base"] + "/models", headers={"Authorization": "Bearer sk-test"})
+        assert _status(req)[0] == 200
+
+    _hold_slow_clients(api["port"], serve_one)
+
+
+@pytest.mark.worker
+def test_engine_fails_only_the_request_that_breaks_generate(tmp_path):
+    """A row that makes ``generate`` raise (a token id beyond the vocabulary), batched with good
+    ones: it gets the error, the others their answers; a listener that raises cancels its row
+    only; and the engine serves the next request. A NaN temperature never reaches ``generate``."""
+    from devtools.hub.llm_fixtures import make_tiny_llama
+    from hpcft.worker.api_engine import ApiError, Engine, Request, load
+
+    model, tok = load(make_tiny_llama(tmp_path / "tiny", decoys=False), None, "cpu")
+    engine = Engine(model, tok, max_batch=8, max_wait_s=0.5)
+    prompt = engine.encode("red green")
+    ends: dict[str, dict] = {}
+    done = threading.Event()
+
+    def listener(name: str):
+        def emit(ev):
+            if "error" in ev or "finish" in ev:
+                ends[name] = ev
+                if len(ends) == 3:
+                    done.set()
+        return emit
+
+    def broken(ev):
+        raise RuntimeError("the client's event loop is closed")
+
+    reqs = {"good-1": Request(prompt, 3, emit=listener("good-1")),
+            "bad": Request([len(tok) + 1000], 3, emit=listener("bad")),
+            "good-2": Request(prompt, 4, emit=listener("good-2")),
+            "gone": Request(prompt, 4, emit=broken)}
+    for r in reqs.values():
+        engine.submit(r)
+    assert done.wait(120), ends
+    assert "error" in ends["bad"] and ends["good-1"]["finish"] in ("stop", "length") \
+        and ends["good-2"]["finish"] in ("stop", "length"), ends
+    wait_for(lambda: reqs["gone"].finish, timeout=60, what="the row whose listener raises to end")
+    assert reqs["gone"].finish == "cancelled" and reqs["gone"].cancelled
+    assert engine.batches[:2] == [4, 1]  # the four together first; then each row again, alone
+    with pytest.raises(ApiError, match="temperature"):
+        engine.submit(Request(prompt, 3, temperature=float("nan")))
+    after = threading.Event()
+    engine.submit(Request(prompt, 2, emit=lambda ev: after.set() if "finish" in ev else None))
+    assert after.wait(60)

@@ -10,6 +10,12 @@ given no EOS: the criterion decides per row, so vLLM's ``ignore_eos`` works per 
 arrive meanwhile form the next batch. On a small model the per-step cost barely grows with the
 batch, so 8 concurrent requests take little longer than one (benchmarks/bench_serve.py).
 
+One request never stalls the others: the oldest waiting request is always in the next batch
+(whatever its settings), a batch that fails is run again row by row for the rows that got no
+text yet (so only the request that breaks ``generate`` fails), and a request whose listener is
+gone is cancelled rather than breaking the batch. :meth:`Engine.check` refuses what
+``generate`` cannot take (a non-finite or out-of-range temperature or top_p) before it queues.
+
 The stop tokens are the model's own end-of-turn tokens: the tokenizer's EOS, the generation
 config's ``eos_token_id`` (one or a list), and the end-of-turn markers of the common chat
 templates that the vocabulary has (``<|im_end|>``, ``<|eot_id|>``, ``<|end|>``, ...).
@@ -17,6 +23,7 @@ templates that the vocabulary has (``<|im_end|>``, ``<|eot_id|>``, ``<|end|>``, 
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -39,7 +46,7 @@ class ApiError(WorkerError):
         self.status, self.param, self.code = status, param, code
 
 
-@dataclass
+@dataclass(eq=False)  # a request is itself: two alike are still two (the batching uses identity)
 class Request:
     prompt_ids: list[int]
     max_tokens: int
@@ -140,6 +147,11 @@ class Engine:
             "input_ids"]
 
     def check(self, req: Request) -> None:
+        for name, value, lo, hi in (("temperature", req.temperature, 0.0, 2.0), ("top_p", req.top_p, 0.0, 1.0)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and lo <= value <= hi):
+                raise ApiError(f"{name} must be a number >= {lo:g} and <= {hi:g}", param=name)
+        if not isinstance(req.max_tokens, int) or req.max_tokens < 1:
+            raise ApiError("max_tokens must be an integer >= 1", param="max_tokens")
         if len(req.prompt_ids) + req.max_tokens > self.context:
             raise ApiError(f"the prompt ({len(req.prompt_ids)} tokens) plus max_tokens ({req.max_tokens}) exceed "
                            f"the model's context of {self.context} tokens", param="max_tokens",
@@ -161,23 +173,47 @@ class Engine:
                 self.held.append(self.pending.get(timeout=max(0.0, deadline - time.monotonic())))
             except queue.Empty:
                 break
-        key = self.held[0].sampling
-        batch = [r for r in self.held if r.sampling == key and not r.cancelled][:self.max_batch]
-        self.held = [r for r in self.held if r not in batch and not r.cancelled]
+        self.held = [r for r in self.held if not r.cancelled]
+        if not self.held:
+            return []
+        first = self.held[0]  # the oldest is always taken, so no request waits behind others for good
+        batch = [first] + [r for r in self.held[1:] if r.sampling == first.sampling][:self.max_batch - 1]
+        self.held = [r for r in self.held if r not in batch]
         return batch
 
     def _loop(self) -> None:
         while True:
             batch = self._take()
-            if not batch:
-                continue
-            try:
-                self.run_batch(batch)
-            except Exception as exc:  # the server must answer the requests, not die silently
-                for r in batch:
-                    if r.finish is None:
-                        r.finish = "error"
-                        r.emit({"error": f"{type(exc).__name__}: {exc}"})
+            if batch:
+                self._run(batch)
+
+    def _run(self, batch: list[Request]) -> None:
+        """Run ``batch``; when it fails, the rows that got no text yet run again alone, so the error
+        ends only the request that causes it (a row that streamed already cannot start over)."""
+        try:
+            self.run_batch(batch)
+            return
+        except Exception as exc:  # the server must answer the requests, not die silently
+            error = f"{type(exc).__name__}: {exc}"
+        fresh = [r for r in batch if r.finish is None and not r.tokens and r.sent == 0]
+        for r in batch:
+            if r.finish is None and (len(batch) == 1 or r not in fresh):
+                self._fail(r, error)
+        if len(batch) > 1:
+            for r in fresh:
+                self._run([r])
+
+    def _fail(self, r: Request, error: str) -> None:
+        r.finish = "error"
+        self._send(r, {"error": error})
+
+    @staticmethod
+    def _send(r: Request, ev: dict) -> None:
+        """``r.emit(ev)``; a listener that is gone (its event loop closed) cancels its row only."""
+        try:
+            r.emit(ev)
+        except Exception:
+            r.cancelled = True
 
     def run_batch(self, batch: list[Request]) -> None:
         torch, tok = self.torch, self.tokenizer
@@ -235,14 +271,14 @@ class Engine:
         while upto > r.sent and r.text[upto - 1] == "\ufffd":
             upto -= 1
         if upto > r.sent:
-            r.emit({"text": r.text[r.sent:upto]})
+            self._send(r, {"text": r.text[r.sent:upto]})
             r.sent = upto
         return False
 
     def _end(self, r: Request, reason: str) -> None:
         r.text = r.text.rstrip("\ufffd")
         if len(r.text) > r.sent:
-            r.emit({"text": r.text[r.sent:]})
+            self._send(r, {"text": r.text[r.sent:]})
             r.sent = len(r.text)
         r.finish = reason
-        r.emit({"finish": reason, "completion_tokens": len(r.tokens), "prompt_tokens": len(r.prompt_ids)})
+        self._send(r, {"finish": reason, "completion_tokens": len(r.tokens), "prompt_tokens": len(r.prompt_ids)})

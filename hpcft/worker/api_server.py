@@ -11,12 +11,19 @@ is made here, at start, and written only into the 0600 ``serve.json`` of the run
 prints it once); a missing or wrong key gets 401. Backends: vLLM's own OpenAI server when the
 environment has vLLM (vllm-ascend on NPUs) and the device is a GPU/NPU
 (:mod:`hpcft.worker.api_vllm`); otherwise transformers with batching (:mod:`hpcft.worker.api_engine`).
+
+Bad input is a 400 with OpenAI's ``{"error": {...}}`` body, never a hang (issue 26): a body is read
+only after the key was checked, at most ``serving.BODY_MAX`` bytes (413 beyond); NaN and
+Infinity are refused anywhere in it (Python's json would take them); every sampling value the
+server reads is checked for its type and range (:func:`_params`, booleans are not numbers), and
+what the transformers backend cannot do (``n`` > 1, penalties, logprobs) is refused, not ignored.
 """
 
 
 import argparse
 import asyncio
 import json
+import math
 import os
 import secrets
 import sys
@@ -28,7 +35,18 @@ from typing import Any, Optional
 
 from .api_engine import ApiError, Engine, Request, render_chat
 from .errors import WorkerError
-from .serving import InfoFile, answered, free_port, local_url, make_secret, on_stop, proxy_path
+from .serving import (
+    HEADER_S,
+    BodyGuard,
+    InfoFile,
+    answered,
+    free_port,
+    guarded_h11,
+    local_url,
+    make_secret,
+    on_stop,
+    proxy_path,
+)
 
 QUIET_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1",
              "TOKENIZERS_PARALLELISM": "false"}
@@ -84,45 +102,41 @@ class Api:
             events.put_nowait(ev)
 
     # ------------------------------------------------------------------ parsing
-    def _common(self, body: dict, prompt_ids: list[int]) -> Request:
-        if not isinstance(body, dict):
-            raise ApiError("the request body must be a JSON object")
-        model = body.get("model")
+    def _request(self, body, chat: bool, prompt_of) -> Request:
+        """The engine's request for ``body``: its parameters checked first, then its prompt
+        (``prompt_of(body)``: the token ids) and the room the prompt leaves for max_tokens."""
+        params = _params(body, chat)
+        model = params["model"]
         if model is not None and model not in self.names:
             raise ApiError(f"The model '{model}' does not exist; this server has '{self.model_id}'", 404,
                            param="model", code="model_not_found")
-        if body.get("n", 1) != 1:
-            raise ApiError("only n=1 is supported", param="n")
-        stop = body.get("stop") or []
-        stop = [stop] if isinstance(stop, str) else stop
-        if not (isinstance(stop, list) and all(isinstance(s, str) and s for s in stop)) or len(stop) > 4:
-            raise ApiError("stop must be a string or a list of up to 4 strings", param="stop")
-        room = self.engine.context - len(prompt_ids)
-        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or min(DEFAULT_MAX_TOKENS, room)
-        temperature = body.get("temperature")
+        prompt_ids = prompt_of(body)
+        max_tokens = params["max_tokens"] or max(1, min(DEFAULT_MAX_TOKENS, self.engine.context - len(prompt_ids)))
+        temperature = params["temperature"]
         temperature = (1.0 if self.sample_default else 0.0) if temperature is None else temperature
-        top_p = 1.0 if body.get("top_p") is None else body["top_p"]
-        for name, value, lo, hi in (("max_tokens", max_tokens, 1, None), ("temperature", temperature, 0, 2),
-                                    ("top_p", top_p, 0, 1)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < lo or (hi and value > hi):
-                raise ApiError(f"{name} must be a number >= {lo}" + (f" and <= {hi}" if hi else ""), param=name)
-        return Request(prompt_ids, int(max_tokens), float(temperature), float(top_p), stop,
-                       ignore_eos=bool(body.get("ignore_eos")))  # vLLM's extra parameter (extra_body)
+        top_p = 1.0 if params["top_p"] is None else params["top_p"]
+        return Request(prompt_ids, max_tokens, temperature, top_p, params["stop"], ignore_eos=params["ignore_eos"])
 
     def chat_request(self, body: dict) -> Request:
-        msgs = body.get("messages") if isinstance(body, dict) else None
-        if not isinstance(msgs, list) or not msgs:
-            raise ApiError("messages must be a non-empty list", param="messages")
-        prompt = render_chat(self.engine.tokenizer, [_content(m, f"messages[{i}]") for i, m in enumerate(msgs)])
-        return self._common(body, self.engine.encode(prompt))
+        def prompt_of(body) -> list[int]:
+            msgs = body.get("messages")
+            if not isinstance(msgs, list) or not msgs:
+                raise ApiError("messages must be a non-empty list", param="messages")
+            messages = [_content(m, f"messages[{i}]") for i, m in enumerate(msgs)]
+            return self.engine.encode(render_chat(self.engine.tokenizer, messages))
+
+        return self._request(body, True, prompt_of)
 
     def completion_request(self, body: dict) -> Request:
-        prompt = body.get("prompt") if isinstance(body, dict) else None
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-            prompt = prompt[0]
-        if not isinstance(prompt, str):
-            raise ApiError("prompt must be a string (one prompt per request)", param="prompt")
-        return self._common(body, self.engine.encode(prompt))
+        def prompt_of(body) -> list[int]:
+            prompt = body.get("prompt")
+            if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+                prompt = prompt[0]
+            if not isinstance(prompt, str):
+                raise ApiError("prompt must be a string (one prompt per request)", param="prompt")
+            return self.engine.encode(prompt)
+
+        return self._request(body, False, prompt_of)
 
     # ------------------------------------------------------------------ answering
     async def run(self, req: Request, chat: bool, stream: bool, include_usage: bool):
@@ -208,6 +222,7 @@ def build_app(api: Api):
 
     app = FastAPI(title="hpcft OpenAI-compatible server", docs_url=None, redoc_url=None, openapi_url=None)
     expected = f"Bearer {api.key}".encode()
+    app.add_middleware(BodyGuard)  # added first: inside the key check, so no body is read without the key
 
     @app.middleware("http")
     async def require_key(request: HttpRequest, call_next):
@@ -218,10 +233,10 @@ def build_app(api: Api):
         return await call_next(request)
 
     async def body_of(request: HttpRequest) -> dict:
-        try:
-            return json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ApiError(f"the request body is not JSON: {exc}") from None
+        body = parse_json(await request.body())
+        if not isinstance(body, dict):
+            raise ApiError("the request body must be a JSON object")
+        return body
 
     @app.exception_handler(ApiError)
     async def api_error(request, exc: ApiError):
@@ -242,20 +257,102 @@ def build_app(api: Api):
     async def chat(request: HttpRequest):
         body = await body_of(request)
         req = api.chat_request(body)
-        return await api.run(req, True, bool(body.get("stream")), _include_usage(body))
+        return await api.run(req, True, body.get("stream") is True, _include_usage(body))
 
     @app.post("/v1/completions")
     async def completions(request: HttpRequest):
         body = await body_of(request)
         req = api.completion_request(body)
-        return await api.run(req, False, bool(body.get("stream")), _include_usage(body))
+        return await api.run(req, False, body.get("stream") is True, _include_usage(body))
 
     return app
 
 
 def _include_usage(body: dict) -> bool:
     opts = body.get("stream_options")
-    return bool(isinstance(opts, dict) and opts.get("include_usage"))
+    return bool(isinstance(opts, dict) and opts.get("include_usage") is True)
+
+
+# --------------------------------------------------------------------------- the request's values
+
+def _refuse_constant(name: str):
+    raise ApiError(f"the request body holds {name}: JSON numbers must be finite")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ApiError(f"the request body holds the number {text[:40]}, beyond a float's range")
+    return value
+
+
+def parse_json(raw: bytes):
+    """The request's JSON, with NaN, Infinity and numbers beyond a float's range refused (400)."""
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except ValueError as exc:  # not JSON, not UTF-8, or an integer of thousands of digits
+        raise ApiError(f"the request body is not JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError("the request body is not JSON: nested too deeply") from None
+
+
+def _number(body: dict, name: str, lo: float, hi: Optional[float], integer: bool = False):
+    """``body[name]``: None when absent or null, else a finite number (an integer when ``integer``)
+    in [lo, hi]; booleans are not numbers."""
+    value = body.get(name)
+    if value is None:
+        return None
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) \
+        and (not integer or float(value).is_integer()) and lo <= value and (hi is None or value <= hi)
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        raise ApiError(f"{name} must be {kind} >= {lo}" + (f" and <= {hi}" if hi is not None else ""), param=name)
+    return int(value) if integer else float(value)
+
+
+def _flag(body: dict, name: str) -> bool:
+    value = body.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise ApiError(f"{name} must be true or false", param=name)
+    return value is True
+
+
+def _params(body, chat: bool) -> dict:
+    """Every parameter the server reads, checked; what the transformers backend does not do is
+    refused unless it asks for the default (n=1, no penalties, no logprobs)."""
+    if not isinstance(body, dict):
+        raise ApiError("the request body must be a JSON object")
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise ApiError("model must be a string", param="model")
+    for name in ("stream", "ignore_eos", "echo"):
+        _flag(body, name)
+    opts = body.get("stream_options")
+    usage = opts.get("include_usage") if isinstance(opts, dict) else None
+    if opts is not None and not (isinstance(opts, dict) and (usage is None or isinstance(usage, bool))):
+        raise ApiError("stream_options must be an object with include_usage true or false", param="stream_options")
+    if body.get("echo") is True:
+        raise ApiError("echo is not supported by this server", param="echo")
+    _number(body, "seed", -2 ** 63, 2 ** 63 - 1, integer=True)  # accepted; batched sampling is not seeded
+    for name, lo, hi, neutral in (("n", 1, 128, 1), ("best_of", 1, 128, 1), ("presence_penalty", -2, 2, 0),
+                                  ("frequency_penalty", -2, 2, 0), ("top_logprobs", 0, 20, 0)):
+        value = _number(body, name, lo, hi, integer=name in ("n", "best_of", "top_logprobs"))
+        if value is not None and value != neutral:
+            raise ApiError(f"{name}={value:g} is not supported by this server (only {neutral})", param=name)
+    logprobs = _flag(body, "logprobs") if chat else _number(body, "logprobs", 0, 5, integer=True)
+    if logprobs:
+        raise ApiError("logprobs are not supported by this server", param="logprobs")
+    if body.get("logit_bias") not in (None, {}):
+        raise ApiError("logit_bias is not supported by this server", param="logit_bias")
+    stop = body.get("stop") or []
+    stop = [stop] if isinstance(stop, str) else stop
+    if not (isinstance(stop, list) and all(isinstance(s, str) and s for s in stop)) or len(stop) > 4:
+        raise ApiError("stop must be a string or a list of up to 4 strings", param="stop")
+    max_tokens = _number(body, "max_completion_tokens", 1, None, integer=True)
+    if max_tokens is None:
+        max_tokens = _number(body, "max_tokens", 1, None, integer=True)
+    return {"model": model, "stop": stop, "max_tokens": max_tokens, "ignore_eos": _flag(body, "ignore_eos"),
+            "temperature": _number(body, "temperature", 0, 2), "top_p": _number(body, "top_p", 0, 1)}
 
 
 def parse(argv=None):
@@ -310,8 +407,6 @@ def run(argv=None) -> int:
         from .api_vllm import serve_with_vllm
 
         return serve_with_vllm(a, port, key, info, details)
-    import uvicorn
-
     from .api_engine import load
 
     try:
@@ -323,13 +418,7 @@ def run(argv=None) -> int:
     engine = Engine(model, tok, max_batch=a.max_batch)
     gen = getattr(model, "generation_config", None)
     api = Api(engine, a.name, key, a.alias, bool(getattr(gen, "do_sample", False)))
-    server = uvicorn.Server(uvicorn.Config(build_app(api), host=a.host, port=port, log_level="warning",
-                                           timeout_graceful_shutdown=3, access_log=False))
-
-    # uvicorn in a thread: it leaves the signals to us (in the main thread it re-raises SIGTERM after
-    # its shutdown, and the process would die before removing serve.json)
-    serving = threading.Thread(target=server.run, name="hpcft-uvicorn", daemon=True)
-    serving.start()
+    server, serving = serve_app(build_app(api), a.host, port)
     if not answered(local_url(a.host, port, "/v1/models"), 120, {"Authorization": f"Bearer {key}"}):
         print(f"hpcft: error: the API server did not answer on port {port}", file=sys.stderr, flush=True)
         return 1
@@ -343,6 +432,20 @@ def run(argv=None) -> int:
         serving.join(1.0)
     info.remove()
     return 1  # the server thread ended on its own
+
+
+def serve_app(app, host: str, port: int, header_s: float = HEADER_S):
+    """(server, thread): uvicorn serving ``app`` from a thread, with the guarded h11 protocol (a
+    connection that sends no request within ``header_s`` is closed)."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", http=guarded_h11(header_s),
+                                           timeout_graceful_shutdown=3, access_log=False))
+    # uvicorn in a thread: it leaves the signals to us (in the main thread it re-raises SIGTERM after
+    # its shutdown, and the process would die before removing serve.json)
+    serving = threading.Thread(target=server.run, name="hpcft-uvicorn", daemon=True)
+    serving.start()
+    return server, serving
 
 
 def _trusts_remote_code(run_dir: Path) -> bool:
