@@ -434,3 +434,46 @@ def test_engine_fails_only_the_request_that_breaks_generate(tmp_path):
     after = threading.Event()
     engine.submit(Request(prompt, 2, emit=lambda ev: after.set() if "finish" in ev else None))
     assert after.wait(60)
+
+
+# --------------------------------------------------------------------------- the demo
+
+def test_demo_asks_for_a_password_on_loopback_printed_once_with_the_url(tmp_path):
+    pytest.importorskip("gradio")
+    from devtools.hub.llm_fixtures import make_tiny_llama
+
+    model_dir = make_tiny_llama(tmp_path / "tiny", decoys=False)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "hpcft.worker.serve", "--model", str(model_dir), "--run-dir",
+                             str(run_dir), "--port", str(port), "--print-secret"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    info_path = run_dir / "serve.json"
+    try:
+        info = wait_for(lambda: json.loads(info_path.read_text()) if info_path.is_file() else None,
+                        fail=lambda _: proc.poll() is not None, timeout=120, interval=0.3,
+                        what=f"the demo to write {info_path}")
+        assert info["host"] == "127.0.0.1" and info["user"] == "hpcft" and len(info["password"]) >= 20
+        assert stat.S_IMODE(info_path.stat().st_mode) == 0o600
+        base = f"http://127.0.0.1:{port}"
+        assert _status(urllib.request.Request(f"{base}/config"))[0] == 401  # on loopback too
+        form = urllib.parse.urlencode({"username": "hpcft", "password": "wrong"}).encode()
+        assert _status(urllib.request.Request(f"{base}/login", data=form))[0] in (400, 401)
+        assert _status(urllib.request.Request(f"{base}/hpcft-login", data=b"password=wrong"), RAW)[0] == 401
+        code, _, headers = _status(urllib.request.Request(
+            f"{base}/hpcft-login", data=urllib.parse.urlencode({"password": info["password"]}).encode()), RAW)
+        assert code == 303
+        cookie = "; ".join(c.split(";")[0] for c in headers.get_all("set-cookie"))
+        assert _status(urllib.request.Request(f"{base}/config", headers={"Cookie": cookie}))[0] == 200
+        # gradio's own login reads its form only up to the login cap
+        got = _raw_answer(port, b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Length: 500000000\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 413 ")
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+    assert out.count(info["password"]) == 1, out
+    line = next(line for line in out.splitlines() if info["password"] in line)
+    assert f"http://127.0.0.1:{port}/" in line and "hpcft" in line and "0600" in line
+    assert not info_path.exists()

@@ -16,13 +16,14 @@ def register(sub) -> None:
         description="Start a small web demo of the run's model, offline (no analytics, no share link), or with "
                     "--api an OpenAI-compatible server (/v1/models, /v1/chat/completions, /v1/completions, "
                     "streaming) for an LLM run: its adapter on the base model, no merge; the model's own chat "
-                    "template; batched requests (vLLM when the job's environment has it on a GPU/NPU). The API "
-                    "needs a key, made per server and printed once (also in the run's 0600 serve.json). It binds "
-                    "to 127.0.0.1 and prints the ssh line that reaches it from a laptop. With --submit it runs "
-                    "on a compute node of the run's partition and prints the node and port once the app answers; "
-                    "scancel the job to stop it. With scow: {portal_url, cluster} in the cluster config, a "
-                    "submitted server binds where the SCOW portal reaches it, asks for a password (the demo) or "
-                    "the key (the API), and the portal's proxy URL is printed instead of the ssh line.",
+                    "template; batched requests (vLLM when the job's environment has it on a GPU/NPU). The demo "
+                    "asks for a password (user hpcft) and the API for a key, even on 127.0.0.1 (every user of "
+                    "the node shares its loopback): made per server, printed once with the URL (also in the "
+                    "run's 0600 serve.json). It binds to 127.0.0.1 and prints the ssh line that reaches it from "
+                    "a laptop. With --submit it runs on a compute node of the run's partition and prints the "
+                    "node and port once the app answers; scancel the job to stop it. With scow: {portal_url, "
+                    "cluster} in the cluster config, a submitted server binds where the SCOW portal reaches it, "
+                    "and the portal's proxy URL is printed instead of the ssh line.",
         epilog="examples:\n"
                "  hpcft serve mrpc-bert                    # here, on http://127.0.0.1:7860\n"
                "  hpcft serve mrpc-bert --submit --time 2h # on a compute node\n"
@@ -69,7 +70,6 @@ def run(args) -> int:
         raise ConfigError([f"hpcft serve: --max-batch {args.max_batch}: give 1 or more"])
     via_portal = args.submit and portal(s.scow)
     host = args.host or (EVERYWHERE if via_portal else "127.0.0.1")
-    open_bind = host not in ("127.0.0.1", "localhost", "::1")
     if args.api:
         module = "api_server"
         wargs = ["--model", str(model.model_dir), "--name", model.record.name or rid, "--alias", rid,
@@ -79,10 +79,9 @@ def run(args) -> int:
             wargs += ["--base", str(model.base_model)]
     else:
         module = "serve"
+        # the demo always asks for a password (gradio's auth=): loopback is every node user's too
         wargs = ["--model", str(model.model_dir), "--run-dir", str(model.paths.dir), "--host", host,
                  "--columns", ",".join(model.text_columns)]
-        if open_bind:
-            wargs.append("--auth")  # reachable by others: a password (gradio's auth=)
     if via_portal:
         wargs += ["--proxy-prefix", proxy_prefix(s.scow)]
     if args.scow_app:
