@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import select
@@ -233,6 +234,14 @@ def test_front_reads_a_body_only_for_a_login_and_only_a_small_one(board):
     got = _raw_answer(port, b"POST /data/runs HTTP/1.1\r\nHost: x\r\nAuthorization: Basic " + auth +
                       b"\r\nContent-Length: 99999999\r\n\r\n")
     assert got.startswith(b"HTTP/1.1 413 ")
+    # a kept-alive connection: a request's body is read, the next request is served after it
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"Authorization": "Basic " + auth.decode(), "Content-Type": "application/x-www-form-urlencoded"}
+    for _ in range(2):
+        conn.request("POST", "/data/plugin/timeseries/tags", body=b"experimentIds=%5B%5D", headers=headers)
+        r = conn.getresponse()
+        assert r.status == 200 and "scalars" in json.loads(r.read())
+    conn.close()
 
 
 def test_front_drops_clients_that_send_no_request_and_serves_the_others(board):

@@ -161,8 +161,9 @@ class GuardedHandler(BaseHTTPRequestHandler):
         self.rfile = io.BufferedReader(self._reader)
         plain.close()  # the socket's own reader: unused, and it would hold the socket open
 
-    def handle_one_request(self) -> None:
+    def handle_one_request(self) -> None:  # one per request of a kept-alive connection
         self._reader.until = time.monotonic() + self.header_s
+        self._body_read = False
         super().handle_one_request()
 
     def parse_request(self) -> bool:
@@ -182,7 +183,7 @@ class GuardedHandler(BaseHTTPRequestHandler):
         body = text.encode()
         self.send_response(status)
         headers = {"Content-Type": "text/plain; charset=utf-8", "Content-Length": str(len(body)), **(extra or {})}
-        if self.has_body() and not getattr(self, "_body_read", False):
+        if self.has_body() and not self._body_read:
             headers["Connection"] = "close"
             self.close_connection = True
         for k, v in headers.items():
@@ -209,6 +210,7 @@ class GuardedHandler(BaseHTTPRequestHandler):
         if len(data) < int(raw):
             raise TimeoutError("the client closed before its body was in")
         self._body_read = True
+        self.connection.settimeout(self.body_s)  # the answer's writes get their own time, not what is left
         return data
 
 
