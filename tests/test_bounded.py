@@ -5,6 +5,7 @@ member wrote (a model's chat template, a lock file, a staged metric script) cann
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import socket
@@ -87,7 +88,8 @@ def test_a_long_conversation_raises_the_size_limit_and_a_model_folder_is_named_b
     long = [{"role": "user", "content": "a" * 5000}, {"role": "assistant", "content": "b"}]
     chatml = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
     tok = TemplateTokenizer(chatml, {}, [], "org/m", chars=1000)
-    assert tok.apply_chat_template(long) == f"<|im_start|>user\n{'a' * 5000}<|im_end|>\n<|im_start|>assistant\nb<|im_end|>\n"
+    want = f"<|im_start|>user\n{'a' * 5000}<|im_end|>\n<|im_start|>assistant\nb<|im_end|>\n"
+    assert tok.apply_chat_template(long) == want
     with pytest.raises(RenderLimit, match=r"rendering exceeded \d+ characters \(in one value\); refused$"):
         TemplateTokenizer("{{ messages[0].content * 10 }}", {}, [], "org/m", chars=1000).apply_chat_template(long)
     snapshot = tmp_path / "hf" / "hub" / "models--Org--Name" / "snapshots" / "abc"
@@ -242,3 +244,158 @@ def test_locks_wait_s_must_be_a_positive_number(hpcft_home, tmp_path, run_hpcft,
     res = run_hpcft("stage", str(tmp_path / "nothing"), cwd=tmp_path, timeout=60)
     assert res.returncode == 2
     assert res.stderr.splitlines() == [f"{config}:2: locks.wait_s: {problem}"]
+
+
+# --------------------------------------------------------------------------- trusted_code: staged code you can check
+
+JOB = ("name: t\nexecutor: local\ntrain:\n  model: bert-base-uncased\n  dataset: glue/mrpc\n"
+       "  metric: evaluate-metric/glue\n  epochs: 1\n")
+
+
+def _manifest_file(cache_root: Path, kind: str, repo_id: str) -> Path:
+    from hpcft.core.store import Cache
+
+    return Cache(cache_root).manifest_path(kind, repo_id)
+
+
+def _as_staged_by(user, cache_root: Path, asset) -> None:
+    """``asset`` (a StagedAsset) as ``user`` would have staged it (manifest and files theirs), and
+    accepted by this user's `hpcft stage` check of it (core.foreign's memo), as a group member's
+    copy of a metric the mirror vouched for is."""
+    from hpcft.core import foreign
+
+    for folder in (asset.path, *asset.path.parents[:2]):
+        os.chown(folder, user.uid, user.gid)
+    manifest = _manifest_file(cache_root, asset.kind, asset.repo_id)
+    for f in [*asset.path.iterdir(), manifest]:
+        os.chown(f, user.uid, user.gid)
+    foreign.remember(asset.path, str(manifest))
+
+
+@pytest.fixture
+def metric(tmp_path, hpcft_home, other):
+    """The GLUE metric staged into the cache by another group member; a job naming it; the
+    config file the tests pin in."""
+    from devtools.hub.fixtures import make_glue_metric
+    from hpcft.core.store import Cache
+    from hpcft.stage.layout import register_local
+
+    asset = register_local(Cache(hpcft_home / "cache"), "metric", "evaluate-metric/glue",
+                           make_glue_metric(tmp_path / "space"), aliases=["glue"])
+    _as_staged_by(other, hpcft_home / "cache", asset)
+    (tmp_path / "job.yaml").write_text(JOB)
+    script = asset.path / "glue.py"
+    return script, hashlib.sha256(script.read_bytes()).hexdigest(), hpcft_home / "no-cluster-config.yaml"
+
+
+def _trusted_lines(run_hpcft, tmp_path) -> list[str]:
+    res = run_hpcft("check", str(tmp_path / "job.yaml"), cwd=tmp_path, timeout=60)
+    assert "Traceback" not in res.stderr, res.stderr
+    return [ln for ln in res.stdout.splitlines() if " trusted code" in ln]
+
+
+def test_an_unpinned_metric_script_is_refused_at_pre_flight_naming_its_sha256_owner_and_pin(
+        metric, other, tmp_path, run_hpcft):
+    from hpcft.core import foreign
+
+    script, digest, config = metric
+    assert _trusted_lines(run_hpcft, tmp_path) == []  # trusted_code not set: as before
+    config.write_text("trusted_code:\n  evaluate-metric/other: []\n")
+    assert _trusted_lines(run_hpcft, tmp_path) == [  # app.py (the Space's page) is not code that runs
+        f"✗ trusted code: metric evaluate-metric/glue: {script} (sha256 {digest}, staged by {other.name}) is not "
+        "pinned in trusted_code; read it, then the cluster admin pins it in the cluster config: "
+        f"trusted_code: {{evaluate-metric/glue: [{digest}]}}"]
+    config.write_text(f"trusted_code:\n  evaluate-metric/glue:\n    - {digest.upper()}\n")
+    assert _trusted_lines(run_hpcft, tmp_path) == [
+        "✓ trusted code: metric evaluate-metric/glue: its code is pinned in trusted_code"]
+    (script.parent / "helper.py").write_text("import os\n")  # a module beside it would be imported too
+    os.chown(script.parent / "helper.py", other.uid, other.gid)
+    foreign.remember(script.parent, str(_manifest_file(script.parents[4], "metric", "evaluate-metric/glue")))
+    lines = _trusted_lines(run_hpcft, tmp_path)
+    assert len(lines) == 1 and lines[0].startswith(f"✗ trusted code: metric evaluate-metric/glue: "
+                                                   f"{script.parent / 'helper.py'} (sha256 ")
+
+
+def test_the_worker_loads_only_the_bytes_it_checked(metric, tmp_path, monkeypatch):
+    """Right before evaluate.load: an unpinned script is refused; a pinned one is read once and
+    a private copy of exactly those bytes is what gets loaded, so a script swapped after the
+    check (a race between check and open) never runs."""
+    from hpcft.stage.trusted_code import UntrustedCode, checked_copy, refusals
+
+    script, digest, _ = metric
+    cache = script.parents[4]
+    with pytest.raises(UntrustedCode) as info:
+        checked_copy(script, cache, {"evaluate-metric/glue": ["0" * 64]}, tmp_path / "none")
+    assert info.value.lines() == refusals(script, cache, {"evaluate-metric/glue": ["0" * 64]})
+    assert len(info.value.lines()) == 1 and f"sha256 {digest}" in info.value.lines()[0]
+    assert not (tmp_path / "none").exists()
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    real = script.read_bytes()
+    loaded = checked_copy(script, cache, {"evaluate-metric/glue": [digest]}, private)
+    script.write_text("raise SystemExit('swapped after the check')\n")  # the race
+    assert loaded == private / "glue" / "glue.py" and loaded.read_bytes() == real
+    assert sorted(p.name for p in loaded.parent.iterdir()) == ["glue.py"]
+    # trusted_code not set, or a metric that is a local path: loaded where it is, as before
+    assert checked_copy(script, cache, None, private) == script
+    assert checked_copy(tmp_path / "space" / "glue.py", cache, {}, private) == tmp_path / "space" / "glue.py"
+
+
+@pytest.mark.worker
+def test_a_job_scores_with_its_pinned_metric_and_stops_before_an_unpinned_one(metric, hpcft_home, tmp_path):
+    script, digest, config = metric
+    code = ("import sys; from pathlib import Path; from hpcft.worker.metrics import load_staged\n"
+            "m = load_staged(Path(sys.argv[1]), 'mrpc'); print(m.compute(predictions=[0, 1], references=[0, 1]))\n")
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1",
+           "HF_EVALUATE_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    config.write_text(f"trusted_code:\n  evaluate-metric/glue: [{digest}]\n")
+    ok = subprocess.run([sys.executable, "-c", code, str(script)], capture_output=True, text=True, env=env,
+                        timeout=300, cwd=ROOT)
+    assert ok.returncode == 0 and "'accuracy': 1.0" in ok.stdout, ok.stderr[-3000:]
+    config.write_text("trusted_code:\n  evaluate-metric/glue: []\n")
+    refused = subprocess.run([sys.executable, "-c", code, str(script)], capture_output=True, text=True, env=env,
+                             timeout=300, cwd=ROOT)
+    assert refused.returncode != 0
+    assert f"UntrustedCode: metric evaluate-metric/glue: {script} (sha256 {digest}, staged by" in refused.stderr
+
+
+def test_staged_scripts_lists_each_metric_and_model_script_for_the_admin_to_pin(metric, other, hpcft_home, tmp_path):
+    from hpcft.core.config import load_settings
+    from hpcft.core.store import Cache
+    from hpcft.stage.layout import register_local
+    from hpcft.stage.trusted_code import pin_yaml, refusals, staged_scripts
+
+    script, digest, config = metric
+    model = tmp_path / "glm"
+    model.mkdir()
+    (model / "config.json").write_text('{"auto_map": {"AutoModel": "modeling_glm.GLMModel"}}')
+    (model / "modeling_glm.py").write_text("class GLMModel: pass\n")
+    cache = Cache(hpcft_home / "cache")
+    staged = register_local(cache, "model", "org/glm", model)
+    found = staged_scripts(cache)
+    code = hashlib.sha256(b"class GLMModel: pass\n").hexdigest()
+    assert [(s.kind, s.repo_id, s.path, s.owner, s.sha256, s.changed) for s in found] == [
+        ("metric", "evaluate-metric/glue", script, other.name, digest, False),
+        ("model", "org/glm", staged.path / "modeling_glm.py", "root", code, False)]
+    block = pin_yaml(s for s in found if s.kind == "metric")
+    assert block == f"trusted_code:\n  evaluate-metric/glue:\n    - {digest}  # glue.py, staged by {other.name}\n"
+    config.write_text(block)  # what the admin pastes validates, and pins the script
+    assert refusals(script, cache.root, load_settings().trusted_code) == []
+    script.write_text("print('changed after staging')\n")
+    assert [s.changed for s in staged_scripts(cache)] == [True, False]
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("trusted_code:\n  evaluate-metric/glue: [abc]\n",
+     ":2: trusted_code.evaluate-metric/glue[0]: 'abc' is not a sha256 (64 hex digits, as `hpcft cache doctor` "
+     "prints them)"),
+    ("trusted_code:\n  evaluate-metric/glue: 1\n", ":2: trusted_code.evaluate-metric/glue: Input should be a "
+                                                  "valid list (got 1)"),
+    ("trusted_code: [abc]\n", ":1: trusted_code: Input should be a valid dictionary (got ['abc'])"),
+])
+def test_a_bad_trusted_code_is_a_one_line_config_error(hpcft_home, tmp_path, run_hpcft, text, problem):
+    config = hpcft_home / "no-cluster-config.yaml"
+    config.write_text(text)
+    (tmp_path / "job.yaml").write_text(JOB)
+    res = run_hpcft("check", str(tmp_path / "job.yaml"), cwd=tmp_path, timeout=60)
+    assert res.returncode == 2 and res.stderr.splitlines() == [f"{config}{problem}"]

@@ -182,3 +182,33 @@ def test_live_cluster_asks_slurm_side_by_side_and_raises_where_asked(monkeypatch
     failing = Background(down)
     with pytest.raises(SlurmError, match="not found"):  # in the caller's thread, when the answer is needed
         failing.result()
+
+
+def test_remote_code_reads_no_script_past_its_limit_and_says_so(tmp_path):
+    """A model's *.py is hashed for the remote-code line; a sparse 1 TiB one, or a FIFO, is named
+    with why it was not read instead of hanging `hpcft check` (issue 26, finding 7)."""
+    from hpcft.preflight.remote_code import model_code
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    with open(model / "modeling_x.py", "wb") as fh:
+        fh.truncate(1 << 40)
+    os.mkfifo(model / "tokenization_x.py")
+    code = model_code(model)
+    assert code.needed and code.files == []
+    assert code.listing() == "modeling_x.py (is larger than 16 MiB: not read), tokenization_x.py (is not a regular " \
+                             "file: not read)"
+
+
+def test_trusted_code_checks_nothing_when_unset_nor_a_metric_that_is_a_local_path(tmp_path):
+    """trusted_code pins staged code; a metric file the job names by path is the user's own."""
+    (tmp_path / "my_metric.py").write_text("import evaluate\n")
+    j = Job.model_validate({"name": "t", "train": {"model": "bert-base-uncased", "dataset": "glue/mrpc",
+                                                   "metric": "./my_metric.py"}})
+    assert list(checks.trusted_code(j, Settings(), tmp_path)) == []
+    assert list(checks.trusted_code(j, Settings(trusted_code={}), tmp_path)) == []
+    staged = Job.model_validate({"name": "t", "train": {"model": "bert-base-uncased", "dataset": "glue/mrpc",
+                                                        "metric": "glue"}})
+    # not staged: the staged check says so
+    assert list(checks.trusted_code(staged, Settings(trusted_code={}), tmp_path)) == []

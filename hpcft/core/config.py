@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
 from .yamlfile import deep_merge, load_yaml_file, sorted_problems, validation_problems
@@ -51,6 +51,25 @@ class Locks(_Strict):
     stage`` of an asset another stage is fetching) before it gives up, naming the holder."""
 
     wait_s: float = Field(600, gt=0, strict=True, allow_inf_nan=False)  # a number: not "600", not true
+
+
+def _sha256(value: str) -> str:
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        raise ValueError(f"{value!r} is not a sha256 (64 hex digits, as `hpcft cache doctor` prints them)")
+    return value.lower()
+
+
+def _code_asset(value: str) -> str:
+    from .names import UnsafeName, repo_id
+
+    try:
+        return repo_id(value, "trusted_code")
+    except UnsafeName as exc:
+        raise ValueError(str(exc).removeprefix("trusted_code: ")) from None
+
+
+# trusted_code: {asset repo id: [sha256 of each of its scripts]}
+TrustedCode = dict[Annotated[str, AfterValidator(_code_asset)], list[Annotated[str, AfterValidator(_sha256)]]]
 
 
 class Partitions(_Strict):
@@ -140,6 +159,9 @@ class Settings(_Strict):
     # (the LLM memory pre-flight compares its estimate with it; see docs/llm.md)
     device_memory: dict[str, str] = {}
     locks: Locks = Locks()
+    # the staged code a job may run, pinned by sha256 per asset (metric scripts: hpcft.stage.trusted_code);
+    # None: not checked, as before
+    trusted_code: Optional[TrustedCode] = None
 
     @field_validator("device_memory")
     @classmethod

@@ -364,6 +364,7 @@ def assets_staged(p: Preflight) -> Iterator[Check]:
         if key not in seen:
             seen.add(key)
             yield staged_check(job, p.settings, p.base_dir)
+            yield from trusted_code(job, p.settings, p.base_dir)
 
 
 def staged_check(job: Job, settings: Settings, base_dir: Optional[Path] = None) -> Check:
@@ -383,6 +384,35 @@ def staged_check(job: Job, settings: Settings, base_dir: Optional[Path] = None) 
     if hub:
         return Check(STAGED, False, stage_command(hub, table))
     return Check(STAGED, False, "; ".join(problems(missing, table)))
+
+
+TRUSTED = "trusted code"
+
+
+def trusted_code(job: Job, settings: Settings, base_dir: Optional[Path] = None) -> Iterator[Check]:
+    """With the config's ``trusted_code`` set, the staged metric the job names runs only when each
+    of its scripts is pinned there by sha256 (:mod:`hpcft.stage.trusted_code`; the worker checks
+    again right before ``evaluate.load``): one line per script that is not, naming its sha256, who
+    staged it and how to pin it. Nothing when it is not set, or for a metric given as a local path."""
+    if settings.trusted_code is None:
+        return
+    from ..core.assets import job_assets
+    from ..core.resolve import load_table
+    from ..core.store import Cache
+    from ..stage.trusted_code import refusals, staged_metric
+
+    for a in job_assets(job, Cache(settings.cache), load_table(settings), base_dir):
+        if a.kind != "metric" or a.path is None or a.local:
+            continue
+        if staged_metric(a.path, settings.cache) is None:  # a manifest pointing out of the cache's metrics/
+            yield Check(TRUSTED, False, f"metric {a.repo_id or a.name}: {a.path} is not in {settings.cache}/metrics, "
+                                        "so its code cannot be checked; refused (trusted_code is set)")
+            continue
+        problems = refusals(a.path, settings.cache, settings.trusted_code)
+        for line in problems:
+            yield Check(TRUSTED, False, line)
+        if not problems:
+            yield Check(TRUSTED, True, f"metric {a.repo_id or a.name}: its code is pinned in trusted_code")
 
 
 def eval_data(p: Preflight) -> Iterator[Check]:

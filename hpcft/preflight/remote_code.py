@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from ..stage.trusted_code import model_scripts, read_script
 from .checks import Check, Preflight
 
 NAME = "remote code"
@@ -27,13 +28,16 @@ class ModelCode:
 
     auto_map: bool                     # config.json / tokenizer_config.json name classes of their own
     files: list[tuple[str, str]]       # (relative path, sha256) of every .py file, sorted
+    unread: list[tuple[str, str]] = field(default_factory=list)  # (relative path, why): a link, too large
 
     @property
     def needed(self) -> bool:
-        return self.auto_map or bool(self.files)
+        return self.auto_map or bool(self.files) or bool(self.unread)
 
     def listing(self) -> str:
-        return ", ".join(f"{name} (sha256 {digest})" for name, digest in self.files) or "no .py file staged"
+        shown = [f"{name} (sha256 {digest})" for name, digest in self.files]
+        shown += [f"{name} ({why}: not read)" for name, why in self.unread]
+        return ", ".join(shown) or "no .py file staged"
 
 
 def model_code(folder: Path) -> ModelCode:
@@ -45,11 +49,14 @@ def model_code(folder: Path) -> ModelCode:
         except (OSError, ValueError):
             continue
         auto_map = auto_map or bool(isinstance(data, dict) and data.get("auto_map"))
-    files = []
-    for p in sorted(folder.rglob("*.py")):
-        if p.is_file():
-            files.append((p.relative_to(folder).as_posix(), hashlib.sha256(p.read_bytes()).hexdigest()))
-    return ModelCode(auto_map, files)
+    files, unread = [], []
+    for p in model_scripts(folder):  # regular files only, none read past 16 MiB (a sparse 1 TiB one)
+        try:
+            files.append((p.relative_to(folder).as_posix(),
+                          hashlib.sha256(read_script(p, follow=True)[0]).hexdigest()))
+        except OSError as exc:
+            unread.append((p.relative_to(folder).as_posix(), str(exc)))
+    return ModelCode(auto_map, files, unread)
 
 
 def remote_code(p: Preflight) -> Iterator[Check]:

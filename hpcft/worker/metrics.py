@@ -77,10 +77,21 @@ def builtin_names(num_labels: int, regression: bool, preset_metrics: Optional[tu
 
 
 def load_staged(script: Path, config: Optional[str]):
-    """evaluate.load on the staged module file (never the hub)."""
-    import evaluate
+    """evaluate.load on the staged module file (never the hub). With the config's ``trusted_code``
+    set, a staged metric's code must be pinned there by sha256: it is read and checked once, and
+    what is loaded is a private copy of exactly those bytes (:func:`hpcft.stage.trusted_code.checked_copy`;
+    :class:`~hpcft.stage.trusted_code.UntrustedCode` names each script that is not pinned)."""
+    import tempfile
 
-    return evaluate.load(str(script), config) if config else evaluate.load(str(script))
+    from ..core.config import load_settings
+    from ..stage.trusted_code import checked_copy
+
+    settings = load_settings()
+    with tempfile.TemporaryDirectory(prefix="hpcft-metric-") as private:
+        loaded = checked_copy(Path(script), settings.cache, settings.trusted_code, Path(private))
+        import evaluate
+
+        return evaluate.load(str(loaded), config) if config else evaluate.load(str(loaded))
 
 
 def make_compute_metrics(*, regression: bool, names: list[str], module=None) -> Callable:
