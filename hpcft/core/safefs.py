@@ -401,7 +401,9 @@ class Lock:
             try:
                 try:  # read-write where we may (our own file: the record), else read-only
                     self.fd = os.open(self.name, os.O_RDWR | flags, dir_fd=self.folder.fd)
-                except PermissionError:
+                except OSError as exc:
+                    if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                        raise
                     self.fd = os.open(self.name, os.O_RDONLY | flags, dir_fd=self.folder.fd)
             except FileNotFoundError:
                 try:
