@@ -244,6 +244,12 @@ def test_serve_page_in_a_real_browser(trained, tmp_path):
 
         driver = _browser(tmp_path)
         driver.get(f"http://127.0.0.1:{port}/")
+        # the demo asks for a password on the loopback too (other users of the node share it)
+        pw = WebDriverWait(driver, 60).until(lambda d: d.find_element(By.CSS_SELECTOR, "input[type='password']"))
+        user = [e for e in driver.find_elements(By.CSS_SELECTOR, "input, textarea") if e.get_attribute("type") != "password"]
+        user[0].send_keys(info["user"])
+        pw.send_keys(info["password"])
+        driver.find_element(By.XPATH, "//button[normalize-space()='Login']").click()
         box = WebDriverWait(driver, 60).until(lambda d: d.find_element(By.CSS_SELECTOR, "textarea"))
         box.send_keys(POSITIVE)
         driver.find_element(By.XPATH, "//button[normalize-space()='Submit']").click()
