@@ -320,7 +320,7 @@ def test_the_worker_loads_only_the_bytes_it_checked(metric, tmp_path, monkeypatc
     """Right before evaluate.load: an unpinned script is refused; a pinned one is read once and
     a private copy of exactly those bytes is what gets loaded, so a script swapped after the
     check (a race between check and open) never runs."""
-    from hpcft.stage.trusted_code import UntrustedCode, checked_copy, refusals
+    from hpcft.core.trusted_code import UntrustedCode, checked_copy, refusals
 
     script, digest, _ = metric
     cache = script.parents[4]
@@ -362,8 +362,9 @@ def test_a_job_scores_with_its_pinned_metric_and_stops_before_an_unpinned_one(me
 def test_staged_scripts_lists_each_metric_and_model_script_for_the_admin_to_pin(metric, other, hpcft_home, tmp_path):
     from hpcft.core.config import load_settings
     from hpcft.core.store import Cache
+    from hpcft.core.trusted_code import refusals
     from hpcft.stage.layout import register_local
-    from hpcft.stage.trusted_code import pin_yaml, refusals, staged_scripts
+    from hpcft.stage.trusted_code import pin_yaml, staged_scripts
 
     script, digest, config = metric
     model = tmp_path / "glm"

@@ -159,7 +159,7 @@ class Settings(_Strict):
     # (the LLM memory pre-flight compares its estimate with it; see docs/llm.md)
     device_memory: dict[str, str] = {}
     locks: Locks = Locks()
-    # the staged code a job may run, pinned by sha256 per asset (metric scripts: hpcft.stage.trusted_code);
+    # the staged code a job may run, pinned by sha256 per asset (metric scripts: hpcft.core.trusted_code);
     # None: not checked, as before
     trusted_code: Optional[TrustedCode] = None
 

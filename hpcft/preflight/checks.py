@@ -391,7 +391,7 @@ TRUSTED = "trusted code"
 
 def trusted_code(job: Job, settings: Settings, base_dir: Optional[Path] = None) -> Iterator[Check]:
     """With the config's ``trusted_code`` set, the staged metric the job names runs only when each
-    of its scripts is pinned there by sha256 (:mod:`hpcft.stage.trusted_code`; the worker checks
+    of its scripts is pinned there by sha256 (:mod:`hpcft.core.trusted_code`; the worker checks
     again right before ``evaluate.load``): one line per script that is not, naming its sha256, who
     staged it and how to pin it. Nothing when it is not set, or for a metric given as a local path."""
     if settings.trusted_code is None:
@@ -399,7 +399,7 @@ def trusted_code(job: Job, settings: Settings, base_dir: Optional[Path] = None) 
     from ..core.assets import job_assets
     from ..core.resolve import load_table
     from ..core.store import Cache
-    from ..stage.trusted_code import refusals, staged_metric
+    from ..core.trusted_code import refusals, staged_metric
 
     for a in job_assets(job, Cache(settings.cache), load_table(settings), base_dir):
         if a.kind != "metric" or a.path is None or a.local:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from ..stage.trusted_code import model_scripts, read_script
+from ..core.trusted_code import model_scripts, read_script
 from .checks import Check, Preflight
 
 NAME = "remote code"

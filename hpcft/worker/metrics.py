@@ -79,12 +79,12 @@ def builtin_names(num_labels: int, regression: bool, preset_metrics: Optional[tu
 def load_staged(script: Path, config: Optional[str]):
     """evaluate.load on the staged module file (never the hub). With the config's ``trusted_code``
     set, a staged metric's code must be pinned there by sha256: it is read and checked once, and
-    what is loaded is a private copy of exactly those bytes (:func:`hpcft.stage.trusted_code.checked_copy`;
-    :class:`~hpcft.stage.trusted_code.UntrustedCode` names each script that is not pinned)."""
+    what is loaded is a private copy of exactly those bytes (:func:`hpcft.core.trusted_code.checked_copy`;
+    :class:`~hpcft.core.trusted_code.UntrustedCode` names each script that is not pinned)."""
     import tempfile
 
     from ..core.config import load_settings
-    from ..stage.trusted_code import checked_copy
+    from ..core.trusted_code import checked_copy
 
     settings = load_settings()
     with tempfile.TemporaryDirectory(prefix="hpcft-metric-") as private:
