@@ -443,7 +443,8 @@ class TemplateTokenizer:
 
     def apply_chat_template(self, messages: list[dict], tokenize: bool = False, add_generation_prompt: bool = False,
                             tools: Optional[list] = None, **kwargs: Any) -> str:
-        return self._env.render(self._compiled, (messages, tools, kwargs), messages=messages, tools=tools, add_generation_prompt=add_generation_prompt,
+        return self._env.render(self._compiled, (messages, tools, kwargs), messages=messages, tools=tools,
+                                add_generation_prompt=add_generation_prompt,
                                 **{k: v for k, v in self.specials.items() if v is not None}, **kwargs)
 
 
