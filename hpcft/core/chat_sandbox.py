@@ -125,6 +125,7 @@ class LimitedEnvironment(ImmutableSandboxedEnvironment):
         self._deadline: Optional[float] = None
         self._over = ""                       # what the deadline stands for, in the refusal
         self._cap, self._written, self._built = chars, 0, 0
+        self._conversation: Any = None        # measured once, when a value passes the size limit
         self.globals.pop("lipsum", None)      # random text of any length; no chat template uses it
         self.filters["tojson"] = _tojson
         self.globals["raise_exception"] = _raise
@@ -190,7 +191,12 @@ class LimitedEnvironment(ImmutableSandboxedEnvironment):
         return value
 
     def _deep(self, value: Any) -> int:
-        return len(value) if isinstance(value, (str, bytes)) else measure(value, self._cap)[0]
+        if isinstance(value, (str, bytes)):
+            return len(value)
+        size = measure(value, self._cap)[0]
+        if size > self._cap and self._conversation is not None and self._grown() >= size:
+            size = measure(value, self._cap)[0]  # counted again up to the raised limit
+        return size
 
     def _text(self, value: Any) -> str:
         if isinstance(value, str):
@@ -223,7 +229,7 @@ class LimitedEnvironment(ImmutableSandboxedEnvironment):
         return self._sized("".join(texts))
 
     # ------------------------------------------------------------------ what the template calls
-    def call(__self, __context, __obj, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 (jinja's signature)
+    def call(__self, __context, __obj, *args: Any, **kwargs: Any) -> Any:  # jinja's own signature
         __self._tick()
         owner = getattr(getattr(__obj, "__wrapped__", __obj), "__self__", None)
         if isinstance(owner, (str, bytes)):
