@@ -372,10 +372,10 @@ class Lock:
 
     Waiting names the holder (:meth:`holder`): ``on_wait(seconds, where)`` is called after 2 s and
     every 30 s, ``where`` being the path, plus ``, held by USER (pid N)`` the first time and when the
-    holder changes; after ``timeout`` s (None: no limit) it gives up in one line naming the holder,
-    who is read from ``/proc/locks`` (this host), else from the record ``user=U pid=N host=H`` a
-    holder writes into a lock file it owns (another host; believed only when U owns the file), else
-    is the file's owner."""
+    holder changes; after ``timeout`` s (600 unless given, as ``locks.wait_s``; None: no limit) it
+    gives up in one line naming the holder: from ``/proc/locks`` (this host), else the record
+    ``user=U pid=N host=H`` a holder writes into a lock file it owns (another host; believed only
+    when U owns the file), else the file's owner."""
 
     RECORD = re.compile(r"user=(\S+) pid=(\d+) host=(\S+)\n?")
 
@@ -390,7 +390,7 @@ class Lock:
                 return f"{self.user} (pid unknown: the lock file's owner)"
             return f"{self.user} (pid {self.pid}{f' on {self.host}' if self.host else ''})"
 
-    def __init__(self, folder: Dir, name: str, *, on_wait=None, timeout: Optional[float] = None):
+    def __init__(self, folder: Dir, name: str, *, on_wait=None, timeout: Optional[float] = 600):
         self.folder, self.name, self.on_wait, self.timeout = folder, name, on_wait, timeout
         self.fd = -1
         self.recorded = False   # our user/pid are in the file (cleared again on release)
