@@ -185,3 +185,28 @@ def test_a_foreign_non_sticky_shared_folder_is_refused(tmp_path):
     with Dir.open_root(cache.root) as d:  # ours: the bit is added
         d.sub("tmp").close()
     assert os.stat(tmp).st_mode & stat.S_ISVTX
+
+
+def test_doctor_prints_staged_code_to_pin_and_moves_old_runtime_caches(hpcft_home, tmp_path):
+    """An admin pins what the doctor prints (trusted_code:); what an older hpcft's jobs left in the
+    cache's shared run-time folders is reported, and --fix moves the caller's own to their runtime."""
+    import hashlib
+
+    cache = Cache(Path(os.environ["HPCFT_CACHE"]))
+    src = tmp_path / "mymetric"
+    src.mkdir()
+    (src / "mymetric.py").write_text("import evaluate\n")
+    register_local(cache, "metric", "org/mymetric", src)
+    digest = hashlib.sha256(b"import evaluate\n").hexdigest()
+    old = cache.root / "hf" / "modules" / "evaluate_modules"
+    old.mkdir(parents=True)
+    (old / "glue.py").write_text("print('old')\n")
+    first = hpcft("cache", "doctor")
+    assert first.returncode == 1, first.stderr
+    assert f"metric org/mymetric: {src.name}" not in first.stdout  # the staged copy, not the source
+    assert digest in first.stdout and "trusted_code:\n  org/mymetric:\n    - " + digest in first.stdout
+    assert "hf/modules/evaluate_modules: left in hf/modules" in first.stderr
+    fixed = hpcft("cache", "doctor", "--fix")
+    moved = hpcft_home / "runtime" / "moved-from-cache" / "hf" / "modules" / "evaluate_modules" / "glue.py"
+    assert moved.is_file() and not old.exists(), fixed.stdout + fixed.stderr
+    assert stat.S_IMODE((hpcft_home / "runtime").stat().st_mode) == 0o700

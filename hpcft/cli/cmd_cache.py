@@ -98,9 +98,25 @@ def run_rm(args) -> int:
     return 0
 
 
+def _print_scripts(scripts) -> None:
+    """The staged code (a metric's scripts, a model's remote code) for the admin to read and pin."""
+    from ..stage.trusted_code import pin_yaml
+
+    if not scripts:
+        return
+    print("staged code (read it, then pin it with trusted_code: in the cluster config):")
+    for c in scripts:
+        print(f"  {c.kind} {c.repo_id}: {c.path} sha256 {c.sha256 or '(not readable)'} (staged by {c.owner})"
+              + ("  CHANGED since it was staged" if c.changed else ""))
+    pins = pin_yaml(c for c in scripts if c.kind == "metric" and not c.changed)
+    if pins.strip() != "trusted_code:":
+        print(pins, end="")
+
+
 def run_doctor(args) -> int:
     from ..stage.doctor import examine
     from ..stage.layout import modes_for
+    from ..stage.trusted_code import staged_scripts
     from .common import print_json, settings
 
     cache = _cache(args)
@@ -109,9 +125,13 @@ def run_doctor(args) -> int:
         return 0
     findings = examine(cache, modes_for(settings()), fix=args.fix)
     left = [f for f in findings if not f.fixed]
+    scripts = staged_scripts(cache)
     if args.json:
-        print_json({"cache": str(cache.root), "ok": not left, "findings": [f.__dict__ for f in findings]})
+        print_json({"cache": str(cache.root), "ok": not left, "findings": [f.__dict__ for f in findings],
+                    "scripts": [{"kind": c.kind, "repo_id": c.repo_id, "path": str(c.path), "owner": c.owner,
+                                 "sha256": c.sha256, "changed": c.changed} for c in scripts]})
         return 1 if left else 0
+    _print_scripts(scripts)
     for f in findings:
         print(f.line(), file=sys.stderr if not f.fixed else sys.stdout)
     if left:
