@@ -67,6 +67,11 @@ class People:
     src: Path    # what it imports hpcft from: ROOT, or a readable copy (CI may clone under /root)
 
 
+# the People of this process while it holds the users' lock: tests/test_shared_cache_r2.py imports
+# these fixtures, which pytest then keeps per module; a second flock from this process would wait forever
+_HELD: list = []
+
+
 @pytest.fixture(scope="session")
 def people():
     """Group hpcftshare with users hpcfta and hpcftb (idempotent). Held under a lock, so two
@@ -78,6 +83,9 @@ def people():
         if IN_CI:
             pytest.fail(f"real users are required under CI=true: {exc}")
         pytest.skip(f"no real users: {exc}")
+    if _HELD:  # this process holds the lock already (another module that uses these fixtures)
+        yield _HELD[0]
+        return
     with open(users.USERS_ROOT / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # before anything touches the homes
         try:
@@ -88,7 +96,11 @@ def people():
             if IN_CI:
                 pytest.fail(f"real users are required under CI=true: {exc}")
             pytest.skip(f"no real users: {exc}")
-        yield People(a, b, gid, python, src)
+        _HELD.append(People(a, b, gid, python, src))
+        try:
+            yield _HELD[0]
+        finally:
+            _HELD.clear()
 
 
 @dataclass
