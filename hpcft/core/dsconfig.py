@@ -167,13 +167,15 @@ def resolve(train: Any, world_size: int, device: str, base_dir: Path) -> Optiona
     device or CPU. Stage 0 is DDP-equivalent data parallelism through DeepSpeed's engine; ZeRO
     > 0 only pays off for models that do not fit: measured on a 22.7M-parameter BERT, stages 1
     and 2 run at 0.53x and 0.52x DDP's samples/s for the same eval loss and no memory saved,
-    stage 0 at 0.70x (benchmarks/bench_scale.py, docs/distributed.md).
+    stage 0 at 0.70x (benchmarks/bench_scale.py, docs/distributed.md). ``method: qlora``: plain
+    DDP (bitsandbytes' packed weights stay out of DeepSpeed's engine; the job file refuses a
+    ``deepspeed:`` with it).
     """
     ds = train.deepspeed
     if ds is False:
         return None
     if ds is None or ds is True:
-        if world_size <= 1 or (ds is None and device == "cpu"):
+        if world_size <= 1 or (ds is None and device == "cpu") or getattr(train, "method", None) == "qlora":
             return None
         return build(0, False, device)
     if ds.config:

@@ -20,6 +20,7 @@ from .config import Settings
 from .dsconfig import check as check_deepspeed_file
 from .errors import ConfigError
 from .pref_rows import PREFERENCE_TASKS
+from .quantization import QuantizationSpec
 from .slurm_time import parse_duration
 from .yamlfile import YamlDoc, deep_merge, load_yaml_file, parse_yaml, set_dotted, sorted_problems, validation_problems
 
@@ -177,7 +178,7 @@ class LoraSpec(_Strict):
 
 
 # fields that only the causal-lm task reads; set on another task, each is reported
-LLM_FIELDS = ("method", "lora", "data_format", "packing", "gradient_checkpointing", "system_prompt",
+LLM_FIELDS = ("method", "lora", "quantization", "data_format", "packing", "gradient_checkpointing", "system_prompt",
               "sample_prompts", "max_new_tokens", "train_on", "enable_thinking", "trust_remote_code")
 # the LLM tasks: supervised fine-tuning and preference tuning (TRL's trainers; see docs/llm.md)
 LLM_TASKS = ("causal-lm", *PREFERENCE_TASKS)
@@ -225,8 +226,8 @@ class TrainSpec(_Strict):
 
     # causal-lm defaults where the classification ones would mislead (LLaMA-Factory/torchtune-like)
     LLM_MAX_SEQ_LENGTH: ClassVar[int] = 1024
-    LLM_LEARNING_RATE: ClassVar[dict] = {"lora": 1e-4, "full": 1e-5}
-    PREFERENCE_LEARNING_RATE: ClassVar[dict] = {"lora": 5e-6, "full": 5e-7}  # LLaMA-Factory's DPO examples
+    LLM_LEARNING_RATE: ClassVar[dict] = {"lora": 1e-4, "qlora": 1e-4, "full": 1e-5}
+    PREFERENCE_LEARNING_RATE: ClassVar[dict] = {"lora": 5e-6, "qlora": 5e-6, "full": 5e-7}  # LLaMA-Factory's DPO examples
 
     task: Literal["sequence-classification", "causal-lm", "dpo", "orpo", "simpo", "kto"] = "sequence-classification"
     model: str
@@ -283,8 +284,9 @@ class TrainSpec(_Strict):
         return names
 
     # ---- causal-lm (supervised fine-tuning of an LLM); see docs/llm.md
-    method: Optional[Literal["lora", "full"]] = None           # default lora
+    method: Optional[Literal["lora", "qlora", "full"]] = None  # default lora; qlora: LoRA over a 4/8-bit base
     lora: Optional[LoraSpec] = None
+    quantization: Optional[QuantizationSpec] = None            # method: qlora (default 4-bit nf4, double_quant)
     data_format: Optional[Literal["auto", "alpaca", "messages", "sharegpt", "text"]] = None  # default auto
     packing: Optional[bool] = None                               # default false
     gradient_checkpointing: Optional[bool] = None                # default on for causal-lm
@@ -350,6 +352,7 @@ class TrainSpec(_Strict):
                                  f"(task: {self.task} trains on the whole prompt/response)")
             if self.lora is not None and self.method == "full":
                 raise ValueError("lora: is set but method is full; remove lora: or use method: lora")
+            self._check_qlora()
         if not self.is_preference:
             wrong = [f for f in PREFERENCE_FIELDS if getattr(self, f) is not None]
             if wrong:
@@ -397,6 +400,24 @@ class TrainSpec(_Strict):
             raise ValueError("task: kto needs batch_size 2 or more (its KL term pairs each prompt with another "
                              "example's completion in the batch)")
         _one_line(self.init_from)
+
+    def _check_qlora(self) -> None:
+        if self.quantization is not None and self.method != "qlora":
+            raise ValueError(f"quantization: is set but method is {self.method or 'lora (the default)'}; "
+                             "use method: qlora or remove quantization:")
+        if self.method == "qlora" and self.deepspeed not in (None, False):
+            raise ValueError("deepspeed: with method: qlora is not supported (bitsandbytes' packed weights are not "
+                             "sharded by hpcft's ZeRO configs); leave deepspeed unset: several devices train with DDP")
+
+    @property
+    def quant(self) -> QuantizationSpec:
+        """The job's quantization (defaults when method: qlora gives no quantization: block)."""
+        return self.quantization or QuantizationSpec()
+
+    @property
+    def adapter_method(self) -> bool:
+        """LoRA or QLoRA: a frozen base and a trained adapter."""
+        return self.llm_method in ("lora", "qlora")
 
     @property
     def is_llm(self) -> bool:

@@ -23,7 +23,7 @@ _SIZES = (2, 4, 8, 16, 32, 64, 128)
 
 def plan_of(job: Job, base_dir: Path) -> Plan:
     """What the worker will run: DeepSpeed as the job says (on one device too, when it names a
-    stage or a file), else ZeRO-0 through DeepSpeed's engine on several devices."""
+    stage or a file), else ZeRO-0 through DeepSpeed's engine on several devices (QLoRA: DDP)."""
     t, r = job.train, job.resources
     world = r.world_size if r.device != "cpu" else 1
     precision = t.precision if t.precision != "auto" else ("fp32" if r.device == "cpu" else "bf16")
@@ -35,7 +35,7 @@ def plan_of(job: Job, base_dir: Path) -> Plan:
         offload_params = ds.offload and ds.stage == 3
         if ds.config:
             stage, offload, offload_params = _from_file(ds.config, base_dir, stage)
-    elif world > 1 and ds is not False:
+    elif world > 1 and ds is not False and t.llm_method != "qlora":
         stage = 0
     task = getattr(t, "task", "causal-lm")
     return Plan(method=t.llm_method, task=task if task in ("dpo", "kto", "orpo", "simpo") else "sft",
@@ -63,8 +63,9 @@ def _from_file(config: str, base_dir: Path, default: int) -> tuple[int, bool, bo
     return stage, _offloads(zero.get("offload_optimizer")), _offloads(zero.get("offload_param"))
 
 
-def fixes(shape: Shape, plan: Plan, limit: float, per_node: int) -> list[str]:
-    """Changes that make the job fit in ``limit`` GiB, each with its estimate, most direct first."""
+def fixes(shape: Shape, plan: Plan, limit: float, per_node: int, qlora_ok: bool = True) -> list[str]:
+    """Changes that make the job fit in ``limit`` GiB, each with its estimate, most direct first;
+    a LoRA job last, ``method: qlora`` where the device can run bitsandbytes (``qlora_ok``: not an NPU)."""
     out: list[str] = []
 
     def fits(**kw) -> Optional[Estimate]:
@@ -96,6 +97,9 @@ def fixes(shape: Shape, plan: Plan, limit: float, per_node: int) -> list[str]:
         out.append(f"batch_size: 1 with gradient_accumulation: {plan.batch_size} (~{e.total:.0f} GiB)")
     if plan.seq_len > 512 and (e := fits(seq_len=plan.seq_len // 2)):
         out.append(f"max_seq_length: {plan.seq_len // 2} (~{e.total:.0f} GiB)")
+    if plan.method == "lora" and qlora_ok and (e := fits(method="qlora", zero_stage=None, offload=False,
+                                                          offload_params=False)):
+        out.append(f"method: qlora (the base in 4-bit; ~{e.total:.0f} GiB)")
     return out
 
 
@@ -151,7 +155,7 @@ def memory(p: Preflight) -> Iterator[Check]:
     elif est.total <= limit:   # the estimate fits, but the same job allocated more where it ran
         # the changes that fit with the margin the measurement showed the estimate lacks
         short = (seen["allocated_gib"] + CONTEXT_GIB) / max(est.total, 1e-9)
-        found = fixes(shape, plan, limit / short, facts.per_node or max(r.devices_per_node, 8))
+        found = fixes(shape, plan, limit / short, facts.per_node or max(r.devices_per_node, 8), r.device != "npu")
         yield Check(NAME, False, f"{est.summary()}; fits {limit:.0f} GiB ({source}) by the estimate, but {above}"
                                  + (f"; counting the {short:.2f}x the estimate fell short, use " + ", or ".join(found)
                                     if found else ""))
@@ -161,7 +165,7 @@ def memory(p: Preflight) -> Iterator[Check]:
     else:
         size = f"{est.params / 1e9:.2g}B"
         zero = f"ZeRO-{plan.zero_stage}" if plan.zero_stage is not None else "ZeRO-0"
-        found = fixes(shape, plan, limit, facts.per_node or max(r.devices_per_node, 8))
+        found = fixes(shape, plan, limit, facts.per_node or max(r.devices_per_node, 8), r.device != "npu")
         hint = ("; use " + ", or ".join(found)) if found else "; no single change makes it fit: use a smaller model"
         yield Check(NAME, False, f"{size} {plan.method} fine-tuning needs ~{est.total:.0f} GiB per device at {zero} "
                                  f"but {r.device.upper()}s of '{p.partition}' have {limit:.0f} GiB ({source}){hint}. "

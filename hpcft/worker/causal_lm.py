@@ -5,7 +5,9 @@ Data formats, prompts and loss masking are :mod:`hpcft.worker.llm_data`'s. Gradi
 checkpointing is on by default; precision is bf16 where the device has it, fp16 on other
 accelerators, fp32 on CPU. LoRA trains adapters on every linear layer (``lora.target_modules``)
 over frozen weights loaded in the training precision; ``method: full`` trains every weight in
-fp32 master copies (mixed precision), with ZeRO-3 across ranks when asked. After training
+fp32 master copies (mixed precision), with ZeRO-3 across ranks when asked; ``method: qlora``
+loads the frozen base quantized by bitsandbytes (:mod:`hpcft.worker.qlora`) under the same
+adapter. After training
 the adapter (or model) is saved with the tokenizer, eval loss and perplexity are in
 ``metrics.json``, and a few held-out prompts are answered into ``samples.jsonl``.
 
@@ -56,8 +58,9 @@ class CausalLM(Task):
         )
         before = rss_mb()
         model = load_model(model_ref.path, dtype=train_dtype(method, self.device.precision),
-                           trust_remote_code=remote, args=args)
+                           trust_remote_code=remote, args=args, **quantized_load(t, self.device, args))
         record_load(ctx.paths.dir, task.rank, before, _zero3_args(args), model)
+        self.quantization = quantized_summary(t, model, self.device, task.is_main)
         if self.renderer.chat:  # generation stops at the template's end of turn (a base model's EOS does not)
             from ..core.chat import set_end_of_turn
 
@@ -70,11 +73,15 @@ class CausalLM(Task):
 
             check_model(model)
         model.config.use_cache = False
-        if method == "lora":
+        if method == "qlora":
+            from .qlora import prepare
+
+            model = prepare(model, grad_ckpt)
+        if t.adapter_method:
             model = _with_lora(model, t)
             if task.is_main:
                 trainable, total = _count(model)
-                log(f"LoRA r={(t.lora.r if t.lora else 8)}: {trainable:,} trainable of {total:,} parameters "
+                log(f"{'QLoRA' if method == 'qlora' else 'LoRA'} r={(t.lora.r if t.lora else 8)}: {trainable:,} trainable of {total:,} parameters "
                     f"({100 * trainable / max(total, 1):.2f}%)")
 
         if not t.packing:  # lengths for the length-grouped sampler, read once instead of row by row
@@ -123,8 +130,9 @@ class CausalLM(Task):
         if self.samples is not None:
             _write_samples(path, self.samples)
         return {"task": "causal-lm", "method": self.method, "base_model": str(self.ctx.assets[0].path),
-                "data": self.data_info, "adapter": self.method == "lora",
-                "samples": str(path) if self.samples else None}
+                "data": self.data_info, "adapter": self.cfg.adapter_method,
+                "samples": str(path) if self.samples else None,
+                **({"quantization": self.quantization} if self.quantization else {})}
 
     def _answer_prompts(self) -> list[dict] | None:
         """Greedy answers to the first held-out prompts. Under ZeRO-3 every rank takes part
@@ -182,6 +190,30 @@ def _checkpointing_args(args_cls, on: bool) -> dict:
     name = "activation_checkpointing" if "activation_checkpointing" in args_cls.__dataclass_fields__ \
         else "gradient_checkpointing"
     return {name: on, f"{name}_kwargs": {"use_reentrant": False} if on else None}
+
+
+def quantized_load(t, device, args) -> dict:
+    """``load_model``'s quantization and device map for ``method: qlora`` (else nothing)."""
+    if t.llm_method != "qlora":
+        return {}
+    from .qlora import bnb_config, device_map, require
+
+    require()
+    return {"quantization": bnb_config(t.quant, device.precision), "device_map": device_map(args)}
+
+
+def quantized_summary(t, model, device, main: bool) -> Optional[dict]:
+    """metrics.json's ``quantization`` of a QLoRA run (logged by rank 0), else None."""
+    if t.llm_method != "qlora":
+        return None
+    from .qlora import summary
+
+    s = summary(model, t.quant, device.precision)
+    if main:
+        log(f"QLoRA base: {s['quantized_layers']} linear layers in {s['bits']}-bit "
+            f"({s['quantized_params']:,} weights in {s['quantized_weights_mb']:.2f} MiB, "
+            f"{s['bytes_per_quantized_param']:.2f} B each); model footprint {s['model_footprint_mb']:.2f} MiB")
+    return s
 
 
 def _with_lora(model, t):

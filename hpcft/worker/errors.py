@@ -43,6 +43,10 @@ class TrackerMissing(WorkerError, RuntimeError):
     """``train.report_to`` names a tracker the job's Python cannot import."""
 
 
+class QuantizationMissing(WorkerError, RuntimeError):
+    """``train.method: qlora`` but the job's Python cannot import bitsandbytes."""
+
+
 class ScriptFailed(WorkerError, RuntimeError):
     """A ``script:`` job's own script exited non-zero."""
 

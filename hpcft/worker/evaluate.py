@@ -129,7 +129,7 @@ def after_training(ctx, cfg, base_model: str, output_dir: Path, method: str, dev
     tasks = [t.name for t in resolve_tasks(cfg.eval_tasks, "train.eval_tasks")]
     argv = [sys.executable, "-u", "-m", "hpcft.worker.evaluate", "--tasks", ",".join(tasks),
             "--out", str(ctx.paths.dir / "eval"), "--device", device]
-    if method == "lora":
+    if method in ("lora", "qlora"):   # QLoRA's adapter too, on the unquantized base
         argv += ["--model", base_model, "--adapter", str(output_dir), "--tokenizer", str(output_dir)]
     else:
         argv += ["--model", str(output_dir)]

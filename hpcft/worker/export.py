@@ -13,6 +13,11 @@ Trainer saves its fp32 master weights; ``auto`` gives back the base model's bf16
 Qwen/Llama stays bf16 (half the size of fp32); ``bf16``/``fp16``/``fp32`` choose. The base is
 loaded in that dtype directly, so the merge needs about one copy of the model in memory.
 
+A QLoRA adapter (``method: qlora``) is merged the same way: the base is loaded unquantized, in
+its own dtype (never 4-bit), and the adapter folded into it, so the merged model is a plain
+model that loads without bitsandbytes. A base whose ``config.json`` says it is quantized
+(``quantization_config``) is refused: merging into it would not give a plain model.
+
 DEST is written under a temporary name and renamed into place, so a failed export leaves
 nothing half-written.
 """
@@ -61,6 +66,13 @@ def export(output_dir: Path, base_model: Path, dest: Path, merge: bool, dtype: s
     tmp = dest.with_name(f".{dest.name}.export-tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    if merge and adapter:
+        from ..core.quantization import model_quantization
+
+        q = model_quantization(base_model)
+        if q is not None:
+            raise ValueError(f"{base_model} is quantized ({q.get('quant_method', 'unknown')}, config.json "
+                             "quantization_config): --merge needs the unquantized base model")
     try:
         if merge and adapter:
             _merge(output_dir, base_model, tmp, want, trust_remote_code)

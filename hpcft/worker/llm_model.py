@@ -11,6 +11,8 @@ preference tasks) and ``hpcft export`` get them from.
 * ``trust_remote_code`` is passed only when the job says ``train.trust_remote_code: true``
   (never implied); the pre-flight (:mod:`hpcft.preflight.remote_code`) names the files that run.
 * :func:`train_dtype` -- the dtype the weights are loaded in for a method on a device.
+* ``quantization``/``device_map`` of :func:`load_model`: ``method: qlora``'s bitsandbytes config
+  and the rank's device (:mod:`hpcft.worker.qlora`); the model is quantized while it loads.
 * :func:`rss_mb` -- this process's host RSS now and at its peak (``/proc/self/status``), which a
   task records around loading (:func:`record_load`), so a run shows what loading cost each rank.
 
@@ -41,24 +43,27 @@ def load_tokenizer(model_dir: str | Path, *, trust_remote_code: bool = False):
 
 
 def train_dtype(method: str, precision: str):
-    """LoRA keeps its frozen base in the training precision (bf16/fp16 on accelerators); full
+    """LoRA keeps its frozen base in the training precision (bf16/fp16 on accelerators), and so
+    does QLoRA for the layers bitsandbytes leaves unquantized (embeddings, norms, head); full
     fine-tuning loads fp32 master weights (mixed precision casts per op)."""
     import torch
 
-    if method == "lora" and precision in ("bf16", "fp16"):
+    if method in ("lora", "qlora") and precision in ("bf16", "fp16"):
         return torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.float32
 
 
 def load_model(model_dir: str | Path, *, dtype, trust_remote_code: bool = False, args: Any = None,
-               ds_config: Any = None):
+               ds_config: Any = None, quantization: Any = None, device_map: Any = None):
     """``AutoModelForCausalLM.from_pretrained(model_dir)`` in ``dtype``.
 
     ``args``: the task's TrainingArguments (or a TRL config), built before the model: under
     ZeRO-3 its ``device`` is set up first (torch.distributed with the job's backend: zero.Init
     partitions over the world), then the model is constructed inside ``zero.Init`` (each
     parameter partitioned as it is created) and the checkpoint is loaded into the shards.
-    ``ds_config``: without ``args``, a DeepSpeed config dict (torch.distributed already set up)."""
+    ``ds_config``: without ``args``, a DeepSpeed config dict (torch.distributed already set up).
+    ``quantization``: a ``BitsAndBytesConfig`` (method: qlora), with ``device_map`` the device it
+    is quantized on."""
     from transformers import AutoModelForCausalLM
     from transformers.integrations import is_deepspeed_zero3_enabled
 
@@ -82,9 +87,10 @@ def load_model(model_dir: str | Path, *, dtype, trust_remote_code: bool = False,
             from transformers.integrations import HfDeepSpeedConfig
 
             keep = HfDeepSpeedConfig(ds_config)  # noqa: F841 - alive while loading: transformers holds a weakref
+    quant = {"quantization_config": quantization, "device_map": device_map} if quantization is not None else {}
     with _lean_heap(is_deepspeed_zero3_enabled()):
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), **dtype_kw(dtype),
-                                                     trust_remote_code=trust_remote_code)
+                                                     trust_remote_code=trust_remote_code, **quant)
     del keep
     return model
 

@@ -1,7 +1,8 @@
 """Built-in tasks ``dpo``, ``orpo``, ``simpo`` and ``kto``: preference tuning of an LLM on TRL's
 trainers (``DPOTrainer``, ``KTOTrainer``; ``ORPOTrainer`` and ``CPOTrainer`` with
-``loss_type="simpo"``, which TRL keeps under ``trl.experimental``), with LoRA or full weights,
-usually continuing an SFT run (``train.init_from``).
+``loss_type="simpo"``, which TRL keeps under ``trl.experimental``), with LoRA, QLoRA (the base
+quantized by bitsandbytes, :mod:`hpcft.worker.qlora`) or full weights, usually continuing an SFT
+run (``train.init_from``).
 
 * The model: the SFT run's adapter, loaded trainable, on the base model (LoRA); or its saved
   weights (full); without ``init_from``, the staged model (a fresh adapter for LoRA).
@@ -102,16 +103,22 @@ class Preference(Task):
 
     def _model(self, args):
         """The policy: the SFT run's adapter (trainable) or weights, else the staged model."""
-        from .causal_lm import _count, _with_lora
+        from .causal_lm import _count, _with_lora, quantized_load, quantized_summary
         from .llm_model import load_model, train_dtype
 
         t, init = self.cfg, self.init
         src = init.model_dir if init and not init.adapter else self.ctx.assets[0].path
         model = load_model(src, dtype=train_dtype(self.method, self.device.precision),
                            trust_remote_code=self.trust_remote_code,
-                           ds_config=getattr(args, "hf_deepspeed_config", None))
+                           ds_config=getattr(args, "hf_deepspeed_config", None),
+                           **quantized_load(t, self.device, args))
         model.config.use_cache = False
-        if self.method == "lora":
+        self.quantization = quantized_summary(t, model, self.device, self.ctx.task.is_main)
+        if self.method == "qlora":
+            from .qlora import prepare
+
+            model = prepare(model, self.grad_ckpt)
+        if t.adapter_method:
             if init and init.adapter:
                 from peft import PeftModel
 
@@ -149,19 +156,20 @@ class Preference(Task):
         t, init = self.cfg, self.init
         if t.task in REFERENCE_FREE:
             reference = "none (reference-free)"
-        elif self.method == "lora":
+        elif t.adapter_method:
             reference = ("the adapter it continues, a frozen copy (TRL's 'ref' adapter)" if init and init.adapter
                          else "the model with the adapter disabled")
         else:
             reference = "a frozen copy of the model"
         history = [h for h in _history(self.ctx) if "rewards/margins" in h]
         return {"task": t.task, "method": self.method, "base_model": str(self.ctx.assets[0].path),
-                "adapter": self.method == "lora", "init_from": str(init.run_dir) if init else None,
+                "adapter": t.adapter_method, "init_from": str(init.run_dir) if init else None,
                 "reference": reference, "data": self.data_info,
                 "preference": {"beta": self.trainer.args.beta,
                                "margins": [h["rewards/margins"] for h in history],
                                "accuracies": [h.get("rewards/accuracies") for h in history],
-                               "steps": [h["step"] for h in history]}}
+                               "steps": [h["step"] for h in history]},
+                **({"quantization": self.quantization} if self.quantization else {})}
 
 
 def _deepspeed_comm(args) -> None:
