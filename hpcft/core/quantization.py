@@ -20,10 +20,10 @@ PACKAGE = "bitsandbytes"
 FLOOR = "0.45"
 INSTALL = f"pip install 'hpcft[qlora]' (or '{PACKAGE}>={FLOOR}')"
 # why an NPU partition is refused, and what a site would need instead
-NPU_REASON = ("bitsandbytes has no Ascend NPU backend in its released wheels (its NPU backend is a source "
-              "build against the node's CANN, as LLaMA-Factory documents, and only for 4-bit NF4 without "
-              "double_quant); a site that builds it can still run its own script: job; use method: lora on the "
-              "NPU, or a GPU/CPU partition for qlora")
+NPU_REASON = ("bitsandbytes' released wheels have no Ascend NPU backend (its NPU backend is a source build "
+              "against the node's CANN and torch_npu, which LLaMA-Factory documents with double_quantization: "
+              "false; a site that builds it can run QLoRA as its own script: job); use method: lora on the NPU, "
+              "or a GPU or CPU partition for qlora")
 
 
 class QuantizationSpec(BaseModel):
