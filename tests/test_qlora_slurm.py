@@ -93,6 +93,9 @@ def test_qlora_sft_on_2_ranks_then_dpo_then_a_plain_merged_model(slurm, tiny, hp
     assert q["bits"] == 4 and q["type"] == "nf4" and q["double_quant"] and q["quantized_layers"] == 14
     assert q["bytes_per_quantized_param"] == 0.5 and q["quantized_params"] == 73728
     assert m["method"] == "qlora" and m["adapter"] is True
+    show = run_hpcft("show", sub["job_id"], check=True).stdout
+    assert "quantized: 4-bit nf4 double-quantized, compute fp32; 14 linear layers, 73,728 weights" in show, show
+    assert "(0.5 B each)" in show
     est = json.loads((run_dir / "memory-estimate.json").read_text())   # what submit estimated
     assert est["available"] and est["plan"]["method"] == "qlora" and est["plan"]["zero_stage"] is None
     out = Path(m["output_dir"])

@@ -138,6 +138,12 @@ def run(args) -> int:
         print(f"resources: {res.get('nodes', 1)} node(s), partition {res.get('partition') or '-'}, "
               f"gpus {res.get('gpus_per_node') or 0}, npus {res.get('npus_per_node') or 0}, time {res.get('time')}")
     m = info["metrics"]
+    q = (m or {}).get("quantization")
+    if isinstance(q, dict):   # method: qlora: the frozen base as bitsandbytes packed it
+        kind = f"{q.get('bits')}-bit" + (f" {q['type']}{' double-quantized' if q.get('double_quant') else ''}, "
+                                         f"compute {q.get('compute_dtype')}" if q.get("type") else " LLM.int8")
+        print(f"quantized: {kind}; {q.get('quantized_layers')} linear layers, {q.get('quantized_params', 0):,} weights "
+              f"in {q.get('quantized_weights_mb')} MiB ({q.get('bytes_per_quantized_param')} B each)")
     if m:
         ev = m.get("eval") or {}
         head = m.get("headline")

@@ -408,6 +408,8 @@ class TrainSpec(_Strict):
         if self.method == "qlora" and self.deepspeed not in (None, False):
             raise ValueError("deepspeed: with method: qlora is not supported (bitsandbytes' packed weights are not "
                              "sharded by hpcft's ZeRO configs); leave deepspeed unset: several devices train with DDP")
+        if self.method == "qlora" and self.quantization is None:
+            self.quantization = QuantizationSpec()   # the run folder's job.yaml records the defaults used
 
     @property
     def quant(self) -> QuantizationSpec:

@@ -129,7 +129,7 @@ class Preference(Task):
                 model.enable_input_require_grads()  # the frozen embeddings' output needs a grad for checkpointing
             if self.ctx.task.is_main:
                 trainable, total = _count(model)
-                log(f"LoRA: {trainable:,} trainable of {total:,} parameters ({100 * trainable / max(total, 1):.2f}%)")
+                log(f"{'QLoRA' if self.method == 'qlora' else 'LoRA'}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / max(total, 1):.2f}%)")
         return model
 
     def save(self) -> Path:
