@@ -292,8 +292,10 @@ def test_serve_submit_runs_on_a_node_and_scancel_frees_the_port(trained):
     wait_for(lambda: not _answers(url), timeout=60, interval=0.5,
              what=f"the serve app of cancelled job {job_id} to stop answering at {url}",
              describe=lambda _: f"{url} still answers 200")
-    with socket.socket() as s:  # the port is free again
+    with socket.socket() as s:  # the port is free again: a new server (SO_REUSEADDR, as servers bind) can take it
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", info["port"]))
+        s.listen()
 
 
 # --------------------------------------------------------------------------- trackers

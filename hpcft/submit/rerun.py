@@ -117,7 +117,8 @@ def rerun(run_dir: str | Path, alloc: Allocation, folder: Path) -> tuple[RunPath
         return _resubmit(loaded, _portal_settings(settings, folder), src, reasons, alloc.job_id)
     paths = new_run_dir(settings.runs, job.name)
     prepare_run(loaded, settings, paths, old.partition, scow_dir=folder)
-    make_private_dir(paths.submitit)
+    if not paths.submitit.is_dir():  # prepare_run makes it private already for most runs
+        make_private_dir(paths.submitit)
     delayed = DelayedSubmission(WorkerCall(str(paths.dir)))
     delayed.set_timeout(max(1, job.resources.time_seconds // 60), job.max_requeues)
     write_private_pickle(delayed, paths.submitit / f"{alloc.job_id}_submitted.pkl")  # the node's guard checks it
