@@ -87,7 +87,17 @@ def _manifests(kind: str) -> list:
     return out
 
 
+_TABLE: list = []
+
+
 def _table() -> dict:
+    """hpcft's own name table (read once per process)"""
+    if not _TABLE:
+        _TABLE.append(_read_table())
+    return _TABLE[0]
+
+
+def _read_table() -> dict:
     """hpcft's own name table for datasets (``hpcft/core/aliases.yaml``, shipped with hpcft):
     name -> repo id. Empty when PyYAML is missing from the job's Python."""
     try:
