@@ -1,6 +1,6 @@
 """``train.method: qlora`` without Slurm: the job file's ``quantization:`` block, the QLoRA
 pre-flight rule (NPU, already-quantized models, bitsandbytes in the job's env), the memory plan
-and estimate, and (worker tier) a tiny Llama loaded 4-bit that trains. The real-cluster run and
+and estimate, and (in-process, newest lane) a tiny Llama loaded 4-bit that trains. The real-cluster run and
 the merged export are tests/test_qlora_slurm.py."""
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ def need_bitsandbytes() -> None:
         pytest.skip("bitsandbytes not installed (pip install 'hpcft[qlora]')")
 
 
-@pytest.mark.worker
+@pytest.mark.slow   # not `worker`: the floor lane has no bitsandbytes (hpcft[qlora] is the newest lane's)
 @pytest.mark.parametrize("spec", [QuantizationSpec(), QuantizationSpec(bits=8)], ids=["nf4", "int8"])
 def test_tiny_llama_loads_quantized_and_its_adapter_learns(tmp_path, spec):
     need_bitsandbytes()
