@@ -341,6 +341,23 @@ class ChatRenderer:
         if self.render(head, True, tools) == self.render(head, True, None):
             raise ConversationError("the model's chat template ignores the `tools` column (it has no tool support)")
 
+    def completion(self, prompt_msgs: list[dict], reply_msgs: list[dict], tools: Optional[list] = None
+                   ) -> tuple[str, str]:
+        """(prompt, completion) for preference tuning, as TRL splits them: the generation prompt
+        after ``prompt_msgs`` (what the model sees at inference), and everything the template
+        writes after it for ``reply_msgs`` (every message of a multi-message reply, through the
+        last reply's end of turn). Each reply is located after its own prompt (:meth:`turn`), so
+        what the template adds there for this reply alone (Qwen3's empty think block for a reply
+        without reasoning; an R1 distill's ``</think>`` closing the prefilled block) belongs to
+        the completion, and the rejected reply is never given the chosen one's prompt."""
+        prompt = self.prompt(prompt_msgs, tools)
+        msgs, tools = self._tools_in_messages(prompt_msgs + reply_msgs, tools)
+        t = self.turn(msgs, len(msgs) - 1, tools)
+        if not t.prompt.startswith(prompt):
+            raise ConversationError("the chat template writes this reply after a prompt other than its own generation "
+                                    "prompt (it rewrites the conversation), so the reply cannot be scored after it")
+        return prompt, t.prompt[len(prompt):] + t.reply
+
     # ------------------------------------------------------------------ a conversation
     def examples(self, msgs: list[dict], tools: Optional[list] = None, train_on: str = "all"
                  ) -> list[list[tuple[str, bool]]]:

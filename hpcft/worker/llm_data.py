@@ -100,6 +100,17 @@ class Renderer:
         key = "system" if m["role"] == "system" else "user"
         return PLAIN_TEMPLATE[key].format(content=m["content"] or "")
 
+    def completion(self, prompt_msgs: list[dict], reply_msgs: list[dict]) -> tuple[str, str]:
+        """(prompt, completion) of one preference reply: the generation prompt, and everything
+        the template writes after it for the reply (see ChatRenderer.completion)."""
+        if not reply_msgs or reply_msgs[-1]["role"] != "assistant":
+            raise DataFormatError("a reply must end with the assistant's turn")
+        if self.template is not None:
+            return self.template.completion(prompt_msgs, reply_msgs)
+        prompt = self.prompt(prompt_msgs)
+        body = "".join(self._plain(m) for m in prompt_msgs + reply_msgs).removesuffix(PLAIN_TEMPLATE["between"])
+        return prompt, body[len(prompt):]
+
     def examples(self, msgs: list[dict], tools: Optional[list] = None) -> list[list[tuple[str, bool]]]:
         """[[(text, is_response), ...], ...]: one or more sequences (see ChatRenderer.examples)."""
         if not msgs or msgs[-1]["role"] != "assistant":

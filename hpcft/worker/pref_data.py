@@ -3,11 +3,14 @@ model's chat template the same way SFT renders them, and tokenized for TRL's tra
 
 What a row holds is :mod:`hpcft.core.pref_rows`' (the pre-flight checks a sample with the same
 code). A string prompt is the user's turn and a string reply the assistant's; the messages form
-is passed as it is. The conversation ``prompt + reply`` is rendered by
-:class:`hpcft.worker.llm_data.Renderer` (the chat template, or the plain template for base
-models), exactly as an SFT run renders it, so a DPO run continues its SFT run on the same text.
-The prompt is everything before the last reply (the renderer is made with ``train_on: last``);
-the reply is what is scored. Prompts longer than
+is passed as it is. Rows are rendered by :class:`hpcft.worker.llm_data.Renderer` (the chat
+template, or the plain template for base models), as an SFT run renders them, and split as TRL
+1.16 splits conversational rows: the prompt is the generation prompt after ``prompt`` (what
+the model sees at inference, shared by both replies), and each completion is everything the
+template writes after it for that reply alone: a reply with reasoning and one without are
+each well formed (Qwen3's empty think block, an R1 distill's closing ``</think>``, go with the
+reply that needs them), and a multi-message reply is scored whole, never after the chosen
+reply's own earlier turns. Token ids are those of each whole rendering. Prompts longer than
 ``preference.max_prompt_length`` keep their end; the reply is cut to fit ``max_seq_length``.
 
 Outputs, the columns TRL's collators read: ``prompt_ids``, ``chosen_ids``, ``rejected_ids``
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from ..core.chat import ConversationError
 from ..core.pref_rows import PAIRWISE_TASKS, row_problem
 from .errors import DataFormatError
 
@@ -54,6 +58,15 @@ class InitRun:
         return self.model_dir if (self.model_dir / "tokenizer_config.json").is_file() else None
 
 
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def _turns(v: Any, role: str) -> list[dict]:
     if isinstance(v, str):
         return [{"role": role, "content": v}]
@@ -81,14 +94,8 @@ class Encoder:
         self.tok, self.renderer, self.max_len, self.system = tokenizer, renderer, max_len, system
         self.max_prompt = max_prompt or max_len // 2
 
-    def _split(self, prompt_msgs: list[dict], reply: list[dict]) -> tuple[str, str]:
-        """(prompt text, reply text) of one conversation, rendered as SFT renders its last turn
-        (the renderer is made with ``train_on="last"``: one sequence, the last reply trained)."""
-        pieces = self.renderer.examples(prompt_msgs + reply)[-1]
-        return "".join(text for text, _ in pieces[:-1]), pieces[-1][0]
-
-    def _ids(self, text: str, first: bool) -> list[int]:
-        return self.tok(text, add_special_tokens=first and not self.renderer.chat)["input_ids"]
+    def _ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=not self.renderer.chat)["input_ids"]
 
     def prompt_messages(self, row: dict) -> list[dict]:
         msgs = _turns(row["prompt"], "user")
@@ -97,28 +104,40 @@ class Encoder:
             msgs = [{"role": "system", "content": str(system)}, *msgs]
         return msgs
 
-    def encode(self, prompt_msgs: list[dict], replies: list[Any]) -> tuple[list[int], list[list[int]]]:
-        """The prompt's ids (its end kept) and each reply's ids (cut to fit max_seq_length)."""
-        texts = [self._split(prompt_msgs, _turns(r, "assistant")) for r in replies]
-        prompt = self._ids(texts[0][0], True)[-self.max_prompt:]
+    def encode(self, prompt_msgs: list[dict], replies: list[Any], where: str = "a row"
+               ) -> tuple[list[int], list[list[int]]]:
+        """The prompt's ids (its end kept) and each reply's ids (cut to fit max_seq_length), as
+        TRL 1.16 makes them: the prompt is the generation prompt, each completion is everything
+        the template writes after it for that reply (a multi-message reply whole), and the ids
+        are those of the whole rendering ``prompt + completion``, split where the tokenized
+        prompt stops being a prefix of every one of them. Problems name the row (``where``)."""
+        try:
+            texts = [self.renderer.completion(prompt_msgs, _turns(r, "assistant")) for r in replies]
+        except (DataFormatError, ConversationError) as exc:
+            raise DataFormatError(f"{where}: {exc}") from None
+        prompt = self._ids(texts[0][0])
+        fulls = [self._ids(p + c) for p, c in texts]
+        n = min(_common_prefix(prompt, full) for full in fulls)
+        prompt = prompt[:n][-self.max_prompt:]
         room = max(self.max_len - len(prompt), 1)
-        return prompt, [self._ids(reply, False)[:room] for _, reply in texts]
+        return prompt, [full[n:][:room] for full in fulls]
 
-    def pairwise(self, row: dict) -> dict:
-        prompt, (chosen, rejected) = self.encode(self.prompt_messages(row), [row["chosen"], row["rejected"]])
+    def pairwise(self, row: dict, where: str = "a row") -> dict:
+        prompt, (chosen, rejected) = self.encode(self.prompt_messages(row), [row["chosen"], row["rejected"]], where)
         return {"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected}
 
-    def unpaired(self, batch: dict) -> dict:
+    def unpaired(self, batch: dict, wheres: Optional[list[str]] = None) -> dict:
         """kto: one row per completion; a pairwise row gives a desirable and an undesirable one."""
         out: dict[str, list] = {"prompt_ids": [], "completion_ids": [], "label": []}
         keys = list(batch)
-        for values in zip(*batch.values()):
+        for n, values in enumerate(zip(*batch.values())):
             row = {k: v for k, v in zip(keys, values) if v is not None}
             if "chosen" in row and "rejected" in row:
                 pairs = [(row["chosen"], True), (row["rejected"], False)]
             else:
                 pairs = [(row["completion"], bool(row["label"]))]
-            prompt, replies = self.encode(self.prompt_messages(row), [r for r, _ in pairs])
+            where = wheres[n] if wheres else "a row"
+            prompt, replies = self.encode(self.prompt_messages(row), [r for r, _ in pairs], where)
             for ids, (_, label) in zip(replies, pairs):
                 out["prompt_ids"].append(prompt)
                 out["completion_ids"].append(ids)
@@ -138,10 +157,14 @@ def split(t, data_ref) -> tuple[Any, Any, str]:
 
 def tokenized(t, encoder: Encoder, ds, desc: str):
     """The rows as TRL's token columns (kto: shuffled once with the seed, then read in order:
-    its KL term pairs neighbours in a batch)."""
+    its KL term pairs neighbours in a batch). A row the template cannot render is a
+    DataFormatError naming it (``dataset D, split S, row N``)."""
+    name = f"dataset {t.dataset}, split {desc}"
     if t.task in PAIRWISE_TASKS:
-        return ds.map(encoder.pairwise, remove_columns=ds.column_names, desc=f"tokenize {desc}")
-    out = ds.map(encoder.unpaired, batched=True, remove_columns=ds.column_names, desc=f"tokenize {desc}")
+        return ds.map(lambda row, i: encoder.pairwise(row, f"{name}, row {i + 1}"), with_indices=True,
+                      remove_columns=ds.column_names, desc=f"tokenize {desc}")
+    out = ds.map(lambda batch, idx: encoder.unpaired(batch, [f"{name}, row {i + 1}" for i in idx]), batched=True,
+                 with_indices=True, remove_columns=ds.column_names, desc=f"tokenize {desc}")
     return out.shuffle(seed=t.seed).flatten_indices()
 
 
