@@ -9,12 +9,15 @@ whole rendering."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from hpcft.worker import llm_data as ld
 
 pytestmark = pytest.mark.worker
 
+DATA = Path(__file__).parent / "data" / "chat_templates"
 Q, Q2 = "What color is the apple?", "And the cloud?"
 THINK = "<think>\nan apple is a fruit\n</think>\n\nred"
 
@@ -104,8 +107,13 @@ def test_a_multi_message_reply_is_scored_whole_after_the_shared_prompt(toks, fam
 
 
 def test_a_row_the_template_cannot_render_names_its_row(toks):
-    """Mistral's template refuses roles out of order; the worker's error names the row."""
+    """Mistral's template refuses roles out of order, Gemma-2's a system turn; the worker's error
+    names the row (before: a bare ConversationError escaped the encoder)."""
+    import datasets
+
+    from devtools.hub.chat_templates import make_family_tokenizer
     from hpcft.worker.errors import DataFormatError
+    from hpcft.worker.pref_data import tokenized
 
     tok = toks["mistral"]
     bad = {"prompt": [{"role": "user", "content": Q}, {"role": "user", "content": Q2}], "chosen": "red",
@@ -113,3 +121,45 @@ def test_a_row_the_template_cannot_render_names_its_row(toks):
     with pytest.raises(DataFormatError, match=r"^dataset d.jsonl, split train, row 3: the model's chat template "
                                               "cannot render this conversation: After the optional system message"):
         _encoder(tok).pairwise(bad, "dataset d.jsonl, split train, row 3")
+    gemma = make_family_tokenizer("qwen2.5")
+    gemma.chat_template = (DATA / "gemma-2-it.jinja").read_text()
+    rows = [{"prompt": Q, "chosen": "red", "rejected": "blue", "system": None}] * 2
+    rows.append({"prompt": Q, "chosen": "red", "rejected": "blue", "system": "Be terse."})
+    for task in ("dpo", "kto"):
+        t = type("T", (), {"task": task, "dataset": "d.jsonl", "seed": 0})()
+        with pytest.raises(DataFormatError, match=r"^dataset d.jsonl, split train, row 3: .*System role not supported$"):
+            tokenized(t, _encoder(gemma), datasets.Dataset.from_list(rows), "train")
+
+
+
+def _template_folder(tmp_path, name: str, **specials) -> "object":
+    import json
+
+    from hpcft.core.chat import TemplateTokenizer
+
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": (DATA / name).read_text(), **specials}))
+    return TemplateTokenizer.from_folder(folder)
+
+
+def test_the_pre_flight_renders_preference_rows_on_the_models_template(tmp_path):
+    """Gemma-2's template refuses a system turn: the row that has one (its own `system` column or
+    a system message in its prompt) is named file:line before anything is queued."""
+    import json
+
+    from hpcft.core.pref_rows import template_problems
+
+    gemma = _template_folder(tmp_path, "gemma-2-it.jinja", bos_token="<bos>", eos_token="<eos>")
+    rows = [{"prompt": Q, "chosen": "red", "rejected": "blue"},
+            {"prompt": Q, "chosen": "red", "rejected": "blue", "system": "Be terse."},
+            {"prompt": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": Q}],
+             "chosen": {"role": "assistant", "content": "red"}, "rejected": "blue"},
+            {"prompt": Q, "completion": "red", "label": True}]
+    path = tmp_path / "pref.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    want = "the model's chat template cannot render this conversation: System role not supported"
+    assert template_problems(path, gemma, "dpo") == [f"{path}:2: {want}", f"{path}:3: {want}"]
+    assert template_problems(path, gemma, "kto") == [f"{path}:2: {want}", f"{path}:3: {want}"]
+    # the job's system_prompt reaches every row, as in the worker
+    assert len(template_problems(path, gemma, "kto", system="Be terse.")) == 4

@@ -227,6 +227,31 @@ def test_bad_inputs_are_one_line_each_and_nothing_is_queued(tiny, hpcft_home, ru
         ["20260101-000000-mrpc", "20260101-000000-sft-lora"])  # nothing else was written
 
 
+def test_a_row_the_models_template_cannot_render_is_refused_before_the_queue(tiny, hpcft_home, run_hpcft, tmp_path):
+    """A model whose chat template refuses a system turn (Gemma-2's, tests/data/chat_templates):
+    the row with a system prompt is named at pre-flight (before: the job died on the node)."""
+    import shutil
+
+    from hpcft.core.store import Cache
+    from hpcft.stage.layout import register_local
+
+    model = tmp_path / "gemma-like"
+    shutil.copytree(tiny, model)
+    cfg = json.loads((model / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = (Path(__file__).parent / "data" / "chat_templates" / "gemma-2-it.jinja").read_text()
+    (model / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (model / "chat_template.jinja").unlink(missing_ok=True)
+    register_local(Cache(hpcft_home / "cache"), "model", "google/gemma-2-2b-it", model)
+    data = write_preference(tmp_path / "pref.jsonl", n=4)
+    rows = data.read_text().splitlines()
+    rows[2] = json.dumps({**json.loads(rows[2]), "system": "Be terse."})
+    data.write_text("\n".join(rows) + "\n")
+    path = _job(tmp_path, "gemma-system", data)
+    path.write_text(path.read_text().replace("llama3-8b-instruct", "google/gemma-2-2b-it"))
+    _refused(run_hpcft, path, f"{data}:3: the model's chat template cannot render this conversation: "
+                              "System role not supported")
+
+
 def test_init_from_is_recorded_as_the_run_folder(tiny, hpcft_home, run_hpcft, tmp_path):
     _stage(tiny, hpcft_home)
     run_id = _fake_run(hpcft_home, "sft-lora", {"task": "causal-lm", "adapter": True},

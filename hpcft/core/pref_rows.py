@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 PREFERENCE_TASKS = ("dpo", "orpo", "simpo", "kto")
 PAIRWISE_TASKS = ("dpo", "orpo", "simpo")
@@ -87,48 +87,94 @@ def row_problem(row: Any, task: str) -> Optional[str]:
             or _reply_problem(row["rejected"], "rejected"))
 
 
-def sample_problems(path: Path, task: str, limit: int = 1000, shown: int = 5) -> list[str]:
-    """The first problems (``file:line: message``, at most ``shown``) among the first ``limit``
-    rows of a local ``.jsonl`` or ``.json`` file; [] for other files (the worker checks them)."""
+def sample_rows(path: Path, limit: int = 1000) -> Iterator[tuple[str, Any]]:
+    """(where, row) for the first ``limit`` rows of a local ``.jsonl`` or ``.json`` file (where is
+    ``file:line``, or ``file: row N`` in a JSON list); a line that is not JSON comes as a
+    ``json.JSONDecodeError``. Nothing for other files or layouts (the worker reads them)."""
     path = Path(path)
     if path.suffix not in (".jsonl", ".json") or not path.is_file():
-        return []
-    out: list[str] = []
+        return
     with path.open(encoding="utf-8", errors="replace") as fh:
         if path.suffix == ".json":
             text = fh.read(64 << 20)
             try:
                 data = json.loads(text)
             except json.JSONDecodeError:  # maybe JSON lines under a .json name
-                rows = [(i, ln) for i, ln in enumerate(text.splitlines(), 1)]
+                lines = text.splitlines()
             else:
-                rows_obj = data if isinstance(data, list) else None
-                if rows_obj is None:
-                    return []  # a {split: rows} or columnar layout: the worker reads it
-                for i, row in enumerate(rows_obj[:limit], 1):
-                    p = row_problem(row, task)
-                    if p:
-                        out.append(f"{path}: row {i}: {p}")
-                        if len(out) >= shown:
-                            break
-                return out
+                if isinstance(data, list):  # else a {split: rows} or columnar layout: the worker reads it
+                    for i, row in enumerate(data[:limit], 1):
+                        yield f"{path}: row {i}", row
+                return
         else:
-            rows = []
-            for i, ln in enumerate(fh, 1):
-                if i > limit:
-                    break
-                rows.append((i, ln))
-        for i, ln in rows[:limit]:
-            if not ln.strip():
-                continue
-            try:
-                row = json.loads(ln)
-            except json.JSONDecodeError as exc:
-                out.append(f"{path}:{i}: not JSON ({exc.msg})")
-            else:
-                p = row_problem(row, task)
-                if p:
-                    out.append(f"{path}:{i}: {p}")
+            lines = [ln for _, ln in zip(range(limit), fh)]
+    for i, ln in enumerate(lines[:limit], 1):
+        if not ln.strip():
+            continue
+        try:
+            yield f"{path}:{i}", json.loads(ln)
+        except json.JSONDecodeError as exc:
+            yield f"{path}:{i}", exc
+
+
+def sample_problems(path: Path, task: str, limit: int = 1000, shown: int = 5) -> list[str]:
+    """The first problems (``file:line: message``, at most ``shown``) among the first ``limit``
+    rows of a local ``.jsonl`` or ``.json`` file; [] for other files (the worker checks them)."""
+    out: list[str] = []
+    for where, row in sample_rows(path, limit):
+        p = f"not JSON ({row.msg})" if isinstance(row, json.JSONDecodeError) else row_problem(row, task)
+        if p:
+            out.append(f"{where}: {p}")
+            if len(out) >= shown:
+                break
+    return out
+
+
+# --------------------------------------------------------------------------- a row as messages
+
+def turns(v: Any, role: str) -> list[dict]:
+    """A prompt or reply as messages: a string is one ``role`` turn; content None is ""."""
+    if isinstance(v, str):
+        return [{"role": role, "content": v}]
+    msgs = [v] if isinstance(v, dict) else list(v)
+    return [{**m, "content": m.get("content") if m.get("content") is not None else ""} for m in msgs]
+
+
+def prompt_messages(row: dict, system: Optional[str] = None) -> list[dict]:
+    """The row's prompt as messages, its own ``system`` (else the job's ``system_prompt``) first
+    unless the prompt has a system turn."""
+    msgs = turns(row["prompt"], "user")
+    system = row.get("system") or system
+    if system and not any(m["role"] == "system" for m in msgs):
+        msgs = [{"role": "system", "content": str(system)}, *msgs]
+    return msgs
+
+
+def replies(row: dict) -> list[Any]:
+    """The row's replies: chosen and rejected, or a KTO row's completion."""
+    return [row["chosen"], row["rejected"]] if "chosen" in row and "rejected" in row else [row["completion"]]
+
+
+def template_problems(path: Path, tokenizer, task: str, *, system: Optional[str] = None,
+                      enable_thinking: Optional[bool] = None, first: int = 50, shown: int = 5) -> list[str]:
+    """Rows among the first ``first`` of a local data file that the model's chat template cannot
+    render as the worker renders them (``file:line: message``, at most ``shown``): each reply
+    after its prompt (:meth:`hpcft.core.chat.ChatRenderer.completion`). ``tokenizer`` is a
+    tokenizer or the login side's :class:`hpcft.core.chat.TemplateTokenizer`. Rows the basic
+    check refuses are left to :func:`sample_problems`."""
+    from .chat import ChatRenderer, ConversationError
+
+    renderer = ChatRenderer(tokenizer, enable_thinking)
+    out: list[str] = []
+    for where, row in sample_rows(path, first):
+        if isinstance(row, json.JSONDecodeError) or row_problem(row, task):
+            continue
+        row = {k: v for k, v in row.items() if v is not None}
+        try:
+            for reply in replies(row):
+                renderer.completion(prompt_messages(row, system), turns(reply, "assistant"))
+        except ConversationError as exc:
+            out.append(f"{where}: {exc}")
             if len(out) >= shown:
                 break
     return out

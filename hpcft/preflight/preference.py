@@ -6,8 +6,9 @@ anything is queued,
   job, so the run folder's ``job.yaml`` records which run it continued and the worker gets a
   path. The reference is any that names one run (:func:`hpcft.runs.ref.resolve_run`: a folder,
   a run id or unique prefix, a Slurm job id, a job name; a sweep only when it has one run);
-* the first rows of a local data file are preference rows (:mod:`hpcft.core.pref_rows`), each
-  problem one line naming the row.
+* the first rows of a local data file are preference rows (:mod:`hpcft.core.pref_rows`) that
+  the model's chat template renders as the worker renders them, each problem one line naming
+  the row.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ import yaml
 from ..core.atomic import read_json
 from ..core.errors import NotFoundError
 from ..core.job import Job
-from ..core.pref_rows import sample_problems
+from ..core.pref_rows import sample_problems, template_problems
 from ..core.rundir import RunPaths
 from ..runs.index import RunStore
 from ..runs.ref import resolve_run
 from .checks import Check, Preflight
+from .sft_data import _template
 
 NAME = "preference"
 
@@ -36,7 +38,7 @@ def preference(p: Preflight) -> Iterator[Check]:
         t = job.train
         if t is None or not t.is_preference:
             continue
-        problems = [*_init_from(job, p), *_data(job, p.base_dir)]
+        problems = [*_init_from(job, p), *_data(job, p)]
         if problems:
             yield Check(NAME, False, "; ".join(problems))
         else:
@@ -58,7 +60,7 @@ def _init_from(job: Job, p: Preflight) -> list[str]:
     if not metrics.get("completed"):
         return [f"{what} has not finished (state {record.state}); wait for it or name a finished run"]
     task = metrics.get("task")
-    if task not in ("causal-lm", "dpo", "orpo", "simpo", "kto"):
+    if task not in ("causal-lm", "dpo", "orpo", "simpo", "kto", "grpo"):
         return [f"{what} is a {task or 'sequence-classification'} run; init_from continues an LLM run "
                 "(task: causal-lm, the SFT stage)"]
     out = Path(str(metrics.get("output_dir") or ""))
@@ -79,12 +81,19 @@ def _init_from(job: Job, p: Preflight) -> list[str]:
     return problems
 
 
-def _data(job: Job, base_dir: Path) -> list[str]:
-    """The first rows of a local .jsonl/.json data file (hub datasets are checked by the worker)."""
+def _data(job: Job, p: Preflight) -> list[str]:
+    """The first rows of a local .jsonl/.json data file (hub datasets are checked by the worker):
+    preference rows, and, when the model is staged with a chat template, rows that template can
+    render as the worker renders them (Gemma-2's refuses a system turn)."""
     t = job.train
     name: Optional[str] = t.dataset if isinstance(t.dataset, str) else None
     if name is None:
         return []
     path = Path(name).expanduser()
-    path = path if path.is_absolute() else base_dir / path
-    return sample_problems(path, t.task)
+    path = path if path.is_absolute() else p.base_dir / path
+    problems = sample_problems(path, t.task)
+    template = _template(job, p) if path.is_file() else None
+    if template is not None:
+        problems += template_problems(path, template, t.task, system=t.system_prompt,
+                                      enable_thinking=t.enable_thinking)
+    return problems

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..core.chat import ConversationError
-from ..core.pref_rows import PAIRWISE_TASKS, row_problem
+from ..core.pref_rows import PAIRWISE_TASKS, prompt_messages, row_problem, turns
 from .errors import DataFormatError
 
 
@@ -67,13 +67,6 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def _turns(v: Any, role: str) -> list[dict]:
-    if isinstance(v, str):
-        return [{"role": role, "content": v}]
-    turns = [v] if isinstance(v, dict) else list(v)
-    return [{**m, "content": m.get("content") if m.get("content") is not None else ""} for m in turns]
-
-
 def check_rows(ds, task: str, where: str) -> None:
     """Every row, or a DataFormatError naming the first bad one (and how many more are bad)."""
     bad = []
@@ -98,11 +91,7 @@ class Encoder:
         return self.tok(text, add_special_tokens=not self.renderer.chat)["input_ids"]
 
     def prompt_messages(self, row: dict) -> list[dict]:
-        msgs = _turns(row["prompt"], "user")
-        system = row.get("system") or self.system
-        if system and not any(m["role"] == "system" for m in msgs):
-            msgs = [{"role": "system", "content": str(system)}, *msgs]
-        return msgs
+        return prompt_messages(row, self.system)
 
     def encode(self, prompt_msgs: list[dict], replies: list[Any], where: str = "a row"
                ) -> tuple[list[int], list[list[int]]]:
@@ -112,7 +101,7 @@ class Encoder:
         are those of the whole rendering ``prompt + completion``, split where the tokenized
         prompt stops being a prefix of every one of them. Problems name the row (``where``)."""
         try:
-            texts = [self.renderer.completion(prompt_msgs, _turns(r, "assistant")) for r in replies]
+            texts = [self.renderer.completion(prompt_msgs, turns(r, "assistant")) for r in replies]
         except (DataFormatError, ConversationError) as exc:
             raise DataFormatError(f"{where}: {exc}") from None
         prompt = self._ids(texts[0][0])
