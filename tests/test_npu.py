@@ -49,7 +49,7 @@ def test_each_task_sets_its_own_nodes_npus_in_python():
 
     node2 = npu_env({"SLURM_JOB_ID": "42", "SLURMD_NODENAME": "npu02", "HCCL_CONNECT_TIMEOUT": "600"}, scontrol)
     assert node2 == {"DS_ACCELERATOR": "npu", "ASCEND_RT_VISIBLE_DEVICES": "4,5,6,7",
-                     "HCCL_CONNECT_TIMEOUT": "600", "HCCL_EXEC_TIMEOUT": "1800"}  # the cluster's hccl_env wins
+                     "HCCL_CONNECT_TIMEOUT": "600", "HCCL_EXEC_TIMEOUT": "1836"}  # the cluster's hccl_env wins
     assert npu_env({"SLURM_JOB_ID": "42", "SLURMD_NODENAME": "npu01"}, scontrol)["ASCEND_RT_VISIBLE_DEVICES"] \
         == "0,1,2,3"
     # an NPU plugin's variables (PKU slurm-atlas-plugin) come first
@@ -59,6 +59,80 @@ def test_each_task_sets_its_own_nodes_npus_in_python():
     # scontrol unreachable, or not under Slurm: keep what the environment has
     assert "ASCEND_RT_VISIBLE_DEVICES" not in npu_env({"SLURM_JOB_ID": "43", "SLURMD_NODENAME": "npu02"}, scontrol)
     assert "ASCEND_RT_VISIBLE_DEVICES" not in npu_env({}, scontrol)
+
+
+def test_hccl_exec_timeout_is_never_below_canns_default():
+    """CANN waits 1836 s by default; the shipped cluster config said 1200, which cut a big
+    model's first collective short. Lower values are raised; larger ones and 0 (no limit) kept."""
+    from hpcft.core.config import Settings
+    from hpcft.worker.taskenv import npu_env
+
+    assert Settings().hccl_env["HCCL_EXEC_TIMEOUT"] == "1836"
+    seen = {given: npu_env({"HCCL_EXEC_TIMEOUT": given} if given else {}, lambda job: "")["HCCL_EXEC_TIMEOUT"]
+            for given in ("", "1200", "1836", "3600", "0", "soon")}
+    assert seen == {"": "1836", "1200": "1836", "1836": "1836", "3600": "3600", "0": "0", "soon": "1836"}
+
+
+def test_multi_node_npu_jobs_get_hccls_host_network():
+    """HCCL otherwise takes the first interface it finds (often docker0 or a management port):
+    a multi-node task sets HCCL_IF_IP/HCCL_SOCKET_IFNAME to its own address on the way to the
+    job's first node, unless the cluster config's hccl_env names them."""
+    from hpcft.worker.taskenv import local_route, npu_env
+
+    asked = []
+
+    def route(host):
+        asked.append(host)
+        return ("10.77.0.12", "ib0")
+
+    two = {"SLURM_JOB_ID": "42", "SLURMD_NODENAME": "npu02", "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "npu[01-02]"}
+    env = npu_env(two, lambda job: SCONTROL_2_NODES, route)
+    assert (env["HCCL_IF_IP"], env["HCCL_SOCKET_IFNAME"], asked) == ("10.77.0.12", "ib0", ["npu01"])
+    for given in ({"HCCL_SOCKET_IFNAME": "eth"}, {"HCCL_IF_IP": "10.0.0.5"}):   # the cluster's word
+        env = npu_env({**two, **given}, lambda job: SCONTROL_2_NODES, route)
+        assert {k: env.get(k) for k in ("HCCL_IF_IP", "HCCL_SOCKET_IFNAME")} == \
+            {"HCCL_IF_IP": None, "HCCL_SOCKET_IFNAME": None}  # the script exports the cluster's own values
+    one = npu_env({**two, "SLURM_NNODES": "1"}, lambda job: SCONTROL_2_NODES, route)
+    assert "HCCL_IF_IP" not in one and len(asked) == 1   # one node: HCCL's loopback is fine
+    assert npu_env({**two}, lambda job: "", lambda host: None).get("HCCL_IF_IP") is None  # no route: HCCL's own pick
+    ip, ifname = local_route("127.0.0.1") or ("loopback", "")
+    assert ip == "loopback"                                # a loopback answer is never exported
+
+
+def test_helper_jobs_set_their_own_npus_before_torch_npu(tmp_path):
+    """hpcft eval / predict on an NPU job: ASCEND_RT_VISIBLE_DEVICES from Slurm's allocation (here an
+    NPU plugin's SLURM_JOB_NPUS) is set before torch_npu is imported, as training's tasks do; a
+    GPU or CPU helper job changes nothing."""
+    from hpcft.worker.taskenv import device_env
+
+    assert device_env("gpu", {"SLURM_JOB_NPUS": "3"}) == {} and device_env("cpu", {}) == {}
+    assert device_env("npu", {"SLURM_JOB_NPUS": "3"})["ASCEND_RT_VISIBLE_DEVICES"] == "3"
+    pkg = tmp_path / "double" / "torch_npu"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(textwrap.dedent("""
+        import json, os
+        with open(os.environ["FAKE_NPU_RECORD"], "a") as fh:
+            fh.write(json.dumps({k: os.environ.get(k) for k in ("ASCEND_RT_VISIBLE_DEVICES", "HCCL_EXEC_TIMEOUT")}) + "\\n")
+        raise ImportError("the test double stops here")
+    """))
+    record = tmp_path / "record.jsonl"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM", "ASCEND", "HCCL"))}
+    env.update(PYTHONPATH=f"{tmp_path / 'double'}:{ROOT}", SLURM_JOB_NPUS="5,6", FAKE_NPU_RECORD=str(record),
+               HCCL_EXEC_TIMEOUT="1200")
+    model = tmp_path / "model"
+    model.mkdir()
+    runs = {
+        "evaluate": ["--model", str(model), "--tasks", "mmlu_anatomy", "--out", str(tmp_path / "eval"),
+                     "--device", "npu", "--backend", "hf"],
+        "predict": ["hello", "--model", str(model), "--device", "npu"],
+    }
+    for module, argv in runs.items():
+        proc = subprocess.run([sys.executable, "-m", f"hpcft.worker.{module}", *argv], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, (module, proc.stderr[-2000:])
+        assert "this is an NPU job but torch_npu cannot be imported" in proc.stderr, (module, proc.stderr[-2000:])
+    seen = [json.loads(line) for line in record.read_text().splitlines()]
+    assert seen == [{"ASCEND_RT_VISIBLE_DEVICES": "5,6", "HCCL_EXEC_TIMEOUT": "1836"}] * 2, seen
 
 
 def _npu_run(tmp_path, hpcft_home, fake: str | None):

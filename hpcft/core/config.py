@@ -134,7 +134,7 @@ class Settings(_Strict):
     gpu_gres: str = "gpu:{n}"  # e.g. "gpu:a100:{n}" on clusters that type their GPUs
     npu_gres: str = "npu:{n}"
     cann_set_env: str = "/usr/local/Ascend/ascend-toolkit/set_env.sh"
-    hccl_env: dict[str, str] = {"HCCL_CONNECT_TIMEOUT": "1200", "HCCL_EXEC_TIMEOUT": "1200"}
+    hccl_env: dict[str, str] = {"HCCL_CONNECT_TIMEOUT": "1200", "HCCL_EXEC_TIMEOUT": "1836"}
     account: Optional[str] = None
     qos: Optional[str] = None
     cache_dir: Optional[Path] = None

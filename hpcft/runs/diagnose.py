@@ -41,7 +41,8 @@ KNOWN: list[tuple[str, str]] = [
     (r"EI0002|EI0006|Notify register times out|HCCL.*(?:timeout|time out|times out)",
      "HCCL timed out waiting for another rank: check every rank's log (hpcft logs RUN --rank N); stale NPU "
      "processes from an earlier job can block HCCL (npu-smi info); raise HCCL_CONNECT_TIMEOUT / "
-     "HCCL_EXEC_TIMEOUT in the cluster config's hccl_env"),
+     "HCCL_EXEC_TIMEOUT in the cluster config's hccl_env; across nodes, name the hosts' network there "
+     "(HCCL_SOCKET_IFNAME, e.g. ib0)"),
     (r"HCCL function error|HcclCommInitRootInfo|HcclGetRootInfo|hccl.*error",
      "HCCL failed to initialise: stale NPU processes from an earlier job may hold the devices (npu-smi info), "
      "CANN's set_env.sh may not be sourced (cann_set_env), or the ranks see different devices "

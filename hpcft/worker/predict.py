@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from .errors import PredictError
+from .errors import DeviceError, PredictError
 
 PAIR_SEP = "|||"
 
@@ -171,16 +171,23 @@ def run(argv: Optional[Iterable[str]] = None) -> int:
         if not examples:
             raise PredictError("nothing to predict: give texts or --file in.jsonl")
         t0 = time.time()
+        from .taskenv import apply_device_env
+
+        apply_device_env(a.device)      # an NPU job's own devices (Slurm's allocation), before torch_npu
         import torch
 
+        if a.device == "npu":
+            from .device import import_npu
+
+            import_npu()
         if a.threads:
             torch.set_num_threads(a.threads)
         pred = Predictor(Path(a.model), a.device, max_new_tokens=a.max_new_tokens)
         t_load = time.time() - t0
         rows = pred.predict(examples)
-    except (PredictError, OSError) as exc:
+    except (PredictError, DeviceError, OSError) as exc:
         print(f"hpcft: error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, PredictError) else 1
+        return 2 if isinstance(exc, (PredictError, DeviceError)) else 1
     for row in rows:
         print(format_row(row))
     if a.out:

@@ -106,16 +106,92 @@ def ascend_devices(env: Optional[Mapping[str, str]] = None,
     return ",".join(map(str, idx)) if idx else None
 
 
+# CANN's own default for HCCL_EXEC_TIMEOUT (s): an operation's wait for the other ranks. A lower
+# value only cuts long first steps short (a big model's first all-gather), so none is ever used
+HCCL_EXEC_TIMEOUT_MIN = 1836
+
+
 def npu_env(env: Optional[Mapping[str, str]] = None,
-            scontrol: Callable[[str], str] = scontrol_job) -> dict[str, str]:
+            scontrol: Callable[[str], str] = scontrol_job,
+            route: Optional[Callable[[str], Optional[tuple[str, str]]]] = None) -> dict[str, str]:
     """What an NPU task sets before torch_npu is imported: its devices and HCCL defaults
-    (the cluster config's ``hccl_env`` values, exported by the script, take precedence)."""
+    (the cluster config's ``hccl_env`` values, exported by the script, take precedence, except
+    that ``HCCL_EXEC_TIMEOUT`` is never below CANN's 1836 s). A multi-node job also gets
+    ``HCCL_IF_IP``/``HCCL_SOCKET_IFNAME`` (:func:`hccl_network`) unless the cluster sets them."""
     env = os.environ if env is None else env
     out = {"DS_ACCELERATOR": "npu"}
     devices = ascend_devices(env, scontrol)
     if devices:
         out["ASCEND_RT_VISIBLE_DEVICES"] = devices
-    for key, default in (("HCCL_CONNECT_TIMEOUT", "1200"),   # first HCCL connect on a busy cluster is slow
-                         ("HCCL_EXEC_TIMEOUT", "1800")):
-        out[key] = env.get(key) or default
+    out["HCCL_CONNECT_TIMEOUT"] = env.get("HCCL_CONNECT_TIMEOUT") or "1200"  # first connect on a busy cluster is slow
+    given = env.get("HCCL_EXEC_TIMEOUT") or ""
+    out["HCCL_EXEC_TIMEOUT"] = given if given.isdigit() and (int(given) == 0 or int(given) >= HCCL_EXEC_TIMEOUT_MIN) \
+        else str(HCCL_EXEC_TIMEOUT_MIN)   # 0: no limit, as CANN reads it
+    if _int(env, "SLURM_NNODES", "SLURM_JOB_NUM_NODES", default=1) > 1:
+        out.update(hccl_network(env, route or local_route))
     return out
+
+
+def hccl_network(env: Mapping[str, str], route: Callable[[str], Optional[tuple[str, str]]]) -> dict[str, str]:
+    """HCCL's host network for a multi-node job: what the cluster config's ``hccl_env`` says
+    (``HCCL_SOCKET_IFNAME``, ``HCCL_IF_IP``), else this node's address and interface on the way to
+    the job's first node (the rendezvous), as the ranks reach each other. Without either HCCL
+    takes the first interface it finds, often a docker or management one."""
+    if env.get("HCCL_IF_IP") or env.get("HCCL_SOCKET_IFNAME"):
+        return {}
+    master = current(env).master_addr
+    found = route(master) if master not in ("127.0.0.1", "localhost") else None
+    if found is None:
+        return {}
+    ip, ifname = found
+    return {"HCCL_IF_IP": ip, **({"HCCL_SOCKET_IFNAME": ifname} if ifname else {})}
+
+
+def local_route(host: str) -> Optional[tuple[str, str]]:
+    """This node's (address, interface) for reaching ``host``: the kernel's route choice (a UDP
+    socket's connect sends nothing); None for a loopback answer or no route."""
+    import socket
+
+    try:
+        addr = socket.gethostbyname(host)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((addr, 9))
+            ip = s.getsockname()[0]
+    except OSError:
+        return None
+    if ip.startswith("127."):
+        return None
+    return ip, _interface_of(ip)
+
+
+def _interface_of(ip: str) -> str:
+    """The name of the interface holding IPv4 ``ip`` (``""`` when none is found)."""
+    import fcntl
+    import socket
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, name in socket.if_nameindex():
+            try:
+                raw = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))  # SIOCGIFADDR
+            except OSError:
+                continue
+            if socket.inet_ntoa(raw[20:24]) == ip:
+                return name
+    return ""
+
+
+def device_env(device: str, env: Optional[Mapping[str, str]] = None,
+               scontrol: Callable[[str], str] = scontrol_job) -> dict[str, str]:
+    """What a helper job on a run's devices (``hpcft serve``, ``eval``, ``predict``) sets before it
+    imports torch_npu or vLLM, as training does: on an NPU its own ``ASCEND_RT_VISIBLE_DEVICES``
+    from Slurm's allocation (vllm-ascend picks its devices by it) and the HCCL defaults; nothing
+    on a GPU (Slurm sets ``CUDA_VISIBLE_DEVICES``) or a CPU."""
+    return npu_env(env, scontrol) if device == "npu" else {}
+
+
+def apply_device_env(device: str) -> dict[str, str]:
+    """:func:`device_env` applied to this process's environment; returns what it set."""
+    found = device_env(device)
+    os.environ.update(found)
+    return found
