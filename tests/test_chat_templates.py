@@ -250,7 +250,7 @@ def test_sharegpt_function_call_observation_and_row_system(toks):
     ("qwen2.5", _msgs(Q, "red", Q2), r"test row 1: the last turn is user's, not the assistant's"),
     ("deepseek-r1-distill", {"messages": [{"role": "user", "content": "Weather?"},
                                           {"role": "assistant", "content": None, "tool_calls": [CALL]}]},
-     r"test row 1: the model's chat template cannot render the tool call 'get_weather'"),
+     r"test row 1: the model's chat template cannot render this tool call as a reply \(get_weather\)"),
     ("llama3", {"messages": [{"role": "user", "content": "Weather?"},
                              {"role": "assistant", "content": None, "tool_calls": [CALL]}]},
      r"test row 1: the model's chat template drops the tool call 'get_weather'"),
@@ -367,7 +367,8 @@ CONVERSATIONS = [
 def test_the_pre_flight_renders_each_real_template_as_jinjas_own_sandbox_does(family, tmp_path):
     """The pre-flight's renderer (hpcft.core.chat.TemplateTokenizer), with its time and size limits,
     writes exactly the text of jinja's own sandbox (what it used before the limits), and fails
-    where that fails, for each family's real template on plain, system, thinking and tool rows."""
+    where that fails, for each family's real template on plain, system, thinking and tool rows
+    (None values dropped, as transformers drops them)."""
     import jinja2.ext
     from jinja2.exceptions import TemplateError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -390,7 +391,9 @@ def test_the_pre_flight_renders_each_real_template_as_jinjas_own_sandbox_does(fa
             for gen in (False, True):
                 kw = {"tools": tools, "add_generation_prompt": gen}
                 try:
-                    want = template.render(messages=msgs, **kw, **{k: v for k, v in specials.items() if v})
+                    # None values dropped first, as transformers 5 does (and the pre-flight's renderer)
+                    plain_msgs = [{k: v for k, v in m.items() if v is not None} for m in msgs]
+                    want = template.render(messages=plain_msgs, **kw, **{k: v for k, v in specials.items() if v})
                 except (TemplateError, TypeError) as exc:
                     with pytest.raises(type(exc), match=re.escape(str(exc))):
                         mine.apply_chat_template(msgs, **kw)
@@ -398,3 +401,52 @@ def test_the_pre_flight_renders_each_real_template_as_jinjas_own_sandbox_does(fa
                 assert mine.apply_chat_template(msgs, **kw) == want, (msgs, kw)
                 rendered += 1
     assert rendered >= 6
+
+
+# ----------------------------------------------------------------------------- None values (issue 28, finding 6)
+
+DATA = __import__("pathlib").Path(__file__).parent / "data" / "chat_templates"
+
+
+def test_content_null_beside_tool_calls_trains_on_the_original_qwen3_template(tmp_path):
+    """Qwen3's template as first released concatenates the content: `content: null` beside
+    tool_calls is refused by transformers itself; hpcft writes it "" and trains the call, and the
+    pre-flight accepts the same row."""
+    from devtools.hub.chat_templates import make_family_tokenizer
+    from hpcft.core.chat import TemplateTokenizer
+    from hpcft.core.sft_rows import template_problems
+
+    tok = make_family_tokenizer("qwen3")
+    tok.chat_template = (DATA / "qwen3-original.jinja").read_text()
+    msgs = [{"role": "user", "content": "Weather in Paris?"}, {"role": "assistant", "content": None, "tool_calls": [CALL]}]
+    with pytest.raises(Exception, match="content"):
+        tok.apply_chat_template(msgs, tokenize=False)
+    [enc] = _enc(tok, {"messages": msgs})
+    trained = tok.decode([i for i, lab in zip(enc["input_ids"], enc["labels"], strict=True) if lab != ld.IGNORE])
+    assert tok.decode(enc["input_ids"]).startswith("<|im_start|>user\nWeather in Paris?<|im_end|>\n<|im_start|>assistant\n")
+    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>' in trained
+    folder = tmp_path / "qwen3"
+    folder.mkdir()
+    (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": tok.chat_template,
+                                                              "eos_token": "<|im_end|>"}))
+    data = tmp_path / "tools.jsonl"
+    data.write_text(json.dumps({"messages": msgs}) + "\n")
+    assert template_problems(data, TemplateTokenizer.from_folder(folder), "messages") == []
+
+
+def test_the_pre_flight_drops_none_values_as_transformers_does(tmp_path):
+    """A dataset that mixes turns with and without tool calls has `tool_calls: null` on the plain
+    ones; Llama-3.1's template tests `'tool_calls' in message`: the pre-flight renders it as
+    transformers does (the key dropped), not as a broken tool call."""
+    from devtools.hub.chat_templates import FAMILIES, make_family_tokenizer
+    from hpcft.core.chat import TemplateTokenizer
+
+    f = FAMILIES["llama3.1"]
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": f["template"],
+                                                                "bos_token": f["bos"], "eos_token": f["eos"]}))
+    mine = TemplateTokenizer.from_folder(tmp_path)
+    msgs = [{"role": "user", "content": Q, "tool_calls": None},
+            {"role": "assistant", "content": "red", "tool_calls": None}]
+    want = make_family_tokenizer("llama3.1").apply_chat_template([{k: v for k, v in m.items() if v is not None}
+                                                                  for m in msgs], tokenize=False)
+    assert mine.apply_chat_template(msgs) == want and "red<|eot_id|>" in want

@@ -182,6 +182,7 @@ class ChatRenderer:
             kw["enable_thinking"] = self.enable_thinking
         if tools:
             kw["tools"] = tools
+        msgs = [_plain_message(m) for m in msgs]
         try:
             return self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen, **kw)
         except _template_errors() as exc:
@@ -387,6 +388,17 @@ class ChatRenderer:
         return out
 
 
+def _plain_message(m: dict) -> dict:
+    """A message as templates expect it: keys whose value is None dropped (what transformers 5
+    does, and 4.x does not), and ``content: None`` beside tool calls written ``""`` (templates
+    that concatenate the content, such as the original Qwen3 and Granite-3.3 ones, cannot
+    render None, and those that test it for being empty treat both alike)."""
+    out = {k: v for k, v in m.items() if v is not None}
+    if "content" not in out and "role" in out:
+        out["content"] = ""
+    return out
+
+
 def _call_names(m: dict) -> list[str]:
     names = []
     for call in m.get("tool_calls") or []:
@@ -460,6 +472,8 @@ class TemplateTokenizer:
 
     def apply_chat_template(self, messages: list[dict], tokenize: bool = False, add_generation_prompt: bool = False,
                             tools: Optional[list] = None, **kwargs: Any) -> str:
+        # keys whose value is None are dropped, as transformers does (gpt-oss's template tests them for presence)
+        messages = [{k: v for k, v in m.items() if v is not None} if isinstance(m, dict) else m for m in messages]
         return self._env.render(self._compiled, (messages, tools, kwargs), messages=messages, tools=tools,
                                 add_generation_prompt=add_generation_prompt,
                                 **{k: v for k, v in self.specials.items() if v is not None}, **kwargs)
