@@ -419,7 +419,7 @@ def test_content_null_beside_tool_calls_trains_on_the_original_qwen3_template(tm
     tok = make_family_tokenizer("qwen3")
     tok.chat_template = (DATA / "qwen3-original.jinja").read_text()
     msgs = [{"role": "user", "content": "Weather in Paris?"}, {"role": "assistant", "content": None, "tool_calls": [CALL]}]
-    with pytest.raises(Exception, match="content"):
+    with pytest.raises(Exception, match="content|NoneType"):  # transformers 5 drops the key, 4.x keeps None
         tok.apply_chat_template(msgs, tokenize=False)
     [enc] = _enc(tok, {"messages": msgs})
     trained = tok.decode([i for i, lab in zip(enc["input_ids"], enc["labels"], strict=True) if lab != ld.IGNORE])
