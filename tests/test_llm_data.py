@@ -233,7 +233,7 @@ def test_bad_rows_and_a_zero_weight_are_refused_before_anything_is_queued(tmp_pa
     assert lines == [f"{tmp_path / 'job.yaml'}: data rows: {tmp_path / 'data.jsonl'}:3: the last turn is 'user', not "
                      "the assistant's: nothing to train on (end each conversation with the assistant's reply)",
                      f"{tmp_path / 'job.yaml'}: data rows: {tmp_path / 'data.jsonl'}:2: the model's chat template "
-                     "cannot render the tool call 'get_weather' (can only concatenate str (not \"dict\") to str)"]
+                     "cannot render this tool call as a reply (get_weather)"]
     code, lines = submit("qwen", "data.jsonl")  # Qwen2.5's template writes tool calls: only the last-turn row
     assert code == 2 and len(lines) == 1 and ":3: the last turn is 'user'" in lines[0]
     # packing with a model that runs its own code (auto_map): refused, its attention would mix the examples
