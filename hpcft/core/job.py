@@ -16,9 +16,11 @@ from typing import Any, ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from . import grpo as grpo_rules
 from .config import Settings
 from .dsconfig import check as check_deepspeed_file
 from .errors import ConfigError
+from .grpo import GrpoSpec, RewardSpec
 from .pref_rows import PREFERENCE_TASKS
 from .quantization import QuantizationSpec
 from .slurm_time import parse_duration
@@ -181,7 +183,7 @@ class LoraSpec(_Strict):
 LLM_FIELDS = ("method", "lora", "quantization", "data_format", "packing", "gradient_checkpointing", "system_prompt",
               "sample_prompts", "max_new_tokens", "train_on", "enable_thinking", "trust_remote_code")
 # the LLM tasks: supervised fine-tuning and preference tuning (TRL's trainers; see docs/llm.md)
-LLM_TASKS = ("causal-lm", *PREFERENCE_TASKS)
+LLM_TASKS = ("causal-lm", *PREFERENCE_TASKS, "grpo")
 # of LLM_FIELDS, those preference tuning does not read (its rows are its own format, unpacked)
 SFT_ONLY_FIELDS = ("data_format", "packing", "sample_prompts", "max_new_tokens", "train_on")
 # fields that only the preference tasks read
@@ -228,8 +230,10 @@ class TrainSpec(_Strict):
     LLM_MAX_SEQ_LENGTH: ClassVar[int] = 1024
     LLM_LEARNING_RATE: ClassVar[dict] = {"lora": 1e-4, "qlora": 1e-4, "full": 1e-5}
     PREFERENCE_LEARNING_RATE: ClassVar[dict] = {"lora": 5e-6, "qlora": 5e-6, "full": 5e-7}  # LLaMA-Factory's DPO examples
+    GRPO_LEARNING_RATE: ClassVar[dict] = {"lora": 1e-5, "qlora": 1e-5, "full": 1e-6}  # TRL's 1e-6 (full), x10 LoRA
 
-    task: Literal["sequence-classification", "causal-lm", "dpo", "orpo", "simpo", "kto"] = "sequence-classification"
+    task: Literal["sequence-classification", "causal-lm", "dpo", "orpo", "simpo", "kto", "grpo"] = \
+        "sequence-classification"
     model: str
     # glue/mrpc, yelp_review_full, org/name[:config], path, file.csv; causal-lm also takes a mix:
     # a list of names and/or {name, weight, data_format} entries
@@ -299,6 +303,9 @@ class TrainSpec(_Strict):
     # ---- preference tuning (dpo, orpo, simpo, kto); see docs/llm.md
     init_from: Optional[str] = None            # an hpcft SFT run (resolved to its folder at submit)
     preference: Optional[PreferenceSpec] = None
+    # ---- task: grpo (hpcft.core.grpo): TRL's GRPO settings and the rewards
+    grpo: Optional[GrpoSpec] = None
+    rewards: Optional[list[RewardSpec]] = None
 
     @field_validator("dataset", mode="before")
     @classmethod
@@ -338,7 +345,8 @@ class TrainSpec(_Strict):
         if self.max_seq_length is None:
             self.max_seq_length = self.LLM_MAX_SEQ_LENGTH if self.is_llm else 128
         if self.learning_rate is None:
-            rates = self.PREFERENCE_LEARNING_RATE if self.is_preference else self.LLM_LEARNING_RATE
+            rates = (self.PREFERENCE_LEARNING_RATE if self.is_preference else
+                     self.GRPO_LEARNING_RATE if self.task == "grpo" else self.LLM_LEARNING_RATE)
             self.learning_rate = rates[self.method or "lora"] if self.is_llm else 2e-5
         if not self.is_llm:
             wrong = [f for f in LLM_FIELDS if getattr(self, f) is not None]
@@ -353,7 +361,13 @@ class TrainSpec(_Strict):
             if self.lora is not None and self.method == "full":
                 raise ValueError("lora: is set but method is full; remove lora: or use method: lora")
             self._check_qlora()
-        if not self.is_preference:
+        grpo_rules.check(self)
+        if self.task == "grpo":
+            wrong = [f for f in (*SFT_ONLY_FIELDS, "preference") if getattr(self, f) is not None]
+            if wrong:
+                raise ValueError(f"{', '.join(wrong)}: not for task: grpo (it generates its own replies)")
+            _one_line(self.init_from)
+        elif not self.is_preference:
             wrong = [f for f in PREFERENCE_FIELDS if getattr(self, f) is not None]
             if wrong:
                 raise ValueError(f"{', '.join(wrong)}: only for the preference tasks (dpo, orpo, simpo, kto); "

@@ -8,6 +8,7 @@ from typing import Callable, Iterator
 
 from . import checks
 from .checks import Check, Preflight
+from .grpo import grpo
 from .memcheck import host_memory, memory
 from .preference import preference
 from .quantization import qlora
@@ -35,6 +36,7 @@ RULES: list[Rule] = [
     memory,
     host_memory,
     preference,              # init_from resolved to a run folder; preference rows
+    grpo,                    # task: grpo: init_from, TRL's batch rule, the reward files (sha256), vllm, rows
     sft_data,                # causal-lm: the first rows of each local data file
     remote_code,             # a model that ships *.py runs only with train.trust_remote_code
     checks.array_size,       # a sweep's job array

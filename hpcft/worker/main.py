@@ -19,7 +19,7 @@ from .timelimit import on_signal
 
 # train.task -> "module:class" of its hpcft.worker.task.Task, imported only when the job runs it
 TASKS = {"sequence-classification": "classify:SequenceClassification", "causal-lm": "causal_lm:CausalLM",
-         **{name: "preference:Preference" for name in ("dpo", "orpo", "simpo", "kto")}}
+         **{name: "preference:Preference" for name in ("dpo", "orpo", "simpo", "kto")}, "grpo": "grpo:Grpo"}
 
 _PEER_FAILURE = ("Connection closed by peer", "Connection reset by peer", "remote worker crashing",
                  "NCCL communicator was aborted", "ProcessGroupNCCL", "HCCL", "DistNetworkError")
