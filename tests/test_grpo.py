@@ -225,3 +225,30 @@ def test_a_short_grpo_run_logs_every_reward_and_the_kl(tiny, hpcft_home, tmp_pat
         assert g["reward"][i] == pytest.approx(want, abs=1e-5), s
     assert m["reference"] == "the model with the adapter disabled" and m["train"]["tokens_per_second"] > 0
     assert "reward" in m["eval"] and "rewards/short/mean" in m["eval"]
+
+
+# --------------------------------------------------------------------------- the memory estimate
+
+def test_the_estimate_counts_the_rollouts_and_a_reference_when_beta_is_set(tmp_path):
+    from hpcft.core.job import Job
+    from hpcft.preflight.estimate import estimate, shape_from_config
+    from hpcft.preflight.memcheck import plan_of
+
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
+           "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+           "vocab_size": 128256, "tie_word_embeddings": False, "torch_dtype": "bfloat16"}
+    shape = shape_from_config(cfg)
+
+    def est(**train):
+        job = Job.model_validate({"name": "g", "resources": {"gpus_per_node": 1}, "train": {
+            "task": "grpo", "model": "m", "dataset": "d.jsonl", "rewards": ["answer_numeric"], "batch_size": 8,
+            "gradient_accumulation": 4, "max_seq_length": 1024, **train}})
+        return estimate(shape, plan_of(job, tmp_path))
+
+    lora, full, kl = est(), est(method="full"), est(method="full", grpo={"beta": 0.04})
+    # 32 completions (8 x 4 steps per generation) x 1024 tokens of bf16 KV cache (2 x 32 layers x 8 x 128)
+    want = 32 * (1024 * 2 * 32 * 8 * 128 * 2 + 4 * 128256) / 2 ** 30
+    assert lora.rollout == pytest.approx(want) and lora.plan.rollouts == 32 and "rollouts 4.0" in lora.summary()
+    assert full.reference == 0 and kl.reference == pytest.approx(2 * shape.params / 2 ** 30)
+    assert est(gradient_accumulation=1).rollout == pytest.approx(want / 4)
+    assert "rollout" in lora.as_dict()["device_parts_gib"]

@@ -151,6 +151,7 @@ def run(args) -> int:
         print(f"result:    {head} {_fmt(ev.get(head))}" if head in ev else "result:    -")
         print(f"eval:      {shown}")
         _preference(m)
+        _grpo(m)
         tr = m.get("train") or {}
         rate = (f"{_num(tr.get('tokens_per_second'))} tokens/s" if "tokens_per_second" in tr
                 else f"{_num(tr.get('samples_per_second'))} samples/s")
@@ -198,6 +199,29 @@ def _preference(m: dict) -> None:
                          for s, mg, a in zip(steps, margins, accs))
     print(f"reference: {m.get('reference') or '-'} (beta {_num(pref.get('beta'))})")
     print(f"rewards:   {per_eval or '-'}")
+
+
+def _grpo(m: dict) -> None:
+    """A GRPO run: its reference and each reward from its first logged step to its last."""
+    g = m.get("grpo")
+    if not isinstance(g, dict):
+        return
+    steps = g.get("steps") or []
+    print(f"reference: {m.get('reference') or '-'} (beta {_num(g.get('beta'))}); {g.get('num_generations')} "
+          f"generations of up to {g.get('max_completion_length')} tokens, loss {g.get('loss_type')}")
+
+    def span(values) -> str:
+        values = values or []
+        return f"{_fmt(values[0])} -> {_fmt(values[-1])}" if values else "-"
+
+    first_last = f"step {steps[0]} -> {steps[-1]}" if steps else "no step logged"
+    parts = [f"reward {span(g.get('reward'))}"]
+    parts += [f"{r.get('label')} x{_num(r.get('weight'))} {span((g.get('reward_components') or {}).get(r.get('label')))}"
+              for r in g.get("rewards") or []]
+    if any(k is not None for k in g.get("kl") or []):
+        parts.append(f"kl {span(g.get('kl'))}")
+    parts.append(f"completion length {span(g.get('completion_length'))}")
+    print(f"rewards:   {first_last}: {', '.join(parts)}")
 
 
 def _telemetry(m: dict) -> None:

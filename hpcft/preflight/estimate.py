@@ -17,6 +17,12 @@ Per device, in bytes, then ``x FRAGMENTATION + CONTEXT_GIB`` (allocator and CUDA
 * **preference tuning** (dpo, kto, orpo, simpo): chosen and rejected go through the model
   together (2x the batch); full DPO/KTO hold a frozen reference model (weights only, sharded at
   ZeRO-3); LoRA DPO/KTO use the base with the adapter disabled as the reference (no copy).
+* **GRPO**: the rollouts, generated before each step without gradients (so the larger of them
+  and the step's activations counts): ``batch_size x gradient_accumulation`` completions per device
+  (TRL's generation batch), each prompt + ``max_completion_length`` tokens of KV cache
+  (2 x layers x kv_heads x head_dim, 16-bit) and fp32 logits of the last position; the step
+  trains on ``batch_size`` completions of ``seq_len``; with ``beta > 0`` full weights hold a
+  frozen reference (LoRA: the adapter disabled, or TRL's copy of the adapter it continues).
 * **activations**, per token: with gradient checkpointing each layer's input (2 B x hidden) stays
   for the backward, and on top of them the larger of two phases that never overlap: one layer
   recomputed and back-propagated (:data:`WORK_H` x hidden + :data:`WORK_I` x the MLP width a token
@@ -83,6 +89,8 @@ class Plan:
     zero_init: bool = True            # ZeRO-3 loads with deepspeed.zero.Init (each rank its shard)
     logit_bytes: int = LOGIT_BYTES    # transformers' loss upcasts the logits to fp32 (remote code may not)
     optimizer: str = "fused"          # fused AdamW (CUDA, CPU) | foreach: torch's multi-tensor AdamW (NPU)
+    rollouts: int = 0                 # grpo: completions generated per device before a step (0: not grpo)
+    beta: float = 0.0                 # grpo: the KL coefficient (> 0: a reference model)
 
     def describe(self) -> str:
         zero = "ZeRO-0" if self.zero_stage is None else f"ZeRO-{self.zero_stage}"
@@ -103,13 +111,15 @@ class Estimate:
     activations: float
     reference: float = 0.0    # a frozen reference model (full DPO/KTO)
     step: float = 0.0         # the optimizer step's temporaries (foreach AdamW), after the activations are freed
+    rollout: float = 0.0      # grpo: the generation batch's KV cache and logits, before the step (no gradients)
     host: dict = field(default_factory=dict)   # GiB per node: loading, offload, ranks, total
     plan: Plan = field(default_factory=Plan)
 
     @property
     def allocated(self) -> float:
         """GiB of tensors at the peak: what ``torch.cuda.max_memory_allocated`` reports."""
-        return self.weights + self.gradients + self.optimizer + self.reference + max(self.activations, self.step)
+        return (self.weights + self.gradients + self.optimizer + self.reference
+                + max(self.activations, self.step, self.rollout))
 
     @property
     def total(self) -> float:
@@ -129,6 +139,7 @@ class Estimate:
     def summary(self) -> str:
         ref = f", reference {self.reference:.1f}" if self.reference else ""
         step = f", optimizer step {self.step:.1f}" if self.step > self.activations else ""
+        step += f", rollouts {self.rollout:.1f}" if self.rollout else ""
         return (f"~{self.total:.0f} GiB per device for {self.params / 1e9:.2g}B parameters "
                 f"({self.plan.describe()}: weights {self.weights:.1f}, gradients {self.gradients:.1f}, "
                 f"optimizer {self.optimizer:.1f}, activations {self.activations:.1f}{ref}{step} GiB)")
@@ -138,7 +149,8 @@ class Estimate:
         return {"params": self.params, "trainable": self.trainable, "plan": asdict(self.plan),
                 "device_gib": round(self.total, 2),
                 "device_parts_gib": {k: round(getattr(self, k), 2) for k in
-                                     ("weights", "gradients", "optimizer", "activations", "reference", "step")},
+                                     ("weights", "gradients", "optimizer", "activations", "reference", "step",
+                                      *(("rollout",) if self.plan.rollouts else ()))},
                 "fragmentation": FRAGMENTATION, "context_gib": CONTEXT_GIB,
                 "node_gib": round(self.host_total, 2),
                 "node_parts_gib": {k: round(v, 2) for k, v in self.host.items() if k != "total"}}
@@ -240,7 +252,7 @@ def host_memory(shape: Shape, plan: Plan) -> dict:
 def estimate(shape: Shape, plan: Plan) -> Estimate:
     w, g, o, trainable = model_states(shape, plan)
     ref = 0.0
-    if plan.task in REFERENCE_TASKS and plan.method == "full":
+    if (plan.task in REFERENCE_TASKS or (plan.task == "grpo" and plan.beta > 0)) and plan.method == "full":
         half = 4 if plan.precision == "fp32" else 2
         ref = half * shape.params / (max(1, plan.world_size) if plan.zero_stage == 3 else 1)
     step = 0.0
@@ -248,4 +260,15 @@ def estimate(shape: Shape, plan: Plan) -> Estimate:
         # torch's multi-tensor AdamW: _foreach_sqrt of the second moments is one temporary of their size
         step = (2 if plan.precision == "bf16-true" else 4) * trainable
     return Estimate(shape.params, trainable, w / GiB, g / GiB, o / GiB, activations(shape, plan) / GiB,
-                    reference=ref / GiB, step=step / GiB, host=host_memory(shape, plan), plan=plan)
+                    reference=ref / GiB, step=step / GiB, rollout=rollouts(shape, plan) / GiB,
+                    host=host_memory(shape, plan), plan=plan)
+
+
+def rollouts(shape: Shape, plan: Plan) -> float:
+    """Bytes of a GRPO generation batch on one device: the KV cache of every sequence at full
+    length (16-bit; fp32 in an fp32 job) and the fp32 logits of one position each."""
+    if not plan.rollouts:
+        return 0.0
+    half = 4 if plan.precision == "fp32" else 2
+    kv = 2 * shape.layers * shape.kv_heads * shape.head_dim * half
+    return plan.rollouts * (plan.seq_len * kv + 4 * shape.vocab)

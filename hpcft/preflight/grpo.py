@@ -57,7 +57,7 @@ def grpo(p: Preflight) -> Iterator[Check]:
         g = t.grpo
         note = f"continues run {Path(t.init_from).name}" if t.init_from else "starts from the model"
         yield Check(NAME, True, f"{g.num_generations} generations of up to {g.max_completion_length} tokens per "
-                                f"prompt, beta {g.beta:g}, {'colocated vLLM' if g.use_vllm else 'transformers'} "
+                                f"prompt, beta {g.beta:g}, {'colocated vLLM (TRL gives it vllm_gpu_memory_utilization 0.3 of the device)' if g.use_vllm else 'transformers'} "
                                 f"generates; rewards {rewards}; {note}"
                                 + (f"; runs your code: {', '.join(files)}" if files else ""))
 

@@ -38,7 +38,9 @@ def plan_of(job: Job, base_dir: Path) -> Plan:
     elif world > 1 and ds is not False and t.llm_method != "qlora":
         stage = 0
     task = getattr(t, "task", "causal-lm")
-    return Plan(method=t.llm_method, task=task if task in ("dpo", "kto", "orpo", "simpo") else "sft",
+    grpo = task == "grpo" and t.grpo is not None
+    return Plan(method=t.llm_method, task=task if task in ("dpo", "kto", "orpo", "simpo", "grpo") else "sft",
+                rollouts=t.batch_size * t.gradient_accumulation if grpo else 0, beta=t.grpo.beta if grpo else 0.0,
                 precision=precision, zero_stage=stage, offload=offload, offload_params=offload_params,
                 world_size=world, per_node=max(1, r.devices_per_node) if r.device != "cpu" else 1,
                 batch_size=t.batch_size, seq_len=t.max_seq_length,
