@@ -64,13 +64,13 @@ def test_qwen3_single_turn_without_thinking_trains_no_empty_think_block(toks):
     tok = toks["qwen3"]
     _expect(tok, _enc(tok, _msgs(Q, "red")), [[
         (f"<|im_start|>user\n{Q}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n", False),
-        ("red<|im_end|>\n", True)]])
+        ("red<|im_end|>", True)]])
 
 
 def test_qwen3_thinking_reply_is_trained_with_its_reasoning_in_either_form(toks):
     tok = toks["qwen3"]
     want = [[(f"<|im_start|>user\n{Q}<|im_end|>\n<|im_start|>assistant\n", False),
-             ("<think>\nan apple is a fruit\n</think>\n\nred<|im_end|>\n", True)]]
+             ("<think>\nan apple is a fruit\n</think>\n\nred<|im_end|>", True)]]
     _expect(tok, _enc(tok, _msgs(Q, THINK)), want)
     row = {"messages": [{"role": "user", "content": Q},
                         {"role": "assistant", "content": "red", "reasoning_content": "an apple is a fruit"}]}
@@ -78,7 +78,7 @@ def test_qwen3_thinking_reply_is_trained_with_its_reasoning_in_either_form(toks)
     # an empty think block the data writes is the data's: trained as written
     _expect(tok, _enc(tok, _msgs(Q, "<think>\n\n</think>\n\nred")), [[
         (f"<|im_start|>user\n{Q}<|im_end|>\n<|im_start|>assistant\n", False),
-        ("<think>\n\n</think>\n\nred<|im_end|>\n", True)]])
+        ("<think>\n\n</think>\n\nred<|im_end|>", True)]])
 
 
 def test_qwen3_multi_turn_with_thinking_trains_each_turn_after_the_history_the_model_sees(toks):
@@ -87,9 +87,9 @@ def test_qwen3_multi_turn_with_thinking_trains_each_turn_after_the_history_the_m
     tok = toks["qwen3"]
     first = f"<|im_start|>user\n{Q}<|im_end|>\n<|im_start|>assistant\n"
     _expect(tok, _enc(tok, _msgs(Q, THINK, Q2, "white")), [
-        [(first, False), ("<think>\nan apple is a fruit\n</think>\n\nred<|im_end|>\n", True)],
+        [(first, False), ("<think>\nan apple is a fruit\n</think>\n\nred<|im_end|>", True)],
         [(first + f"red<|im_end|>\n<|im_start|>user\n{Q2}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
-          False), ("white<|im_end|>\n", True)]])
+          False), ("white<|im_end|>", True)]])
 
 
 def test_qwen3_train_on_last_and_enable_thinking_false(toks):
@@ -97,11 +97,11 @@ def test_qwen3_train_on_last_and_enable_thinking_false(toks):
     history = f"<|im_start|>user\n{Q}<|im_end|>\n<|im_start|>assistant\nred<|im_end|>\n"
     _expect(tok, _enc(tok, _msgs(Q, THINK, Q2, "white"), train_on="last"), [[
         (history + f"<|im_start|>user\n{Q2}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n", False),
-        ("white<|im_end|>\n", True)]])
+        ("white<|im_end|>", True)]])
     # enable_thinking: false goes to the template (its prompt has the empty block) and drops the data's reasoning
     _expect(tok, _enc(tok, _msgs(Q, THINK), enable_thinking=False), [[
         (f"<|im_start|>user\n{Q}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n", False),
-        ("red<|im_end|>\n", True)]])
+        ("red<|im_end|>", True)]])
     r = ld.Renderer(tok, enable_thinking=False)
     assert r.prompt([{"role": "user", "content": Q}]).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
 
@@ -117,12 +117,12 @@ def test_qwen3_tool_call_tools_column_and_tool_result(toks):
     system = tok.apply_chat_template([{"role": "user", "content": "x"}], tools=TOOLS, tokenize=False)
     system = system[:system.index("<|im_start|>user")]
     assert '"name": "get_weather"' in system and "# Tools" in system
-    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>\n'
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>'
     user = system + "<|im_start|>user\nWeather in Paris?<|im_end|>\n<|im_start|>assistant\n"
     _expect(tok, encs, [
         [(user + "<think>\n\n</think>\n\n", False), (call, True)],
-        [(user + call + "<|im_start|>user\n<tool_response>\nsunny\n</tool_response><|im_end|>\n"
-          "<|im_start|>assistant\n<think>\n\n</think>\n\n", False), ("It is sunny.<|im_end|>\n", True)]])
+        [(user + call + "\n<|im_start|>user\n<tool_response>\nsunny\n</tool_response><|im_end|>\n"
+          "<|im_start|>assistant\n<think>\n\n</think>\n\n", False), ("It is sunny.<|im_end|>", True)]])
 
 
 # ----------------------------------------------------------------------------- one sequence per conversation
@@ -132,9 +132,9 @@ def test_qwen25_system_prompt_and_alpaca_history_train_every_turn(toks):
     row = {"instruction": Q2, "output": "white", "system": "Be terse.", "history": [[Q, "red"]]}
     _expect(tok, _enc(tok, row, "alpaca"), [[
         (f"<|im_start|>system\nBe terse.<|im_end|>\n<|im_start|>user\n{Q}<|im_end|>\n<|im_start|>assistant\n", False),
-        ("red<|im_end|>\n", True),
-        (f"<|im_start|>user\n{Q2}<|im_end|>\n<|im_start|>assistant\n", False),
-        ("white<|im_end|>\n", True)]])
+        ("red<|im_end|>", True),
+        (f"\n<|im_start|>user\n{Q2}<|im_end|>\n<|im_start|>assistant\n", False),
+        ("white<|im_end|>", True)]])
     # without a system prompt the template's default one is in the (masked) prompt
     enc = _enc(tok, {"instruction": Q, "output": "red"}, "alpaca")[0]
     assert tok.decode(enc["input_ids"]).startswith("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud.")
@@ -146,7 +146,7 @@ def test_reasoning_content_is_kept_by_a_template_that_does_not_read_it(toks):
                         {"role": "assistant", "content": "red", "reasoning_content": "an apple is a fruit"}]}
     _expect(tok, _enc(tok, row), [[
         (f"<|im_start|>system\nBe terse.<|im_end|>\n<|im_start|>user\n{Q}<|im_end|>\n<|im_start|>assistant\n", False),
-        ("<think>\nan apple is a fruit\n</think>\n\nred<|im_end|>\n", True)]])
+        ("<think>\nan apple is a fruit\n</think>\n\nred<|im_end|>", True)]])
 
 
 def test_llama3_system_prompt_multi_turn_and_train_on_last(toks):
@@ -179,7 +179,7 @@ def test_llama31_tool_call_and_ipython_result(toks):
 def test_internlm25_chatml_with_bos(toks):
     tok = toks["internlm2.5"]
     _expect(tok, _enc(tok, _msgs(Q, "red")), [[
-        (f"<s><|im_start|>user\n{Q}<|im_end|>\n<|im_start|>assistant\n", False), ("red<|im_end|>\n", True)]])
+        (f"<s><|im_start|>user\n{Q}<|im_end|>\n<|im_start|>assistant\n", False), ("red<|im_end|>", True)]])
 
 
 def test_glm4_trains_the_next_turn_marker_as_the_end_of_each_reply(toks):
@@ -239,8 +239,8 @@ def test_sharegpt_function_call_observation_and_row_system(toks):
     text = tok.decode(enc["input_ids"])
     assert text.startswith("<|im_start|>system\nYou call tools.\n\n# Tools")
     trained = tok.decode([i for i, lab in zip(enc["input_ids"], enc["labels"], strict=True) if lab != ld.IGNORE])
-    assert trained == ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>\n'
-                       "It is sunny.<|im_end|>\n")
+    assert trained == ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>'
+                       "It is sunny.<|im_end|>")
     assert "<tool_response>\nsunny\n</tool_response>" in text
 
 
@@ -450,3 +450,29 @@ def test_the_pre_flight_drops_none_values_as_transformers_does(tmp_path):
     want = make_family_tokenizer("llama3.1").apply_chat_template([{k: v for k, v in m.items() if v is not None}
                                                                   for m in msgs], tokenize=False)
     assert mine.apply_chat_template(msgs) == want and "red<|eot_id|>" in want
+
+
+# ----------------------------------------------------------------------------- after the end of turn (finding 4)
+
+def _phi(name: str):
+    """A tiny stand-in with Phi's special tokens (EOS <|endoftext|>) and its real template."""
+    from devtools.hub.chat_templates import make_family_tokenizer
+
+    tok = make_family_tokenizer("qwen2.5")
+    tok.add_special_tokens({"additional_special_tokens": ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]})
+    tok.eos_token = "<|endoftext|>"
+    tok.chat_template = (DATA / name).read_text()
+    return tok
+
+
+@pytest.mark.parametrize("name, nl", [("phi-3.5-mini-instruct.jinja", "\n"), ("phi-4-mini-instruct.jinja", "")])
+def test_phi_trains_each_reply_through_end_and_not_what_follows(name, nl):
+    """Phi-3.5 and Phi-4-mini write `<|end|>` after a reply, then `\\n` (3.5) and, at the end of the text,
+    the EOS: a reply is trained through `<|end|>` only, and a conversation is one sequence (before:
+    `<|end|>\\n<|endoftext|>` trained on every turn, each turn its own sequence)."""
+    tok = _phi(name)
+    assert end_of_turn(tok) == "<|end|>"
+    row = {"messages": [{"role": "system", "content": "Be terse."}, *_msgs(Q, "red", Q2, "white")["messages"]]}
+    _expect(tok, _enc(tok, row), [[
+        (f"<|system|>{nl}Be terse.<|end|>{nl}<|user|>{nl}{Q}<|end|>{nl}<|assistant|>{nl}", False), ("red<|end|>", True),
+        (f"{nl}<|user|>{nl}{Q2}<|end|>{nl}<|assistant|>{nl}", False), ("white<|end|>", True)]])

@@ -38,7 +38,7 @@ def test_alpaca_prompt_tokens_carry_minus_100_and_the_reply_is_trained(tok):
     assert len(enc["input_ids"]) == len(enc["labels"])
     text = tok.decode(enc["input_ids"])
     assert text.startswith("<|im_start|>user\nRepeat the word apple") and "Answer briefly." in text
-    assert _trained(tok, enc) == "apple apple apple<|im_end|>\n"
+    assert _trained(tok, enc) == "apple apple apple<|im_end|>"
     first_reply = enc["labels"].index(next(x for x in enc["labels"] if x != ld.IGNORE))
     prompt_part = tok.decode(enc["input_ids"][:first_reply])
     assert prompt_part.endswith("<|im_start|>assistant\n")  # everything up to the reply is masked
@@ -51,11 +51,11 @@ def test_multi_turn_messages_and_sharegpt_train_every_assistant_turn_only(tok):
             {"role": "assistant", "content": "red"}, {"role": "user", "content": "And the cloud?"},
             {"role": "assistant", "content": "white"}]
     [enc] = ld.encode(tok, r, {"messages": msgs}, "messages", 256)
-    assert _trained(tok, enc) == "red<|im_end|>\nwhite<|im_end|>\n"
+    assert _trained(tok, enc) == "red<|im_end|>white<|im_end|>"
     conv = {"conversations": [{"from": "human", "value": "Spell book backwards."}, {"from": "gpt", "value": "k o o b"}]}
-    assert _trained(tok, ld.encode(tok, r, conv, "sharegpt", 256)[0]) == "k o o b<|im_end|>\n"
+    assert _trained(tok, ld.encode(tok, r, conv, "sharegpt", 256)[0]) == "k o o b<|im_end|>"
     [last] = ld.encode(tok, ld.Renderer(tok, train_on="last"), {"messages": msgs}, "messages", 256)
-    assert _trained(tok, last) == "white<|im_end|>\n"
+    assert _trained(tok, last) == "white<|im_end|>"
 
 
 def test_plain_template_without_a_chat_template_and_truncation(tok):

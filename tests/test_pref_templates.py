@@ -59,14 +59,14 @@ def test_qwen3_rejected_reply_without_reasoning_gets_its_own_think_block(toks):
             # each sequence is exactly the template's own rendering of the conversation
             want = tok.apply_chat_template([{"role": "user", "content": Q}, {"role": "assistant", "content": reply}],
                                            tokenize=False)
-            assert prompt + text == want
-        assert {c, r} == {"<think>\nan apple is a fruit\n</think>\n\nred<|im_end|>\n",
-                          "<think>\n\n</think>\n\nblue<|im_end|>\n"}
+            assert want.startswith(prompt + text) and not want[len(prompt + text):].strip()  # through <|im_end|>
+        assert {c, r} == {"<think>\nan apple is a fruit\n</think>\n\nred<|im_end|>",
+                          "<think>\n\n</think>\n\nblue<|im_end|>"}
         _whole(tok, out, "chosen_ids")
         _whole(tok, out, "rejected_ids")
     # enable_thinking: false: the empty block is in the generation prompt, the data's reasoning dropped
     out = _encoder(tok, enable_thinking=False).pairwise({"prompt": Q, "chosen": THINK, "rejected": "blue"})
-    assert _texts(tok, out) == (gen + "<think>\n\n</think>\n\n", "red<|im_end|>\n", "blue<|im_end|>\n")
+    assert _texts(tok, out) == (gen + "<think>\n\n</think>\n\n", "red<|im_end|>", "blue<|im_end|>")
 
 
 def test_r1_distill_rejected_reply_without_reasoning_closes_the_prefilled_block(toks):
@@ -102,7 +102,8 @@ def test_a_multi_message_reply_is_scored_whole_after_the_shared_prompt(toks, fam
     assert 0 <= c.index("red") < c.index(Q2) < c.index("white")
     assert "red" not in r and "blue" in r and Q2 not in r
     if family not in ("glm4", "qwen3"):  # templates that close each reply: the chosen rendering is the template's
-        assert prompt + c == tok.apply_chat_template([user, *chosen], tokenize=False)
+        want = tok.apply_chat_template([user, *chosen], tokenize=False)
+        assert want.startswith(prompt + c) and not want[len(prompt + c):].strip()
     _whole(tok, out, "chosen_ids")
 
 

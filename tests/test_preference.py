@@ -117,8 +117,8 @@ def test_rows_render_like_sft_and_both_forms_give_the_same_tokens(tiny):
     a, b = enc.pairwise(text_row), enc.pairwise(msg_row)
     assert a == b
     assert tok.decode(a["prompt_ids"]).endswith("<|im_start|>assistant\n")
-    assert tok.decode(a["chosen_ids"]) == text_row["chosen"] + "<|im_end|>\n"
-    assert tok.decode(a["rejected_ids"]) == text_row["rejected"] + "<|im_end|>\n"
+    assert tok.decode(a["chosen_ids"]) == text_row["chosen"] + "<|im_end|>"
+    assert tok.decode(a["rejected_ids"]) == text_row["rejected"] + "<|im_end|>"
     system = enc.pairwise({**text_row, "system": "Answer briefly."})
     assert tok.decode(system["prompt_ids"]).startswith("<|im_start|>system\nAnswer briefly.<|im_end|>")
 
@@ -130,7 +130,7 @@ def test_long_prompts_keep_their_end_and_replies_fit(tiny):
     out = enc.pairwise(row)
     assert len(out["prompt_ids"]) == 10 and tok.decode(out["prompt_ids"]).endswith("assistant\n")
     assert len(out["prompt_ids"]) + len(out["chosen_ids"]) == 24
-    assert tok.decode(out["rejected_ids"]) == "blue<|im_end|>\n"
+    assert tok.decode(out["rejected_ids"]) == "blue<|im_end|>"
 
 
 def test_kto_unpairs_preference_rows_and_keeps_labels(tiny):

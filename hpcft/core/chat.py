@@ -26,7 +26,12 @@ prompt and drops reasoning from the reply (DeepSeek-R1 distills) gets the reason
 trained text. ``enable_thinking`` is passed to the template when set; ``False`` also drops the
 data's reasoning (as LLaMA-Factory does), so those rows train the non-thinking mode.
 
-**End of turn.** A reply that the template does not close with a special token (GLM-4 marks
+**End of turn.** A reply is trained through its end-of-turn token and no further: what the
+template writes after it (ChatML's newline, Phi-3.5's ``\n`` and, at the end of the text, its
+``<|endoftext|>``, Command-R7B's next chatbot header) is not trained and starts the next
+prompt, so such a conversation stays one sequence. The end-of-turn token is the first special
+token after a reply, or the EOS where it closes every turn after markers of its own
+(Command-R7B: ``<|END_RESPONSE|><|END_OF_TURN_TOKEN|>``). A reply that the template does not close with a special token (GLM-4 marks
 the end of a reply with the next turn's ``<|user|>``, or ``<|observation|>`` after a tool call)
 gets the special token the template writes next appended (and left out of the next prompt), so
 the model learns to stop.
@@ -115,11 +120,18 @@ def _end_of_turn(tok) -> tuple[Optional[str], bool]:
         text = tok.apply_chat_template([user, reply], tokenize=False)
         after = text[text.index(SENTINEL) + len(SENTINEL):]
         found = _first_special(after, specials)
+        try:
+            text3 = tok.apply_chat_template([user, reply, user], tokenize=False)
+        except _template_errors():
+            text3 = ""
+        at = text3.find(SENTINEL) + len(SENTINEL)
+        between = text3[at:text3.find(user["content"], at)] if text3 else ""
+        if found and tok.eos_token and tok.eos_token in between and tok.eos_token in after:
+            # the EOS closes each turn, after markers of its own (Command-R7B: <|END_RESPONSE|><|END_OF_TURN_TOKEN|>)
+            return tok.eos_token, True
         if found:
             return found, True
-        text = tok.apply_chat_template([user, reply, user], tokenize=False)
-        after = text[text.index(SENTINEL) + len(SENTINEL):]
-        found = _first_special(after, specials)
+        found = _first_special(between, specials)
         if found:
             return found, False
     except (*_template_errors(), ValueError):
@@ -269,6 +281,11 @@ class ChatRenderer:
             empty = EMPTY_THINK.match(reply)
             if empty:
                 prompt, reply = prompt + empty.group(0), reply[empty.end():]
+        if self.eot_closes and self.eot and self.eot in reply:
+            # what the template writes after the end of turn (ChatML's newline, Phi-3.5's "\n<|endoftext|>"
+            # at the end of the text, Command-R7B's next chatbot header) is not the reply's: untrained, and
+            # the next turn's prompt starts there
+            reply = reply[:reply.index(self.eot) + len(self.eot)]
         rendered = prompt + reply
         self._check_tool_calls(m, reply)
         end = "" if self._closes(reply) else self._end_after(msgs, k, rendered, tools)
