@@ -14,7 +14,8 @@ Prompts are rendered with the model's own chat template when its tokenizer has o
 (:mod:`hpcft.core.chat`: exact masks, thinking, end of turn), else with
 :data:`PLAIN_TEMPLATE` (documented in docs/llm.md). The labels of every token that is not an
 assistant reply are ``-100``, so the loss covers the responses only (every assistant turn, or
-the last with ``train_on: last``). Sequences longer than ``max_seq_length`` are truncated;
+the last with ``train_on: last``); the ids are those of the whole rendering, tokenized once, and
+the mask comes from each piece's characters. Sequences longer than ``max_seq_length`` are truncated;
 packing is :mod:`hpcft.worker.packing`'s. Pure Python over a tokenizer; no torch.
 """
 
@@ -149,15 +150,37 @@ def encode(tokenizer, renderer: Renderer, row: dict, fmt: str, max_len: int,
         raise DataFormatError(f"{where}: {exc}") from None
     out = []
     for pieces in seqs:
+        # BOS (when the tokenizer adds one and the template did not): the plain template only
+        ids, labels = tokenize_pieces(tokenizer, pieces, add_special_tokens=not renderer.chat)
+        out.append({"input_ids": ids[:max_len], "labels": labels[:max_len]})
+    return out
+
+
+def tokenize_pieces(tokenizer, pieces: list[tuple[str, bool]], add_special_tokens: bool = False
+                    ) -> tuple[list[int], list[int]]:
+    """(input ids, labels) of one sequence of (text, trained) pieces: the ids are those of the
+    whole text tokenized at once (as ``apply_chat_template(tokenize=True)`` gives them; a
+    SentencePiece tokenizer writes ``Red`` after a newline where the reply alone would start
+    ``▁Red``), and a token is trained when it starts inside a trained piece (read from the
+    tokenizer's character offsets). A slow tokenizer (no offsets) tokenizes piece by piece."""
+    if not getattr(tokenizer, "is_fast", False):
         ids: list[int] = []
         labels: list[int] = []
         for n, (text, train) in enumerate(pieces):
-            # BOS (when the tokenizer adds one and the template did not) goes before the first piece only
-            piece = tokenizer(text, add_special_tokens=n == 0 and not renderer.chat)["input_ids"] if text else []
+            piece = tokenizer(text, add_special_tokens=add_special_tokens and n == 0)["input_ids"] if text else []
             ids += piece
             labels += piece if train else [IGNORE] * len(piece)
-        out.append({"input_ids": ids[:max_len], "labels": labels[:max_len]})
-    return out
+        return ids, labels
+    spans, at = [], 0
+    for text, train in pieces:
+        if train and text:
+            spans.append((at, at + len(text)))
+        at += len(text)
+    enc = tokenizer("".join(t for t, _ in pieces), add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    labels = [i if start < end and any(a <= start < b for a, b in spans) else IGNORE
+              for i, (start, end) in zip(ids, enc["offset_mapping"])]
+    return ids, labels
 
 
 def prompt_and_reference(renderer: Renderer, row: dict, fmt: str, system: Optional[str] = None
