@@ -177,15 +177,18 @@ class LoraSpec(_Strict):
     alpha: float = Field(16, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)  # LLaMA-Factory's and peft's default; 0.05 costs 15-40 % per step on CPU
     target_modules: Union[Literal["all-linear"], list[str]] = "all-linear"  # every linear layer but the head
+    use_dora: bool = False      # peft's DoRA: magnitude and direction trained apart
+    use_rslora: bool = False    # rank-stabilised scaling alpha/sqrt(r) instead of alpha/r
+    init: Optional[Literal["pissa", "gaussian"]] = None  # peft's init_lora_weights (default: B zero, A Kaiming)
 
 
 # fields that only the causal-lm task reads; set on another task, each is reported
 LLM_FIELDS = ("method", "lora", "quantization", "data_format", "packing", "gradient_checkpointing", "system_prompt",
-              "sample_prompts", "max_new_tokens", "train_on", "enable_thinking", "trust_remote_code")
+              "sample_prompts", "max_new_tokens", "train_on", "enable_thinking", "trust_remote_code", "neftune_alpha")
 # the LLM tasks: supervised fine-tuning and preference tuning (TRL's trainers; see docs/llm.md)
 LLM_TASKS = ("causal-lm", *PREFERENCE_TASKS, "grpo")
 # of LLM_FIELDS, those preference tuning does not read (its rows are its own format, unpacked)
-SFT_ONLY_FIELDS = ("data_format", "packing", "sample_prompts", "max_new_tokens", "train_on")
+SFT_ONLY_FIELDS = ("data_format", "packing", "sample_prompts", "max_new_tokens", "train_on", "neftune_alpha")
 # fields that only the preference tasks read
 PREFERENCE_FIELDS = ("init_from", "preference")
 
@@ -298,8 +301,10 @@ class TrainSpec(_Strict):
     sample_prompts: Optional[int] = Field(None, ge=0, le=100)    # held-out prompts answered into samples.jsonl
     max_new_tokens: Optional[int] = Field(None, ge=1, le=8192)
     train_on: Optional[Literal["all", "last"]] = None            # assistant turns trained; default all
+    text_last_block: Optional[Literal["keep", "drop"]] = None    # data_format text: its last, short block (keep)
     enable_thinking: Optional[bool] = None                       # passed to the chat template (Qwen3)
     trust_remote_code: Optional[bool] = None   # run the model's own *.py (GLM-4, InternLM2.5); never implied
+    neftune_alpha: Optional[float] = Field(None, gt=0)  # NEFTune: noise on the embeddings (the Trainer's; e.g. 5)
     # ---- preference tuning (dpo, orpo, simpo, kto); see docs/llm.md
     init_from: Optional[str] = None            # an hpcft SFT run (resolved to its folder at submit)
     preference: Optional[PreferenceSpec] = None
@@ -360,6 +365,9 @@ class TrainSpec(_Strict):
                                  f"(task: {self.task} trains on the whole prompt/response)")
             if self.lora is not None and self.method == "full":
                 raise ValueError("lora: is set but method is full; remove lora: or use method: lora")
+            if self.lora is not None and self.lora.init == "pissa" and self.method == "qlora":
+                raise ValueError("lora.init: pissa rewrites the base weights, which method: qlora holds quantized; "
+                                 "use method: lora, or lora.init: gaussian")
             self._check_qlora()
         grpo_rules.check(self)
         if self.task == "grpo":

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .console import log
+from .lora_switches import summary as lora_summary
 from .task import Task, TrainedLeg
 from .trainer import trainer_class, training_args
 
@@ -55,6 +56,7 @@ class CausalLM(Task):
             **_checkpointing_args(TrainingArguments, grad_ckpt),
             **_sampling_args(TrainingArguments, packed=bool(t.packing)),
             ddp_find_unused_parameters=False if task.world_size > 1 else None,
+            **({"neftune_noise_alpha": t.neftune_alpha} if t.neftune_alpha else {}),
         )
         before = rss_mb()
         model = load_model(model_ref.path, dtype=train_dtype(method, self.device.precision),
@@ -132,7 +134,8 @@ class CausalLM(Task):
         return {"task": "causal-lm", "method": self.method, "base_model": str(self.ctx.assets[0].path),
                 "data": self.data_info, "adapter": self.cfg.adapter_method,
                 "samples": str(path) if self.samples else None,
-                **({"quantization": self.quantization} if self.quantization else {})}
+                **({"quantization": self.quantization} if self.quantization else {}),
+                **({"peft": peft} if (peft := lora_summary(self.trainer.model, self.trainer.args)) else {})}
 
     def _answer_prompts(self) -> list[dict] | None:
         """Greedy answers to the first held-out prompts. Under ZeRO-3 every rank takes part
@@ -222,8 +225,15 @@ def _with_lora(model, t):
     spec = t.lora
     cfg = LoraConfig(task_type="CAUSAL_LM", r=spec.r if spec else 8, lora_alpha=spec.alpha if spec else 16,
                      lora_dropout=spec.dropout if spec else 0.0,
-                     target_modules=(spec.target_modules if spec else "all-linear"))
-    return get_peft_model(model, cfg)
+                     target_modules=(spec.target_modules if spec else "all-linear"),
+                     use_dora=bool(spec and spec.use_dora), use_rslora=bool(spec and spec.use_rslora),
+                     init_lora_weights=(spec.init if spec and spec.init else True))
+    model = get_peft_model(model, cfg)
+    if spec and spec.init == "pissa":
+        from .lora_switches import remember_init
+
+        remember_init(model)
+    return model
 
 
 def _count(model) -> tuple[int, int]:

@@ -181,6 +181,10 @@ class Task:
         out = self.ctx.output_dir
         with tele.timed("save"):
             self.trainer.save_model(str(out))
+            if self.ctx.task.is_main and getattr(self.trainer.model, "hpcft_pissa_init", None):
+                from .lora_switches import save_converted
+
+                save_converted(self.trainer.model, out)   # a PiSSA adapter as LoRA on the unchanged base
             if self.ctx.task.is_main:
                 out.mkdir(parents=True, exist_ok=True)
                 self.tokenizer.save_pretrained(str(out))
