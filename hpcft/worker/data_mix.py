@@ -9,7 +9,7 @@ them (a dataset with no weight counts 1): drawn without replacement when it has 
 else all of its examples repeated, the rest drawn, all with the job's seed, so a rerun and a
 requeue see the same examples. The mix is made of tokenized examples, so each dataset keeps
 its own format (alpaca beside messages beside ShareGPT). Evaluation uses each dataset's own
-held-out part, unweighted.
+held-out part, unweighted. A ``text`` dataset's examples are its ``max_seq_length`` blocks.
 """
 
 from __future__ import annotations
@@ -82,9 +82,11 @@ def split_rows(dd, t, name: str, check: Optional[Callable[[Any, str], None]] = N
 
 
 def tokenize(ds, tokenizer, renderer: ld.Renderer, fmt: str, max_len: int, system: Optional[str],
-             name: str, desc: str):
+             name: str, desc: str, keep_last: bool = True, isolate: bool = False):
     """Tokenized examples of a raw split (a row may give several; see hpcft.core.chat); rows
-    whose reply was cut away by max_len are dropped. Problems name the dataset and the row."""
+    whose reply was cut away by max_len are dropped. Problems name the dataset and the row.
+    ``text`` rows are documents: concatenated and cut into max_len blocks (:func:`ld.text_blocks`;
+    ``keep_last``: the last, shorter block; ``isolate``: per-document positions, for packing)."""
 
     def encode(batch, idx):
         out: dict[str, list] = {"input_ids": [], "labels": []}
@@ -96,8 +98,24 @@ def tokenize(ds, tokenizer, renderer: ld.Renderer, fmt: str, max_len: int, syste
                     out["labels"].append(ex["labels"])
         return out
 
-    return ds.map(encode, batched=True, with_indices=True, remove_columns=ds.column_names,
-                  desc=f"tokenize {name} {desc}")
+    out = ds.map(encode, batched=True, with_indices=True, remove_columns=ds.column_names,
+                 desc=f"tokenize {name} {desc}")
+    if fmt != "text":
+        return out
+    import datasets
+
+    blocks = ld.text_blocks(out["input_ids"], max_len, keep_last, isolate)
+    columns = ("input_ids", "labels", "position_ids") if isolate else ("input_ids", "labels")
+    return datasets.Dataset.from_dict({k: [b[k] for b in blocks] for k in columns})
+
+
+def _same_columns(parts: list, packing: bool) -> list:
+    """Datasets to concatenate with the same columns: under packing, text blocks carry
+    position_ids, so the other formats' examples get theirs (0..n-1, what pack() gives them)."""
+    if not packing or len({tuple(sorted(p.column_names)) for p in parts}) == 1:
+        return parts
+    return [p if "position_ids" in p.column_names else
+            p.map(lambda ex: {"position_ids": list(range(len(ex["input_ids"])))}, desc="positions") for p in parts]
 
 
 def load_sft_data(t, refs: list, tokenizer, renderer: ld.Renderer) -> SftData:
@@ -110,8 +128,15 @@ def load_sft_data(t, refs: list, tokenizer, renderer: ld.Renderer) -> SftData:
     for entry, ref in zip(entries, refs, strict=True):
         raw_train, raw_eval, eval_name = split_rows(load_raw(ref), t, entry.name)
         fmt = ld.detect_format(raw_train.column_names, entry.data_format or t.data_format)
-        tr = tokenize(raw_train, tokenizer, renderer, fmt, t.max_seq_length, t.system_prompt, entry.name, "train")
-        ev = tokenize(raw_eval, tokenizer, renderer, fmt, t.max_seq_length, t.system_prompt, entry.name, eval_name)
+        blocks = {"keep_last": (t.text_last_block or "keep") == "keep", "isolate": bool(t.packing)}
+        tr = tokenize(raw_train, tokenizer, renderer, fmt, t.max_seq_length, t.system_prompt, entry.name, "train",
+                      **blocks)
+        ev = tokenize(raw_eval, tokenizer, renderer, fmt, t.max_seq_length, t.system_prompt, entry.name, eval_name,
+                      **{**blocks, "keep_last": True})  # evaluation keeps every token
+        if len(tr) == 0 and fmt == "text":
+            raise ld.DataFormatError(f"dataset {entry.name}: its text is shorter than one block of max_seq_length "
+                                     f"{t.max_seq_length} tokens, and text_last_block: drop drops it; set "
+                                     "train.text_last_block: keep or lower train.max_seq_length")
         if len(tr) == 0:
             raise ld.DataFormatError(f"dataset {entry.name}: no example has a response within max_seq_length "
                                      f"{t.max_seq_length}; raise train.max_seq_length")
@@ -125,6 +150,7 @@ def load_sft_data(t, refs: list, tokenizer, renderer: ld.Renderer) -> SftData:
              for i, (tr, n) in enumerate(zip(trains, counts, strict=True))]
     for part, n in zip(parts, counts, strict=True):
         part["mixed"] = n
+    mixed, evals = _same_columns(mixed, bool(t.packing)), _same_columns(evals, bool(t.packing))
     train_ds = mixed[0] if len(mixed) == 1 else datasets.concatenate_datasets(mixed).shuffle(seed=t.seed)
     eval_ds = evals[0] if len(evals) == 1 else datasets.concatenate_datasets(evals)
     n_real = ld.real_tokens(train_ds)

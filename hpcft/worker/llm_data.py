@@ -8,7 +8,9 @@ Formats, detected from the columns or named with ``train.data_format``:
   style), optional ``tools`` and ``system`` columns; ShareGPT's ``conversations: [{from, value},
   ...]`` (with ``function_call``/``observation`` turns, ``system`` and ``tools``) is read as the
   same thing;
-* **text**: plain ``text``; every token is trained.
+* **text**: plain ``text``; every token is trained. The documents are concatenated with the EOS
+  between them and cut into ``max_seq_length`` blocks (no token lost; ``train.text_last_block``
+  keeps or drops the last, shorter one); with ``packing`` each document attends only to itself.
 
 Prompts are rendered with the model's own chat template when its tokenizer has one
 (:mod:`hpcft.core.chat`: exact masks, thinking, end of turn), else with
@@ -27,10 +29,10 @@ from typing import Iterable, Optional
 from ..core.chat import ConversationError
 from ..core.sft_rows import row_tools, to_messages
 from .errors import DataFormatError
-from .packing import Collator, pack
+from .packing import Collator, pack, text_blocks
 
 __all__ = ["IGNORE", "PLAIN_TEMPLATE", "Collator", "DataFormatError", "Renderer", "detect_format", "encode",
-           "pack", "prompt_and_reference", "real_tokens", "row_tools", "to_messages"]
+           "pack", "prompt_and_reference", "real_tokens", "row_tools", "text_blocks", "to_messages"]
 
 IGNORE = -100
 
@@ -138,11 +140,10 @@ def encode(tokenizer, renderer: Renderer, row: dict, fmt: str, max_len: int,
     """Tokenized examples (input_ids, labels with prompt tokens -100) for one row, each
     truncated to max_len: one per row, except where the template rewrites history (see
     :mod:`hpcft.core.chat`). Problems name the row (``where``)."""
-    if fmt == "text":
+    if fmt == "text":  # the whole document: hpcft.worker.packing.text_blocks cuts the corpus into blocks
         ids = tokenizer(str(row.get("text") or ""), add_special_tokens=True)["input_ids"]
         if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
             ids = ids + [tokenizer.eos_token_id]
-        ids = ids[:max_len]
         return [{"input_ids": ids, "labels": list(ids)}]
     try:
         seqs = renderer.examples(to_messages(row, fmt, system), row_tools(row))

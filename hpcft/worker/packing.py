@@ -10,12 +10,15 @@ transformers' ``DataCollatorWithFlattening``. (transformers reads the boundaries
 forward pass has no KV cache, as in training: ``use_cache=False``.) The first label of each packed example is -100,
 so the last token of one example is never trained to predict the first token of the next.
 Unpacked batches are padded to their longest example and carry the usual attention mask.
+
+:func:`text_blocks` is ``data_format: text``'s: the documents concatenated (the EOS between them)
+and cut into ``max_seq_length`` blocks, with per-document positions under ``packing: true``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from .errors import WorkerError
 
@@ -52,9 +55,42 @@ def pack(examples: list[dict], max_len: int) -> list[dict]:
             cur = {"input_ids": [], "labels": [], "position_ids": []}
         cur["input_ids"] += ex["input_ids"]
         cur["labels"] += [IGNORE] + list(ex["labels"][1:])
-        cur["position_ids"] += list(range(n))
+        # a text block (text_blocks) brings its own positions: one segment per document
+        cur["position_ids"] += list(ex.get("position_ids") or range(n))
     if cur["input_ids"]:
         out.append(cur)
+    return out
+
+
+def text_blocks(docs: Iterable[list[int]], max_len: int, keep_last: bool = True, isolate: bool = False) -> list[dict]:
+    """``data_format: text``: the documents' ids (each ending with the EOS) concatenated in order
+    and cut into blocks of exactly ``max_len`` tokens, so no token is lost; the last, shorter
+    block is kept or dropped (``keep_last``). Every token is trained. With ``isolate`` (``packing:
+    true``) each block carries ``position_ids`` restarting at 0 where a document starts (and at
+    the block's start), so, as with packed examples, no document attends to another, and a
+    document's first token is not trained as the continuation of the one before (-100)."""
+    out: list[dict] = []
+    cur: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": []}
+
+    def close() -> None:
+        nonlocal cur
+        if not isolate:
+            del cur["position_ids"]
+        out.append(cur)
+        cur = {"input_ids": [], "labels": [], "position_ids": []}
+
+    for ids in docs:
+        i = 0
+        while i < len(ids):
+            piece = list(ids[i:i + max_len - len(cur["input_ids"])])
+            cur["input_ids"] += piece
+            cur["labels"] += [IGNORE] + piece[1:] if isolate and i == 0 else piece
+            cur["position_ids"] += range(len(piece))
+            i += len(piece)
+            if len(cur["input_ids"]) == max_len:
+                close()
+    if cur["input_ids"] and keep_last:
+        close()
     return out
 
 
