@@ -281,10 +281,7 @@ class ChatRenderer:
             empty = EMPTY_THINK.match(reply)
             if empty:
                 prompt, reply = prompt + empty.group(0), reply[empty.end():]
-        if self.eot_closes and self.eot and self.eot in reply:
-            # what the template writes after the end of turn (ChatML's newline, Phi-3.5's "\n<|endoftext|>"
-            # at the end of the text, Command-R7B's next chatbot header) is not the reply's: untrained, and
-            # the next turn's prompt starts there
+        if self.eot_closes and self.eot and self.eot in reply:  # what follows is the next prompt's, untrained
             reply = reply[:reply.index(self.eot) + len(self.eot)]
         rendered = prompt + reply
         self._check_tool_calls(m, reply)
@@ -406,10 +403,8 @@ class ChatRenderer:
 
 
 def _plain_message(m: dict) -> dict:
-    """A message as templates expect it: keys whose value is None dropped (what transformers 5
-    does, and 4.x does not), and ``content: None`` beside tool calls written ``""`` (templates
-    that concatenate the content, such as the original Qwen3 and Granite-3.3 ones, cannot
-    render None, and those that test it for being empty treat both alike)."""
+    """None-valued keys dropped (as transformers 5 does, 4.x not) and a missing content ``""``:
+    templates that concatenate it (the original Qwen3's) cannot render None beside tool calls."""
     out = {k: v for k, v in m.items() if v is not None}
     if "content" not in out and "role" in out:
         out["content"] = ""
