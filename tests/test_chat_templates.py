@@ -476,3 +476,18 @@ def test_phi_trains_each_reply_through_end_and_not_what_follows(name, nl):
     _expect(tok, _enc(tok, row), [[
         (f"<|system|>{nl}Be terse.<|end|>{nl}<|user|>{nl}{Q}<|end|>{nl}<|assistant|>{nl}", False), ("red<|end|>", True),
         (f"{nl}<|user|>{nl}{Q2}<|end|>{nl}<|assistant|>{nl}", False), ("white<|end|>", True)]])
+
+
+def test_gemma2_trains_through_end_of_turn_and_refuses_a_system_turn():
+    from devtools.hub.chat_templates import make_family_tokenizer
+
+    tok = make_family_tokenizer("qwen2.5")
+    tok.add_special_tokens({"bos_token": "<bos>", "eos_token": "<eos>",
+                            "additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    tok.chat_template = (DATA / "gemma-2-it.jinja").read_text()
+    assert end_of_turn(tok) == "<end_of_turn>"
+    _expect(tok, _enc(tok, _msgs(Q, "red", Q2, "white")), [[
+        (f"<bos><start_of_turn>user\n{Q}<end_of_turn>\n<start_of_turn>model\n", False), ("red<end_of_turn>", True),
+        (f"\n<start_of_turn>user\n{Q2}<end_of_turn>\n<start_of_turn>model\n", False), ("white<end_of_turn>", True)]])
+    with pytest.raises(ld.DataFormatError, match=r"^test row 1: .*System role not supported$"):
+        _enc(tok, {"messages": [{"role": "system", "content": "Be terse."}, *_msgs(Q, "red")["messages"]]})
