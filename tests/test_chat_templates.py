@@ -491,3 +491,39 @@ def test_gemma2_trains_through_end_of_turn_and_refuses_a_system_turn():
         (f"\n<start_of_turn>user\n{Q2}<end_of_turn>\n<start_of_turn>model\n", False), ("white<end_of_turn>", True)]])
     with pytest.raises(ld.DataFormatError, match=r"^test row 1: .*System role not supported$"):
         _enc(tok, {"messages": [{"role": "system", "content": "Be terse."}, *_msgs(Q, "red")["messages"]]})
+
+
+COHERE = ["<|START_OF_TURN_TOKEN|>", "<|USER_TOKEN|>", "<|CHATBOT_TOKEN|>", "<|SYSTEM_TOKEN|>", "<|START_RESPONSE|>",
+          "<|END_RESPONSE|>", "<|START_THINKING|>", "<|END_THINKING|>", "<|START_ACTION|>", "<|END_ACTION|>",
+          "<|START_TOOL_RESULT|>", "<|END_TOOL_RESULT|>"]
+
+
+def test_command_r7b_ends_a_turn_at_its_eos_and_does_not_train_the_next_header():
+    """Command-R7B's tool template closes a reply with <|END_RESPONSE|><|END_OF_TURN_TOKEN|> (its EOS) and
+    always writes the next chatbot header: the end of turn is the EOS (before: <|END_RESPONSE|>, made
+    the EOS), and the header after it is the next prompt's, untrained."""
+    from devtools.hub.chat_templates import make_family_tokenizer
+
+    tok = make_family_tokenizer("qwen2.5")
+    tok.add_special_tokens({"bos_token": "<BOS_TOKEN>", "eos_token": "<|END_OF_TURN_TOKEN|>",
+                            "additional_special_tokens": COHERE})
+    tok.chat_template = (DATA / "command-r7b-12-2024-tool_use.jinja").read_text()
+    assert end_of_turn(tok) == "<|END_OF_TURN_TOKEN|>"
+
+    def trained(row) -> list[str]:
+        encs = ld.encode(tok, ld.Renderer(tok), row, "messages", 16384, where="test row 1")
+        return [tok.decode([i for i, lab in zip(e["input_ids"], e["labels"], strict=True) if lab != ld.IGNORE])
+                for e in encs]
+
+    assert trained(_msgs(Q, "red", Q2, "white")) == [
+        "<|START_RESPONSE|>red<|END_RESPONSE|><|END_OF_TURN_TOKEN|><|START_RESPONSE|>white<|END_RESPONSE|>"
+        "<|END_OF_TURN_TOKEN|>"]
+    call = {"id": "call00001", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    row = {"tools": TOOLS, "messages": [{"role": "user", "content": "Weather?"},
+                                        {"role": "assistant", "content": None, "tool_calls": [call],
+                                         "reasoning_content": "I will call it."},
+                                        {"role": "tool", "tool_call_id": "call00001", "content": "sunny"},
+                                        {"role": "assistant", "content": "Sunny."}]}
+    assert trained(row) == ['<|START_THINKING|>I will call it.<|END_THINKING|><|START_ACTION|>[\n    {"tool_call_id": '
+                            '"0", "tool_name": "get_weather", "parameters": {"city": "Paris"}}\n]<|END_ACTION|>'
+                            "<|END_OF_TURN_TOKEN|><|START_RESPONSE|>Sunny.<|END_RESPONSE|><|END_OF_TURN_TOKEN|>"]
