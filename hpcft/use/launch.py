@@ -133,9 +133,10 @@ def run_home(record: RunRecord) -> RunModel:
     return RunModel(record, paths, paths.dir, record.kind, [], "cpu")
 
 
-def _loaded_job(model: RunModel, aux: str, time: str, devices: bool = True):
-    """The run's resolved job, narrowed to one task with one device of the run's kind (none
-    without ``devices``)."""
+def _loaded_job(model: RunModel, aux: str, time: str, devices: int = 1, env: Optional[dict] = None):
+    """The run's resolved job, narrowed to one task with ``devices`` devices of the run's kind
+    (none with 0), in the run's environment or in ``env`` (``{"venv": DIR}`` or ``{"conda": NAME}``:
+    a serving env beside the training one, as vLLM's pins often need)."""
     import yaml
 
     from ..core.job import Job, LoadedJob
@@ -146,10 +147,20 @@ def _loaded_job(model: RunModel, aux: str, time: str, devices: bool = True):
     except (OSError, ValueError) as exc:
         raise ConfigError([f"{model.paths.job_yaml}: cannot read the run's job: {exc}"]) from None
     r = job.resources
+    devices = int(devices)
     res = r.model_copy(update={"nodes": 1, "time": time, "exclusive": False,
-                               "gpus_per_node": 1 if r.gpus_per_node and devices else None,
-                               "npus_per_node": 1 if r.npus_per_node and devices else None})
-    job = job.model_copy(update={"name": f"{job.name}-{aux}", "resources": res})
+                               "gpus_per_node": devices if r.gpus_per_node and devices else None,
+                               "npus_per_node": devices if r.npus_per_node and devices else None})
+    update = {"name": f"{job.name}-{aux}", "resources": res}
+    if env:
+        from ..core.job import EnvSpec
+
+        try:
+            update["env"] = EnvSpec.model_validate({**job.env.model_dump(exclude={"conda", "venv", "python"}),
+                                                    **env})
+        except ValueError as exc:
+            raise ConfigError([f"the serving environment {env}: {exc}"]) from None
+    job = job.model_copy(update=update)
     try:
         base = Path(LaunchSpec.read(model.paths.dir).base_dir)
     except (OSError, ValueError, TypeError):
@@ -158,9 +169,9 @@ def _loaded_job(model: RunModel, aux: str, time: str, devices: bool = True):
 
 
 def submit_aux(model: RunModel, settings: Settings, aux: str, module: str, args: list[str],
-               time: str, log_dir: Path, devices: bool = True) -> AuxJob:
+               time: str, log_dir: Path, devices: int = 1, env: Optional[dict] = None) -> AuxJob:
     """Render and sbatch a one-task job that runs ``python -m hpcft.worker.<module> ARGS``."""
-    loaded = _loaded_job(model, aux, time, devices)
+    loaded = _loaded_job(model, aux, time, devices, env)
     base = make_plan(loaded, settings, model.paths.dir, model.record.partition)
     fields = {k: getattr(base, k) for k in base.__dataclass_fields__ if k != "log_dir"}
     plan = AuxPlan(**fields, aux=aux, log_dir=str(log_dir))

@@ -166,9 +166,10 @@ def wait_for_serve(info_path: Path, job_id: str, log: Path, err: Path, timeout_s
             return Served(node, host, port, int(info["pid"]), info.get("url", ""), ok, info)
         state = slurm.job_info(job_id)
         if state is not None and state.terminal:
-            tail = err.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:] if err.is_file() else []
-            raise HpcftError(f"serve job {job_id} ended {state.state} before the app answered (log {err}): "
-                             + " | ".join(tail))
+            tail = err.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-40:] if err.is_file() else []
+            said = [ln.split("hpcft: error: ", 1)[1] for ln in tail if ln.startswith("hpcft: error: ")]
+            raise HpcftError(f"serve job {job_id} ended {state.state} before the app answered: "
+                             + (said[-1] if said else " | ".join(tail[-5:])) + f" (log {err})")
         time.sleep(0.5)
     raise HpcftError(f"serve job {job_id}: no answer within {timeout_s:.0f} s (still queued? see {log}); "
                      f"cancel it with: scancel {job_id}")

