@@ -15,12 +15,33 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
 
 EVAL_DIR = "eval"  # in a run folder: <task>.json per task, harness/ the harness's own results
+# the oldest lm-eval whose task files load the datasets of this table (0.4.8-0.4.9 load a bare
+# ``gsm8k`` and ``hails/mmlu_no_train``, which ``hpcft stage --eval`` does not stage): pre-flight
+# and the worker refuse an older one
+LM_EVAL_FLOOR = (0, 4, 10)
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    """``"0.4.10"`` -> ``(0, 4, 10)``; ``"0.4.9.post1"`` and ``"0.4.10rc1"`` count by their leading numbers."""
+    out = []
+    for part in str(text).split(".")[:3]:
+        m = re.match(r"\d+", part)
+        if m is None:
+            break
+        out.append(int(m.group(0)))
+    return tuple(out)
+
+
+def floor_text() -> str:
+    return ".".join(map(str, LM_EVAL_FLOOR))
+
 
 CEVAL = """
 accountant advanced_mathematics art_studies basic_medicine business_administration
@@ -72,13 +93,15 @@ class Benchmark:
     subtask: str                # the harness's subtask name for a subject: ceval-valid_{}
     splits: tuple[str, ...]     # the splits the harness reads (evaluation, then few-shot)
     metric: str                 # the headline entry of the harness's results: acc,none
+    generative: bool = False    # scored on generated text (gsm8k), not on the choices' log-likelihoods
 
 
 BENCHMARKS = {b.name: b for b in (
     Benchmark("ceval", "ceval-valid", "ceval/ceval-exam", tuple(CEVAL), "ceval-valid_{}", ("val", "dev"), "acc,none"),
     Benchmark("cmmlu", "cmmlu", "haonan-li/cmmlu", tuple(CMMLU), "cmmlu_{}", ("test", "dev"), "acc,none"),
     Benchmark("mmlu", "mmlu", "cais/mmlu", tuple(MMLU), "mmlu_{}", ("test", "dev"), "acc,none"),
-    Benchmark("gsm8k", "gsm8k", "openai/gsm8k", ("main",), "", ("test", "train"), "exact_match,strict-match"),
+    Benchmark("gsm8k", "gsm8k", "openai/gsm8k", ("main",), "", ("test", "train"), "exact_match,strict-match",
+              generative=True),
 )}
 
 

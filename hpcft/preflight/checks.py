@@ -263,6 +263,20 @@ class JobEnv:
     def python(self) -> str:
         return f"{self.prefix}/bin/python" if self.prefix else sys.executable
 
+    def version(self, dist: str) -> Optional[str]:
+        """The installed version of distribution ``dist`` (its ``*.dist-info`` name), None if absent."""
+        if self.prefix is None:
+            from importlib.metadata import PackageNotFoundError, version
+
+            try:
+                return version(dist)
+            except PackageNotFoundError:
+                return None
+        for sp in self.site_packages():
+            for info in sorted(sp.glob(f"{dist.replace('-', '_')}-*.dist-info")):
+                return info.name[len(dist) + 1:-len(".dist-info")]
+        return None
+
 
 def job_env(job: Job, base_dir: Path) -> JobEnv:
     env = job.env
@@ -421,7 +435,7 @@ def eval_data(p: Preflight) -> Iterator[Check]:
     if not p.check_assets:
         return
     from ..core.assets import lookup
-    from ..core.eval_tasks import resolve_tasks
+    from ..core.eval_tasks import LM_EVAL_FLOOR, floor_text, resolve_tasks, version_tuple
     from ..core.resolve import load_table
     from ..core.store import Cache
 
@@ -437,6 +451,11 @@ def eval_data(p: Preflight) -> Iterator[Check]:
     else:
         yield Check("eval data staged", True, ", ".join(names))
     env = job_env(p.job, p.base_dir)
+    floor = floor_text()
     if env.visible and not env.has("lm_eval"):
         yield Check("lm-eval", False, f"train.eval_tasks needs lm-evaluation-harness but {env.label} has no lm_eval; "
-                                      f"install: {env.python()} -m pip install 'lm-eval>=0.4.8'")
+                                      f"install: {env.python()} -m pip install 'lm-eval>={floor}'")
+    elif env.visible and version_tuple(have := env.version("lm_eval") or "0") < LM_EVAL_FLOOR:
+        yield Check("lm-eval", False, f"train.eval_tasks: {env.label} has lm-eval {have}, older than {floor}, whose "
+                                      f"task files load the datasets hpcft stages: {env.python()} -m pip install "
+                                      f"'lm-eval>={floor}'")

@@ -143,3 +143,31 @@ def worker_args(t: EvalTarget, tasks: list[EvalTask], *, limit: Optional[int], f
     if fewshot is not None:
         args += ["--fewshot", str(fewshot)]
     return args
+
+
+def engine_args(t: EvalTarget, *, backend: str = "auto", chat_template: bool = False, dtype: str = "auto",
+                max_model_len: Optional[int] = None, gpu_memory_utilization: Optional[float] = None) -> list[str]:
+    """The worker's engine flags: the harness backend, chat template, dtype, context length, and
+    ``--trust-remote-code`` when the run's own job said ``train.trust_remote_code: true``."""
+    args = ["--backend", backend, "--dtype", dtype]
+    if chat_template:
+        args.append("--chat-template")
+    if max_model_len:
+        args += ["--max-model-len", str(max_model_len)]
+    if gpu_memory_utilization:
+        args += ["--gpu-memory-utilization", str(gpu_memory_utilization)]
+    if t.record is not None and trusts_remote_code(RunPaths(t.record.run_dir)):
+        args.append("--trust-remote-code")
+    return args
+
+
+def trusts_remote_code(paths: RunPaths) -> bool:
+    """The run's own job said ``train.trust_remote_code: true`` (never implied; a base model's
+    eval run has no job, so its model's code is not run)."""
+    import yaml
+
+    try:
+        job = yaml.safe_load(paths.job_yaml.read_text(encoding="utf-8")) or {}
+    except (OSError, ValueError):
+        return False
+    return bool(isinstance(job, dict) and (job.get("train") or {}).get("trust_remote_code") is True)
