@@ -164,3 +164,16 @@ def test_the_pre_flight_renders_preference_rows_on_the_models_template(tmp_path)
     assert template_problems(path, gemma, "kto") == [f"{path}:2: {want}", f"{path}:3: {want}"]
     # the job's system_prompt reaches every row, as in the worker
     assert len(template_problems(path, gemma, "kto", system="Be terse.")) == 4
+
+
+def test_a_base_model_without_a_template_gets_the_plain_prompt_and_each_whole_reply(toks):
+    import copy
+
+    tok = copy.deepcopy(toks["qwen2.5"])
+    tok.chat_template = None
+    chosen = [{"role": "assistant", "content": "red"}, {"role": "user", "content": Q2},
+              {"role": "assistant", "content": "white"}]
+    out = _encoder(tok).pairwise({"prompt": Q, "chosen": chosen, "rejected": "blue"})
+    eos = tok.eos_token
+    assert _texts(tok, out) == (f"### Instruction:\n{Q}\n\n### Response:\n",
+                                f"red{eos}\n\n### Instruction:\n{Q2}\n\n### Response:\nwhite{eos}", f"blue{eos}")
