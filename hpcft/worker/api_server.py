@@ -367,6 +367,9 @@ def _bind_or_exit(host: str, port: int) -> int:
 def run(argv=None) -> int:
     a = parse(argv)
     os.environ.update(QUIET_ENV)
+    from .taskenv import apply_device_env
+
+    apply_device_env(a.device)   # an NPU job's own devices (vllm-ascend and torch_npu pick by them)
     port = _bind_or_exit(a.host, a.port)
     key = make_secret("sk-hpcft-", 40)
     info = InfoFile(Path(a.run_dir) / "serve.json")
