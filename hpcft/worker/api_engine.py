@@ -67,11 +67,14 @@ class Request:
         return ("greedy",) if greedy else ("sample", round(self.temperature, 4), round(self.top_p, 4))
 
 
-def load(model_dir: Path, base_dir: Optional[Path], device: str, trust_remote_code: bool = False):
+def load(model_dir: Path, base_dir: Optional[Path], device: str, trust_remote_code: bool = False,
+         quantization: Optional[dict] = None):
     """(model, tokenizer): a full model folder, or a LoRA adapter folder on its base model;
-    ``trust_remote_code`` only when the run's job said so."""
+    ``trust_remote_code`` only when the run's job said so. ``quantization`` (a QLoRA run's
+    ``train.quantization``, served with ``--base-weights quantized``): the base is loaded by
+    bitsandbytes as it was trained on, placed on the device while it loads."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     model_dir = Path(model_dir)
     dev = torch.device({"gpu": "cuda", "cuda": "cuda", "npu": "npu"}.get(device, "cpu"))
@@ -87,18 +90,40 @@ def load(model_dir: Path, base_dir: Optional[Path], device: str, trust_remote_co
         if not base or not (Path(base) / "config.json").is_file():
             raise WorkerError(f"{model_dir} is a LoRA adapter whose base model {base} is not here; "
                               "give --base DIR (hpcft serve does, from the run's metrics.json)")
-        model = AutoModelForCausalLM.from_pretrained(str(base), trust_remote_code=trust_remote_code)
+        kw = _quantized(quantization, dev) if quantization is not None else {}
+        model = AutoModelForCausalLM.from_pretrained(str(base), trust_remote_code=trust_remote_code, **kw)
         model = PeftModel.from_pretrained(model, str(model_dir))  # the adapter as trained: no merge
+        if kw:
+            tokenizer = _tokenizer(model_dir, base_dir, trust_remote_code)
+            return model.eval(), tokenizer   # placed while loading (bitsandbytes' weights do not move)
     elif (model_dir / "config.json").is_file():
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
     else:
         raise WorkerError(f"no model in {model_dir} (neither config.json nor adapter_config.json)")
+    return model.to(dev).eval(), _tokenizer(model_dir, base_dir, trust_remote_code)
+
+
+def _tokenizer(model_dir: Path, base_dir: Optional[Path], trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
     tok_dir = model_dir if (model_dir / "tokenizer_config.json").is_file() else Path(base_dir or model_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), trust_remote_code=trust_remote_code)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model.to(dev).eval(), tokenizer
+    return tokenizer
+
+
+def _quantized(quantization: dict, dev) -> dict:
+    """from_pretrained's arguments for the base as a QLoRA run trained on it (4/8-bit, its quant
+    type, double quantization and compute dtype; bf16 compute unless the job named one)."""
+    from ..core.quantization import QuantizationSpec
+    from .qlora import bnb_config, require
+
+    require()
+    spec = QuantizationSpec.model_validate(quantization)
+    where = dev.index if dev.type == "cuda" and dev.index is not None else str(dev)
+    return {"quantization_config": bnb_config(spec, "bf16"), "device_map": {"": where}}
 
 
 def stop_token_ids(tokenizer, model) -> list[int]:

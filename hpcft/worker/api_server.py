@@ -340,6 +340,8 @@ def parse(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", choices=["auto", "transformers", "vllm"], default="auto")
     p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--quantized-base", default="", help="transformers: load the base as this QLoRA run's "
+                   "train.quantization (JSON) says")
     p.add_argument("--max-model-len", type=int, default=None, help="vLLM: the context it serves (the model's own)")
     p.add_argument("--tensor-parallel", type=int, default=0, help="vLLM: devices to shard over (0: all the job's)")
     p.add_argument("--engine-arg", action="append", default=[], help="vLLM: one more argument for its server")
@@ -387,7 +389,11 @@ def run(argv=None) -> int:
     too_wide = lora_problem(rank) if rank is not None else None
     if a.backend == "auto" and too_wide and vllm_usable(a.device):
         print(f"hpcft: {too_wide.split(':')[0]}: serving it with transformers", flush=True)
-    if a.backend == "vllm" or (a.backend == "auto" and not too_wide and vllm_usable(a.device)):
+    if a.quantized_base and a.backend == "auto" and vllm_usable(a.device):
+        print("hpcft: the base is served quantized as trained (--base-weights quantized): transformers backend",
+              flush=True)
+    if a.backend == "vllm" or (a.backend == "auto" and not too_wide and not a.quantized_base
+                               and vllm_usable(a.device)):
         from .api_vllm import serve_with_vllm
 
         return serve_with_vllm(a, port, key, info, details)
@@ -395,7 +401,8 @@ def run(argv=None) -> int:
 
     try:
         model, tok = load(Path(a.model), Path(a.base) if a.base else None, a.device,
-                          trust_remote_code=trusts_remote_code(Path(a.run_dir)))
+                          trust_remote_code=trusts_remote_code(Path(a.run_dir)),
+                          quantization=json.loads(a.quantized_base) if a.quantized_base else None)
     except WorkerError as exc:
         print(f"hpcft: error: {exc}", file=sys.stderr, flush=True)
         return 2
@@ -406,7 +413,7 @@ def run(argv=None) -> int:
     if not answered(local_url(a.host, port, "/v1/models"), 120, {"Authorization": f"Bearer {key}"}):
         print(f"hpcft: error: the API server did not answer on port {port}", file=sys.stderr, flush=True)
         return 1
-    info.write(**details, backend="transformers")
+    info.write(**details, backend="transformers", quantized_base=bool(a.quantized_base))
     on_stop(info, lambda: setattr(server, "should_exit", True), "API server")
     print(f"hpcft: serving the OpenAI-compatible API for {a.name} on {info.info['node']} {a.host}:{port} "
           f"(transformers backend, batches of up to {a.max_batch}; pid {os.getpid()})", flush=True)
