@@ -211,6 +211,8 @@ def serve_with_vllm(a, port: int, key: str, info, details: dict) -> int:
     env = {**os.environ, "VLLM_API_KEY": inner_key, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
     if a.device == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = cpu_kv_cache_gib(env)
+    if env.get("HPCFT_RUNTIME"):   # vLLM's compile cache in the user's private runtime, with the other caches
+        env.setdefault("VLLM_CACHE_ROOT", str(Path(env["HPCFT_RUNTIME"]) / "vllm"))
     engine = Engine(argv, env)
     print(f"hpcft: starting vLLM for {a.name} on 127.0.0.1:{inner_port} (pid {engine.proc.pid})", flush=True)
     stopping = threading.Event()
