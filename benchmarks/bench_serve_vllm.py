@@ -32,7 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.bench_serve import PROMPTS, _best  # noqa: E402  (the same prompts and scoring as bench_serve)
+from benchmarks.bench_serve import PROMPTS, Served, _best  # noqa: E402  (bench_serve's prompts, requests, scoring)
 
 
 def _free_port() -> int:
@@ -41,8 +41,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class Server:
-    """One ``api_server`` (``backend``) on the model; 8 streamed requests at once."""
+class Server(Served):
+    """One ``api_server`` (``backend``) on the model; 8 streamed requests at once (bench_serve's
+    ``one`` and ``round``)."""
 
     def __init__(self, python: str, backend: str, model_dir: Path, tokens: int, work: Path, eager: bool):
         self.backend, self.tokens, self.port, self.work = backend, tokens, _free_port(), work
@@ -73,18 +74,6 @@ class Server:
                                     max_retries=0, timeout=600)
         self.pool = ThreadPoolExecutor(len(PROMPTS))
         list(self.pool.map(self.one, PROMPTS))  # warm-up: the first batch of 8
-
-    def one(self, prompt: str) -> int:
-        stream = self.client.chat.completions.create(
-            model="bench", messages=[{"role": "user", "content": prompt}], max_tokens=self.tokens, temperature=0,
-            stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
-        usage = [c.usage for c in stream if c.usage is not None]
-        return usage[-1].completion_tokens
-
-    def round(self) -> tuple[int, float]:
-        t0 = time.perf_counter()
-        made = sum(self.pool.map(self.one, PROMPTS))
-        return made, time.perf_counter() - t0
 
     def close(self) -> None:
         self.proc.terminate()
