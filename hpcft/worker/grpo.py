@@ -105,7 +105,9 @@ class Grpo(Preference):
         kw.update(num_generations=g.num_generations, max_completion_length=g.max_completion_length, beta=g.beta,
                   loss_type=g.loss_type, temperature=g.temperature, use_vllm=g.use_vllm,
                   reward_weights=self.weights, model_init_kwargs=None, log_completions=False,
-                  trust_remote_code=self.trust_remote_code, remove_unused_columns=False)
+                  trust_remote_code=self.trust_remote_code, remove_unused_columns=False,
+                  # the model's config says use_cache: False for training; generation keeps its KV cache
+                  generation_kwargs={"use_cache": True})
         if g.use_vllm:
             kw.update(vllm_mode="colocate", vllm_max_model_length=t.max_seq_length)
         return GRPOConfig(**kw)
