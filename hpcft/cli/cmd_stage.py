@@ -112,8 +112,10 @@ def run(args) -> int:
         datasets += jd
         metrics += jmet
     if args.eval:
-        from ..core.eval_tasks import resolve_tasks
+        from ..core.eval_tasks import MODELSCOPE_REFUSAL, resolve_tasks
 
+        if args.source == "modelscope":
+            raise ConfigError([f"hpcft stage --eval --source modelscope: {MODELSCOPE_REFUSAL}"])
         datasets += [d for t in resolve_tasks(args.eval, "--eval") for d in t.datasets]
     if not (models or datasets or metrics):
         raise ConfigError(["hpcft stage: nothing to stage; give a model (and datasets), --metric, or --job "
