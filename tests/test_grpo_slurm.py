@@ -103,10 +103,13 @@ def test_grpo_continues_an_sft_run_the_reward_rises_and_a_requeue_resumes(slurm,
     first, last = sum(right[:5]) / 5, sum(right[-5:]) / 5
     assert last > first + 0.1, right
     assert all(0 <= x <= 1 for x in g["reward_components"]["brief"]) and all(k is None for k in g["kl"])
-    assert m["task"] == "grpo" and m["headline"] == "reward" and m["reference"] == "none (beta 0)"
+    assert m["task"] == "grpo" and m["headline"] == "reward" and m["reference"] == "none (beta 0: no KL term)"
 
     show = run_hpcft("show", sub["job_id"], check=True).stdout
     assert "rewards:   step 1 -> 20: reward" in show and "answer_numeric x1 " in show and "brief x0.1 " in show
     assert "rewards/answer_numeric/mean" in show and "init_from:" in show
+    assert "grpo:      4 generations of up to 4 tokens, beta 0, loss dapo, temperature 0.7" in show
     table = run_hpcft("compare", sft["job_id"], sub["job_id"], check=True).stdout
     assert f"reward {m['eval']['reward']:.4f}" in table
+    out = json.loads(run_hpcft("export", sub["job_id"], "--merge", "--json", check=True).stdout)
+    assert out["merged"] and (Path(out["dest"]) / "config.json").is_file()   # the GRPO adapter merges like SFT's

@@ -58,7 +58,7 @@ def run(args) -> int:
     except (OSError, json.JSONDecodeError):
         raise ConfigError([f"run {record.run_id} has no results yet ({paths.metrics}); "
                            "export a run that finished (hpcft status)"]) from None
-    if metrics.get("task") not in ("causal-lm", *PREFERENCE_TASKS):
+    if metrics.get("task") not in ("causal-lm", *PREFERENCE_TASKS, "grpo"):
         raise ConfigError([f"run {record.run_id} is not an LLM run; its model is already a plain folder: "
                            f"{metrics.get('output_dir')}"])
     out_dir, base = Path(metrics["output_dir"]), Path(metrics["base_model"])

