@@ -65,6 +65,10 @@ class Grpo(Preference):
         self.data_info = {"train_examples": len(train_ds), "eval_examples": len(eval_ds), "eval_split": eval_name,
                           "template": self.renderer.name}
         args = self._args()
+        if args.deepspeed:   # as for DPO: TRL wraps a full reference (beta > 0) in its own DeepSpeed engine
+            from .preference import _deepspeed_comm
+
+            _deepspeed_comm(args)
         model = self._model(args)
         cls = grpo_trainer()
         self.build_trainer(cls, model=model, reward_funcs=self.funcs, args=args, train_dataset=train_ds,
