@@ -40,6 +40,7 @@ def test_vllm_lora_ranks_are_the_installed_vllms():
 
 def test_both_backends_get_the_same_model_and_their_own_knobs(tmp_path, monkeypatch):
     monkeypatch.setattr(eb, "vllm_available", lambda device: True)
+    monkeypatch.setattr(eb, "_harness_version", lambda: "0.4.12")
     adapter = _adapter(tmp_path, 12, {"q_proj": 24})
     m = eb.EvalModel("/m/base", adapter, adapter, "gpu", "vllm", "float32", 2048, True)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
@@ -66,6 +67,7 @@ def test_both_backends_get_the_same_model_and_their_own_knobs(tmp_path, monkeypa
 
 def test_auto_takes_vllm_where_the_env_has_it(monkeypatch):
     monkeypatch.setattr(eb, "vllm_available", lambda device: device != "npu")
+    monkeypatch.setattr(eb, "_harness_version", lambda: "0.4.12")
     assert [eb.pick_backend("auto", d) for d in ("gpu", "cpu", "npu")] == ["vllm", "vllm", "hf"]
     assert eb.pick_backend("hf", "gpu") == "hf"
     monkeypatch.setattr(eb, "vllm_available", lambda device: False)
@@ -157,8 +159,8 @@ def test_worker_refuses_vllm_where_the_env_has_none(tmp_path):
     """--backend vllm in an env without vLLM: one line, exit 2, before any model loads."""
     import importlib.util
 
-    if importlib.util.find_spec("vllm") is not None:
-        pytest.skip("this lane has vllm (the refusal is for lanes without it)")
+    if importlib.util.find_spec("vllm") is not None or importlib.util.find_spec("lm_eval") is None:
+        pytest.skip("this lane has vllm, or no lm-eval (then that is refused first, as it should be)")
     model = tmp_path / "model"
     model.mkdir()
     proc = subprocess.run([sys.executable, "-m", "hpcft.worker.evaluate", "--model", str(model), "--tasks", "gsm8k",
