@@ -14,7 +14,6 @@ import pytest
 import yaml
 
 from hpcft.core.eval_tasks import LM_EVAL_FLOOR, version_tuple
-from hpcft.core.vllm import LORA_RANKS
 from hpcft.worker import eval_backends as eb
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,16 +25,6 @@ def _adapter(tmp_path, r, pattern=None) -> str:
     (folder / "adapter_config.json").write_text(json.dumps({"r": r, "rank_pattern": pattern or {},
                                                             "base_model_name_or_path": "base"}))
     return str(folder)
-
-
-def test_vllm_lora_ranks_are_the_installed_vllms():
-    """The table is vLLM's own ``MaxLoRARanks`` where vLLM is installed (the vLLM lane)."""
-    from typing import get_args
-
-    pytest.importorskip("vllm", reason="vllm is not in this lane (the vLLM lane checks the table)")
-    from vllm.config.lora import MaxLoRARanks
-
-    assert tuple(get_args(MaxLoRARanks)) == LORA_RANKS
 
 
 def test_both_backends_get_the_same_model_and_their_own_knobs(tmp_path, monkeypatch):

@@ -54,6 +54,18 @@ def test_lora_ranks_round_up_to_what_vllm_accepts():
     assert lora_problem(512) is None and LORA_RANKS[-1] == 512
 
 
+def test_the_rank_table_is_the_installed_vllms():
+    """hpcft.core.vllm.LORA_RANKS (the login side cannot import vLLM) is vLLM's own ``MaxLoRARanks``,
+    read in the vLLM lane."""
+    from hpcft.core.vllm import LORA_RANKS
+
+    out = subprocess.run([vllm_python(), "-c", "from typing import get_args; from vllm.config.lora import "
+                          "MaxLoRARanks; print(list(get_args(MaxLoRARanks)))"], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == list(LORA_RANKS)
+
+
 def _adapter(folder: Path, r: int) -> Path:
     folder.mkdir(parents=True)
     (folder / "adapter_config.json").write_text(json.dumps({"r": r, "base_model_name_or_path": "/base"}))
