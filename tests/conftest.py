@@ -87,6 +87,9 @@ def hpcft_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HPCFT_CONFIG", str(home / "no-cluster-config.yaml"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "xdg"))
     monkeypatch.delenv("HPCFT_USER_CONFIG", raising=False)
+    # the dev cluster's GPUs/NPUs are fake gres: its GPU jobs train on the CPU torch on purpose
+    # (devtools/faults cpu_fallback), which the pre-flight otherwise refuses (tests/test_envprobe.py)
+    monkeypatch.setenv("HPCFT_ALLOW_CPU_TORCH", "1")
     return home
 
 

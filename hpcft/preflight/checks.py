@@ -21,6 +21,8 @@ from ..cluster import slurm
 from ..core.config import Settings
 from ..core.job import Job
 from ..core.slurm_time import format_duration
+from . import envprobe
+from .envprobe import EnvFacts
 from .live import ClusterView
 
 
@@ -245,26 +247,43 @@ def submit_limit(p: Preflight) -> Iterator[Check]:
 
 @dataclass
 class JobEnv:
-    """The Python environment a job activates (``env.venv`` / ``env.conda``), as seen from here."""
+    """The Python environment a job activates (``env.venv`` / ``env.conda`` / ``env.python``),
+    asked once (:mod:`hpcft.preflight.envprobe`): its interpreter is run here when it can be;
+    otherwise its files are looked at (:attr:`asked` False; the node checks again)."""
 
-    prefix: Optional[Path]  # None: no env given, the job runs this Python
+    prefix: Optional[Path]  # None: no env given, the job runs this Python (or env.python)
     label: str              # how messages name it
     visible: bool           # False: given but not visible from here (the node checks again)
+    interpreter: Optional[str] = None   # the job's Python, run here by the probe; None: this Python
+    extra_paths: tuple[str, ...] = ()   # the job's own PYTHONPATH (env.vars)
+
+    @cached_property
+    def facts(self) -> Optional[EnvFacts]:
+        return envprobe.probe(self.interpreter, self.extra_paths) if self.interpreter else None
+
+    @property
+    def asked(self) -> bool:
+        """The answers come from the job's Python itself (this one, or the probe), not its files."""
+        return (self.prefix is None and self.interpreter is None) or self.facts is not None
 
     def site_packages(self) -> list[Path]:
         return [Path(p) for p in glob.glob(str(self.prefix / "lib" / "python3*" / "site-packages"))]
 
     def has(self, package: str) -> bool:
         """Is ``package`` installed there (a package folder or a one-file module)?"""
+        if self.facts is not None:
+            return self.facts.has(package)
         if self.prefix is None:
             return importlib.util.find_spec(package) is not None
         return any((sp / package).is_dir() or (sp / f"{package}.py").is_file() for sp in self.site_packages())
 
     def python(self) -> str:
-        return f"{self.prefix}/bin/python" if self.prefix else sys.executable
+        return self.interpreter or (f"{self.prefix}/bin/python" if self.prefix else sys.executable)
 
     def version(self, dist: str) -> Optional[str]:
         """The installed version of distribution ``dist`` (its ``*.dist-info`` name), None if absent."""
+        if self.facts is not None:
+            return self.facts.version(dist)
         if self.prefix is None:
             from importlib.metadata import PackageNotFoundError, version
 
@@ -277,16 +296,36 @@ class JobEnv:
                 return info.name[len(dist) + 1:-len(".dist-info")]
         return None
 
+    def torch(self) -> Optional[dict]:
+        """torch's build there (:func:`hpcft.preflight.envprobe.torch_info`), None without torch."""
+        if self.facts is not None:
+            return self.facts.torch
+        if self.prefix is None:
+            return envprobe.torch_info()
+        for sp in self.site_packages():
+            if (sp / "torch").is_dir():
+                return {**envprobe.read_version_file(str(sp / "torch" / "version.py")), "npu": self.has("torch_npu")}
+        return None
+
 
 def job_env(job: Job, base_dir: Path) -> JobEnv:
     env = job.env
+    extra = tuple(p for p in env.vars.get("PYTHONPATH", "").split(":") if p)
+    given = Path(env.python).expanduser() if env.python else None
+    if given is not None and not given.is_absolute():  # a name found on the node's PATH: not runnable here
+        given = None
     if not (env.venv or env.conda):
-        return JobEnv(None, f"this Python ({sys.executable})", True)
+        if env.python:
+            return JobEnv(None, f"python {env.python}", given is not None and given.is_file(),
+                          str(given) if given else None, extra)
+        return JobEnv(None, f"this Python ({sys.executable})", True, sys.executable if extra else None, extra)
     prefix = Path(env.venv).expanduser() if env.venv else conda_prefix(env.conda)
     if prefix is not None and not prefix.is_absolute():
         prefix = base_dir / prefix
     label = f"venv {env.venv}" if env.venv else f"conda env {env.conda}"
-    return JobEnv(prefix, label, prefix is not None and prefix.is_dir())
+    visible = prefix is not None and prefix.is_dir()
+    python = str(given) if given else str(prefix / "bin" / "python") if visible else None
+    return JobEnv(prefix, label, visible, python, extra)
 
 
 def conda_prefix(name: str) -> Optional[Path]:

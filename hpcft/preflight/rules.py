@@ -13,6 +13,7 @@ from .memcheck import host_memory, memory
 from .preference import preference
 from .quantization import qlora
 from .remote_code import remote_code
+from .requirements import environment
 from .sft_data import sft_data
 from .trackers import trackers
 
@@ -29,6 +30,7 @@ RULES: list[Rule] = [
     checks.account,
     checks.qos,
     checks.torch_npu,        # the job's own environment and files
+    environment,             # its Python asked once: the torch build for the device, what the task needs
     qlora,                   # method: qlora: not on NPUs, bitsandbytes there, a model not quantized already
     checks.output_dir,
     checks.scow_job_dir,     # SCOW: where the portal reads scow.job_dir otherwise than it looks

@@ -172,6 +172,11 @@ def submit_aux(model: RunModel, settings: Settings, aux: str, module: str, args:
                time: str, log_dir: Path, devices: int = 1, env: Optional[dict] = None) -> AuxJob:
     """Render and sbatch a one-task job that runs ``python -m hpcft.worker.<module> ARGS``."""
     loaded = _loaded_job(model, aux, time, devices, env)
+    from ..preflight.requirements import aux_problems
+
+    problems = aux_problems(loaded.job, loaded.base_dir, aux, args)   # before anything is written or queued
+    if problems:
+        raise ConfigError(problems)
     base = make_plan(loaded, settings, model.paths.dir, model.record.partition)
     fields = {k: getattr(base, k) for k in base.__dataclass_fields__ if k != "log_dir"}
     plan = AuxPlan(**fields, aux=aux, log_dir=str(log_dir))
