@@ -77,7 +77,13 @@ def _probe_main() -> None:
         name = (d.metadata.get("Name") or "").lower().replace("_", "-").replace(".", "-")
         if name and name not in dists:  # the first on sys.path wins, as for imports
             dists[name] = d.version
-    mods = sorted({m.name for m in pkgutil.iter_modules()} | set(sys.builtin_module_names))
+    mods = {m.name for m in pkgutil.iter_modules()} | set(sys.builtin_module_names)
+    for p in sys.path:  # namespace packages (a folder without __init__.py), which iter_modules skips
+        try:
+            mods |= {e.name for e in os.scandir(p or ".") if e.is_dir() and e.name.isidentifier()}
+        except OSError:
+            continue
+    mods = sorted(mods)
     torch = torch_info()
     print(json.dumps({"executable": sys.executable, "version": sys.version.split()[0], "dists": dists,
                       "modules": mods, "torch": torch, "paths": [p for p in sys.path if p and os.path.isdir(p)],

@@ -113,8 +113,9 @@ def missing(env: JobEnv, needs: list[Need]) -> list[str]:
     return out
 
 
-def torch_problem(env: JobEnv, device: str, what: str) -> Optional[str]:
-    """Why ``env``'s torch cannot run a ``device`` job (``what`` names the job), or None."""
+def torch_problem(env: JobEnv, device: str, what: str, npu: bool = True) -> Optional[str]:
+    """Why ``env``'s torch cannot run a ``device`` job (``what`` names the job), or None.
+    ``npu=False``: torch_npu is another rule's line (:func:`hpcft.preflight.checks.torch_npu`)."""
     info = env.torch()
     if info is None:
         return f"{what} needs torch but {env.label} has none; install it there: {env.python()} -m pip install " \
@@ -127,7 +128,7 @@ def torch_problem(env: JobEnv, device: str, what: str) -> Optional[str]:
         return (f"{what} runs on GPUs but {env.label} has {describe(info)}: install a CUDA build of torch in that "
                 f"env ({env.python()} -m pip install torch --index-url https://download.pytorch.org/whl/cuXXX, "
                 f"matching the nodes' driver) or choose an env that has one")
-    if device == "npu" and not info.get("npu"):
+    if device == "npu" and npu and not info.get("npu"):
         return (f"{what} runs on NPUs but {env.label} has {describe(info)} and no torch_npu: install torch_npu "
                 f"there ({env.python()} -m pip install 'hpcft[npu]', matching the nodes' CANN; see envs/npu.yml)")
     return None
@@ -158,7 +159,7 @@ def environment(p: Preflight) -> Iterator[Check]:
             yield Check(NAME, True, f"{env.label} is not visible from here; checked again on the node")
             continue
         device = job.resources.device
-        problems = [why] if (why := torch_problem(env, device, f"task: {job.train.task}")) else []
+        problems = [why] if (why := torch_problem(env, device, f"task: {job.train.task}", npu=False)) else []
         problems += [f"{_asker(job, n)} {line}" for n in needs for line in missing(env, [n])]
         for line in problems:  # one line each
             yield Check(NAME, False, line)
