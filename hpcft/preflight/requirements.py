@@ -39,17 +39,18 @@ class Need:
 
 
 TRL = Need("trl", "trl", "1.16", "preference")
-# what asks for it -> what it needs; checked_by: the rule that prints its line (one line per problem)
+# what asks for it -> what it needs; checked_by: the rule that prints its line (one line per problem),
+# with the floor that rule enforces
 TABLE: dict[str, tuple[Need, ...]] = {
     "task: dpo/orpo/kto/simpo": (TRL,),
     "task: grpo": (TRL,),
     "deepspeed (set, or the default on several GPUs/NPUs)": (Need("deepspeed", "deepspeed", "0.15.4", "deepspeed"),),
-    "method: qlora": (Need("bitsandbytes", "bitsandbytes", "0.45", "qlora", "qlora"),),
+    "method: qlora": (Need("bitsandbytes", "bitsandbytes", "", "qlora", "qlora"),),
     "train.eval_tasks": (Need("lm-eval", "lm_eval", "0.4.10", "eval", "lm-eval"),),
-    "report_to: tensorboard": (Need("tensorboard", "tensorboard", "2.14", "tensorboard", "trackers"),),
-    "report_to: swanlab": (Need("swanlab", "swanlab", "0.6", "swanlab", "trackers"),),
+    "report_to: tensorboard": (Need("tensorboard", "tensorboard", "", "tensorboard", "trackers"),),
+    "report_to: swanlab": (Need("swanlab", "swanlab", "", "swanlab", "trackers"),),
     "grpo.use_vllm": (Need("vllm", "vllm", "", "", "grpo"),),
-    "device: npu": (Need("torch-npu", "torch_npu", "2.6", "npu", "torch_npu"),),
+    "device: npu": (Need("torch-npu", "torch_npu", "", "npu", "torch_npu"),),
     "serve --submit": (Need("gradio", "gradio", "5", "serve"),),
     "serve --api --submit": (Need("fastapi", "fastapi", "0.110", "api"), Need("uvicorn", "uvicorn", "0.29", "api")),
     "eval --submit": (Need("lm-eval", "lm_eval", "0.4.10", "eval"),),
