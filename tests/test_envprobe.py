@@ -179,3 +179,20 @@ def test_the_probe_does_not_import_torch_and_is_cached(tmp_path, monkeypatch):
     entry = next((tmp_path / "home" / "envprobe").glob("*.json"))
     assert entry.stat().st_mode & 0o077 == 0
     envprobe.forget()
+
+
+def test_helper_jobs_check_their_own_needs(tmp_path, monkeypatch):
+    from hpcft.core.job import Job
+    from hpcft.preflight.requirements import aux_problems
+
+    monkeypatch.delenv("HPCFT_ALLOW_CPU_TORCH")
+    venv = fake_venv(tmp_path / "v", dists={"lm-eval": "0.4.9"})
+    job = Job(name="aux", script="x.py", resources={"gpus_per_node": 1}, env={"venv": str(venv)})
+    assert aux_problems(job, tmp_path, "export", []) == []   # the export worker merges on the CPU
+    assert aux_problems(job, tmp_path, "tensorboard", []) == []
+    eval_lines = aux_problems(job, tmp_path, "eval", ["--backend", "vllm", "--dtype", "auto"])
+    assert [line.split(" but ")[0] for line in eval_lines] == [
+        "hpcft eval --submit runs on GPUs", "hpcft eval --submit needs lm-eval>=0.4.10",
+        "hpcft eval --submit needs vllm"], eval_lines
+    cpu = Job(name="aux", script="x.py", env={"venv": str(venv)})
+    assert aux_problems(cpu, tmp_path, "predict", []) == []

@@ -226,6 +226,9 @@ def _read_cache(path: Optional[Path], python: str) -> Optional[EnvFacts]:
     if path is None:
         return None
     try:
+        folder = os.lstat(path.parent)
+        if folder.st_uid != os.getuid() or folder.st_mode & 0o022:  # not the user's own: ask again
+            return None
         entry = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None

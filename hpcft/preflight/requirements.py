@@ -190,5 +190,6 @@ def aux_problems(job: Job, base_dir, aux: str, args: list[str]) -> list[str]:
     if not env.visible:
         return []
     what = f"hpcft {aux.replace('-api', ' --api')} --submit"
-    problems = [why] if (why := torch_problem(env, job.resources.device, what)) else []
+    device = "cpu" if aux == "export" else job.resources.device   # the export worker merges on the CPU
+    problems = [why] if (why := torch_problem(env, device, what)) else []
     return problems + [f"{what} {line}" for line in missing(env, aux_needs(aux, args))]
