@@ -86,7 +86,7 @@ class CausalLM(Task):
                 log(f"{'QLoRA' if method == 'qlora' else 'LoRA'} r={(t.lora.r if t.lora else 8)}: {trainable:,} trainable of {total:,} parameters "
                     f"({100 * trainable / max(total, 1):.2f}%)")
 
-        if not t.packing:  # lengths for the length-grouped sampler, read once instead of row by row
+        if not t.packing and "length" not in train_ds.column_names:  # for the length-grouped sampler (the cache has it)
             train_ds = train_ds.add_column("length", [len(x) for x in train_ds["input_ids"]])
         self.build_trainer(_trainer_class(), model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                            processing_class=tokenizer,
@@ -96,10 +96,10 @@ class CausalLM(Task):
         """The tokenized train and eval sets (mixed and packed when asked; :mod:`.data_mix`); keeps
         the held-out (row, format) pairs (the prompts for samples.jsonl) and what metrics.json says
         about the data."""
-        from .data_mix import load_sft_data
+        from .data_cache import sft_data  # tokenized once, then from the user's own cache
 
-        data = load_sft_data(self.cfg, self.ctx.assets[1:1 + len(self.cfg.dataset_entries)], self.tokenizer,
-                             self.renderer)
+        data = sft_data(self.cfg, self.ctx.assets[1:1 + len(self.cfg.dataset_entries)], self.tokenizer,
+                        self.renderer, self.ctx.assets[0].path, self.ctx.task.rank)
         self.n_real, self.prompts, self.data_info = data.real_tokens, data.prompts, data.info
         return data.train, data.eval
 
