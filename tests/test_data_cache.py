@@ -170,7 +170,7 @@ def tiny(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.worker
-def test_a_second_run_of_the_same_job_trains_from_the_cache(tiny, hpcft_home, tmp_path):
+def test_a_second_run_of_the_same_job_trains_from_the_cache(tiny, hpcft_home, tmp_path, run_hpcft):
     from devtools.runs import make_run, run_worker
     from hpcft.core.store import Cache
     from hpcft.stage.layout import register_local
@@ -186,6 +186,7 @@ def test_a_second_run_of_the_same_job_trains_from_the_cache(tiny, hpcft_home, tm
         proc = run_worker(paths, timeout=300)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         got.append((json.loads(paths.metrics.read_text()), proc.stdout))
+    show = run_hpcft("show", paths.run_id, check=True).stdout
     (m1, out1), (m2, out2) = got
     key = m1["data"]["cache_key"]
     assert (m1["data"]["cache"], m2["data"]["cache"]) == ("built", "hit") and m2["data"]["cache_key"] == key
@@ -194,3 +195,4 @@ def test_a_second_run_of_the_same_job_trains_from_the_cache(tiny, hpcft_home, tm
     # the same tokens, the same first batch: the first step's loss is bit for bit the same
     assert m1["data"]["tokens"] == m2["data"]["tokens"] == m1["train"]["real_tokens"] > 0
     assert m1["train"]["first_loss"] == m2["train"]["first_loss"]
+    assert f"tokens, {m2['data']['tokenize_s']:.4g} s; from cache {key} (built in" in show, show

@@ -152,6 +152,7 @@ def run(args) -> int:
         print(f"eval:      {shown}")
         _preference(m)
         _grpo(m)
+        _data_cache(m.get("data"))
         tr = m.get("train") or {}
         rate = (f"{_num(tr.get('tokens_per_second'))} tokens/s" if "tokens_per_second" in tr
                 else f"{_num(tr.get('samples_per_second'))} samples/s")
@@ -187,6 +188,16 @@ def run(args) -> int:
             print(f"  {k + ':':<12} {v}")
     _trackers(info["files"], record.run_dir)
     return 0
+
+
+def _data_cache(d) -> None:
+    """causal-lm: how long tokenizing took this run, and whether the cache had the data."""
+    if not isinstance(d, dict) or "cache" not in d:
+        return
+    how = {"hit": f"from cache {d.get('cache_key')} (built in {_num(d.get('cache_built_s'))} s)",
+           "built": f"cache {d.get('cache_key')} built", "off": "no cache (train.data_cache: false)"}
+    print(f"data:      {d.get('train_examples')} examples, {d.get('tokens')} tokens, {_num(d.get('tokenize_s'))} s; "
+          f"{how.get(d['cache'], d['cache'])}")
 
 
 def _preference(m: dict) -> None:
