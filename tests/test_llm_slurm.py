@@ -191,10 +191,16 @@ def test_two_rank_lora_and_zero3_full_fine_tune_save_loadable_models(slurm, llam
                                                                       tmp_path):
     _stage_local(llama_repo, hpcft_home)
     data = write_alpaca(tmp_path / "alpaca.jsonl", n=64)
-    lora = _submit_ranks(run_hpcft, tmp_path, "lora-2rank", data, 2, {}, deepspeed=False)
+    # rank 0 tokenizes and holds the data cache's lock 5 s: rank 1 waits on the file lock, not a collective
+    lora = _submit_ranks(run_hpcft, tmp_path, "lora-2rank", data, 2, {"tokenize_sleep": 5}, deepspeed=False)
     m = _wait(run_hpcft, lora)
     log = (Path(lora["run_dir"]) / f"job.{lora['job_id']}.out").read_text()
     assert "2 ranks, backend gloo" in log
+    key = m["data"]["cache_key"]
+    rank1 = (Path(lora["run_dir"]) / "logs" / f"job.{lora['job_id']}.rank1.out").read_text()
+    assert m["data"]["cache"] == "built" and f"-> cache {key}" in log and "[test fault] tokenized" in log
+    assert "rank 1 waited" in rank1 and f"tokenized data from cache {key}" in rank1, rank1[-3000:]
+    assert "[test fault] tokenized" not in rank1                         # rank 1 never tokenized
     losses = [e["loss"] for e in _events(lora["run_dir"]) if e["event"] == "train"]
     assert losses[-1] < losses[0] and (Path(m["output_dir"]) / "adapter_model.safetensors").is_file()
 
@@ -203,6 +209,7 @@ def test_two_rank_lora_and_zero3_full_fine_tune_save_loadable_models(slurm, llam
     m = _wait(run_hpcft, full)
     log = (Path(full["run_dir"]) / f"job.{full['job_id']}.out").read_text()
     assert "DeepSpeed ZeRO stage 3 on 2 ranks" in log
+    assert (m["data"]["cache"], m["data"]["cache_key"]) == ("hit", key)  # the same data: another run reuses it
     out = Path(m["output_dir"])
     code = f"""
 import json, torch

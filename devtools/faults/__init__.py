@@ -10,13 +10,15 @@ PAUSED = "test-fault-paused"   # written into the run folder by the pause_at fau
 
 
 def fault_env(*, step_sleep: float = 0.0, fail_rank: str = "", cpu_fallback: bool = False,
-              pause_at: int = 0) -> dict[str, str]:
+              pause_at: int = 0, tokenize_sleep: float = 0.0) -> dict[str, str]:
     """Variables for a job's ``env.vars`` (or a worker subprocess) that inject the named faults."""
     items = []
     if step_sleep:
         items.append(f"step_sleep={step_sleep}")
     if pause_at:
         items.append(f"pause_at={pause_at}")
+    if tokenize_sleep:
+        items.append(f"tokenize_sleep={tokenize_sleep}")
     if fail_rank:
         items.append(f"fail_rank={fail_rank}")
     extra = {}

@@ -10,6 +10,8 @@ this ``sitecustomize``) and says what to inject in ``HPCFT_TEST_FAULTS``, comma-
                        time-limit signal (at most 300 s), after writing ``test-fault-paused`` (the
                        step) into the run folder: a test signals when that file appears, and the
                        job cannot finish first however busy the machine is
+    tokenize_sleep=3   whoever builds the tokenized data cache (hpcft.worker.data_cache) sleeps
+                       that long after tokenizing, holding its lock: the other ranks wait on it
 
 Use :func:`devtools.faults.fault_env` to build the variables.
 """
@@ -42,6 +44,22 @@ def _install(spec: dict) -> None:
             return real(requested)
 
         device.kind_for = kind_for
+
+    tokenize_s = float(spec.get("tokenize_sleep", "0") or 0)
+    if tokenize_s:
+        from hpcft.worker import data_cache
+
+        real_load = data_cache.load_sft_data
+
+        def slow_load(*a, **kw):
+            import time
+
+            out = real_load(*a, **kw)
+            print(f"hpcft: [test fault] tokenized; holding the cache lock {tokenize_s:g} s", flush=True)
+            time.sleep(tokenize_s)
+            return out
+
+        data_cache.load_sft_data = slow_load
 
     sleep_s = float(spec.get("step_sleep", "0") or 0)
     which, _, at = spec.get("fail_rank", "").partition("@")
