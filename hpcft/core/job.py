@@ -21,6 +21,8 @@ from .config import Settings
 from .dsconfig import check as check_deepspeed_file
 from .errors import ConfigError
 from .grpo import GrpoSpec, RewardSpec
+from .llamafactory import LfSource
+from .llamafactory import translate as translate_llamafactory
 from .pref_rows import PREFERENCE_TASKS
 from .quantization import QuantizationSpec
 from .slurm_time import parse_duration
@@ -257,6 +259,8 @@ class TrainSpec(_Strict):
     eval_batch_size: Optional[int] = Field(None, ge=1)
     gradient_accumulation: int = Field(1, ge=1)
     warmup_ratio: float = Field(0.0, ge=0, le=1)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts",
+                          "polynomial"] = "linear"   # transformers' lr_scheduler_type
     weight_decay: float = Field(0.0, ge=0)
     max_seq_length: int = Field(None, ge=8, le=32768)  # default per task: 128; causal-lm 1024
     seed: int = 42
@@ -566,6 +570,7 @@ class LoadedJob:
     source: Optional[Path]          # the job file, None when built in code
     resolved: dict[str, Any]        # the merged document that produced ``job``
     base_dir: Path = field(default_factory=Path.cwd)  # relative paths resolve against this
+    llamafactory: Optional[LfSource] = None  # the LLaMA-Factory YAML it was mapped from
 
     def path(self, value: str) -> Path:
         try:
@@ -592,6 +597,7 @@ def load_job(path: Union[str, Path, None], settings: Settings, sets: list[tuple[
         doc = load_yaml_file(path, empty_ok=False)
     source = Path(path).resolve() if path else None
     base_dir = source.parent if source else Path.cwd()
+    doc, lf_source = translate_llamafactory(doc, base_dir)  # a LLaMA-Factory YAML: the hpcft job it maps to
     data: dict[str, Any] = deep_merge(copy.deepcopy(settings.job_defaults), doc.data)
     for key, value in sets:
         set_dotted(data, key, value)
@@ -609,7 +615,7 @@ def load_job(path: Union[str, Path, None], settings: Settings, sets: list[tuple[
     problems += _check_files(data, base_dir, doc)
     if problems:
         raise ConfigError(sorted_problems(problems))
-    return LoadedJob(job, source, data, base_dir)
+    return LoadedJob(job, source, data, base_dir, lf_source)
 
 
 def _valid(model: type[BaseModel], value: Any) -> Optional[BaseModel]:

@@ -169,7 +169,9 @@ class Submission(Generic[R]):
         partition, checks = preflight(self.loaded, self.settings, self.executor, skip_asset_check,
                                       cluster=self.cluster)
         self.estimate = job_memory(self.loaded, self.settings, partition, self.executor, self.cluster)
-        return partition, placed + checks
+        lf = self.loaded.llamafactory
+        notes = [Check("llamafactory", True, note) for note in (lf.notes if lf else [])]
+        return partition, placed + notes + checks
 
     def check_options(self, scow_dir: Optional[Path]) -> None:
         """Refuse options that the checks passed but that cannot work here."""
@@ -317,6 +319,8 @@ def write_run(plan: ScriptPlan, paths: RunPaths) -> None:
     if loaded.source and loaded.source.is_file():
         shutil.copyfile(loaded.source, paths.source_yaml)
     atomic_write_text(paths.job_yaml, yaml.safe_dump(loaded.job.model_dump(mode="json"), sort_keys=False))
+    if loaded.llamafactory is not None:  # the LLaMA-Factory YAML as the user wrote it, beside what it became
+        atomic_write_text(paths.dir / "llamafactory.yaml", loaded.llamafactory.text)
     plan.launch_spec().write()
     private_submitit_folder(paths)
     if not loaded.job.output_dir:

@@ -61,7 +61,7 @@ def training_args(ctx: Context, device, **task_args):
         learning_rate=t.learning_rate,
         weight_decay=t.weight_decay,
         **warmup_kwargs(t.warmup_ratio, transformers.__version__),  # a ratio means different args in 4.x/5.x
-        lr_scheduler_type="linear",
+        lr_scheduler_type=t.lr_scheduler,
         optim=optimizer_name(device.kind),
         eval_strategy="epoch",
         save_strategy="epoch",
