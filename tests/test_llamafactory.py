@@ -236,3 +236,9 @@ def test_a_lf_yaml_trains_through_the_local_executor(tiny_lf, capsys):
     assert job["name"] == "lf" and job["train"]["lr_scheduler"] == "cosine" and job["train"]["lora"]["r"] == 4
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["train"]["global_step"] == 3, metrics["train"]
+
+
+def test_docs_table_names_every_key():
+    text = (Path(__file__).parents[1] / "docs" / "llm.md").read_text()
+    section = text.split("## Bring your LLaMA-Factory YAML", 1)[1].split("\n## ", 1)[0]
+    assert [k for k in KEYS if f"`{k}`" not in section] == []
