@@ -242,3 +242,18 @@ def test_docs_table_names_every_key():
     text = (Path(__file__).parents[1] / "docs" / "llm.md").read_text()
     section = text.split("## Bring your LLaMA-Factory YAML", 1)[1].split("\n## ", 1)[0]
     assert [k for k in KEYS if f"`{k}`" not in section] == []
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_qlora_keys_as_llamafactory_reads_them(tmp_path, bits):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "mine.jsonl").write_text('{"instruction": "a", "output": "b"}\n')
+    path = _lf(tmp_path, BASE + f"quantization_bit: {bits}\nquantization_type: fp4\ndouble_quantization: false\n",
+               INFO)
+    q = load_job(path, Settings()).job.train
+    assert q.method == "qlora" and q.quantization.bits == bits
+    if bits == 4:
+        assert (q.quantization.type, q.quantization.double_quant) == ("fp4", False)
+    # without quantization_bit LLaMA-Factory ignores them, and so does the mapping
+    path.write_text(BASE + "quantization_type: fp4\n")
+    assert load_job(path, Settings()).job.train.method == "lora"

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import yaml
+
 from .errors import ConfigError
 from .llamafactory_data import ENGINE, dataset_entry, split_names
 from .yamlfile import YamlDoc, load_yaml_file, sorted_problems
@@ -106,11 +108,16 @@ def _quant_method(value: Any, ctx: "_Ctx") -> Optional[str]:
     return None  # read with quantization_bit
 
 
-def _quant_type(value: Any, ctx: "_Ctx") -> Optional[str]:
-    if value not in ("nf4", "fp4"):
-        return f"quantization_type {value!r}: hpcft's QLoRA takes nf4 or fp4"
-    _set(ctx.m.train, "quantization.type", value)
-    return None
+def _four_bit(target: str, allowed: tuple) -> Callable:
+    """quantization_type / double_quantization: read, as LLaMA-Factory reads them, only with
+    quantization_bit: 4 (without it, or with 8 bits, LLaMA-Factory ignores them too)."""
+    def apply(value: Any, ctx: "_Ctx") -> Optional[str]:
+        if value not in allowed:
+            return f"{value!r}: hpcft's QLoRA takes {' or '.join(map(str, allowed))}"
+        if ctx.lf.get("quantization_bit") == 4:
+            _set(ctx.m.train, target, value)
+        return None
+    return apply
 
 
 def _lora_target(value: Any, ctx: "_Ctx") -> Optional[str]:
@@ -210,8 +217,9 @@ KEYS: dict[str, tuple[str, str, Optional[Callable]]] = {
     "finetuning_type": (NATIVE, "train.method (lora, full)", _finetuning),
     "quantization_bit": (NATIVE, "train.method: qlora, train.quantization.bits", _quant_bits),
     "quantization_method": (NATIVE, "bnb only (with quantization_bit)", _quant_method),
-    "quantization_type": (NATIVE, "train.quantization.type", _quant_type),
-    "double_quantization": (NATIVE, "train.quantization.double_quant", _direct("quantization.double_quant", bool)),
+    "quantization_type": (NATIVE, "train.quantization.type (4-bit only)", _four_bit("quantization.type", ("nf4", "fp4"))),
+    "double_quantization": (NATIVE, "train.quantization.double_quant (4-bit only)",
+                            _four_bit("quantization.double_quant", (True, False))),
     "lora_rank": (NATIVE, "train.lora.r", _direct("lora.r")),
     "lora_alpha": (NATIVE, "train.lora.alpha", _direct("lora.alpha")),
     "lora_dropout": (NATIVE, "train.lora.dropout", _direct("lora.dropout")),
@@ -378,7 +386,8 @@ def translate(doc: YamlDoc, base_dir: Path) -> tuple[YamlDoc, Optional[LfSource]
     data = doc.data
     if is_llamafactory(data):
         wrapper, lf, lf_doc, loc, lf_dir, path = {}, data, doc, (), base_dir, None
-        text = Path(doc.source).read_text(encoding="utf-8") if Path(doc.source).is_file() else ""
+        text = (Path(doc.source).read_text(encoding="utf-8") if Path(doc.source).is_file()
+                else yaml.safe_dump(data, sort_keys=False))
         name = Path(doc.source).stem if Path(doc.source).is_file() else "llamafactory"
     elif isinstance(data, dict) and "llamafactory" in data:
         wrapper, value = data, data["llamafactory"]
@@ -397,7 +406,6 @@ def translate(doc: YamlDoc, base_dir: Path) -> tuple[YamlDoc, Optional[LfSource]
             lf, loc, lf_dir, text = lf_doc.data, (), path.parent, path.read_text(encoding="utf-8")
         elif isinstance(value, dict):
             lf, lf_doc, loc, lf_dir, path = value, doc, ("llamafactory",), base_dir, None
-            import yaml
             text = yaml.safe_dump(value, sort_keys=False)
         else:
             line, where = doc.where(("llamafactory",))
