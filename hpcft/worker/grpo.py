@@ -33,21 +33,12 @@ PER_STEP = ("reward", "reward_std", "kl", "completions/mean_length", "entropy")
 class Grpo(Preference):
     def setup(self) -> None:
         from . import llm_data as ld
-        from . import pref_data as pd
         from .data import load_raw
         from .data_mix import split_rows
         from .grpo_rewards import build
-        from .llm_model import load_tokenizer
 
         ctx, t = self.ctx, self.cfg
-        self.method = t.llm_method
-        self.begin(device_note=f", method {self.method}, grpo")
-        self.init = pd.InitRun.read(t.init_from) if t.init_from else None
-        if self.init:
-            log(f"continuing run {self.init.run_dir.name}: its {'adapter' if self.init.adapter else 'weights'} "
-                f"in {self.init.model_dir}")
-        tok_dir = (self.init.tokenizer_dir if self.init else None) or ctx.assets[0].path
-        self.tokenizer = tokenizer = load_tokenizer(tok_dir, trust_remote_code=self.trust_remote_code)
+        tokenizer = self.open_llm("grpo")
         self.renderer = ld.Renderer(tokenizer, enable_thinking=t.enable_thinking, train_on="last")
         columns = reward_columns(t)
 

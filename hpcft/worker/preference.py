@@ -37,20 +37,29 @@ REFERENCE_FREE = ("orpo", "simpo")
 
 
 class Preference(Task):
-    def setup(self) -> None:
-        from . import llm_data as ld
+    def open_llm(self, what: str):
+        """The set-up's start, shared with GRPO: the phase's first line, the run it continues
+        (``init_from``) and the tokenizer (the continued run's own, else the staged model's)."""
         from . import pref_data as pd
         from .llm_model import load_tokenizer
 
-        ctx, t = self.ctx, self.cfg
+        t = self.cfg
         self.method = t.llm_method
-        self.begin(device_note=f", method {self.method}, {t.task}")
+        self.begin(device_note=f", method {self.method}, {what}")
         self.init = pd.InitRun.read(t.init_from) if t.init_from else None
         if self.init:
             log(f"continuing run {self.init.run_dir.name}: its {'adapter' if self.init.adapter else 'weights'} "
                 f"in {self.init.model_dir}")
-        tok_dir = (self.init.tokenizer_dir if self.init else None) or ctx.assets[0].path
-        self.tokenizer = tokenizer = load_tokenizer(tok_dir, trust_remote_code=self.trust_remote_code)
+        tok_dir = (self.init.tokenizer_dir if self.init else None) or self.ctx.assets[0].path
+        self.tokenizer = load_tokenizer(tok_dir, trust_remote_code=self.trust_remote_code)
+        return self.tokenizer
+
+    def setup(self) -> None:
+        from . import llm_data as ld
+        from . import pref_data as pd
+
+        ctx, t = self.ctx, self.cfg
+        tokenizer = self.open_llm(t.task)
         renderer = ld.Renderer(tokenizer, enable_thinking=t.enable_thinking, train_on="last")
         pref = t.preference
         encoder = pd.Encoder(tokenizer, renderer, t.max_seq_length, pref.max_prompt_length if pref else None,
