@@ -246,7 +246,7 @@ def test_node_lost_mid_job_is_requeued_and_resumes_from_its_checkpoint(mn, tmp_p
     job, ranks = _job("mn-nodeloss", deepspeed=2, checkpoint_steps=20)
     sub = _submit(tmp_path, job, step_sleep=0.1)
     run = sub["run_dir"]
-    wait_for(lambda: any(e["event"] == "checkpoint" for e in _events(run)), timeout=150, interval=0.3,
+    wait_for(lambda: any(e["event"] == "checkpoint" for e in _events(run)), timeout=400, interval=0.3,
              what=f"job {sub['job_id']} to save its first checkpoint",
              describe=lambda _: "no checkpoint event; the job's log: " + hpcft("logs", sub["job_id"]).stdout[-3000:])
     saved = max(e["step"] for e in _events(run) if e["event"] == "checkpoint")
@@ -303,7 +303,7 @@ def test_time_limit_signal_stops_all_ranks_at_one_step_and_resumes(mn, tmp_path)
     job, ranks = _job("mn-usr2", per_node=1, epochs=2)
     sub = _submit(tmp_path, job, step_sleep=0.1)
     run = sub["run_dir"]
-    wait_for(lambda: any(e["event"] == "train" and e["step"] >= 15 for e in _events(run)), timeout=120,
+    wait_for(lambda: any(e["event"] == "train" and e["step"] >= 15 for e in _events(run)), timeout=400,
              interval=0.2, what=f"job {sub['job_id']} to reach train step 15",
              describe=lambda _: "no train step >= 15 yet; the job's log: "
                                 + hpcft("logs", sub["job_id"]).stdout[-3000:])
@@ -347,8 +347,10 @@ def test_a_failing_rank_of_a_train_job_is_the_one_status_reports(mn, tmp_path):
     job, _ = _job("mn-train-fail", epochs=1)
     sub = _submit(tmp_path, job, fail_rank="2@3")
     t0 = time.monotonic()
-    hpcft("logs", "-f", sub["job_id"], timeout=180)
-    assert time.monotonic() - t0 < 90, "the job outlived its failing rank"
+    hpcft("logs", "-f", sub["job_id"], timeout=400)
+    # gloo's own timeout is 30 minutes: a job that ends within minutes ended with its rank, even on
+    # a machine the rest of the suite keeps busy (113 s was seen under CI's full load)
+    assert time.monotonic() - t0 < 300, "the job outlived its failing rank"
     st = json.loads(hpcft("status", sub["job_id"], "--json").stdout)
     assert st["state"] == "FAILED", st
     assert st["error"].startswith("rank 2: ") and "injected failure at step 3" in st["error"], st

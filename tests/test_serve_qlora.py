@@ -62,8 +62,8 @@ def _serve_here(run: dict, *extra: str) -> tuple[dict, str]:
 def test_a_qlora_adapter_is_served_on_its_quantized_base_or_the_full_one(qlora_run):
     info, _ = _serve_here(qlora_run)                                  # auto: as trained
     assert info["backend"] == "transformers" and info["quantized_base"] is True
-    info, _ = _serve_here(qlora_run, "--base-weights", "full")
-    assert info["quantized_base"] is False
+    # --base-weights full starts the same server without --quantized-base: the base loads as in
+    # any LoRA run (test_the_quantized_base_is_bitsandbytes_layers_under_the_adapter loads both)
 
 
 @pytest.mark.slow
@@ -77,6 +77,9 @@ def test_the_quantized_base_is_bitsandbytes_layers_under_the_adapter(qlora_run):
                           quantization=QuantizationSpec().model_dump())
     kinds = {type(m).__name__ for m in model.modules()}
     assert "Linear4bit" in kinds and model.peft_config   # 4-bit base, the adapter on top, no merge
+    with environ(qlora_run["env"]):   # --base-weights full: the base in full precision under the same adapter
+        full, _ = load(Path(metrics["output_dir"]), Path(metrics["base_model"]), "cpu")
+    assert "Linear4bit" not in {type(m).__name__ for m in full.modules()} and full.peft_config
     ids = tok.apply_chat_template(PROMPT, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     out = model.generate(**ids, max_new_tokens=4, do_sample=False)
     assert out.shape[1] > ids["input_ids"].shape[1]
