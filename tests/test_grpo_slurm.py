@@ -22,6 +22,7 @@ from devtools.faults import fault_env, wait_paused
 from devtools.hub.grpo_fixtures import write_grpo, write_sft
 from devtools.hub.llm_fixtures import LLAMA_ID, make_tiny_llama
 from hpcft.core.progress_log import read_progress
+from tests.test_preference_slurm import _wait  # the same wait: logs -f, COMPLETED, metrics.json
 
 DEAD = "http://127.0.0.1:9"
 BRIEF = "def brief(completions, completion_ids, **kw):\n    return [1.0 if len(c) <= 2 else 0.0 for c in completion_ids]\n"
@@ -43,13 +44,6 @@ def _job(tmp_path, name: str, train: dict, **faults) -> Path:
 
 def _submit(run_hpcft, path: Path) -> dict:
     return json.loads(run_hpcft("submit", str(path), "--json", check=True).stdout)
-
-
-def _wait(run_hpcft, sub: dict, timeout: float = 400) -> dict:
-    proc = run_hpcft("logs", "-f", sub["job_id"], timeout=timeout)
-    st = json.loads(run_hpcft("status", sub["job_id"], "--json", check=True).stdout)
-    assert st["state"] == "COMPLETED", (st, proc.stdout[-4000:], proc.stderr[-2000:])
-    return json.loads((Path(sub["run_dir"]) / "metrics.json").read_text())
 
 
 @pytest.mark.slurm
