@@ -157,7 +157,7 @@ def parse_scontrol_job(text: str) -> Optional[JobInfo]:
                    nodes="" if nodes == "(null)" else nodes, restarts=int(kv.get("Restarts", "0") or 0),
                    exit_code=kv.get("ExitCode", ""), source="scontrol",
                    extra={k: kv[k] for k in ("StartTime", "EndTime", "Partition", "StdOut", "StdErr",
-                                              "BatchHost", "Requeue") if k in kv})
+                                              "BatchHost", "Requeue", "Dependency") if k in kv})
 
 
 SACCT_FIELDS = "JobID,State,ExitCode,Elapsed,NodeList,Reason,Timelimit"
@@ -271,6 +271,41 @@ def cancel(job_id: str) -> None:
 def sbatch(script_path: str) -> str:
     """Queue a rendered script as is (helper jobs such as ``hpcft predict --submit``); its job id."""
     return read_job_id(_run(["sbatch", "--parsable", script_path]).stdout)
+
+
+# --------------------------------------------------------------------------- dependencies
+
+NEVER_SATISFIED = "DependencyNeverSatisfied"
+
+
+def after_ok(job_ids: list[str]) -> dict[str, str]:
+    """sbatch options for a job that runs only once every job of ``job_ids`` has completed
+    with exit code 0; if one of them fails, Slurm cancels it (``--kill-on-invalid-dep``) rather
+    than leave it pending forever with ``DependencyNeverSatisfied``."""
+    bad = [j for j in job_ids if not re.fullmatch(r"\d+(_\d+)?", str(j))]
+    if bad or not job_ids:
+        raise SlurmError(f"internal: not Slurm job ids: {bad or job_ids}")
+    return {"dependency": "afterok:" + ":".join(str(j) for j in job_ids), "kill-on-invalid-dep": "yes"}
+
+
+def parse_dependency(text: str) -> list[tuple[str, str, str]]:
+    """``scontrol``'s ``Dependency=afterok:12(failed),afterany:13(unfulfilled)`` value ->
+    [(type, job id, state)] (``(null)``: [])."""
+    out = []
+    for m in re.finditer(r"(\w+):([\d_]+)(?:\((\w+)\))?", text or ""):
+        out.append((m.group(1), m.group(2), m.group(3) or ""))
+    return out
+
+
+def dependency_problem(info: "JobInfo") -> Optional[str]:
+    """One readable line when the job can never start because a job it waits on failed, else None."""
+    if info.reason != NEVER_SATISFIED:
+        return None
+    failed = [j for _, j, state in parse_dependency(info.extra.get("Dependency", "")) if state == "failed"]
+    which = f"job {', '.join(failed)}" if failed else "a job it waits on"
+    return f"{which} did not complete successfully, so this job never started ({NEVER_SATISFIED})"
+
+
 # --------------------------------------------------------------------------- job arrays (sweeps)
 
 def parse_config(text: str) -> dict[str, str]:

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, Optional
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
+from .preprocess import PreprocessSettings
 from .yamlfile import deep_merge, load_yaml_file, sorted_problems, validation_problems
 
 DEFAULT_CLUSTER_CONFIG = "/etc/hpcft/config.yaml"
@@ -159,6 +160,8 @@ class Settings(_Strict):
     # (the LLM memory pre-flight compares its estimate with it; see docs/llm.md)
     device_memory: dict[str, str] = {}
     locks: Locks = Locks()
+    # the CPU job that tokenizes a causal-lm job's data first (train.preprocess: cpu-job, hpcft preprocess)
+    preprocess: PreprocessSettings = PreprocessSettings()
     # the staged code a job may run, pinned by sha256 per asset (metric scripts: hpcft.core.trusted_code);
     # None: not checked, as before
     trusted_code: Optional[TrustedCode] = None

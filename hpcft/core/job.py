@@ -24,6 +24,7 @@ from .grpo import GrpoSpec, RewardSpec
 from .llamafactory import LfSource
 from .llamafactory import translate as translate_llamafactory
 from .pref_rows import PREFERENCE_TASKS
+from .preprocess import PreprocessMode
 from .quantization import QuantizationSpec
 from .slurm_time import parse_duration
 from .yamlfile import YamlDoc, deep_merge, load_yaml_file, parse_yaml, set_dotted, sorted_problems, validation_problems
@@ -187,12 +188,12 @@ class LoraSpec(_Strict):
 # fields that only the causal-lm task reads; set on another task, each is reported
 LLM_FIELDS = ("method", "lora", "quantization", "data_format", "packing", "gradient_checkpointing", "system_prompt",
               "sample_prompts", "max_new_tokens", "train_on", "enable_thinking", "trust_remote_code", "neftune_alpha",
-              "data_cache")
+              "data_cache", "preprocess")
 # the LLM tasks: supervised fine-tuning and preference tuning (TRL's trainers; see docs/llm.md)
 LLM_TASKS = ("causal-lm", *PREFERENCE_TASKS, "grpo")
 # of LLM_FIELDS, those preference tuning does not read (its rows are its own format, unpacked)
 SFT_ONLY_FIELDS = ("data_format", "packing", "sample_prompts", "max_new_tokens", "train_on", "neftune_alpha",
-                   "data_cache")
+                   "data_cache", "preprocess")
 # fields that only the preference tasks read
 PREFERENCE_FIELDS = ("init_from", "preference")
 
@@ -312,6 +313,7 @@ class TrainSpec(_Strict):
     trust_remote_code: Optional[bool] = None   # run the model's own *.py (GLM-4, InternLM2.5); never implied
     neftune_alpha: Optional[float] = Field(None, gt=0)  # NEFTune: noise on the embeddings (the Trainer's; e.g. 5)
     data_cache: Optional[bool] = None          # tokenized data cached in $HPCFT_HOME/runtime/data (default true)
+    preprocess: Optional[PreprocessMode] = None  # cpu-job: tokenized first by a CPU job (hpcft.core.preprocess)
     # ---- preference tuning (dpo, orpo, simpo, kto); see docs/llm.md
     init_from: Optional[str] = None            # an hpcft SFT run (resolved to its folder at submit)
     preference: Optional[PreferenceSpec] = None

@@ -57,6 +57,7 @@ class ScriptPlan:
     scow_dir: Optional[Path] = None  # SCOW placement: working directory, logs and script go here
     array: Optional[str] = None      # a sweep: "0-(N-1)%K", one array task per point
     log_dir: Optional[str] = None    # where job.<id>.out/err go (default: scow_dir, else run_dir)
+    after: Optional[dict] = None     # sbatch options of a dependency (slurm.after_ok): its preprocess job
 
     @property
     def job(self):
@@ -130,6 +131,7 @@ class ScriptPlan:
         for extra in r.sbatch:
             key, sep, value = extra[2:].partition("=")
             opts[key] = value if sep else None
+        opts.update(self.after or {})
         return sorted(opts.items())
 
     def env(self) -> dict[str, str]:
