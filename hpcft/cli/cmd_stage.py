@@ -13,6 +13,7 @@ EPILOG = """examples:
   hpcft stage --job jobs/mrpc-bert-gpu.yaml         # whatever the job file references
   hpcft stage --dataset ./my_data                   # a local folder, copied into the cache
   hpcft stage --eval ceval cmmlu mmlu gsm8k         # exactly what these lm-eval benchmarks load
+  hpcft stage --eval mmlu cmmlu --source modelscope # from modelscope/mmlu, modelscope/cmmlu, converted
 
 sources: HF_ENDPOINT / MODELSCOPE_ENDPOINT / OPENMIND_HUB_ENDPOINT, else sources.hf_endpoint /
 sources.modelscope_endpoint / sources.modelers_endpoint in the hpcft config; --source auto tries
@@ -66,11 +67,12 @@ def _job_assets(path: str, s):
     if train is not None and train.dataset_config and datasets and ":" not in datasets[0] \
             and "/" + train.dataset_config not in datasets[0]:
         datasets[0] = f"{datasets[0]}:{train.dataset_config}"
+    evals = []
     if train is not None and train.eval_tasks:  # the benchmarks it scores after training
         from ..core.eval_tasks import resolve_tasks
 
-        datasets += [d for t in resolve_tasks(train.eval_tasks, "train.eval_tasks") for d in t.datasets]
-    return list(assets.models), datasets, list(assets.metrics)
+        evals = resolve_tasks(train.eval_tasks, "train.eval_tasks")
+    return list(assets.models), datasets, list(assets.metrics), evals
 
 
 def _is_dataset_name(name: str, table) -> bool:
@@ -106,21 +108,30 @@ def run(args) -> int:
         datasets += args.names[1:]
     models += args.model
     datasets += args.dataset
+    eval_tasks = []  # --source modelscope: converted from ModelScope's own copies (stage/eval_convert.py)
     if args.job:
-        jm, jd, jmet = _job_assets(args.job, s)
+        jm, jd, jmet, jev = _job_assets(args.job, s)
         models += jm
         datasets += jd
         metrics += jmet
+        if args.source == "modelscope":
+            eval_tasks += [t for t in jev if t not in eval_tasks]
+        else:
+            datasets += [d for t in jev for d in t.datasets]
     if args.eval:
-        from ..core.eval_tasks import MODELSCOPE_REFUSAL, resolve_tasks
+        from ..core.eval_tasks import resolve_tasks
 
         if args.source == "modelscope":
-            raise ConfigError([f"hpcft stage --eval --source modelscope: {MODELSCOPE_REFUSAL}"])
-        datasets += [d for t in resolve_tasks(args.eval, "--eval") for d in t.datasets]
-    if not (models or datasets or metrics):
+            from ..stage.eval_convert import eval_names
+
+            eval_tasks += [t for t in resolve_tasks(eval_names(args.eval), "--eval") if t not in eval_tasks]
+        else:
+            datasets += [d for t in resolve_tasks(args.eval, "--eval") for d in t.datasets]
+    if not (models or datasets or metrics or eval_tasks):
         raise ConfigError(["hpcft stage: nothing to stage; give a model (and datasets), --metric, or --job "
                            "JOB.yaml (see hpcft stage --help)"])
-    refs = plan(models, datasets, metrics, table, with_metrics=not args.no_metric)
+    refs = plan(models, datasets, metrics, table, with_metrics=not args.no_metric) if (models or datasets or metrics) \
+        else []
     cache = Path(args.cache).expanduser() if args.cache else s.cache
     token = None
     if args.token_file:
@@ -133,7 +144,11 @@ def run(args) -> int:
     opts = StageOptions(source=args.source, revision=args.revision, quiet=args.quiet, token=token,
                         allow_unverified=args.allow_unverified, cross_check=args.cross_check)
     try:
-        results = stage(refs, s, cache, table, opts)
+        results = stage(refs, s, cache, table, opts) if refs else []
+        if eval_tasks:
+            from ..stage.eval_convert import stage_eval
+
+            results += stage_eval(eval_tasks, s, cache, table, opts)
     except KeyboardInterrupt:
         print(f"hpcft: interrupted; partial downloads are kept in {cache / 'tmp'} and nothing was marked "
               "staged. Run the same command again to resume.", file=sys.stderr)

@@ -28,17 +28,10 @@ EVAL_DIR = "eval"  # in a run folder: <task>.json per task, harness/ the harness
 LM_EVAL_FLOOR = (0, 4, 10)
 
 
-# ModelScope's own copies of the benchmarks are not in the layout lm-eval loads (checked against
-# EvalScope's loaders for them, evalscope/benchmarks/{mmlu,ceval}: modelscope/mmlu is a loading
-# script, mmlu.py, over data.tar (data/{dev,val,test}/<subject>_<split>.csv, no header), with the
-# splits train/validation/test and the columns input, A-D, target; modelscope/ceval-exam is a
-# script whose data is an archive on ModelScope's OSS). datasets 3+ runs no loading scripts, so a
-# staged copy would not load on the node: until hpcft converts them, --eval stages from hf.
-# (modelscope/cmmlu and modelscope/gsm8k were not checked: no copy of their files was at hand.)
-MODELSCOPE_REFUSAL = (
-    "ModelScope's copies of the benchmarks (e.g. modelscope/mmlu: a loading script over CSV files in data.tar, "
-    "with the splits train/validation/test and the columns input, A-D, target) are not in the layout lm-eval "
-    "loads offline; stage the benchmarks from the hf mirror instead (--source hf; sources.hf_endpoint)")
+# ModelScope's own copies of the benchmarks (modelscope/mmlu, modelscope/cmmlu, modelscope/ceval-exam,
+# modelscope/gsm8k) are loading scripts over archives, with other split names and columns: ``hpcft stage
+# --eval ... --source modelscope`` converts them into the repos of this table (hpcft/stage/eval_convert.py
+# names the layouts and where they were read).
 
 
 def version_tuple(text: str) -> tuple[int, ...]:
