@@ -6,6 +6,8 @@ import json
 import shlex
 from pathlib import Path
 
+from ..core.preprocess import describe as describe_preprocess
+from ..core.preprocess import read_record as read_preprocess
 from .common import SWEEP_REF_HELP, print_json, settings
 
 SKIP_EVAL = {"runtime", "samples_per_second", "steps_per_second", "epoch", "step"}
@@ -74,6 +76,7 @@ def collect(record) -> dict:
             # SCOW portal reruns, both ways: the run this one reruns, and this run's own reruns
             "rerun_of": record.rerun_of, "reruns": [r.get("run_id") for r in read_jsonl(paths.dir / RERUNS)
                                                     if isinstance(r, dict)],
+            "preprocess": read_preprocess(paths.dir),  # train.preprocess: cpu-job's record
             "samples": read_jsonl(paths.dir / "samples.jsonl", limit=2)}  # a causal-lm run's first answers
 
 
@@ -137,6 +140,9 @@ def run(args) -> int:
     if res:
         print(f"resources: {res.get('nodes', 1)} node(s), partition {res.get('partition') or '-'}, "
               f"gpus {res.get('gpus_per_node') or 0}, npus {res.get('npus_per_node') or 0}, time {res.get('time')}")
+    pre = describe_preprocess(info["preprocess"])
+    if pre:   # train.preprocess: cpu-job: where and how long its data were tokenized
+        print(f"preprocess: {pre}")
     m = info["metrics"]
     q = (m or {}).get("quantization")
     if isinstance(q, dict):   # method: qlora: the frozen base as bitsandbytes packed it

@@ -47,7 +47,7 @@ def run(args) -> int:
         print_json({"run_id": rec.run_id, "job_id": rec.job_id, "executor": rec.executor,
                     "run_dir": rec.run_dir, "log": str(result.log), "partition": rec.partition,
                     "template": str(result.template) if result.template else None,
-                    "template_notes": notes})
+                    "template_notes": notes, "preprocess": result.preprocess})
     else:
         for check in result.checks:
             print(check.line())
@@ -55,6 +55,8 @@ def run(args) -> int:
         print(f"job:    {rec.job_id} ({rec.executor}{', partition ' + rec.partition if rec.partition else ''})")
         print(f"folder: {rec.run_dir}")
         print(f"log:    {result.log}")
+        if result.preprocess:   # train.preprocess: cpu-job
+            print(f"data:   {result.preprocess['line']}")
         if result.template:
             print(f"portal: saved job {result.template.name} (SCOW: job templates)")
             for note in notes:

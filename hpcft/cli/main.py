@@ -10,7 +10,7 @@ from .. import __version__
 from ..core.errors import ConfigError, HpcftError
 
 # command modules, in help order; each defines register(subparsers) and run(args) -> int
-COMMANDS = ["stage", "cache", "submit", "render", "check", "status", "logs", "cancel", "runs", "show",
+COMMANDS = ["stage", "cache", "submit", "preprocess", "render", "check", "status", "logs", "cancel", "runs", "show",
             "export", "compare", "eval", "predict", "serve", "tensorboard"]
 
 EPILOG = """examples:

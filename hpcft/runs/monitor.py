@@ -101,6 +101,24 @@ def _error_from_logs(paths: RunPaths, job_id: str) -> Optional[str]:
     return None
 
 
+def _never_started(paths: RunPaths, why: str) -> str:
+    """A training job that waited on its preprocess job (train.preprocess: cpu-job), which failed."""
+    from ..core.preprocess import read_record
+
+    rec = read_record(paths.dir)
+    if not rec or not rec.get("job_id"):
+        return why
+    error = rec.get("error") if rec.get("state") == "failed" else None
+    if not error:   # the worker died before writing its record: the last line of its log
+        err = paths.dir / f"preprocess.{rec['job_id']}.err"
+        try:
+            error = _last_error_line(err.read_text(encoding="utf-8", errors="replace")) or None
+        except OSError:
+            error = None
+    return (f"its preprocess job {rec['job_id']} failed ({error or 'see preprocess.' + rec['job_id'] + '.err'}); "
+            "training never started")
+
+
 def status(record: RunRecord) -> Status:
     paths = RunPaths(record.run_dir)
     job_id = record.job_id
@@ -114,6 +132,12 @@ def status(record: RunRecord) -> Status:
             st.state, st.reason, st.elapsed_s = info.state, info.reason, info.elapsed_s
             st.nodes, st.restarts, st.exit_code, st.source = info.nodes, info.restarts, info.exit_code, info.source
             st.extra = info.extra
+            never = slurm.dependency_problem(info)
+            if never:   # its preprocess job failed: one line that says so, and no orphan left pending
+                st.reason = _never_started(paths, never)
+                if info.state == "PENDING":
+                    slurm.cancel(job_id)
+                    st.state = "CANCELLED"
         else:
             state, err = _result_state(paths, job_id)
             st.state, st.source = state or (record.state if record.state in TERMINAL_STATES else "UNKNOWN"), "run"

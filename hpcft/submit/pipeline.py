@@ -41,6 +41,7 @@ class SubmitResult:
     template: Optional[Path] = None  # the SCOW portal's saved job, when written
     placement: Optional[dict] = None  # partition/devices: auto (hpcft.preflight.placement)
     estimate: Optional[dict] = None   # the memory estimate of an LLM job (hpcft check --json)
+    preprocess: Optional[dict] = None  # train.preprocess: cpu-job (hpcft.submit.preprocess.Preprocessing)
 
     @property
     def log(self) -> Optional[Path]:
@@ -183,6 +184,9 @@ class Submission(Generic[R]):
         """Fill the new run folder, the script aside; the run folders to queue (one per task)."""
         raise NotImplementedError
 
+    def abandon(self) -> None:
+        """Undo what was queued before the job itself failed to queue (its preprocess job)."""
+
     def result(self, script: str, checks: list[Check]) -> R:
         """A dry run's result."""
         raise NotImplementedError
@@ -219,6 +223,7 @@ def run(sub: Submission[R], *, dry_run: bool = False, skip_asset_check: bool = F
             refuse(sub.loaded, checks[-1:])
         job_ids = queue(plan, paths, script, run_dirs, sub.executor)
     except BaseException:  # nothing reached the queue: leave no half-written run behind
+        sub.abandon()
         shutil.rmtree(paths.dir, ignore_errors=True)
         raise
     return sub.record(plan, paths, script, job_ids, checks)  # queued: the run folder stays, come what may
@@ -232,6 +237,13 @@ class JobSubmission(Submission[SubmitResult]):
         super().__init__(loaded, settings, executor, cluster)
         self.save_template = settings.scow.save_template if save_template is None else save_template
         self.rerun = rerun   # (the run it reruns, the SCOW portal job submitting it): hpcft.submit.rerun
+        self.preprocessing = None   # train.preprocess: cpu-job: what hpcft.submit.preprocess did
+
+    def preflight(self, skip_asset_check: bool) -> tuple[Optional[str], list[Check]]:
+        partition, checks = super().preflight(skip_asset_check)
+        from .preprocess import check
+
+        return partition, checks + check(self.loaded, self.settings, self.executor)
 
     def check_options(self, scow_dir: Optional[Path]) -> None:
         if self.save_template and scow_dir is None:
@@ -242,7 +254,18 @@ class JobSubmission(Submission[SubmitResult]):
         write_run(plan, paths)
         write_placement(self, paths.dir)
         write_estimate(paths.dir, self.estimate, plan.partition, self.loaded.job)
+        t = self.loaded.job.train
+        if t is not None and t.preprocess == "cpu-job":   # tokenized first by a CPU job; training waits on it
+            from .preprocess import for_submit
+
+            self.preprocessing = for_submit(self.loaded, self.settings, paths.dir)
+            if self.preprocessing.job_id:
+                plan.after = slurm.after_ok([self.preprocessing.job_id])
         return [paths.dir]
+
+    def abandon(self) -> None:
+        if self.preprocessing is not None and self.preprocessing.job_id:
+            slurm.cancel(self.preprocessing.job_id)
 
     def result(self, script: str, checks: list[Check]) -> SubmitResult:
         return SubmitResult(None, script, checks, dry_run=True, estimate=self.estimate,
@@ -258,7 +281,8 @@ class JobSubmission(Submission[SubmitResult]):
         if self.rerun:   # in the index too: `hpcft logs <the portal's job id>` finds this run
             record.rerun_of, record.launched_by = self.rerun
         RunStore(self.settings.runs).add(record)
-        result = SubmitResult(record, script, checks)
+        result = SubmitResult(record, script, checks,
+                              preprocess=self.preprocessing.as_dict() if self.preprocessing else None)
         if plan.scow_dir is not None:
             scow.place(paths, plan.scow_dir, job_id, script)
             if self.save_template:

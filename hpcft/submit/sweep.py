@@ -163,6 +163,10 @@ class SweepSubmission(Submission[SweepResult]):
             self.first = self.pairs[0][1]
         partition, checks = preflight(self.first, self.settings, self.executor, skip_asset_check,
                                       points=[task.job for _, task in self.pairs], cluster=self.cluster)
+        if any(task.job.train is not None and task.job.train.preprocess == "cpu-job" for _, task in self.pairs):
+            checks.append(Check("preprocess", False, "train.preprocess: cpu-job is for one job, not a sweep: its "
+                                                     "tasks tokenize in-job, one build per distinct data in the "
+                                                     "cache (hpcft preprocess job.yaml first fills it)"))
         return partition, placed + checks
 
     def plan(self, root: Path, partition: Optional[str], scow_dir: Optional[Path]) -> ScriptPlan:
