@@ -170,8 +170,8 @@ class _Archive:
                 raise _Bad(f"member {name!r}: a device, fifo or other special file; refused")
             if kind == "file":
                 if size > MAX_MEMBER:
-                    raise _Bad(f"member {name!r}: {human(size)}, over the {human(MAX_MEMBER)} a member may have; "
-                               "refused")
+                    raise _Bad(f"member {name!r}: {size:,} bytes, over the {MAX_MEMBER >> 20} MiB a member may "
+                               "have; refused")
                 self.sizes[name] = size
 
     @staticmethod
@@ -197,7 +197,7 @@ class _Archive:
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, KeyError) as exc:
             raise _Bad(f"member {name!r}: cannot be read ({exc})") from None
         if len(data) > MAX_MEMBER:
-            raise _Bad(f"member {name!r}: more than {human(MAX_MEMBER)} when read; refused")
+            raise _Bad(f"member {name!r}: more than {MAX_MEMBER >> 20} MiB when read; refused")
         return data
 
     def close(self) -> None:
@@ -457,8 +457,8 @@ def _listing(spec: MsBenchmark, ctx) -> tuple:
     files = [by_path[f] for f in spec.files]
     big = [f for f in files if f.size > MAX_SOURCE]
     if big:
-        raise ConfigError([f"dataset {spec.ms_id}: {big[0].path} is {human(big[0].size)}, over the "
-                           f"{human(MAX_SOURCE)} a benchmark's source file may have; refused"])
+        raise ConfigError([f"dataset {spec.ms_id}: {big[0].path} is {big[0].size:,} bytes, over the "
+                           f"{MAX_SOURCE >> 30} GiB a benchmark's source file may have; refused"])
     unverified = [f.path for f in files if not f.verified]
     if unverified and not ctx.opts.allow_unverified:
         raise StageError(f"dataset {spec.ms_id}: the file list gives no hash for {', '.join(unverified)}, so the "
