@@ -40,18 +40,12 @@ harness, 0.4.10+): ``hpcft/core/eval_tasks.py``'s table, which tests/test_eval_t
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
-import re
-import stat
-import tarfile
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator
 
 from ..core.errors import ConfigError, StageError
 from ..core.eval_tasks import BENCHMARKS, EvalTask
@@ -61,12 +55,11 @@ from ..core.store import sha256_fd
 from . import layout
 from .cards import sync_staged_configs
 from .progress import human
+from .safe_archive import MAX_MEMBER, Archive, Bad, csv_rows, member_index, text
 from .sources import Listing, SourceError
 
 CONVERTER = "hpcft.stage.eval_convert/1"   # in every manifest; a new layout bumps it (a new snapshot)
 MAX_SOURCE = 1 << 30                       # a repo file fetched for conversion (MMLU's data.tar: 166 MB)
-MAX_MEMBER = 64 << 20                      # one CSV/JSONL read (MMLU's largest, professional_law: 2 MB)
-MAX_MEMBERS = 20_000                       # entries in one archive
 LETTERS = "ABCD"
 
 
@@ -124,119 +117,6 @@ def eval_names(values, where: str = "--eval") -> list[str]:
     return out
 
 
-# ---------------------------------------------------------------------------------------------- archives
-class _Bad(Exception):
-    """One line about the source data (the caller prefixes the repo and file)."""
-
-
-def _safe_member(name: str) -> None:
-    if not name or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
-        raise _Bad(f"member {name!r}: an absolute path; refused (an archive's members stay inside its folder)")
-    if any(p == ".." for p in re.split(r"[/\\]", name)):
-        raise _Bad(f"member {name!r}: a path leading out of the archive's folder; refused")
-    if "\0" in name:
-        raise _Bad(f"member {name!r}: a NUL byte in the name; refused")
-
-
-class _Archive:
-    """The regular files of a tar or zip, every member checked before any is read."""
-
-    def __init__(self, path: Path, label: str):
-        self.label, self.sizes = label, {}
-        self._tar: Optional[tarfile.TarFile] = None
-        self._zip: Optional[zipfile.ZipFile] = None
-        try:
-            if zipfile.is_zipfile(path):
-                self._zip = zipfile.ZipFile(path)
-                members = [(i.filename, i.file_size, self._zip_kind(i)) for i in self._zip.infolist()]
-            else:
-                self._tar = tarfile.open(path, mode="r:*")
-                members = []
-                for m in self._tar:
-                    kind = "file" if m.isfile() else "dir" if m.isdir() else \
-                        "link" if (m.issym() or m.islnk()) else "special"
-                    members.append((m.name, m.size, kind))
-                    if len(members) > MAX_MEMBERS:
-                        break
-        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
-            raise _Bad(f"not a readable tar or zip archive ({exc})") from None
-        if len(members) > MAX_MEMBERS:
-            raise _Bad(f"more than {MAX_MEMBERS} members; refused")
-        for name, size, kind in members:
-            _safe_member(name)
-            if kind == "link":
-                raise _Bad(f"member {name!r}: a link; refused (only regular files are read)")
-            if kind == "special":
-                raise _Bad(f"member {name!r}: a device, fifo or other special file; refused")
-            if kind == "file":
-                if size > MAX_MEMBER:
-                    raise _Bad(f"member {name!r}: {size:,} bytes, over the {MAX_MEMBER >> 20} MiB a member may "
-                               "have; refused")
-                self.sizes[name] = size
-
-    @staticmethod
-    def _zip_kind(info: zipfile.ZipInfo) -> str:
-        fmt = stat.S_IFMT(info.external_attr >> 16)  # 0 when the zip records permissions only (or nothing)
-        if fmt == stat.S_IFLNK:
-            return "link"
-        if info.is_dir() or fmt == stat.S_IFDIR:
-            return "dir"
-        return "file" if fmt in (0, stat.S_IFREG) else "special"
-
-    def read(self, name: str) -> bytes:
-        try:
-            if self._zip is not None:
-                with self._zip.open(name) as fh:
-                    data = fh.read(MAX_MEMBER + 1)
-            else:
-                assert self._tar is not None
-                fh = self._tar.extractfile(name)
-                if fh is None:
-                    raise _Bad(f"member {name!r}: not a regular file; refused")
-                data = fh.read(MAX_MEMBER + 1)
-        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, KeyError) as exc:
-            raise _Bad(f"member {name!r}: cannot be read ({exc})") from None
-        if len(data) > MAX_MEMBER:
-            raise _Bad(f"member {name!r}: more than {MAX_MEMBER >> 20} MiB when read; refused")
-        return data
-
-    def close(self) -> None:
-        for a in (self._zip, self._tar):
-            if a is not None:
-                a.close()
-
-
-def _index(names, pattern: str, label: str) -> dict[tuple[str, str], str]:
-    """{(folder, subject): member} for members matching ``pattern`` (groups folder, subject[, folder])."""
-    out: dict[tuple[str, str], str] = {}
-    rx = re.compile(pattern)
-    for name in names:
-        if name.startswith("__MACOSX/"):
-            continue
-        m = rx.search(name)
-        if m is None or (m.lastindex or 0) >= 3 and m.group(1) != m.group(3):
-            continue
-        key = (m.group(1), m.group(2))
-        if key in out:
-            raise _Bad(f"both {out[key]!r} and {name!r} hold {key[0]}/{key[1]}; refused")
-        out[key] = name
-    return out
-
-
-def _text(data: bytes, where: str) -> str:
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise _Bad(f"{where}: not UTF-8 text (byte {exc.start}); refused") from None
-
-
-def _csv_rows(data: bytes, where: str) -> list[list[str]]:
-    try:
-        return list(csv.reader(io.StringIO(_text(data, where), newline="")))
-    except csv.Error as exc:
-        raise _Bad(f"{where}: not a CSV file ({exc})") from None
-
-
 # ---------------------------------------------------------------------------------------------- layouts
 def _mmlu(rows: list[list[str]], subject: str, where: str) -> list[dict]:
     out = []
@@ -247,10 +127,10 @@ def _mmlu(rows: list[list[str]], subject: str, where: str) -> list[dict]:
         if not r:
             continue
         if len(r) != 6:
-            raise _Bad(f"{where}:{i}: {len(r)} columns, expected 6 (question, A, B, C, D, answer)")
+            raise Bad(f"{where}:{i}: {len(r)} columns, expected 6 (question, A, B, C, D, answer)")
         ans = r[5].strip()
         if ans not in LETTERS:
-            raise _Bad(f"{where}:{i}: answer: {ans!r} is not one of A, B, C, D")
+            raise Bad(f"{where}:{i}: answer: {ans!r} is not one of A, B, C, D")
         out.append({"question": r[0], "subject": subject, "choices": r[1:5], "answer": LETTERS.index(ans)})
     return out
 
@@ -258,17 +138,17 @@ def _mmlu(rows: list[list[str]], subject: str, where: str) -> list[dict]:
 def _with_header(rows: list[list[str]], where: str, need: tuple[str, ...], optional: tuple[str, ...] = ()
                  ) -> Iterator[tuple[int, dict]]:
     if not rows:
-        raise _Bad(f"{where}:1: empty file; expected a header with {', '.join(need)}")
+        raise Bad(f"{where}:1: empty file; expected a header with {', '.join(need)}")
     head = [c.strip() for c in rows[0]]
     missing = [c for c in need if c not in head]
     if missing:
-        raise _Bad(f"{where}:1: no column {', '.join(repr(c) for c in missing)} (header: {', '.join(head)})")
+        raise Bad(f"{where}:1: no column {', '.join(repr(c) for c in missing)} (header: {', '.join(head)})")
     at = {c: head.index(c) for c in (*need, *optional) if c in head}
     for i, r in enumerate(rows[1:], 2):
         if not r:
             continue
         if len(r) != len(head):
-            raise _Bad(f"{where}:{i}: {len(r)} columns, expected {len(head)} ({', '.join(head)})")
+            raise Bad(f"{where}:{i}: {len(r)} columns, expected {len(head)} ({', '.join(head)})")
         yield i, {c: r[j] for c, j in at.items()}
 
 
@@ -277,7 +157,7 @@ def _cmmlu(rows, subject: str, where: str) -> list[dict]:
     out = []
     for i, row in _with_header(rows, where, cols):
         if row["Answer"].strip() not in LETTERS:
-            raise _Bad(f"{where}:{i}: Answer: {row['Answer']!r} is not one of A, B, C, D")
+            raise Bad(f"{where}:{i}: Answer: {row['Answer']!r} is not one of A, B, C, D")
         out.append({c: row[c] for c in cols})
     return out
 
@@ -288,10 +168,10 @@ def _ceval(rows, subject: str, where: str) -> list[dict]:
         try:
             ident = int(row["id"])
         except ValueError:
-            raise _Bad(f"{where}:{i}: id: {row['id']!r} is not a whole number") from None
+            raise Bad(f"{where}:{i}: id: {row['id']!r} is not a whole number") from None
         ans = row.get("answer", "").strip()
         if ans and ans not in LETTERS:
-            raise _Bad(f"{where}:{i}: answer: {ans!r} is not one of A, B, C, D")
+            raise Bad(f"{where}:{i}: answer: {ans!r} is not one of A, B, C, D")
         out.append({"id": ident, "question": row["question"], **{c: row[c] for c in LETTERS}, "answer": ans,
                     "explanation": row.get("explanation", "")})
     return out
@@ -299,18 +179,18 @@ def _ceval(rows, subject: str, where: str) -> list[dict]:
 
 def _gsm8k(data: bytes, where: str) -> list[dict]:
     out = []
-    for i, line in enumerate(_text(data, where).splitlines(), 1):
+    for i, line in enumerate(text(data, where).splitlines(), 1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except ValueError as exc:
-            raise _Bad(f"{where}:{i}: not JSON ({exc.args[0] if exc.args else exc})") from None
+            raise Bad(f"{where}:{i}: not JSON ({exc.args[0] if exc.args else exc})") from None
         if not isinstance(obj, dict):
-            raise _Bad(f"{where}:{i}: not a JSON object")
+            raise Bad(f"{where}:{i}: not a JSON object")
         for key in ("question", "answer"):
             if not isinstance(obj.get(key), str):
-                raise _Bad(f"{where}:{i}: {key}: missing or not a string")
+                raise Bad(f"{where}:{i}: {key}: missing or not a string")
         out.append({"question": obj["question"], "answer": obj["answer"]})
     return out
 
@@ -330,26 +210,29 @@ def convert(spec: MsBenchmark, configs: list[str], fetched: dict[str, Path]) -> 
     if spec.name == "gsm8k":
         for folder, split in spec.splits.items():
             name = f"{folder}.jsonl"
+            if fetched[name].stat().st_size > MAX_MEMBER:
+                raise Bad(f"{name}: {fetched[name].stat().st_size:,} bytes, over the {MAX_MEMBER >> 20} MiB a "
+                           "file may have; refused")
             data = fetched[name].read_bytes()
             members.append({"path": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
             out[("main", split)] = _gsm8k(data, name)
         return out, members
     [archive_name] = spec.files
     pattern, reader = CSV_LAYOUT[spec.name]
-    arc = _Archive(fetched[archive_name], archive_name)
+    arc = Archive(fetched[archive_name], archive_name)
     try:
-        index = _index(arc.sizes, pattern, archive_name)
+        index = member_index(arc.sizes, pattern, archive_name)
         for subject in configs:
             for folder, split in spec.splits.items():
                 member = index.get((folder, subject))
                 if member is None:
                     want = f"{folder}/{subject}_{folder}.csv" if spec.name != "cmmlu" else f"{folder}/{subject}.csv"
-                    raise _Bad(f"no member {want} for config {subject!r}, split {split!r} (the layout of "
+                    raise Bad(f"no member {want} for config {subject!r}, split {split!r} (the layout of "
                                f"{spec.script}); the archive holds {len(index)} such CSV files")
                 data = arc.read(member)
                 members.append({"path": f"{archive_name}:{member}", "size": len(data),
                                 "sha256": hashlib.sha256(data).hexdigest()})
-                out[(subject, split)] = reader(_csv_rows(data, member), subject, member)
+                out[(subject, split)] = reader(csv_rows(data, member), subject, member)
     finally:
         arc.close()
     return out, members
@@ -490,7 +373,7 @@ def _convert_and_install(spec: MsBenchmark, configs: list[str], ctx) -> list:
         paths = {f.path: raw.path / f.path for f in files}
         try:
             rows, members = convert(spec, configs, paths)
-        except _Bad as exc:
+        except Bad as exc:
             raise ConfigError([f"dataset {spec.ms_id} {' '.join(spec.files)}: {exc}"]) from None
         out = layout.Staging(cache, modes, layout.staging_prefix("dataset", repo, None, "msconvert", sha))
         for rel in list(out.files.walk_files()):  # an interrupted earlier conversion: start afresh
