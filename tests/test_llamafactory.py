@@ -117,9 +117,14 @@ def _problems(path: Path) -> list[str]:
 
 
 def test_bad_inputs_one_line_each(tmp_path):
+    # a key neither engine runs (not one of LLaMA-Factory 0.9.5's): refused, with the nearest real key
     assert _problems(_lf(tmp_path, BASE + "lora_rankk: 8\n", INFO)) == [
-        f"{tmp_path / 'lf.yaml'}:5: lora_rankk: not a key hpcft maps; it needs LLaMA-Factory's own engine "
-        "(not available in this hpcft yet; engine: llamafactory is planned)"]
+        f"{tmp_path / 'lf.yaml'}:5: lora_rankk: not a LLaMA-Factory key (0.9.5); neither engine runs it "
+        "(did you mean 'lora_rank'?)"]
+    # report_to wandb: the nodes are offline, whichever engine runs it
+    (line,) = _problems(_lf(tmp_path, BASE + "report_to: wandb\nuse_galore: true\n", INFO))
+    assert line == (f"{tmp_path / 'lf.yaml'}:5: report_to: wandb: hpcft's compute nodes are offline; it logs to "
+                    "tensorboard and swanlab (offline)")
     (line,) = _problems(_lf(tmp_path, BASE.replace("mine", "mine,other"), INFO))
     assert line.startswith(f"{tmp_path / 'lf.yaml'}:4: dataset: 'other' is not in ") and "dataset_info.json" in line
     shutil.rmtree(tmp_path / "data")
@@ -142,13 +147,25 @@ def test_wrapper_and_engine(tmp_path):
                                                                     str(tmp_path / "data" / "mine.jsonl"))
     assert loaded.job.resources.time == "00:10:00"
     assert loaded.llamafactory.text == (tmp_path / "lf.yaml").read_text()
+    # engine: llamafactory forces the delegated engine on a file native could run
     job.write_text("name: mine\nllamafactory: lf.yaml\nengine: llamafactory\n")
-    assert _problems(job) == [f"{job}:3: engine: llamafactory: the delegated engine (llamafactory-cli train in the "
-                              "job) is not available in this hpcft yet; use engine: native or leave engine out"]
-    job.write_text("name: mine\nengine: native\nllamafactory:\n  model_name_or_path: tiny\n  stage: ppo\n"
-                   "  dataset: mine\n")
+    t = load_job(job, Settings()).job.train
+    assert (t.task, t.method, t.max_seq_length, t.deepspeed) == ("llamafactory", "lora", 256, False)
+    assert t.llamafactory["args"]["cutoff_len"] == 256 and t.dataset == str(tmp_path / "data" / "mine.jsonl")
+    assert t.llamafactory["datasets"] == {"mine": str(tmp_path / "data" / "mine.jsonl")}
+    job.write_text("name: mine\nllamafactory: lf.yaml\nengine: bogus\n")
+    assert _problems(job) == [f"{job}:3: engine: 'bogus': one of native, llamafactory (or leave it out: hpcft runs "
+                              "natively what it can and hands the rest to LLaMA-Factory)"]
+    # engine: native refuses what only LLaMA-Factory runs, naming that engine; left out, it delegates
+    ppo = "llamafactory:\n  model_name_or_path: tiny\n  stage: ppo\n  dataset: mine\n  dataset_dir: data\n"
+    job.write_text("name: mine\nengine: native\n" + ppo)
     (line,) = _problems(job)
-    assert line.startswith(f"{job}:5: stage: stage 'ppo' needs LLaMA-Factory's own engine")
+    assert line == (f"{job}:5: stage: stage 'ppo' needs LLaMA-Factory's own engine (engine: llamafactory); "
+                    "hpcft runs sft, dpo (with orpo, simpo) and kto natively")
+    job.write_text("name: mine\n" + ppo)
+    loaded = load_job(job, Settings())
+    assert loaded.job.train.task == "llamafactory" and loaded.job.train.llamafactory["args"]["stage"] == "ppo"
+    assert "engine: llamafactory (chosen)" in loaded.llamafactory.notes[0] and "stage 'ppo'" in loaded.llamafactory.notes[0]
 
 
 def test_preference_mapping(tmp_path):
@@ -210,11 +227,15 @@ def test_hpcft_check_on_a_lf_yaml(tiny_lf, capsys):
     assert main(["check", "--executor", "local", str(tiny_lf)]) == 0
     out = capsys.readouterr().out
     assert "✓ llamafactory: template: llama3: hpcft renders with the model's own chat template" in out
+    # GaLore: delegated (engine: auto); this Python has no llamafactory, so the env check refuses it
     tiny_lf.write_text(LF_TINY + "use_galore: true\n")
     assert main(["check", "--executor", "local", str(tiny_lf)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == (f"{tiny_lf}:23: use_galore: GaLore needs LLaMA-Factory's own engine (not available in this "
-                       "hpcft yet; engine: llamafactory is planned)")
+    out = capsys.readouterr().out
+    assert "✓ llamafactory: engine: llamafactory (chosen): llamafactory-cli train runs it in the job; natively hpcft " \
+           "could not run: use_galore: GaLore needs LLaMA-Factory's own engine (engine: llamafactory)" in out, out
+    bad = [ln for ln in out.splitlines() if ln.startswith("✗")]
+    assert len(bad) == 1 and "engine: llamafactory (the delegated engine runs llamafactory-cli train in the job) " \
+        "needs llamafactory but" in bad[0] and "pip install 'llamafactory>=0.9.5' (or 'hpcft[llamafactory]')" in bad[0]
 
 
 @pytest.mark.worker

@@ -190,7 +190,7 @@ LLM_FIELDS = ("method", "lora", "quantization", "data_format", "packing", "gradi
               "sample_prompts", "max_new_tokens", "train_on", "enable_thinking", "trust_remote_code", "neftune_alpha",
               "data_cache", "preprocess")
 # the LLM tasks: supervised fine-tuning and preference tuning (TRL's trainers; see docs/llm.md)
-LLM_TASKS = ("causal-lm", *PREFERENCE_TASKS, "grpo")
+LLM_TASKS = ("causal-lm", *PREFERENCE_TASKS, "grpo", "llamafactory")
 # of LLM_FIELDS, those preference tuning does not read (its rows are its own format, unpacked)
 SFT_ONLY_FIELDS = ("data_format", "packing", "sample_prompts", "max_new_tokens", "train_on", "neftune_alpha",
                    "data_cache", "preprocess")
@@ -240,8 +240,8 @@ class TrainSpec(_Strict):
     PREFERENCE_LEARNING_RATE: ClassVar[dict] = {"lora": 5e-6, "qlora": 5e-6, "full": 5e-7}  # LLaMA-Factory's DPO examples
     GRPO_LEARNING_RATE: ClassVar[dict] = {"lora": 1e-5, "qlora": 1e-5, "full": 1e-6}  # TRL's 1e-6 (full), x10 LoRA
 
-    task: Literal["sequence-classification", "causal-lm", "dpo", "orpo", "simpo", "kto", "grpo"] = \
-        "sequence-classification"
+    task: Literal["sequence-classification", "causal-lm", "dpo", "orpo", "simpo", "kto", "grpo", "llamafactory"] = \
+        "sequence-classification"   # llamafactory: LLaMA-Factory's engine runs it (hpcft.core.llamafactory_delegate)
     model: str
     # glue/mrpc, yelp_review_full, org/name[:config], path, file.csv; causal-lm also takes a mix:
     # a list of names and/or {name, weight, data_format} entries
@@ -320,6 +320,9 @@ class TrainSpec(_Strict):
     # ---- task: grpo (hpcft.core.grpo): TRL's GRPO settings and the rewards
     grpo: Optional[GrpoSpec] = None
     rewards: Optional[list[RewardSpec]] = None
+    # ---- task: llamafactory (written by hpcft.core.llamafactory_delegate from a LLaMA-Factory YAML):
+    # {args: the YAML's keys, dataset_info: its entries, datasets: LLaMA-Factory name -> train.dataset name}
+    llamafactory: Optional[dict[str, Any]] = None
 
     @field_validator("dataset", mode="before")
     @classmethod
@@ -379,6 +382,9 @@ class TrainSpec(_Strict):
                                  "use method: lora, or lora.init: gaussian")
             self._check_qlora()
         grpo_rules.check(self)
+        if (self.task == "llamafactory") != (self.llamafactory is not None):
+            raise ValueError("task: llamafactory and llamafactory: come together (hpcft writes both from a "
+                             "LLaMA-Factory YAML; submit that file, or an hpcft job with llamafactory: lf.yaml)")
         if self.task == "grpo":
             wrong = [f for f in (*SFT_ONLY_FIELDS, "preference") if getattr(self, f) is not None]
             if wrong:

@@ -8,6 +8,7 @@ way, is one ``file:line: key: message`` problem; nothing is dropped silently.
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +18,14 @@ import yaml
 
 from .errors import ConfigError
 from .llamafactory_data import ENGINE, dataset_entry, split_names
+from .llamafactory_delegate import delegated_train, lf_key_problem
+from .llamafactory_keys import TRAIN_KEYS
 from .yamlfile import YamlDoc, load_yaml_file, sorted_problems
 
 # keys of an hpcft job file that may stand beside ``llamafactory:``
 WRAPPER_KEYS = ("name", "resources", "env", "sweep", "scow", "executor", "max_requeues", "output_dir", "engine")
 
+ENGINES = ("auto", "native", "llamafactory")   # engine: auto (the default) delegates what native cannot run
 IGNORED = "ignored"
 NATIVE = "native"
 NEEDS_ENGINE = "engine"
@@ -32,7 +36,8 @@ class Mapping:
     """What one LLaMA-Factory document became."""
 
     train: dict[str, Any] = field(default_factory=dict)
-    problems: list[tuple[Optional[int], str]] = field(default_factory=list)
+    problems: list[tuple[Optional[int], str]] = field(default_factory=list)   # native can't run these
+    refused: list[tuple[Optional[int], str]] = field(default_factory=list)    # neither engine runs these
     notes: list[str] = field(default_factory=list)       # check lines: what hpcft cannot confirm
     handled: dict[str, str] = field(default_factory=dict)  # key -> native | ignored | engine
 
@@ -304,9 +309,10 @@ class _Ctx:
     source: str
     m: Mapping
 
-    def problem(self, key: str, message: str) -> None:
+    def problem(self, key: str, message: str, engine: bool = True) -> None:
+        """``engine``: LLaMA-Factory's engine runs what the message is about (else neither does)."""
         line, where = self.doc.where(self.loc + (key,))
-        self.m.problems.append((line, f"{where}: {key}: {message}"))
+        (self.m.problems if engine else self.m.refused).append((line, f"{where}: {key}: {message}"))
 
 
 def is_llamafactory(data: Any) -> bool:
@@ -322,8 +328,10 @@ def map_keys(lf: dict, doc: YamlDoc, base_dir: Path, loc: tuple = ()) -> Mapping
     for key, value in lf.items():
         entry = KEYS.get(key)
         if entry is None:
-            ctx.problem(key, f"not a key hpcft maps; it needs {ENGINE}")
-            ctx.m.handled[key] = NEEDS_ENGINE
+            unknown = lf_key_problem(key, TRAIN_KEYS, lambda k: next(iter(difflib.get_close_matches(
+                k, sorted(set(TRAIN_KEYS) | set(KEYS)), 1)), None))
+            ctx.problem(key, unknown or f"not a key hpcft maps; it needs {ENGINE}", engine=unknown is None)
+            ctx.m.handled[key] = "refused" if unknown else NEEDS_ENGINE
             continue
         kind, what, apply = entry
         ctx.m.handled[key] = kind
@@ -332,8 +340,8 @@ def map_keys(lf: dict, doc: YamlDoc, base_dir: Path, loc: tuple = ()) -> Mapping
         elif kind == NATIVE and apply is not None:
             message = apply(value, ctx)
             if message:
-                ctx.m.handled[key] = NEEDS_ENGINE
-                ctx.problem(key, message)
+                ctx.m.handled[key] = NEEDS_ENGINE if ENGINE in message else "refused"
+                ctx.problem(key, message, engine=ENGINE in message)
     _datasets(ctx)
     return ctx.m
 
@@ -345,7 +353,7 @@ def _datasets(ctx: _Ctx) -> None:
                                     "training dataset's held-out part")
         ctx.m.handled["eval_dataset"] = NEEDS_ENGINE
     if not names:
-        ctx.problem("dataset", "no dataset named (LLaMA-Factory's dataset: name1,name2)")
+        ctx.problem("dataset", "no dataset named (LLaMA-Factory's dataset: name1,name2)", engine=False)
         return
     folder = Path(str(ctx.lf.get("dataset_dir", "data"))).expanduser()
     folder = folder if folder.is_absolute() else ctx.base_dir / folder
@@ -354,17 +362,17 @@ def _datasets(ctx: _Ctx) -> None:
         info = json.loads(info_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         ctx.problem("dataset", f"{info_path} not found (LLaMA-Factory looks up {', '.join(names)} there; "
-                               "set dataset_dir to its folder)")
+                               "set dataset_dir to its folder)", engine=False)
         return
     except (OSError, ValueError) as exc:
-        ctx.problem("dataset", f"{info_path} cannot be read: {exc}")
+        ctx.problem("dataset", f"{info_path} cannot be read: {exc}", engine=False)
         return
     task = ctx.m.train.get("task", "causal-lm")
     entries = []
     for name in names:
         spec = info.get(name) if isinstance(info, dict) else None
         if not isinstance(spec, dict):
-            ctx.problem("dataset", f"{name!r} is not in {info_path}")
+            ctx.problem("dataset", f"{name!r} is not in {info_path}", engine=False)
             continue
         entry = dataset_entry(name, spec, folder, task, lambda msg, n=name: ctx.problem("dataset", f"{n}: {msg}"))
         if entry is not None:
@@ -411,22 +419,39 @@ def translate(doc: YamlDoc, base_dir: Path) -> tuple[YamlDoc, Optional[LfSource]
             line, where = doc.where(("llamafactory",))
             raise ConfigError([f"{where}: llamafactory: expected a LLaMA-Factory YAML file or its keys"])
         name = str(wrapper.get("name") or (path.stem if path else "llamafactory"))
-        engine = wrapper.get("engine", "native")
-        if engine == "llamafactory":
-            line, where = doc.where(("engine",))
-            raise ConfigError([f"{where}: engine: llamafactory: the delegated engine (llamafactory-cli train in the "
-                                "job) is not available in this hpcft yet; use engine: native or leave engine out"])
-        if engine != "native":
-            line, where = doc.where(("engine",))
-            raise ConfigError([f"{where}: engine: {engine!r}: one of native, llamafactory"])
     else:
         return doc, None
-    m = map_keys(lf, lf_doc, lf_dir, loc)
-    if m.problems:
-        raise ConfigError(sorted_problems(m.problems))
+    engine_doc, engine_loc = (doc, ("engine",)) if "engine" in wrapper or "engine" not in lf else (lf_doc, loc + ("engine",))
+    engine = wrapper.get("engine", lf.get("engine", "auto"))
+    if engine not in ENGINES:
+        line, where = engine_doc.where(engine_loc)
+        raise ConfigError([f"{where}: engine: {engine!r}: one of native, llamafactory (or leave it out: hpcft runs "
+                           "natively what it can and hands the rest to LLaMA-Factory)"])
+    m = map_keys({k: v for k, v in lf.items() if k != "engine"}, lf_doc, lf_dir, loc)
+    delegate = engine == "llamafactory" or (engine == "auto" and bool(m.problems))
+    problems = m.refused + ([] if delegate else m.problems)
+    if problems:
+        raise ConfigError(sorted_problems(problems))
+    if delegate:
+        refused: list = []
+
+        def problem(key: str, message: str) -> None:
+            line, where = lf_doc.where(loc + (key,))
+            refused.append((line, f"{where}: {key}: {message}"))
+
+        train = delegated_train(lf, lf_dir, problem)
+        if refused:
+            raise ConfigError(sorted_problems(refused))
+        why = [text.split(": ", 1)[1] for _, text in m.problems]
+        m.notes[:] = [f"engine: llamafactory ({'forced' if engine == 'llamafactory' else 'chosen'}): "
+                      f"llamafactory-cli train runs it in the job"
+                      + (f"; natively hpcft could not run: {'; '.join(why[:3])}"
+                         + (f" (+{len(why) - 3} more)" if len(why) > 3 else "") if why else "")]
+    else:
+        train = m.train
     out = {k: v for k, v in wrapper.items() if k not in ("llamafactory", "engine")}
     out["name"] = name
-    out["train"] = m.train
+    out["train"] = train
     new = YamlDoc(out, {}, doc.source)
     new.problems = list(doc.problems)
     return new, LfSource(path if path else (Path(doc.source) if not wrapper else None), text, m.notes)

@@ -9,7 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-ENGINE = "LLaMA-Factory's own engine (not available in this hpcft yet; engine: llamafactory is planned)"
+# named in every problem hpcft's native worker cannot run the same way: that engine runs it (engine: auto
+# chooses it; engine: native refuses the key with this name)
+ENGINE = "LLaMA-Factory's own engine (engine: llamafactory)"
 
 # dataset_info.json fields hpcft reads; any other field of an entry needs the engine
 _INFO_FIELDS = ("file_name", "hf_hub_url", "ms_hub_url", "om_hub_url", "formatting", "columns", "tags",

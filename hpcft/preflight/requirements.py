@@ -44,6 +44,7 @@ TRL = Need("trl", "trl", "1.16", "preference")
 TABLE: dict[str, tuple[Need, ...]] = {
     "task: dpo/orpo/kto/simpo": (TRL,),
     "task: grpo": (TRL,),
+    "task: llamafactory": (Need("llamafactory", "llamafactory", "0.9.5", "llamafactory"),),   # llamafactory-cli train
     "deepspeed (set, or the default on several GPUs/NPUs)": (Need("deepspeed", "deepspeed", "0.15.4", "deepspeed"),),
     "method: qlora": (Need("bitsandbytes", "bitsandbytes", "", "qlora", "qlora"),),
     "train.eval_tasks": (Need("lm-eval", "lm_eval", "0.4.10", "eval", "lm-eval"),),
@@ -66,6 +67,8 @@ def train_needs(job: Job) -> list[Need]:
     keys = []
     if t.is_preference:
         keys.append("task: dpo/orpo/kto/simpo")
+    if t.task == "llamafactory":
+        keys.append("task: llamafactory")
     if t.task == "grpo":
         keys.append("task: grpo")
         if t.grpo.use_vllm:
@@ -175,6 +178,8 @@ def _asker(job: Job, need: Need) -> str:
     t = job.train
     if need.module == "trl":
         return f"task: {t.task}"
+    if need.module == "llamafactory":
+        return "engine: llamafactory (the delegated engine runs llamafactory-cli train in the job)"
     if need.module == "deepspeed":
         return "deepspeed" if t.deepspeed not in (None, True) else \
             f"deepspeed (the default for {job.resources.world_size} {job.resources.device.upper()}s)"

@@ -65,6 +65,8 @@ class ScriptPlan:
 
     @property
     def ntasks_per_node(self) -> int:
+        if self.job.train is not None and self.job.train.task == "llamafactory":
+            return 1   # engine: llamafactory: one launcher per node, its torchrun starts the ranks
         return self.job.resources.tasks_per_node
 
     @property

@@ -1,0 +1,86 @@
+"""``llamafactory-cli train`` as the job's one launcher per node: its environment from Slurm (as
+:mod:`hpcft.worker.taskenv` reads it) and the child process, stopped on the time-limit signal.
+
+LLaMA-Factory's launcher starts ``torchrun --nnodes NNODES --node_rank NODE_RANK
+--nproc_per_node NPROC_PER_NODE --master_addr MASTER_ADDR --master_port MASTER_PORT`` when
+``FORCE_TORCHRUN=1``; so Slurm runs one task per node (render.py) and torchrun the ranks, never a
+torchrun per device inside an srun per device."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Mapping, Optional
+
+from hpcft.worker.taskenv import TaskEnv
+
+# what hpcft's worker exported for its own ranks; torchrun sets each rank's own
+_RANK_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK")
+# LLaMA-Factory reads these to pick a hub; the node is offline and the paths are staged
+_HUB_SWITCHES = ("USE_MODELSCOPE_HUB", "USE_OPENMIND_HUB")
+
+
+def launch_env(task: TaskEnv, nproc_per_node: int, base: Optional[Mapping[str, str]] = None) -> dict[str, str]:
+    """The child's environment: this process's (the offline flags, caches, the job's vars) with the
+    launcher's rendezvous. ``task`` is this node's one Slurm task: its rank is the node's rank."""
+    env = dict(os.environ if base is None else base)
+    for name in (*_RANK_VARS, *_HUB_SWITCHES):
+        env.pop(name, None)
+    env.update({
+        "FORCE_TORCHRUN": "1",
+        "NNODES": str(task.nodes),
+        "NODE_RANK": str(task.rank),
+        "NPROC_PER_NODE": str(max(1, nproc_per_node)),
+        "MASTER_ADDR": task.master_addr,
+        "MASTER_PORT": str(task.master_port),
+    })
+    # torchrun is found on PATH: the job's interpreter's own folder first (a venv that is not activated)
+    bindir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([bindir, *[p for p in env.get("PATH", "").split(os.pathsep) if p and p != bindir]])
+    return env
+
+
+def cli() -> list[str]:
+    """``llamafactory-cli`` of the job's interpreter (its venv's script), else the module."""
+    script = Path(sys.executable).parent / "llamafactory-cli"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "llamafactory.cli"]
+
+
+class Child:
+    """The launcher in a session of its own, so a stop reaches torchrun and every rank."""
+
+    def __init__(self, yaml_path: Path, env: dict[str, str]):
+        # relative to its folder: LLaMA-Factory's launcher re-splits its arguments on spaces
+        self.cmd = [*cli(), "train", yaml_path.name]
+        self.proc = subprocess.Popen(self.cmd, cwd=str(yaml_path.parent), env=env, start_new_session=True)
+
+    def wait(self, should_stop: Callable[[], bool], tick: Callable[[], None], interval: float = 1.0) -> int:
+        """Wait for the launcher, calling ``tick`` each ``interval``; stop it once ``should_stop``."""
+        while True:
+            try:
+                code = self.proc.wait(timeout=interval)
+            except subprocess.TimeoutExpired:
+                tick()
+                if should_stop():
+                    return self.stop()
+                continue
+            tick()
+            return code
+
+    def stop(self, grace_s: float = 30.0) -> int:
+        """SIGTERM to the launcher's whole session (torchrun forwards it to the ranks), then SIGKILL."""
+        for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+            if self.proc.poll() is not None:
+                break
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait_s
+            while self.proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+        return self.proc.wait()
