@@ -152,7 +152,7 @@ def run_worker(data: Path, packing: bool, grouped: bool = True) -> dict:
     """The worker, in this process, on a run folder made exactly as `hpcft submit` makes it.
     ``grouped=False`` (ablation): random batches instead of its length-grouped ones."""
     from devtools.runs import make_run
-    from hpcft.worker import causal_lm
+    from hpcft.worker.engines.native import causal_lm
     from hpcft.worker.main import run
 
     job = {"name": "bench-llm", "executor": "local", "train": {
@@ -193,7 +193,7 @@ RSS_CODE = r"""
 import json, os, sys, torch
 import deepspeed
 from transformers import AutoModelForCausalLM
-from hpcft.worker.llm_model import load_model, rss_mb
+from hpcft.worker.engines.native.llm_model import load_model, rss_mb
 deepspeed.init_distributed(dist_backend="gloo")
 zero_init = sys.argv[2] == "1"
 ds = {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1}

@@ -7,7 +7,7 @@ requests, against a plain ``model.generate`` loop answering the same 8 prompts o
 Both sides: the same random Llama-architecture chat model (devtools/hub/llm_fixtures.py), the
 same 8 chat prompts rendered with its own chat template, greedy, exactly ``--tokens`` new tokens
 per answer (the server gets vLLM's ``ignore_eos``, the loop ``min_new_tokens``), the same CPU
-threads. The server runs as ``python -m hpcft.worker.api_server`` (what ``hpcft serve --api``
+threads. The server runs as ``python -m hpcft.worker.serving.api_server`` (what ``hpcft serve --api``
 starts); the 8 requests are streamed by the real ``openai`` client from 8 threads at once, and
 the wall time runs from the first request to the last ``[DONE]``. The loop runs in this process
 while the server idles. Each side is warmed up, then the two are timed in turns, ``--repeat``
@@ -78,14 +78,14 @@ class Loop:
 
 
 class Served:
-    """``python -m hpcft.worker.api_server`` on the same model; 8 streamed requests at once."""
+    """``python -m hpcft.worker.serving.api_server`` on the same model; 8 streamed requests at once."""
 
     def __init__(self, model_dir: Path, tokens: int, threads: int, work: Path):
         port = _free_port()
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
                "TOKENIZERS_PARALLELISM": "false"}
         self.tokens, self.port, self.work = tokens, port, work
-        self.proc = subprocess.Popen([sys.executable, "-m", "hpcft.worker.api_server", "--model", str(model_dir),
+        self.proc = subprocess.Popen([sys.executable, "-m", "hpcft.worker.serving.api_server", "--model", str(model_dir),
                                       "--name", "bench", "--run-dir", str(work), "--port", str(port)],
                                      env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

@@ -4,7 +4,7 @@ command on hpcft's transformers backend, for 8 concurrent streamed requests (iss
     .venv/bin/python benchmarks/bench_serve_vllm.py            # hidden 256 x 4 layers, 128 tokens each
     .venv/bin/python benchmarks/bench_serve_vllm.py --quick    # hidden 128 x 2, 32 tokens each
 
-Both sides are ``python -m hpcft.worker.api_server`` (what ``hpcft serve --api`` starts) from the
+Both sides are ``python -m hpcft.worker.serving.api_server`` (what ``hpcft serve --api`` starts) from the
 vLLM lane's Python (.venv-vllm, or ``--python``), on the same random Llama-architecture chat model
 (devtools/hub/llm_fixtures.py; heads of 32 or more, which vLLM's CPU attention needs), one with
 ``--backend vllm``, one with ``--backend transformers --max-batch 8``, each with one CPU thread
@@ -50,7 +50,7 @@ class Server(Served):
         work.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                "VLLM_CPU_KVCACHE_SPACE": "1"}
-        argv = [python, "-m", "hpcft.worker.api_server", "--model", str(model_dir), "--name", "bench",
+        argv = [python, "-m", "hpcft.worker.serving.api_server", "--model", str(model_dir), "--name", "bench",
                 "--run-dir", str(work), "--port", str(self.port), "--device", "cpu", "--backend", backend,
                 "--max-batch", "8", "--max-model-len", "1024"]
         if backend == "vllm" and eager:

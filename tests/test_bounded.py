@@ -344,7 +344,7 @@ def test_the_worker_loads_only_the_bytes_it_checked(metric, tmp_path, monkeypatc
 @pytest.mark.worker
 def test_a_job_scores_with_its_pinned_metric_and_stops_before_an_unpinned_one(metric, hpcft_home, tmp_path):
     script, digest, config = metric
-    code = ("import sys; from pathlib import Path; from hpcft.worker.metrics import load_staged\n"
+    code = ("import sys; from pathlib import Path; from hpcft.worker.engines.native.metrics import load_staged\n"
             "m = load_staged(Path(sys.argv[1]), 'mrpc'); print(m.compute(predictions=[0, 1], references=[0, 1]))\n")
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1",
            "HF_EVALUATE_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}

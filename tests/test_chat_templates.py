@@ -15,7 +15,7 @@ import re
 import pytest
 
 from hpcft.core.chat import end_of_turn, set_end_of_turn
-from hpcft.worker import llm_data as ld
+from hpcft.worker.data import llm as ld
 
 pytestmark = pytest.mark.worker
 
@@ -343,7 +343,7 @@ def test_the_api_server_stops_at_each_familys_own_end_of_turn():
     from types import SimpleNamespace
 
     from devtools.hub.chat_templates import FAMILIES, make_family_tokenizer
-    from hpcft.worker.api_engine import stop_token_ids
+    from hpcft.worker.serving.api_engine import stop_token_ids
 
     for family in FAMILIES:
         tok = make_family_tokenizer(family)

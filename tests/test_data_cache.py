@@ -46,7 +46,7 @@ def _refs(*paths):
 
 
 def _key(t, refs, tok, tokdir) -> str:
-    from hpcft.worker.data_cache import cache_key, ingredients
+    from hpcft.worker.data.cache import cache_key, ingredients
 
     return cache_key(ingredients(t, refs, tok, tokdir))
 
@@ -83,9 +83,9 @@ def test_the_key_changes_with_every_ingredient_and_only_with_them(tmp_path, tokd
 
 @pytest.mark.worker
 def test_second_call_reads_the_cache_memory_mapped_with_the_same_tokens(tmp_path, tokdir, runtime, capsys):
-    from hpcft.worker import llm_data as ld
-    from hpcft.worker.data_cache import sft_data
-    from hpcft.worker.data_mix import load_sft_data
+    from hpcft.worker.data import llm as ld
+    from hpcft.worker.data.cache import sft_data
+    from hpcft.worker.data.mix import load_sft_data
 
     data = write_messages(tmp_path / "m.jsonl", n=30)
     tok, refs = _tok(tokdir), _refs(data)
@@ -114,8 +114,8 @@ def test_second_call_reads_the_cache_memory_mapped_with_the_same_tokens(tmp_path
 def test_a_crash_mid_build_leaves_nothing_that_is_read(tmp_path, tokdir, runtime, monkeypatch):
     import datasets
 
-    from hpcft.worker import llm_data as ld
-    from hpcft.worker.data_cache import sft_data
+    from hpcft.worker.data import llm as ld
+    from hpcft.worker.data.cache import sft_data
 
     data = write_alpaca(tmp_path / "a.jsonl", n=20)
     tok, refs, t = _tok(tokdir), _refs(data), _job(data)
@@ -143,8 +143,8 @@ def test_a_crash_mid_build_leaves_nothing_that_is_read(tmp_path, tokdir, runtime
 
 @pytest.mark.worker
 def test_a_damaged_cache_is_rebuilt_with_one_warning(tmp_path, tokdir, runtime, capsys):
-    from hpcft.worker import llm_data as ld
-    from hpcft.worker.data_cache import sft_data
+    from hpcft.worker.data import llm as ld
+    from hpcft.worker.data.cache import sft_data
 
     data = write_alpaca(tmp_path / "a.jsonl", n=20)
     tok, refs, t = _tok(tokdir), _refs(data), _job(data)

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from hpcft.core.eval_tasks import LM_EVAL_FLOOR, version_tuple
-from hpcft.worker import eval_backends as eb
+from hpcft.worker.after_training import eval_backends as eb
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,7 +77,7 @@ def test_vllm_env_defaults_leave_the_jobs_own_values(monkeypatch):
 
 
 def test_lm_eval_floor_in_the_worker(monkeypatch):
-    from hpcft.worker import evaluate
+    from hpcft.worker.after_training import evaluate
 
     assert version_tuple("0.4.10") == LM_EVAL_FLOOR == (0, 4, 10)
     assert version_tuple("0.4.9.post1") < LM_EVAL_FLOOR <= version_tuple("0.4.13") < version_tuple("1.0")
@@ -152,7 +152,7 @@ def test_worker_refuses_vllm_where_the_env_has_none(tmp_path):
         pytest.skip("this lane has vllm, or no lm-eval (then that is refused first, as it should be)")
     model = tmp_path / "model"
     model.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "hpcft.worker.evaluate", "--model", str(model), "--tasks", "gsm8k",
+    proc = subprocess.run([sys.executable, "-m", "hpcft.worker.after_training.evaluate", "--model", str(model), "--tasks", "gsm8k",
                            "--out", str(tmp_path / "out"), "--backend", "vllm"], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
@@ -168,7 +168,7 @@ def test_chat_template_reaches_the_harness_and_the_score_file(tmp_path, monkeypa
     import lm_eval
 
     from hpcft.core.eval_tasks import resolve_tasks
-    from hpcft.worker import evaluate
+    from hpcft.worker.after_training import evaluate
 
     calls = []
 

@@ -118,7 +118,7 @@ def test_scores_show_up_in_compare(tmp_path):
 
 
 def test_a_group_score_is_the_harness_aggregate_else_the_mean_of_its_subjects():
-    from hpcft.worker.evaluate import summarize
+    from hpcft.worker.after_training.evaluate import summarize
 
     mmlu = resolve_tasks(["mmlu"])[0]
     results = {"results": {"mmlu": {"alias": "mmlu", "acc,none": 0.5, "acc_stderr,none": "N/A"},

@@ -104,8 +104,8 @@ def test_a_reward_spec_reads_a_file_and_function_string():
 
 def test_the_worker_runs_only_the_bytes_recorded_at_submit(tmp_path):
     from hpcft.core.errors import TrustError
+    from hpcft.worker.engines.native.grpo_rewards import user_function
     from hpcft.worker.errors import DataFormatError
-    from hpcft.worker.grpo_rewards import user_function
 
     f = tmp_path / "mine.py"
     f.write_text("def score(completions, **kw):\n    return [float(len(c) < 5) for c in completions]\n")

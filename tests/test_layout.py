@@ -177,3 +177,32 @@ def test_the_folders_hold_what_they_say():
     mods = set(_modules())
     for folder in (*SHARED_FOLDERS, WORKER, *LOGIN_FOLDERS):
         assert folder in mods, f"{folder} has no __init__.py"
+
+
+ENGINES = "hpcft.worker.engines"
+
+
+def _engine(name: str) -> str | None:
+    """The engine room a module belongs to (``native``, ``llamafactory``, ...), or None."""
+    if not name.startswith(ENGINES + "."):
+        return None
+    return name[len(ENGINES) + 1:].split(".")[0]
+
+
+def test_engine_rooms_never_import_each_other():
+    """Two engines read as two rooms: each imports the skeleton, data/ and core/, never another engine."""
+    graph = _graph()
+    rooms = {_engine(m) for m in graph} - {None}
+    assert {"native", "script"} <= rooms, sorted(rooms)
+    bad = {m: sorted(x for x in graph[m] if _engine(x) not in (None, _engine(m)))
+           for m in graph if _engine(m)}
+    assert {m: v for m, v in bad.items() if v} == {}
+
+
+def test_only_the_entry_point_picks_an_engine():
+    """Outside engines/, only main (the dispatch) imports the engines other than the native one
+    (whose tasks the skeleton's phases serve): so adding an engine touches main and its own room."""
+    graph = _graph()
+    bad = {m: sorted(x for x in graph[m] if _engine(x) not in (None, "native"))
+           for m in graph if _side(m) == "worker" and not _engine(m) and m != "hpcft.worker.main"}
+    assert {m: v for m, v in bad.items() if v} == {}

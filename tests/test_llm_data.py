@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from hpcft.worker import llm_data as ld
+from hpcft.worker.data import llm as ld
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def test_an_example_inside_a_pack_has_the_logits_it_has_alone(arch, attn):
 def test_packing_refuses_a_model_running_its_own_code():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from hpcft.worker.packing import PackingError, check_model
+    from hpcft.worker.data.packing import PackingError, check_model
 
     cfg = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                       num_attention_heads=2, num_key_value_heads=1)
@@ -141,7 +141,7 @@ def test_packing_refuses_a_model_running_its_own_code():
 
 
 def test_mix_counts_by_weight_and_concatenation_without_weights():
-    from hpcft.worker.data_mix import mix_counts, mix_indices
+    from hpcft.worker.data.mix import mix_counts, mix_indices
 
     assert mix_counts([100, 10], [None, None]) == [100, 10]             # no weights: concatenated
     assert mix_counts([100, 10], [1, 1]) == [55, 55]                    # equal shares of the 110
@@ -158,7 +158,7 @@ def test_several_datasets_each_in_its_own_format_mixed_by_weight(tmp_path, tok):
     from devtools.hub.llm_fixtures import write_alpaca, write_sharegpt
     from hpcft.core.assets import JobAsset
     from hpcft.core.job import Job
-    from hpcft.worker.data_mix import load_sft_data
+    from hpcft.worker.data.mix import load_sft_data
 
     a, s = write_alpaca(tmp_path / "a.jsonl", n=40), write_sharegpt(tmp_path / "s.jsonl", n=10)
     job = Job.model_validate({"name": "mix", "train": {

@@ -122,9 +122,9 @@ def test_helper_jobs_set_their_own_npus_before_torch_npu(tmp_path):
     model = tmp_path / "model"
     model.mkdir()
     runs = {
-        "evaluate": ["--model", str(model), "--tasks", "mmlu_anatomy", "--out", str(tmp_path / "eval"),
+        "after_training.evaluate": ["--model", str(model), "--tasks", "mmlu_anatomy", "--out", str(tmp_path / "eval"),
                      "--device", "npu", "--backend", "hf"],
-        "predict": ["hello", "--model", str(model), "--device", "npu"],
+        "after_training.predict": ["hello", "--model", str(model), "--device", "npu"],
     }
     for module, argv in runs.items():
         proc = subprocess.run([sys.executable, "-m", f"hpcft.worker.{module}", *argv], env=env, cwd=ROOT,

@@ -43,7 +43,7 @@ def _model(tiny):
 
 @pytest.mark.worker
 def test_the_built_adapter_carries_dora_rslora_and_gaussian(tiny):
-    from hpcft.worker.causal_lm import _with_lora
+    from hpcft.worker.engines.native.causal_lm import _with_lora
 
     m = _with_lora(_model(tiny), _spec(lora={"r": 4, "alpha": 8, "use_dora": True, "use_rslora": True,
                                              "init": "gaussian"}))
@@ -61,8 +61,8 @@ def test_a_pissa_adapter_is_saved_as_lora_for_the_staged_base(tiny, tmp_path):
     import torch
     from peft import PeftModel
 
-    from hpcft.worker.causal_lm import _with_lora
-    from hpcft.worker.lora_switches import save_converted
+    from hpcft.worker.engines.native.causal_lm import _with_lora
+    from hpcft.worker.engines.native.lora_switches import save_converted
 
     ids = torch.tensor([[3, 17, 42, 99, 7]])
     with torch.no_grad():

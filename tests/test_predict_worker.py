@@ -1,4 +1,4 @@
-"""The model side of predict and serve (hpcft/worker/predict.py, serve.py), in process, on tiny
+"""The model side of predict and serve (hpcft/worker/after_training/predict.py, serve.py), in process, on tiny
 models made here: a BERT classifier with label names and a GPT-2-shaped generative model."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from hpcft.worker import predict as wp
+from hpcft.worker.after_training import predict as wp
 
 pytestmark = pytest.mark.slow  # builds two models and loads transformers (and gradio)
 
@@ -66,11 +66,11 @@ def test_jsonl_inputs_use_the_dataset_columns_and_report_bad_lines(tmp_path):
 
 def test_worker_cli_writes_jsonl_and_fails_cleanly(models, tmp_path):
     out = tmp_path / "out.jsonl"
-    cmd = [sys.executable, "-m", "hpcft.worker.predict", "--model", str(models["clf"]), "--out", str(out), "good film"]
+    cmd = [sys.executable, "-m", "hpcft.worker.after_training.predict", "--model", str(models["clf"]), "--out", str(out), "good film"]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(out.read_text())["input"] == "good film" and proc.stdout.count("\t") == 2
-    missing = subprocess.run([sys.executable, "-m", "hpcft.worker.predict", "--model", str(tmp_path), "x"],
+    missing = subprocess.run([sys.executable, "-m", "hpcft.worker.after_training.predict", "--model", str(tmp_path), "x"],
                              capture_output=True, text=True, check=False)
     assert missing.returncode == 2 and f"no model in {tmp_path} (config.json missing)" in missing.stderr
 
@@ -79,7 +79,7 @@ def test_serve_builds_a_label_app_and_a_chat_app(models):
     pytest.importorskip("gradio")
     import gradio as gr
 
-    from hpcft.worker.serve import build
+    from hpcft.worker.serving.demo import build
 
     clf = build(wp.Predictor(models["clf"]), "t", ["sentence1", "sentence2"])
     assert isinstance(clf, gr.Interface) and [c.label for c in clf.input_components] == ["sentence1", "sentence2"]

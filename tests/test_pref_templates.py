@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcft.worker import llm_data as ld
+from hpcft.worker.data import llm as ld
 
 pytestmark = pytest.mark.worker
 
@@ -30,7 +30,7 @@ def toks():
 
 
 def _encoder(tok, enable_thinking=None):
-    from hpcft.worker.pref_data import Encoder
+    from hpcft.worker.data.preference import Encoder
 
     return Encoder(tok, ld.Renderer(tok, enable_thinking, train_on="last"), 4096, None)
 
@@ -113,8 +113,8 @@ def test_a_row_the_template_cannot_render_names_its_row(toks):
     import datasets
 
     from devtools.hub.chat_templates import make_family_tokenizer
+    from hpcft.worker.data.preference import tokenized
     from hpcft.worker.errors import DataFormatError
-    from hpcft.worker.pref_data import tokenized
 
     tok = toks["mistral"]
     bad = {"prompt": [{"role": "user", "content": Q}, {"role": "user", "content": Q2}], "chosen": "red",

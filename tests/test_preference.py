@@ -103,9 +103,9 @@ def tiny(tmp_path_factory):
 
 
 def _encoder(tiny, max_len=64, max_prompt=None):
-    from hpcft.worker import llm_data as ld
-    from hpcft.worker.llm_model import load_tokenizer
-    from hpcft.worker.pref_data import Encoder
+    from hpcft.worker.data import llm as ld
+    from hpcft.worker.data.preference import Encoder
+    from hpcft.worker.engines.native.llm_model import load_tokenizer
 
     tok = load_tokenizer(tiny)
     return tok, Encoder(tok, ld.Renderer(tok, train_on="last"), max_len, max_prompt)
@@ -146,8 +146,8 @@ def test_kto_unpairs_preference_rows_and_keeps_labels(tiny):
 def test_the_worker_names_the_first_bad_row_and_counts_the_rest():
     import datasets
 
+    from hpcft.worker.data.preference import check_rows
     from hpcft.worker.errors import DataFormatError
-    from hpcft.worker.pref_data import check_rows
 
     rows = preference_rows(6)
     rows[4] = rows[5] = {"prompt": "q", "chosen": "a"}  # a missing key is None in the loaded dataset

@@ -187,8 +187,8 @@ def test_tiny_llama_loads_quantized_and_its_adapter_learns(tmp_path, spec):
     from peft import LoraConfig, get_peft_model
 
     from devtools.hub.llm_fixtures import make_tiny_llama
-    from hpcft.worker import qlora as wq
-    from hpcft.worker.llm_model import load_model
+    from hpcft.worker.engines.native import qlora as wq
+    from hpcft.worker.engines.native.llm_model import load_model
 
     repo = make_tiny_llama(tmp_path / "llama", decoys=False)
 

@@ -199,7 +199,7 @@ def test_api_on_a_port_in_use_is_refused_in_one_line(lora_run):
 
 @pytest.mark.worker
 def test_engine_batches_concurrent_requests_and_stops_per_row(lora_run):
-    from hpcft.worker.api_engine import Engine, Request, load, render_chat
+    from hpcft.worker.serving.api_engine import Engine, Request, load, render_chat
 
     m = json.loads((Path(lora_run["run_dir"]) / "metrics.json").read_text())
     model, tok = load(Path(m["output_dir"]), Path(m["base_model"]), "cpu")
@@ -264,7 +264,7 @@ def test_vllm_is_not_chosen_where_the_env_has_no_vllm():
     itself runs for real in tests/test_serve_vllm.py, from the vLLM lane (.venv-vllm)."""
     import importlib.util
 
-    from hpcft.worker.api_vllm import vllm_usable
+    from hpcft.worker.serving.api_vllm import vllm_usable
 
     assert importlib.util.find_spec("vllm") is None
     assert not any(vllm_usable(d) for d in ("cpu", "gpu", "npu"))

@@ -69,7 +69,7 @@ def test_a_qlora_adapter_is_served_on_its_quantized_base_or_the_full_one(qlora_r
 @pytest.mark.slow
 def test_the_quantized_base_is_bitsandbytes_layers_under_the_adapter(qlora_run):
     from hpcft.core.quantization import QuantizationSpec
-    from hpcft.worker.api_engine import load
+    from hpcft.worker.serving.api_engine import load
 
     metrics = json.loads((Path(qlora_run["run_dir"]) / "metrics.json").read_text())
     with environ(qlora_run["env"]):

@@ -80,7 +80,7 @@ def _adapter(folder: Path, r: int) -> Path:
 
 
 def test_vllm_command_line_listens_on_loopback_and_takes_any_path(tmp_path):
-    from hpcft.worker.api_vllm import VllmStartError, vllm_argv
+    from hpcft.worker.serving.api_vllm import VllmStartError, vllm_argv
 
     run = _adapter(tmp_path / "runs, a=b" / "final model", 24)
     argv = vllm_argv(run, "", "sft-x", 4321, device="gpu", tensor_parallel=4, max_model_len=2048,
@@ -104,7 +104,7 @@ def test_vllm_command_line_listens_on_loopback_and_takes_any_path(tmp_path):
 
 
 def test_visible_devices_and_cpu_kv_cache_follow_the_allocation():
-    from hpcft.worker.api_vllm import cpu_kv_cache_gib, visible_devices
+    from hpcft.worker.serving.api_vllm import cpu_kv_cache_gib, visible_devices
 
     assert visible_devices("gpu", {"CUDA_VISIBLE_DEVICES": "0,1,2"}) == 3
     assert visible_devices("npu", {"ASCEND_RT_VISIBLE_DEVICES": "4,5"}) == 2
@@ -115,8 +115,8 @@ def test_visible_devices_and_cpu_kv_cache_follow_the_allocation():
 
 
 def test_the_front_gives_the_fine_tuned_model_by_default_and_lists_it_first():
-    from hpcft.worker.api_engine import ApiError
-    from hpcft.worker.api_front import Front
+    from hpcft.worker.serving.api_engine import ApiError
+    from hpcft.worker.serving.api_front import Front
 
     f = Front(inner="http://127.0.0.1:1", inner_key="i", key="k", name="sft", aliases=["20261207-1"],
               base_name="sft-base", sample_default=False)
@@ -135,7 +135,7 @@ def test_the_front_gives_the_fine_tuned_model_by_default_and_lists_it_first():
 def test_a_vllm_that_exits_at_start_is_reported_in_one_line_at_once(tmp_path):
     """A real process standing in for vLLM's first seconds (its log lines, then an exit): the wait
     ends as soon as it exits, with its own last error line, not its traceback or its banner."""
-    from hpcft.worker.api_vllm import Engine, VllmStartError
+    from hpcft.worker.serving.api_vllm import Engine, VllmStartError
 
     script = ("import sys\nprint('(APIServer pid=1) INFO 12-07 15:30:20 [api_utils.py:286] non-default args')\n"
               "print('Traceback (most recent call last):')\nprint('  File \"x.py\", line 1')\n"

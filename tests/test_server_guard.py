@@ -163,7 +163,7 @@ def _basic(password: str) -> dict:
 def test_tensorboard_listens_only_on_its_password_port(tmp_path):
     pytest.importorskip("tensorboard")
     info_path = tmp_path / "tensorboard.json"
-    proc = subprocess.Popen([sys.executable, "-m", "hpcft.worker.tensorboard", "--logdir-spec",
+    proc = subprocess.Popen([sys.executable, "-m", "hpcft.worker.serving.tensorboard", "--logdir-spec",
                              f"run-a:{_event_dir(tmp_path)}", "--info-file", str(info_path), "--print-secret"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -204,7 +204,7 @@ def test_tensorboard_listens_only_on_its_password_port(tmp_path):
 def board(tmp_path_factory):
     """The TensorBoard front in this process over a real board, with a short header deadline."""
     pytest.importorskip("tensorboard")
-    from hpcft.worker.tensorboard import Gate, board_app, serve_board
+    from hpcft.worker.serving.tensorboard import Gate, board_app, serve_board
 
     app = board_app(f"run-a:{_event_dir(tmp_path_factory.mktemp('board'))}")
     front, serving = serve_board(app, Gate("s3cret-pass"), "127.0.0.1", 0)
@@ -262,8 +262,8 @@ def api(tmp_path_factory):
     pytest.importorskip("fastapi")
     pytest.importorskip("uvicorn")
     from devtools.hub.llm_fixtures import make_tiny_llama
-    from hpcft.worker.api_engine import Engine, load
-    from hpcft.worker.api_server import Api, build_app, serve_app
+    from hpcft.worker.serving.api_engine import Engine, load
+    from hpcft.worker.serving.api_server import Api, build_app, serve_app
 
     model_dir = make_tiny_llama(tmp_path_factory.mktemp("api-model") / "tiny", decoys=False)
     model, tok = load(model_dir, None, "cpu")
@@ -368,7 +368,7 @@ def test_body_guard_caps_a_body_sent_without_a_length():
     """A chunked body (no Content-Length) is read only up to the cap, then 413; the app never runs."""
     import asyncio
 
-    from hpcft.worker.serving import BodyGuard
+    from hpcft.worker.serving.shared import BodyGuard
 
     async def app(scope, receive, send):
         raise AssertionError("the app was called with an oversized body")
@@ -407,7 +407,7 @@ def test_engine_fails_only_the_request_that_breaks_generate(tmp_path):
     ones: it gets the error, the others their answers; a listener that raises cancels its row
     only; and the engine serves the next request. A NaN temperature never reaches ``generate``."""
     from devtools.hub.llm_fixtures import make_tiny_llama
-    from hpcft.worker.api_engine import ApiError, Engine, Request, load
+    from hpcft.worker.serving.api_engine import ApiError, Engine, Request, load
 
     model, tok = load(make_tiny_llama(tmp_path / "tiny", decoys=False), None, "cpu")
     engine = Engine(model, tok, max_batch=8, max_wait_s=0.5)
@@ -455,7 +455,7 @@ def test_demo_asks_for_a_password_on_loopback_printed_once_with_the_url(tmp_path
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "hpcft.worker.serve", "--model", str(model_dir), "--run-dir",
+    proc = subprocess.Popen([sys.executable, "-m", "hpcft.worker.serving.demo", "--model", str(model_dir), "--run-dir",
                              str(run_dir), "--port", str(port), "--print-secret"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcft.worker import llm_data as ld
+from hpcft.worker.data import llm as ld
 
 pytestmark = pytest.mark.worker
 

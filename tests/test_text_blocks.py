@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from hpcft.worker import llm_data as ld
+from hpcft.worker.data import llm as ld
 
 pytestmark = pytest.mark.worker
 
@@ -59,7 +59,7 @@ def _ref(path):
 def test_a_corpus_of_long_documents_loses_no_token(tok, tmp_path, last, packing):
     """Documents longer than max_seq_length (before: each cut at it, the rest lost) through the
     worker's data phase: every token of every document, each followed by the EOS, in order."""
-    from hpcft.worker.data_mix import load_sft_data
+    from hpcft.worker.data.mix import load_sft_data
 
     words = "the apple is red and the cloud is white and the sky is blue".split()
     docs = [" ".join(words[(i * 3) % len(words):] + words * (2 + i % 3)) for i in range(12)]
@@ -68,8 +68,8 @@ def test_a_corpus_of_long_documents_loses_no_token(tok, tmp_path, last, packing)
     t = _job(data, packing=packing, text_last_block=last)
     out = load_sft_data(t, [_ref(data)], tok, ld.Renderer(tok))
     # the training split's documents, tokenized one by one (what the blocks must hold, whole)
-    from hpcft.worker.data import load_raw
-    from hpcft.worker.data_mix import split_rows
+    from hpcft.worker.data.mix import split_rows
+    from hpcft.worker.data.staged import load_raw
 
     raw_train, _, _ = split_rows(load_raw(_ref(data)), t, str(data))
     want = [i for row in raw_train for i in ld.encode(tok, ld.Renderer(tok), row, "text", 32)[0]["input_ids"]]
@@ -90,7 +90,7 @@ def test_a_corpus_of_long_documents_loses_no_token(tok, tmp_path, last, packing)
 def test_a_text_corpus_mixes_with_chat_rows_under_packing(tok, tmp_path):
     from devtools.hub.llm_fixtures import write_alpaca
     from hpcft.core.job import Job
-    from hpcft.worker.data_mix import load_sft_data
+    from hpcft.worker.data.mix import load_sft_data
 
     corpus, chat = tmp_path / "corpus.jsonl", write_alpaca(tmp_path / "a.jsonl", n=20)
     corpus.write_text("".join(json.dumps({"text": "the apple is red " * 20}) + "\n" for _ in range(10)))

@@ -26,10 +26,10 @@ from hpcft.core.resolve import load_table
 from hpcft.core.store import Cache
 from hpcft.stage.layout import register_local
 from hpcft.worker import checkpoints as ck
-from hpcft.worker import metrics as mt
 from hpcft.worker.callback import _CallbackMixin
+from hpcft.worker.engines.native import metrics as mt
+from hpcft.worker.engines.native.presets import preset_for
 from hpcft.worker.errors import NaNLossError
-from hpcft.worker.presets import preset_for
 from hpcft.worker.progress import ProgressWriter
 
 pytestmark = pytest.mark.worker  # also run on the floor lane (.venv-floor)
@@ -134,7 +134,7 @@ def test_worker_fails_fast_without_importing_torch(cache, tmp_path):
 
 
 def test_launch_and_light_worker_modules_never_import_torch():
-    code = ("import sys, hpcft.entry, hpcft.worker.main, hpcft.worker.runtime, hpcft.core.assets, hpcft.worker.presets, "
+    code = ("import sys, hpcft.entry, hpcft.worker.main, hpcft.worker.runtime, hpcft.core.assets, hpcft.worker.engines.native.presets, "
             "hpcft.worker.checkpoints, hpcft.cli.cmd_show\nprint(sorted(m for m in ('torch','transformers','datasets','evaluate') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
@@ -143,7 +143,7 @@ def test_launch_and_light_worker_modules_never_import_torch():
 
 def test_missing_columns_list_the_columns_the_dataset_has(tmp_path):
     from hpcft.core.assets import JobAsset
-    from hpcft.worker.data import DataError, prepare
+    from hpcft.worker.data.staged import DataError, prepare
 
     csv = tmp_path / "reviews.csv"
     csv.write_text("id,review,stars\n1,great,5\n2,bad,1\n")

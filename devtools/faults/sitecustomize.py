@@ -10,7 +10,7 @@ this ``sitecustomize``) and says what to inject in ``HPCFT_TEST_FAULTS``, comma-
                        time-limit signal (at most 300 s), after writing ``test-fault-paused`` (the
                        step) into the run folder: a test signals when that file appears, and the
                        job cannot finish first however busy the machine is
-    tokenize_sleep=3   whoever builds the tokenized data cache (hpcft.worker.data_cache) sleeps
+    tokenize_sleep=3   whoever builds the tokenized data cache (hpcft.worker.data.cache) sleeps
                        that long after tokenizing, holding its lock: the other ranks wait on it
 
 Use :func:`devtools.faults.fault_env` to build the variables.
@@ -47,7 +47,7 @@ def _install(spec: dict) -> None:
 
     tokenize_s = float(spec.get("tokenize_sleep", "0") or 0)
     if tokenize_s:
-        from hpcft.worker import data_cache
+        from hpcft.worker.data import cache as data_cache
 
         real_load = data_cache.load_sft_data
 

@@ -114,7 +114,7 @@ def run(args) -> int:
                            device="cpu") + _engine(args, target)
     if args.threads:
         wargs += ["--threads", str(args.threads)]
-    rc = subprocess.run(worker_argv("evaluate", wargs), env=local_env(s, args.threads or None), check=False).returncode
+    rc = subprocess.run(worker_argv("after_training.evaluate", wargs), env=local_env(s, args.threads or None), check=False).returncode
     ev.finish(target, s, rc == 0)
     if rc == 0:
         print(f"scores in {target.out}")
@@ -142,7 +142,7 @@ def _submit(args, s, target, tasks, like) -> int:
     wargs = ev.worker_args(target, tasks, limit=args.limit, fewshot=args.fewshot, batch_size=args.batch_size,
                            device=host.device) + _engine(args, target)
     env = {"venv": os.path.abspath(args.venv)} if args.venv else {"conda": args.conda} if args.conda else None
-    job = submit_aux(model, s, "eval", "evaluate", wargs, args.time, target.out, devices=args.devices, env=env)
+    job = submit_aux(model, s, "eval", "after_training.evaluate", wargs, args.time, target.out, devices=args.devices, env=env)
     if target.record.kind == "eval":        # a base model's own run folder: where it went
         target.record.executor, target.record.partition, target.record.job_id = "slurm", rec.partition, job.job_id
         RunStore(s.runs).save(target.record)

@@ -1,7 +1,7 @@
 """hpcft export RUN [--merge] [--to DIR] [--dtype D] [--submit]: a fine-tuned LLM as a
 standalone model folder, in the base model's dtype unless ``--dtype`` says otherwise.
 
-The work (peft merge, save) runs in ``python -m hpcft.worker.export``: in a subprocess here with
+The work (peft merge, save) runs in ``python -m hpcft.worker.after_training.export``: in a subprocess here with
 the offline environment, or with ``--submit`` as a one-task Slurm job on the run's partition and
 environment (:func:`hpcft.use.launch.submit_aux`, as ``predict``/``serve --submit``) when the
 model is too big for the login node. The CLI itself never imports torch. A run whose job said
@@ -77,11 +77,11 @@ def run(args) -> int:
     env = {**os.environ, **OFFLINE_FLAGS, "TOKENIZERS_PARALLELISM": "false"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[2]),
                                                    env.get("PYTHONPATH")) if p)
-    proc = subprocess.run([args.python, "-m", "hpcft.worker.export", *wargs], env=env, capture_output=True,
+    proc = subprocess.run([args.python, "-m", "hpcft.worker.after_training.export", *wargs], env=env, capture_output=True,
                           text=True)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise HpcftError(f"export failed ({args.python} -m hpcft.worker.export): {tail}")
+        raise HpcftError(f"export failed ({args.python} -m hpcft.worker.after_training.export): {tail}")
     if args.json:
         print_json({"run_id": record.run_id, "dest": str(dest), "merged": merged, "base_model": str(base)})
     else:
@@ -117,7 +117,7 @@ def _submit(args, s, record, paths, out_dir: Path, wargs: list[str], dest: Path,
     except (OSError, ValueError, TypeError):
         device = "cpu"
     model = RunModel(record, paths, out_dir, record.kind, [], device)
-    job = submit_aux(model, s, "export", "export", wargs, args.time, paths.dir / "export-logs")
+    job = submit_aux(model, s, "export", "after_training.export", wargs, args.time, paths.dir / "export-logs")
     if args.json and not args.wait:
         print_json({"run_id": record.run_id, "dest": str(dest), "merged": merged, "job_id": job.job_id,
                     "log": str(job.log)})

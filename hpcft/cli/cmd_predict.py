@@ -61,7 +61,7 @@ def run(args) -> int:
         wargs += ["--out", str(Path(args.out).resolve())]
     if args.threads:
         wargs += ["--threads", str(args.threads)]
-    return subprocess.run(worker_argv("predict", wargs), env=local_env(s, args.threads or None), check=False).returncode
+    return subprocess.run(worker_argv("after_training.predict", wargs), env=local_env(s, args.threads or None), check=False).returncode
 
 
 def _submit(args, s, model, wargs: list[str]) -> int:
@@ -77,7 +77,7 @@ def _submit(args, s, model, wargs: list[str]) -> int:
         wargs += ["--file", str(inp)]
     out = folder / f"predictions-{stamp}.jsonl"
     wargs += ["--out", str(out), "--device", model.device]
-    job = submit_aux(model, s, "predict", "predict", wargs, args.time, folder)
+    job = submit_aux(model, s, "predict", "after_training.predict", wargs, args.time, folder)
     print(f"submitted predict job {job.job_id} on partition {model.record.partition or '(default)'}")
     print(f"  results: {out}\n  log:     {job.log}")
     if args.out:

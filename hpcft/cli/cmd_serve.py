@@ -99,7 +99,7 @@ def run(args) -> int:
     via_portal = args.submit and portal(s.scow)
     host = args.host or (EVERYWHERE if via_portal else "127.0.0.1")
     if args.api:
-        module = "api_server"
+        module = "serving.api_server"
         wargs = ["--model", str(model.model_dir), "--name", model.record.name or rid, "--alias", rid,
                  "--run-dir", str(model.paths.dir), "--host", host, "--backend", args.backend,
                  "--max-batch", str(args.max_batch)]
@@ -114,7 +114,7 @@ def run(args) -> int:
         if quant is not None and args.base_weights != "full" and args.backend != "vllm":
             wargs += ["--quantized-base", json.dumps(quant)]
     else:
-        module = "serve"
+        module = "serving.demo"
         # the demo always asks for a password (gradio's auth=): loopback is every node user's too
         wargs = ["--model", str(model.model_dir), "--run-dir", str(model.paths.dir), "--host", host,
                  "--columns", ",".join(model.text_columns)]

@@ -75,7 +75,7 @@ def run(args) -> int:
 def _exec(s, wargs: list[str]) -> int:
     from ..use.launch import local_env, worker_argv
 
-    argv = worker_argv("tensorboard", wargs)
+    argv = worker_argv("serving.tensorboard", wargs)
     sys.stdout.flush()
     os.execve(argv[0], argv, local_env(s))
 
@@ -85,7 +85,7 @@ def _submit(args, s, b, wargs: list[str]) -> int:
     from ..use.reach import basic_auth, print_served, wait_for_serve
 
     home = run_home(b.records[0])
-    job = submit_aux(home, s, "tensorboard", "tensorboard", wargs, args.time, b.folder, devices=False)
+    job = submit_aux(home, s, "tensorboard", "serving.tensorboard", wargs, args.time, b.folder, devices=False)
     print(f"submitted tensorboard job {job.job_id} over {len(b.records)} run(s); log {job.log}")
     served = wait_for_serve(b.info_path, job.job_id, job.log, job.err, args.timeout, "/", basic_auth)
     print_served(served, s.scow, b.info_path, job.job_id)

@@ -1,7 +1,7 @@
 """Preference rows (``task: dpo``, ``orpo``, ``simpo``, ``kto``): what a row must hold, checked
 the same way on both sides. The login side checks a sample of a local data file in the
 pre-flight (:mod:`hpcft.preflight.preference`, so a bad file queues nothing); the worker checks
-every row (:mod:`hpcft.worker.pref_data`). Pure Python, no third-party imports.
+every row (:mod:`hpcft.worker.data.preference`). Pure Python, no third-party imports.
 
 Rows, one JSON object each:
 

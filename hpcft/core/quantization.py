@@ -4,7 +4,7 @@ about bitsandbytes and about models that are quantized already. Pure data, no to
 QLoRA (Dettmers et al. 2023) loads the frozen base quantized by bitsandbytes while it loads
 (4-bit NF4 or FP4, optionally with the quantisation constants quantised again, or 8-bit
 LLM.int8) and trains a LoRA adapter over it in ``compute_dtype``. The worker's side is
-:mod:`hpcft.worker.qlora`; the pre-flight's is :mod:`hpcft.preflight.quantization`.
+:mod:`hpcft.worker.engines.native.qlora`; the pre-flight's is :mod:`hpcft.preflight.quantization`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ the worker would refuse queues nothing. The worker checks every row with the mod
 template (:mod:`hpcft.core.chat`), and reads rows as messages with the functions here
 (:func:`to_messages`, :func:`row_tools`), the same on both sides. Pure Python.
 
-Formats as the worker reads them (:mod:`hpcft.worker.llm_data`): ``messages`` (OpenAI style),
+Formats as the worker reads them (:mod:`hpcft.worker.data.llm`): ``messages`` (OpenAI style),
 ShareGPT ``conversations`` (from/value), alpaca (instruction/output), text.
 """
 

@@ -5,7 +5,7 @@ the harness's ``peft=``), or a bare model name / staged alias / model folder (th
 scores go into a new run folder of kind ``eval``, so that ``hpcft compare BASE RUN`` puts them side
 by side). Before anything runs or is queued, every task's datasets must be staged (the same lookup
 the job's shim does on the node); otherwise one line per task with the ``hpcft stage --eval``
-command. The model code is :mod:`hpcft.worker.evaluate`: a subprocess here on the login node's CPU,
+command. The model code is :mod:`hpcft.worker.after_training.evaluate`: a subprocess here on the login node's CPU,
 or with ``--submit`` a one-task Slurm job rendered from the run's own job
 (:func:`hpcft.use.launch.submit_aux`: same partition, environment, devices and offline variables).
 """

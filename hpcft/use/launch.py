@@ -1,6 +1,6 @@
 """Using a trained run's model from the login side: ``hpcft predict`` and ``hpcft serve``.
 
-The model code lives in the worker (:mod:`hpcft.worker.predict`, :mod:`hpcft.worker.serve`); the
+The model code lives in the worker (:mod:`hpcft.worker.after_training.predict`, :mod:`hpcft.worker.serving.demo`); the
 login side never imports it (nor torch). It either starts it as a subprocess here, on the login
 node's CPU, with the offline environment, or submits it as a one-task Slurm job on the run's
 partition: a script rendered from the run's own job (same environment, modules, devices, offline

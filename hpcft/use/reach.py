@@ -4,8 +4,8 @@ cluster config, the SCOW portal's proxy URL (OpenSCOW ``apps/portal-web/src/serv
 ``<portal>/api/proxy/<cluster>/<relative|absolute>/<node>/<port>/<path>``; a ``relative`` proxy
 hands the app only ``/<path>``).
 
-The apps themselves are :mod:`hpcft.worker.serve`, :mod:`hpcft.worker.api_server` and
-:mod:`hpcft.worker.tensorboard`, started as a subprocess here or as a one-task Slurm job with
+The apps themselves are :mod:`hpcft.worker.serving.demo`, :mod:`hpcft.worker.serving.api_server` and
+:mod:`hpcft.worker.serving.tensorboard`, started as a subprocess here or as a one-task Slurm job with
 ``--submit`` (:mod:`hpcft.use.launch`). Each writes its info file (0600, with its secret) once it
 answers; :func:`wait_for_serve` waits for it.
 """

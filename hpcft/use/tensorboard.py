@@ -1,7 +1,7 @@
 """``hpcft tensorboard [RUN...]`` on the login side: which runs' event files, where the server's
 folder is, and how it is started (here, or as a Slurm job with ``--submit``).
 
-The server is :mod:`hpcft.worker.tensorboard`: TensorBoard's app inside one authenticating
+The server is :mod:`hpcft.worker.serving.tensorboard`: TensorBoard's app inside one authenticating
 process, whose password-gated port is the only one it listens on (nothing on the node's loopback
 for another user to reach), with a password made per server and written only to its 0600
 ``tensorboard.json`` in ``$HPCFT_HOME/tensorboard/<stamp>/`` (the job's script and logs go there

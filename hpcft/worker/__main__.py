@@ -2,6 +2,6 @@
 
 import sys
 
-from .main import standalone
+from hpcft.worker.main import standalone
 
 sys.exit(standalone(sys.argv[1:]))

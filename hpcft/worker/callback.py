@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .checkpoints import mark_complete
-from .collective import agree_on_stop, barrier
-from .console import log
-from .errors import NaNLossError
-from .progress import ProgressWriter
-from .timelimit import SignalState
+from hpcft.worker.checkpoints import mark_complete
+from hpcft.worker.collective import agree_on_stop, barrier
+from hpcft.worker.console import log
+from hpcft.worker.errors import NaNLossError
+from hpcft.worker.progress import ProgressWriter
+from hpcft.worker.timelimit import SignalState
 
 
 def _fmt_eta(seconds: float) -> str:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .errors import CheckpointWriteError
+from hpcft.worker.errors import CheckpointWriteError
 
 MARKER = "hpcft-complete.json"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")

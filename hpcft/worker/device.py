@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .errors import DeviceError
+from hpcft.worker.errors import DeviceError
 
 
 def dist_backend(kind: str) -> str:

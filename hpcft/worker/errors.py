@@ -6,13 +6,13 @@ Each error also keeps the built-in base it always had (``ValueError``, ``Runtime
 ``OSError``, ``FloatingPointError``), so code that catches those still catches it. How a
 failure is reported does not depend on the class: :func:`hpcft.worker.runtime.run_guarded`
 prints the type and the message, records it in ``progress.jsonl`` and ``status.json``, and
-re-raises (the process exits non-zero; a standalone ``python -m hpcft.worker.predict`` exits 2
+re-raises (the process exits non-zero; a standalone ``python -m hpcft.worker.after_training.predict`` exits 2
 on a :class:`PredictError`).
 """
 
 from __future__ import annotations
 
-from ..core.errors import HpcftError
+from hpcft.core.errors import HpcftError
 
 
 class WorkerError(HpcftError):

@@ -12,14 +12,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..core.rundir import LaunchSpec
-from . import runtime as rt
-from .console import log
-from .timelimit import on_signal
+from hpcft.core.rundir import LaunchSpec
+from hpcft.worker import runtime as rt
+from hpcft.worker.console import log
+from hpcft.worker.timelimit import on_signal
 
 # train.task -> "module:class" of its hpcft.worker.task.Task, imported only when the job runs it
-TASKS = {"sequence-classification": "classify:SequenceClassification", "causal-lm": "causal_lm:CausalLM",
-         **{name: "preference:Preference" for name in ("dpo", "orpo", "simpo", "kto")}, "grpo": "grpo:Grpo"}
+TASKS = {"sequence-classification": "engines.native.classify:SequenceClassification", "causal-lm": "engines.native.causal_lm:CausalLM",
+         **{name: "engines.native.preference:Preference" for name in ("dpo", "orpo", "simpo", "kto")}, "grpo": "engines.native.grpo:Grpo"}
 
 _PEER_FAILURE = ("Connection closed by peer", "Connection reset by peer", "remote worker crashing",
                  "NCCL communicator was aborted", "ProcessGroupNCCL", "HCCL", "DistNetworkError")
@@ -55,7 +55,7 @@ def run(run_dir: str | Path) -> Any:
     rt.apply_env(spec)
     task = rt.prepare_task(spec)
     if spec.kind == "script":
-        from . import script
+        from hpcft.worker.engines.script import runner as script
 
         return script.run(spec, task, await_teardown)
     ctx = rt.start(spec, task, started)
@@ -74,7 +74,7 @@ def on_timeout(run_dir: str | Path) -> None:
     """submitit's checkpoint hook (USR2 before the time limit), before it requeues the job."""
     spec = LaunchSpec.read(run_dir)
     if spec.kind == "script":
-        from . import script
+        from hpcft.worker.engines.script import runner as script
 
         script.stop()
         return

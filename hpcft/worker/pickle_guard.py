@@ -134,7 +134,7 @@ def run(folder: str) -> None:
     os.environ["SUBMITIT_FOLDER"] = folder  # as submitit's process_job sets it, before JobEnvironment
     from submitit.core import job_environment, submission, utils
 
-    from ..core.rundir import write_private_pickle
+    from hpcft.core.rundir import write_private_pickle
 
     target = Path(job_environment.JobEnvironment().paths.submitted_pickle)
     _wait_for(target)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import sys
 
-from ..core.rundir import RunPaths
-from .taskenv import TaskEnv
+from hpcft.core.rundir import RunPaths
+from hpcft.worker.taskenv import TaskEnv
 
 
 def setup_rank_logs(paths: RunPaths, task: TaskEnv) -> None:

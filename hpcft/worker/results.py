@@ -9,8 +9,8 @@ import platform
 from pathlib import Path
 from typing import Optional
 
-from ..core.atomic import atomic_write_json
-from ..core.progress_log import read_progress
+from hpcft.core.atomic import atomic_write_json
+from hpcft.core.progress_log import read_progress
 
 
 def versions() -> dict[str, str]:

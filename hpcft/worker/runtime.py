@@ -21,18 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..core.assets import JobAsset, job_assets, require
-from ..core.atomic import atomic_write_json, read_json
-from ..core.errors import TrustError
-from ..core.job import Job
-from ..core.offline import OFFLINE_FLAGS, ensure_private, join_paths
-from ..core.rundir import LaunchSpec, RunPaths
-from . import device as dev
-from .console import error, log, warn
-from .progress import ProgressWriter
-from .ranklog import setup_rank_logs
-from .taskenv import TaskEnv, current, npu_env
-from .timelimit import install_signal_handler
+from hpcft.core.assets import JobAsset, job_assets, require
+from hpcft.core.atomic import atomic_write_json, read_json
+from hpcft.core.errors import TrustError
+from hpcft.core.job import Job
+from hpcft.core.offline import OFFLINE_FLAGS, ensure_private, join_paths
+from hpcft.core.rundir import LaunchSpec, RunPaths
+from hpcft.worker import device as dev
+from hpcft.worker.console import error, log, warn
+from hpcft.worker.progress import ProgressWriter
+from hpcft.worker.ranklog import setup_rank_logs
+from hpcft.worker.taskenv import TaskEnv, current, npu_env
+from hpcft.worker.timelimit import install_signal_handler
 
 # Factories of extra TrainerCallbacks every built-in task adds (plugins; the tests' fault
 # injector in devtools/ registers one). Each is called with the task's Context.
@@ -156,9 +156,9 @@ def load_job(paths: RunPaths) -> Job:
 def start(spec: LaunchSpec, task: TaskEnv, process_start: float) -> Context | dict:
     """Everything before the task's heavy imports. Returns the finished metrics instead when
     this run already completed (a requeue after the end)."""
-    from ..core.config import load_settings
-    from ..core.resolve import load_table
-    from ..core.store import Cache, admin_uids
+    from hpcft.core.config import load_settings
+    from hpcft.core.resolve import load_table
+    from hpcft.core.store import Cache, admin_uids
 
     paths = spec.paths
     writer = ProgressWriter(paths.progress, enabled=task.is_main)

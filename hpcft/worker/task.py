@@ -9,8 +9,8 @@ follow ``FTRecipeInterface``, so "where is the model saved" has one answer (:met
     conclude  every rank records its telemetry; rank 0 writes metrics.json, the ``done`` event
               and curves.png, marks the run COMPLETED and removes the checkpoints
 
-:meth:`Task.run` calls them in this order. A task (:mod:`hpcft.worker.classify`,
-:mod:`hpcft.worker.causal_lm`) subclasses :class:`Task`, fills in :meth:`Task.setup`, and says
+:meth:`Task.run` calls them in this order. A task (:mod:`hpcft.worker.engines.native.classify`,
+:mod:`hpcft.worker.engines.native.causal_lm`) subclasses :class:`Task`, fills in :meth:`Task.setup`, and says
 what its metrics.json holds besides the common figures (:meth:`Task.headline`,
 :meth:`Task.train_figures`, :meth:`Task.results`); it may extend a phase (causal-lm answers a
 few held-out prompts at the start of conclude). torch and transformers are imported inside
@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from . import telemetry as tele
-from .console import log
-from .runtime import Context, status
-from .timelimit import SignalState, await_requeue, handoff
-from .trainer import callbacks
+from hpcft.worker import telemetry as tele
+from hpcft.worker.console import log
+from hpcft.worker.runtime import Context, status
+from hpcft.worker.timelimit import SignalState, await_requeue, handoff
+from hpcft.worker.trainer import callbacks
 
 
 @dataclass
@@ -75,8 +75,8 @@ class Task:
     def loaded_as_checked(self) -> None:
         """After setup has read every asset: another user's copy that changed meanwhile (between
         the look-up at start and the reads) stops the job before a step trains on it."""
-        from ..core.assets import changed_since_checked
-        from ..core.errors import TrustError
+        from hpcft.core.assets import changed_since_checked
+        from hpcft.core.errors import TrustError
 
         changed = changed_since_checked(self.ctx.assets)
         if changed:
@@ -88,7 +88,7 @@ class Task:
         import datasets
         import transformers
 
-        from .device import detect, dist_backend
+        from hpcft.worker.device import detect, dist_backend
 
         transformers.logging.set_verbosity_warning()
         transformers.utils.logging.disable_progress_bar()
@@ -132,7 +132,7 @@ class Task:
 
     def _resume_point(self) -> Optional[Path]:
         """The latest complete checkpoint (incomplete ones, from a write that never finished, removed)."""
-        from . import checkpoints as ck
+        from hpcft.worker import checkpoints as ck
 
         ctx = self.ctx
         ckpt_dir = ctx.paths.checkpoints
@@ -182,7 +182,7 @@ class Task:
         with tele.timed("save"):
             self.trainer.save_model(str(out))
             if self.ctx.task.is_main and getattr(self.trainer.model, "hpcft_pissa_init", None):
-                from .lora_switches import save_converted
+                from hpcft.worker.engines.native.lora_switches import save_converted
 
                 save_converted(self.trainer.model, out)   # a PiSSA adapter as LoRA on the unchanged base
             if self.ctx.task.is_main:
@@ -199,8 +199,8 @@ class Task:
         """Every rank records its telemetry; rank 0 writes metrics.json and the ``done`` event,
         draws the curves and marks the run complete (a requeue will not retrain). Returns the
         metrics ({} on the other ranks)."""
-        from .device import peak_memory_mb
-        from .results import eval_history, read_progress, write_metrics
+        from hpcft.worker.device import peak_memory_mb
+        from hpcft.worker.results import eval_history, read_progress, write_metrics
 
         ctx, t, state = self.ctx, self.cfg, self.trainer.state
         telemetry = tele.finish(ctx, self.device)  # every rank records its memory; rank 0 gets the run's figures
@@ -241,11 +241,11 @@ class Task:
     # ------------------------------------------------------------------ 6. benchmark (train.eval_tasks)
 
     def benchmark(self, output_dir: Path) -> None:
-        """Score the saved model with lm-evaluation-harness (:mod:`hpcft.worker.evaluate`) in a fresh
+        """Score the saved model with lm-evaluation-harness (:mod:`hpcft.worker.after_training.evaluate`) in a fresh
         process, after this one let go of the training's device memory."""
         import gc
 
-        from .evaluate import after_training
+        from hpcft.worker.after_training.evaluate import after_training
 
         self.trainer = None
         gc.collect()
@@ -275,7 +275,7 @@ class Task:
 
     def plot(self, final: Optional[dict] = None) -> None:
         """curves.png: training loss and the headline metric against step (rank 0)."""
-        from .results import plot_curves
+        from hpcft.worker.results import plot_curves
 
         try:
             plot_curves(self.ctx.paths.progress, self.ctx.paths.curves, self.headline(final))

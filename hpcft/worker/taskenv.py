@@ -16,7 +16,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
 
-from ..core.slurmfmt import expand_hostlist, node_gres_idx
+from hpcft.core.slurmfmt import expand_hostlist, node_gres_idx
 
 PORT_BASE, PORT_SPAN = 20000, 10000
 

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from ..core.atomic import atomic_write_json, read_json
-from .collective import barrier
-from .console import log
-from .taskenv import scontrol_job
+from hpcft.core.atomic import atomic_write_json, read_json
+from hpcft.worker.collective import barrier
+from hpcft.worker.console import log
+from hpcft.worker.taskenv import scontrol_job
 
 # what a task passes to TrainingArguments so the Trainer counts real tokens (gathered over ranks)
 TRAINING_ARGS = {"include_num_input_tokens_seen": "non_padding"}
@@ -192,7 +192,7 @@ def queue_wait(env: Optional[dict] = None) -> Optional[float]:
 # --------------------------------------------------------------------------- the summary
 
 def _legs(progress: Path) -> list[dict]:
-    from .results import read_progress
+    from hpcft.worker.results import read_progress
 
     return [r for r in read_progress(progress) if r.get("event") == "leg"]
 

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..core.rundir import RunPaths
-from .console import log, warn
-from .progress import ProgressWriter
+from hpcft.core.rundir import RunPaths
+from hpcft.worker.console import log, warn
+from hpcft.worker.progress import ProgressWriter
 
 EXIT_REQUEUE = 75  # standalone runs: "stopped on the signal, checkpoint saved; run again to resume"
 

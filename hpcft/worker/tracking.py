@@ -19,9 +19,9 @@ import os
 import sys
 from typing import Any
 
-from ..core.rundir import RunPaths
-from .console import log
-from .errors import TrackerMissing
+from hpcft.core.rundir import RunPaths
+from hpcft.worker.console import log
+from hpcft.worker.errors import TrackerMissing
 
 PACKAGES = {"tensorboard": "tensorboard", "swanlab": "swanlab"}
 

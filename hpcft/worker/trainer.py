@@ -11,18 +11,18 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from ..core.atomic import atomic_write_json, read_json
-from . import device as dev
-from . import runtime
-from .callback import make_callback
-from .console import log
-from .runtime import Context
+from hpcft.core.atomic import atomic_write_json, read_json
+from hpcft.worker import device as dev
+from hpcft.worker import runtime
+from hpcft.worker.callback import make_callback
+from hpcft.worker.console import log
+from hpcft.worker.runtime import Context
 
 
 def deepspeed_config(ctx: Context):
     """DeepSpeed config for the Trainer (None: plain DDP or one process); see hpcft.core.dsconfig."""
     t = ctx.job.train
-    from ..core.dsconfig import resolve
+    from hpcft.core.dsconfig import resolve
 
     # One process runs DeepSpeed only when the job names a stage or a config (ZeRO-Offload
     # on one GPU is how a model that does not fit one card trains there); resolve() leaves
@@ -47,8 +47,8 @@ def training_args(ctx: Context, device, **task_args):
     import transformers
     from transformers import TrainingArguments
 
-    from .compat import warmup_kwargs
-    from .tracking import training_args as tracking_args
+    from hpcft.worker.compat import warmup_kwargs
+    from hpcft.worker.tracking import training_args as tracking_args
 
     t, task = ctx.job.train, ctx.task
     common: dict[str, Any] = dict(
@@ -100,7 +100,7 @@ def callbacks(ctx: Context, **kw) -> list:
     (:data:`hpcft.worker.runtime.EXTRA_CALLBACKS`)."""
     main = make_callback(progress=ctx.writer, is_main=ctx.task.is_main, process_start=ctx.process_start,
                          checkpoint_steps=ctx.job.train.checkpoint_steps, restart=ctx.restart, **kw)
-    from . import telemetry
+    from hpcft.worker import telemetry
 
     return [main, telemetry.callback(ctx.process_start), *(factory(ctx) for factory in runtime.EXTRA_CALLBACKS)]
 
@@ -115,8 +115,8 @@ def trainer_class():
         return _TRAINER_CLS
     from transformers import Trainer
 
-    from . import checkpoints as ck
-    from .telemetry import timed
+    from hpcft.worker import checkpoints as ck
+    from hpcft.worker.telemetry import timed
 
     class HpcftTrainer(Trainer):
         def _save_checkpoint(self, model, trial):

@@ -1,0 +1,1 @@
+"""What runs on a trained run: benchmark evaluation (lm-eval), prediction and export."""

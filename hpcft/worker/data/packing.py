@@ -1,0 +1,120 @@
+"""Packing for ``task: causal-lm``: several examples in one sequence, each seeing only itself.
+
+:func:`pack` concatenates whole examples into sequences of up to ``max_seq_length`` tokens with
+``position_ids`` restarting at 0 for each example, and the :class:`Collator` sends packed
+batches **without** an ``attention_mask``. transformers then reads the example boundaries from
+the position ids (``masking_utils.find_packed_sequence_indices``) and builds a block-diagonal
+causal mask for sdpa/eager attention, or passes varlen boundaries to FlashAttention: no token
+attends to another example, and rotary positions are those of the example alone, as with
+transformers' ``DataCollatorWithFlattening``. (transformers reads the boundaries only when the
+forward pass has no KV cache, as in training: ``use_cache=False``.) The first label of each packed example is -100,
+so the last token of one example is never trained to predict the first token of the next.
+Unpacked batches are padded to their longest example and carry the usual attention mask.
+
+:func:`text_blocks` is ``data_format: text``'s: the documents concatenated (the EOS between them)
+and cut into ``max_seq_length`` blocks, with per-document positions under ``packing: true``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional
+
+from hpcft.worker.errors import WorkerError
+
+IGNORE = -100
+
+
+class PackingError(WorkerError, ValueError):
+    """``packing: true`` on a model whose attention would cross example boundaries."""
+
+
+def check_model(model) -> None:
+    """Packing relies on transformers' own attention code reading the example boundaries from
+    the position ids; a model running its repository's code (``trust_remote_code``) builds its own
+    causal mask, and its packed examples would attend to each other: refused, in one line."""
+    module = type(model).__module__
+    if not module.startswith("transformers."):
+        raise PackingError(f"packing: true needs transformers' own model code, which keeps packed examples apart; "
+                           f"{type(model).__name__} runs the model's own code ({module}), whose attention would "
+                           "cross example boundaries: set packing: false")
+
+
+def pack(examples: list[dict], max_len: int) -> list[dict]:
+    """Whole tokenized examples (``input_ids``, ``labels``) concatenated, first fit in order, into
+    sequences of at most max_len tokens (an example longer than max_len was already truncated).
+    Each sequence gets ``position_ids`` restarting at 0 per example and no attention mask."""
+    out: list[dict] = []
+    cur: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": []}
+    for ex in examples:
+        n = len(ex["input_ids"])
+        if not n:
+            continue
+        if cur["input_ids"] and len(cur["input_ids"]) + n > max_len:
+            out.append(cur)
+            cur = {"input_ids": [], "labels": [], "position_ids": []}
+        cur["input_ids"] += ex["input_ids"]
+        cur["labels"] += [IGNORE] + list(ex["labels"][1:])
+        # a text block (text_blocks) brings its own positions: one segment per document
+        cur["position_ids"] += list(ex.get("position_ids") or range(n))
+    if cur["input_ids"]:
+        out.append(cur)
+    return out
+
+
+def text_blocks(docs: Iterable[list[int]], max_len: int, keep_last: bool = True, isolate: bool = False) -> list[dict]:
+    """``data_format: text``: the documents' ids (each ending with the EOS) concatenated in order
+    and cut into blocks of exactly ``max_len`` tokens, so no token is lost; the last, shorter
+    block is kept or dropped (``keep_last``). Every token is trained. With ``isolate`` (``packing:
+    true``) each block carries ``position_ids`` restarting at 0 where a document starts (and at
+    the block's start), so, as with packed examples, no document attends to another, and a
+    document's first token is not trained as the continuation of the one before (-100)."""
+    out: list[dict] = []
+    cur: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": []}
+
+    def close() -> None:
+        nonlocal cur
+        if not isolate:
+            del cur["position_ids"]
+        out.append(cur)
+        cur = {"input_ids": [], "labels": [], "position_ids": []}
+
+    for ids in docs:
+        i = 0
+        while i < len(ids):
+            piece = list(ids[i:i + max_len - len(cur["input_ids"])])
+            cur["input_ids"] += piece
+            cur["labels"] += [IGNORE] + piece[1:] if isolate and i == 0 else piece
+            cur["position_ids"] += range(len(piece))
+            i += len(piece)
+            if len(cur["input_ids"]) == max_len:
+                close()
+    if cur["input_ids"] and keep_last:
+        close()
+    return out
+
+
+@dataclass
+class Collator:
+    """Pads a batch to its longest sequence (a multiple of ``multiple`` on accelerators); labels
+    pad -100. Packed sequences (with ``position_ids``) get no attention mask, so each example
+    attends only to itself; padding then gets position 0, a one-token sequence of its own."""
+
+    pad_id: int
+    multiple: Optional[int] = None
+
+    def __call__(self, batch: list[dict]) -> dict:
+        import torch
+
+        longest = max(len(b["input_ids"]) for b in batch)
+        if self.multiple:
+            longest = -(-longest // self.multiple) * self.multiple
+        packed = "position_ids" in batch[0]
+        pad: dict[str, Any] = {"input_ids": self.pad_id, "labels": IGNORE, "position_ids": 0}
+        out = {}
+        for k in ("input_ids", "labels", "position_ids") if packed else ("input_ids", "labels"):
+            out[k] = torch.tensor([list(b[k]) + [pad[k]] * (longest - len(b[k])) for b in batch], dtype=torch.long)
+        if not packed:
+            out["attention_mask"] = torch.tensor([[1] * len(b["input_ids"]) + [0] * (longest - len(b["input_ids"]))
+                                                  for b in batch], dtype=torch.long)
+        return out

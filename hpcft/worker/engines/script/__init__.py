@@ -1,0 +1,1 @@
+"""``script:`` jobs: the user's own script, run unmodified under the worker's skeleton."""
