@@ -133,16 +133,3 @@ def test_a_group_score_is_the_harness_aggregate_else_the_mean_of_its_subjects():
                                                                        "exact_match,flexible-extract": 0.25}}},
                     model="m", adapter=None, limit=None, fewshot=5, seconds=1.0)
     assert (gsm["score"], gsm["metric"]) == (0.125, "exact_match")
-
-
-def test_stage_eval_from_modelscope_is_refused_in_one_line(run_hpcft, hpcft_home):
-    """ModelScope's own benchmark copies (modelscope/mmlu: a loading script over CSVs, other splits
-    and columns) do not load in lm-eval offline: one line naming the hf mirror, nothing fetched."""
-    proc = run_hpcft("stage", "--eval", "mmlu_anatomy", "--source", "modelscope")
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
-        "hpcft stage --eval --source modelscope: ModelScope's copies of the benchmarks (e.g. modelscope/mmlu: a "
-        "loading script over CSV files in data.tar, with the splits train/validation/test and the columns input, "
-        "A-D, target) are not in the layout lm-eval loads offline; stage the benchmarks from the hf mirror instead "
-        "(--source hf; sources.hf_endpoint)"], proc.stderr
-    assert not (hpcft_home / "cache").exists() or not any((hpcft_home / "cache").rglob("*.parquet"))
