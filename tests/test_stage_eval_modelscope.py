@@ -103,8 +103,12 @@ def _nothing_staged(cache: Path) -> bool:
 def test_converted_copies_are_the_hf_rows_and_lm_eval_loads_them_offline(hub, hpcft_home, run_hpcft):
     cache = _cache(hpcft_home)
     hub.log.clear()
-    proc = run_hpcft("stage", "--eval", *TASKS, "--source", "modelscope", "--json", env=_env(hub))
+    proc = run_hpcft("stage", "--eval", *TASKS, "--source", "modelscope", "--json",
+                     env={**_env(hub), "PYTHONPROFILEIMPORTTIME": "1"})
     assert proc.returncode == 0, proc.stderr
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert imported and not imported & {"torch", "transformers", "datasets", "pyarrow", "pandas", "modelscope"}
     assets = json.loads(proc.stdout)["assets"]
     assert [(a["repo_id"], a["config"], a["source"], a["status"]) for a in assets] == \
         [(r, c, "modelscope", "staged") for r, c, _ in LOADED]
