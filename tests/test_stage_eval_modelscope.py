@@ -197,11 +197,11 @@ def test_bad_archives_and_ids_are_refused_in_one_line_with_nothing_written(hub, 
             f"dataset {MS_CMMLU} cmmlu_v1_0_1.zip: test/agronomy.csv:1: no column 'Answer' (header: , Question, A, B, "
             "C, D)")
         # a member over the cap (64 MiB of zeros, a few KB zipped): refused from its header, never read
-        huge = {**cmmlu_members(["agronomy"]), "test/huge.csv": bytes(64 << 20) + b"0"}
+        huge = {**cmmlu_members(["agronomy"]), "test/agronomy.csv": bytes(64 << 20) + b"0"}
         hub.add_repo("dataset", MS_CMMLU, make_ms_cmmlu(root / "bad-huge", [], members=huge))
         assert _refused(run_hpcft, hub, cache, "cmmlu_agronomy") == (
-            f"dataset {MS_CMMLU} cmmlu_v1_0_1.zip: member 'test/huge.csv': 67,108,865 bytes, over the 64 MiB a "
-            "member may have; refused")
+            f"dataset {MS_CMMLU} cmmlu_v1_0_1.zip: member 'test/agronomy.csv': 67,108,865 bytes, over the 64 MiB a "
+            "member read may have; refused")
         # ModelScope ids: the four benchmarks' only
         proc = run_hpcft("stage", "--eval", "modelscope/nosuch", "mmlu", "--source", "modelscope", env=_env(hub))
         assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
@@ -217,3 +217,21 @@ def test_bad_archives_and_ids_are_refused_in_one_line_with_nothing_written(hub, 
     finally:
         for repo, folder in good.items():
             hub.add_repo("dataset", repo, folder)
+
+
+def test_the_member_cap_holds_for_what_is_read(tmp_path, monkeypatch):
+    """MMLU's data.tar also carries data/auxiliary_train/ (most of its size), which no benchmark reads:
+    no reason to refuse it; a member that is read is refused over the cap, by its header and when read."""
+    from hpcft.stage import safe_archive
+    from hpcft.stage.eval_convert import SPECS, convert
+
+    monkeypatch.setattr(safe_archive, "MAX_MEMBER", 4096)
+    members = {**mmlu_members(["anatomy"]), "data/auxiliary_train/race.csv": b"x" * 10_000}
+    tar = make_ms_mmlu(tmp_path / "big-unread", [], members=members) / "data.tar"
+    rows, _ = convert(SPECS["mmlu"], ["anatomy"], {"data.tar": tar})
+    assert {k: len(v) for k, v in rows.items()} == {("anatomy", "dev"): 5, ("anatomy", "validation"): 8,
+                                                    ("anatomy", "test"): 8}
+    members["data/test/anatomy_test.csv"] = csv_bytes([["q" * 5000, "a", "b", "c", "d", "B"]])
+    tar = make_ms_mmlu(tmp_path / "big-read", [], members=members) / "data.tar"
+    with pytest.raises(safe_archive.Bad, match="'data/test/anatomy_test.csv': 5,011 bytes, over the 4,096 bytes a member read"):
+        convert(SPECS["mmlu"], ["anatomy"], {"data.tar": tar})

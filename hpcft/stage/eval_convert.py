@@ -52,10 +52,10 @@ from ..core.eval_tasks import BENCHMARKS, EvalTask
 from ..core.resolve import AssetRef
 from ..core.safefs import ME, owner_name
 from ..core.store import sha256_fd
-from . import layout
+from . import layout, safe_archive
 from .cards import sync_staged_configs
 from .progress import human
-from .safe_archive import MAX_MEMBER, Archive, Bad, csv_rows, member_index, text
+from .safe_archive import Archive, Bad, csv_rows, member_index, text
 from .sources import Listing, SourceError
 
 CONVERTER = "hpcft.stage.eval_convert/1"   # in every manifest; a new layout bumps it (a new snapshot)
@@ -210,9 +210,9 @@ def convert(spec: MsBenchmark, configs: list[str], fetched: dict[str, Path]) -> 
     if spec.name == "gsm8k":
         for folder, split in spec.splits.items():
             name = f"{folder}.jsonl"
-            if fetched[name].stat().st_size > MAX_MEMBER:
-                raise Bad(f"{name}: {fetched[name].stat().st_size:,} bytes, over the {MAX_MEMBER >> 20} MiB a "
-                           "file may have; refused")
+            if fetched[name].stat().st_size > safe_archive.MAX_MEMBER:
+                raise Bad(f"{name}: {fetched[name].stat().st_size:,} bytes, over the {safe_archive.cap_text()} a "
+                          "file read may have; refused")
             data = fetched[name].read_bytes()
             members.append({"path": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
             out[("main", split)] = _gsm8k(data, name)
