@@ -45,10 +45,10 @@ def _refs(*paths):
     return [JobAsset("file", str(p), path=p, local=True) for p in paths]
 
 
-def _key(t, refs, tok, tokdir) -> str:
+def _key(t, refs, tokdir) -> str:
     from hpcft.worker.data.cache import cache_key, ingredients
 
-    return cache_key(ingredients(t, refs, tok, tokdir))
+    return cache_key(ingredients(t, refs, tokdir))
 
 
 @pytest.mark.worker
@@ -56,28 +56,35 @@ def test_the_key_changes_with_every_ingredient_and_only_with_them(tmp_path, tokd
     import shutil
 
     data = write_alpaca(tmp_path / "a.jsonl", n=20)
-    tok, refs = _tok(tokdir), _refs(data)
-    base = _key(_job(data), refs, tok, tokdir)
-    assert _key(_job(data), refs, _tok(tokdir), tokdir) == base        # the same inputs, the same key
+    refs = _refs(data)
+    base = _key(_job(data), refs, tokdir)
+    assert _key(_job(data), _refs(data), tokdir) == base                # the same inputs, the same key
     # a sweep point over the optimizer, or another run length, keeps the data
-    assert _key(_job(data, learning_rate=1e-3, epochs=7, batch_size=2), refs, tok, tokdir) == base
-    changed = {f"{k}={v}": _key(_job(data, **{k: v}), refs, tok, tokdir) for k, v in [
+    assert _key(_job(data, learning_rate=1e-3, epochs=7, batch_size=2), refs, tokdir) == base
+    changed = {f"{k}={v}": _key(_job(data, **{k: v}), refs, tokdir) for k, v in [
         ("max_seq_length", 128), ("packing", True), ("train_on", "last"), ("text_last_block", "drop"),
         ("system_prompt", "Be brief."), ("enable_thinking", False), ("data_format", "alpaca"), ("seed", 1),
         ("train_subset", 5), ("eval_subset", 2), ("eval_split", "test")]}
     other = write_alpaca(tmp_path / "b.jsonl", n=20)
-    changed["a mix"] = _key(_job(data, dataset=[{"name": str(data), "weight": 2}]), refs, tok, tokdir)
-    changed["another file"] = _key(_job(other), _refs(other), tok, tokdir)
+    changed["a mix"] = _key(_job(data, dataset=[{"name": str(data), "weight": 2}]), refs, tokdir)
+    changed["another file"] = _key(_job(other), _refs(other), tokdir)
     os.utime(data, ns=(1, 1))                                            # the same file, touched
-    changed["mtime"] = _key(_job(data), refs, tok, tokdir)
-    templ = _tok(tokdir)
-    templ.chat_template = templ.chat_template.replace("<|im_start|>", "<|im_start|> ")
-    changed["template"] = _key(_job(data), refs, templ, tokdir)
+    changed["mtime"] = _key(_job(data), refs, tokdir)
+    templ = tmp_path / "templ"        # the template is read from the tokenizer's files, as the login node does
+    shutil.copytree(tokdir, templ)
+    jinja = templ / "chat_template.jinja"
+    if jinja.is_file():
+        jinja.write_text(jinja.read_text().replace("<|im_start|>", "<|im_start|> "))
+    else:
+        cfg = json.loads((templ / "tokenizer_config.json").read_text())
+        cfg["chat_template"] = cfg["chat_template"].replace("<|im_start|>", "<|im_start|> ")
+        (templ / "tokenizer_config.json").write_text(json.dumps(cfg))
+    changed["template"] = _key(_job(data), refs, templ)
     tok2 = tmp_path / "tok2"
     shutil.copytree(tokdir, tok2)
     cfg = json.loads((tok2 / "tokenizer_config.json").read_text())
     (tok2 / "tokenizer_config.json").write_text(json.dumps({**cfg, "clean_up_tokenization_spaces": True}))
-    changed["tokenizer file"] = _key(_job(data), refs, tok, tok2)
+    changed["tokenizer file"] = _key(_job(data), refs, tok2)
     assert base not in changed.values() and len(set(changed.values())) == len(changed), changed
 
 
@@ -98,8 +105,9 @@ def test_second_call_reads_the_cache_memory_mapped_with_the_same_tokens(tmp_path
     assert (first.info["cache"], second.info["cache"]) == ("built", "hit")
     assert second.info["tokens"] == first.real_tokens == second.real_tokens > 0
     plain = load_sft_data(t, refs, tok, ld.Renderer(tok))                  # what no cache gives
+    procs = load_sft_data(t, refs, tok, ld.Renderer(tok), num_proc=2)      # the preprocess job's map
     for k in ("input_ids", "labels", "position_ids"):
-        assert second.train[k] == first.train[k] == plain.train[k]
+        assert second.train[k] == first.train[k] == plain.train[k] == procs.train[k]
     assert second.eval["labels"] == plain.eval["labels"]
     assert [fmt for _, fmt in second.prompts] == [fmt for _, fmt in plain.prompts]
     assert all(f["filename"].startswith(str(runtime / key)) for f in second.train.cache_files)  # memory-mapped

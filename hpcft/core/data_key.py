@@ -123,6 +123,10 @@ def built_meta(folder: Path) -> Optional[dict]:
         return None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         return None
-    sizes = {str(p.relative_to(folder)): p.stat().st_size for p in sorted(Path(folder).rglob("*"))
-             if p.is_file() and p.name != META}
-    return meta if sizes == meta.get("files") else None
+    return meta if file_sizes(Path(folder)) == meta.get("files") else None
+
+
+def file_sizes(folder: Path) -> dict[str, int]:
+    """{relative path: size} of a cache folder's files but meta.json (which lists them)."""
+    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != META}

@@ -3,12 +3,10 @@ run-time folder (``$HPCFT_RUNTIME/data/KEY``, 0700: nothing another group member
 read) and memory-mapped for training, so a requeue, a sweep point with the same data or a rerun
 starts training at once (``train.data_cache: false`` turns it off).
 
-**The key** (:func:`cache_key`) is a hash of everything that changes the tokens: each dataset's
-files (path, size, mtime of every file of the staged snapshot or the local file) with its name,
-config, weight and format; the tokenizer's files (their bytes) and class, the chat template; the
-job's ``max_seq_length``, ``packing``, ``train_on``, ``text_last_block``, ``system_prompt``,
-``enable_thinking``, ``data_format``, splits, subsets and seed (held-out slice, subsets, mix); the
-library versions and the bytes of hpcft's own data code; and :data:`FORMAT`.
+**The key** (:func:`cache_key`) is :mod:`hpcft.core.data_key`'s hash of everything that changes
+the tokens (the datasets' files, the tokenizer's files, the job's data settings, the library
+versions, hpcft's data code); the login node computes the same key without loading anything
+(``hpcft preprocess``, ``train.preprocess: cpu-job``: a CPU job builds the cache first).
 
 **Building.** The first rank that takes the lock ``KEY.lock`` (:class:`hpcft.core.safefs.Lock`,
 an ``flock``: no collective, so no NCCL/gloo/HCCL timeout while it tokenizes) builds the data
@@ -21,7 +19,6 @@ rebuilt, with one warning line.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -29,95 +26,18 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from hpcft.core import data_key
+from hpcft.core.data_key import cache_key, ingredients  # the login node computes the same key
 from hpcft.worker.console import log, warn
 from hpcft.worker.data.mix import SftData, load_sft_data
 
-FORMAT = 1
-FOLDER = "data"
-META = "meta.json"
+FOLDER, META = data_key.FOLDER, data_key.META
+FORMAT = data_key.FORMAT
 PROMPTS_KEPT = 100          # train.sample_prompts is at most 100
-# hpcft's modules whose code decides the tokens: an upgrade that changes them misses the cache
-CODE = ("worker/data/cache.py", "worker/data/mix.py", "worker/data/staged.py", "worker/data/llm.py",
-        "worker/data/packing.py", "core/chat.py", "core/sft_rows.py")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                   "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "spiece.model", "config.json",
-                   "chat_template.jinja", "chat_template.json", "generation_config.json")
-JOB_FIELDS = ("max_seq_length", "packing", "train_on", "text_last_block", "system_prompt", "enable_thinking",
-              "data_format", "train_split", "eval_split", "train_subset", "eval_subset", "seed", "trust_remote_code")
 
 
 class CorruptCache(Exception):
     """A cache folder that does not hold what its meta.json says."""
-
-
-# --------------------------------------------------------------------------- the key
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def data_files(path: Path) -> list:
-    """[rel path, size, mtime_ns] of a dataset's file, or of every file of its folder (links
-    followed to the staged blobs; ``.cache`` folders skipped)."""
-    path = Path(path)
-    if path.is_file():
-        st = path.stat()
-        return [[path.name, st.st_size, st.st_mtime_ns]]
-    out = []
-    for root, dirs, files in os.walk(path):
-        dirs[:] = sorted(d for d in dirs if d != ".cache")
-        for name in sorted(files):
-            p = Path(root) / name
-            st = p.stat()
-            out.append([str(p.relative_to(path)), st.st_size, st.st_mtime_ns])
-    return out
-
-
-def tokenizer_files(folder: Path) -> dict[str, str]:
-    """sha256 of each tokenizer file of the model folder (and of its own ``*.py``, for
-    trust_remote_code tokenizers)."""
-    folder = Path(folder)
-    names = [n for n in TOKENIZER_FILES if (folder / n).is_file()]
-    names += sorted(p.name for p in folder.glob("*.py")) + sorted(p.name for p in folder.glob("*.tiktoken"))
-    return {n: _sha((folder / n).read_bytes()) for n in names}
-
-
-def _code_hash() -> str:
-    root = Path(__file__).resolve().parents[2]   # hpcft/
-    return _sha(b"".join((root / rel).read_bytes() for rel in CODE))
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("transformers", "tokenizers", "datasets", "pyarrow", "jinja2"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "-"
-    return out
-
-
-def ingredients(t, refs: list, tokenizer, model_path: Path) -> dict:
-    """Everything the key hashes (see the module docstring)."""
-    template = getattr(tokenizer, "chat_template", None)
-    return {
-        "format": FORMAT,
-        "datasets": [{"name": e.name, "weight": e.weight, "data_format": e.data_format, "config": ref.config,
-                      "path": str(Path(ref.path).resolve()), "files": data_files(ref.path)}
-                     for e, ref in zip(t.dataset_entries, refs, strict=True)],
-        "tokenizer": {"class": type(tokenizer).__name__, "files": tokenizer_files(model_path),
-                      "chat_template": template, "eos": tokenizer.eos_token, "pad": tokenizer.pad_token,
-                      "bos": getattr(tokenizer, "bos_token", None)},
-        "job": {f: getattr(t, f, None) for f in JOB_FIELDS},
-        "versions": _versions(),
-        "code": _code_hash(),
-    }
-
-
-def cache_key(parts: dict) -> str:
-    return _sha(json.dumps(parts, sort_keys=True, default=str).encode())[:24]
 
 
 # --------------------------------------------------------------------------- reading and writing
@@ -130,9 +50,7 @@ def _tokens(ds) -> int:
     return int(pc.sum(pc.list_value_length(col)).as_py() or 0) if len(col) else 0
 
 
-def _sizes(folder: Path) -> dict[str, int]:
-    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != META}
+_sizes = data_key.file_sizes
 
 
 def load(folder: Path, packing: bool) -> tuple[SftData, dict]:
@@ -209,21 +127,23 @@ def cache_root() -> Path:
     return ensure_private((Path(runtime) if runtime else private_runtime()) / FOLDER)
 
 
-def sft_data(t, refs: list, tokenizer, renderer, model_path: Path, rank: int = 0) -> SftData:
+def sft_data(t, refs: list, tokenizer, renderer, model_path: Path, rank: int = 0,
+             num_proc: Optional[int] = None) -> SftData:
     """:func:`hpcft.worker.data.mix.load_sft_data`'s data, from the cache when it has them (see
     the module docstring); ``info`` says ``cache`` (hit, built or off), ``cache_key``,
-    ``tokenize_s`` (this run's seconds for its data) and ``tokens``."""
+    ``tokenize_s`` (this run's seconds for its data) and ``tokens``. ``num_proc``: processes
+    for the tokenizing map (the CPU job of :mod:`hpcft.worker.data.preprocess`)."""
     t0 = time.monotonic()
     if t.data_cache is False:
-        data = load_sft_data(t, refs, tokenizer, renderer)
+        data = load_sft_data(t, refs, tokenizer, renderer, num_proc)
         data.info.update(cache="off", tokenize_s=round(time.monotonic() - t0, 3), tokens=data.real_tokens)
         return data
     root = cache_root()
-    key = cache_key(ingredients(t, refs, tokenizer, model_path))
+    key = cache_key(ingredients(t, refs, model_path))
     data, meta = _ready(root / key, t, quiet=True)
     status = "hit"
     if data is None:
-        data, meta, status = _under_lock(root, key, t, rank, lambda: load_sft_data(t, refs, tokenizer, renderer))
+        data, meta, status = _under_lock(root, key, t, rank, lambda: load_sft_data(t, refs, tokenizer, renderer, num_proc))
     seconds = round(time.monotonic() - t0, 3)
     if status == "hit":
         log(f"tokenized data from cache {key} ({meta['info']['train_examples']} examples, {meta['tokens']} tokens; "

@@ -82,11 +82,12 @@ def split_rows(dd, t, name: str, check: Optional[Callable[[Any, str], None]] = N
 
 
 def tokenize(ds, tokenizer, renderer: ld.Renderer, fmt: str, max_len: int, system: Optional[str],
-             name: str, desc: str, keep_last: bool = True, isolate: bool = False):
+             name: str, desc: str, keep_last: bool = True, isolate: bool = False, num_proc: Optional[int] = None):
     """Tokenized examples of a raw split (a row may give several; see hpcft.core.chat); rows
     whose reply was cut away by max_len are dropped. Problems name the dataset and the row.
     ``text`` rows are documents: concatenated and cut into max_len blocks (:func:`ld.text_blocks`;
-    ``keep_last``: the last, shorter block; ``isolate``: per-document positions, for packing)."""
+    ``keep_last``: the last, shorter block; ``isolate``: per-document positions, for packing;
+    ``num_proc``: processes for the map, the preprocess job's CPUs)."""
 
     def encode(batch, idx):
         out: dict[str, list] = {"input_ids": [], "labels": []}
@@ -98,8 +99,9 @@ def tokenize(ds, tokenizer, renderer: ld.Renderer, fmt: str, max_len: int, syste
                     out["labels"].append(ex["labels"])
         return out
 
+    procs = min(num_proc or 1, len(ds))
     out = ds.map(encode, batched=True, with_indices=True, remove_columns=ds.column_names,
-                 desc=f"tokenize {name} {desc}")
+                 desc=f"tokenize {name} {desc}", num_proc=procs if procs > 1 else None)
     if fmt != "text":
         return out
     import datasets
@@ -118,7 +120,7 @@ def _same_columns(parts: list, packing: bool) -> list:
             p.map(lambda ex: {"position_ids": list(range(len(ex["input_ids"])))}, desc="positions") for p in parts]
 
 
-def load_sft_data(t, refs: list, tokenizer, renderer: ld.Renderer) -> SftData:
+def load_sft_data(t, refs: list, tokenizer, renderer: ld.Renderer, num_proc: Optional[int] = None) -> SftData:
     """Every dataset of the job (``refs``: their staged folders or files, in ``train.dataset``
     order), tokenized in its own format, mixed by weight, packed when ``train.packing``."""
     import datasets
@@ -128,7 +130,8 @@ def load_sft_data(t, refs: list, tokenizer, renderer: ld.Renderer) -> SftData:
     for entry, ref in zip(entries, refs, strict=True):
         raw_train, raw_eval, eval_name = split_rows(load_raw(ref), t, entry.name)
         fmt = ld.detect_format(raw_train.column_names, entry.data_format or t.data_format)
-        blocks = {"keep_last": (t.text_last_block or "keep") == "keep", "isolate": bool(t.packing)}
+        blocks = {"keep_last": (t.text_last_block or "keep") == "keep", "isolate": bool(t.packing),
+                  "num_proc": num_proc}
         tr = tokenize(raw_train, tokenizer, renderer, fmt, t.max_seq_length, t.system_prompt, entry.name, "train",
                       **blocks)
         ev = tokenize(raw_eval, tokenizer, renderer, fmt, t.max_seq_length, t.system_prompt, entry.name, eval_name,
