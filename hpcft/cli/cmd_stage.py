@@ -42,7 +42,8 @@ def register(sub) -> None:
     p.add_argument("--job", metavar="JOB.yaml", help="stage what this job file references")
     p.add_argument("--eval", nargs="+", default=[], metavar="TASK",
                    help="the datasets these benchmark tasks load (ceval cmmlu mmlu gsm8k, or a subject such as "
-                        "mmlu_anatomy), for hpcft eval and train.eval_tasks")
+                        "mmlu_anatomy), for hpcft eval and train.eval_tasks; with --source modelscope, converted "
+                        "from ModelScope's own copies (modelscope/mmlu, ... are accepted as names too)")
     p.add_argument("--token-file", metavar="FILE",
                    help="a file holding an HF access token for gated repos (Llama); default: $HF_TOKEN. "
                         "Sent to the HF endpoint only, never written to the cache, logs or output")
