@@ -235,3 +235,25 @@ def test_the_member_cap_holds_for_what_is_read(tmp_path, monkeypatch):
     tar = make_ms_mmlu(tmp_path / "big-read", [], members=members) / "data.tar"
     with pytest.raises(safe_archive.Bad, match="'data/test/anatomy_test.csv': 5,011 bytes, over the 4,096 bytes a member read"):
         convert(SPECS["mmlu"], ["anatomy"], {"data.tar": tar})
+
+
+def test_another_users_conversion_is_not_used(hub, hpcft_home, run_hpcft):
+    """A converted copy cannot be checked against the mirror (its files are not what the mirror lists),
+    so one that another member of the group made is refused in one line; the cache admin's (root) is used."""
+    if os.geteuid() != 0:  # the copy is handed to another uid with chown
+        msg = "needs root to give a staged copy to another user"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(msg + " (CI=true)")
+        pytest.skip(msg)
+    cache = _cache(hpcft_home)
+    proc = run_hpcft("stage", "--eval", "gsm8k", "--source", "modelscope", env=_env(hub))
+    assert proc.returncode == 0, proc.stderr
+    manifest = cache / "manifests" / "dataset" / "openai--gsm8k@main.json"
+    folder = Path(json.loads(manifest.read_text())["path"])
+    for p in [manifest, folder, *folder.rglob("*")]:
+        os.chown(p, 65534, 65534, follow_symlinks=False)
+    proc = run_hpcft("stage", "--eval", "gsm8k", "--source", "modelscope", env=_env(hub))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith(
+        f"hpcft: error: dataset openai/gsm8k:main: converted from {MS_GSM8K} by "), proc.stderr
+    assert "cannot be checked against the mirror, so it is not used" in lines[0]
