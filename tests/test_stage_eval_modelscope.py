@@ -208,6 +208,11 @@ def test_bad_archives_and_ids_are_refused_in_one_line_with_nothing_written(hub, 
             "--eval: 'modelscope/nosuch' is not a ModelScope benchmark hpcft converts; known: modelscope/mmlu (mmlu), "
             "modelscope/cmmlu (cmmlu), modelscope/ceval-exam (ceval), modelscope/gsm8k (gsm8k)"]
         assert _nothing_staged(cache)
+        proc = run_hpcft("stage", "--eval", "gsm8k", "--source", "modelscope", "--cross-check", env=_env(hub))
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+            "--cross-check: ModelScope's benchmark archives exist on no other source to check them against; stage "
+            "the benchmarks from hf for a cross-checked copy"]
+        assert _nothing_staged(cache)
         # C-Eval's script fetches its zip off the hub: a repo without it is said so, nothing fetched elsewhere
         hub.add_repo("dataset", MS_CEVAL, make_ms_ceval(root / "script-only", [], with_data=False))
         line = _refused(run_hpcft, hub, cache, "ceval-valid_accountant", rc=1)

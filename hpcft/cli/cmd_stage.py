@@ -144,6 +144,10 @@ def run(args) -> int:
             raise ConfigError([f"--token-file {args.token_file}: expected one token on one line"])
     opts = StageOptions(source=args.source, revision=args.revision, quiet=args.quiet, token=token,
                         allow_unverified=args.allow_unverified, cross_check=args.cross_check)
+    if eval_tasks:
+        from ..stage.eval_convert import check_options
+
+        check_options(opts)
     try:
         results = stage(refs, s, cache, table, opts) if refs else []
         if eval_tasks:

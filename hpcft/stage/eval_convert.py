@@ -260,10 +260,18 @@ def _jsonl(rows: list[dict]) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------- staging
+def check_options(opts) -> None:
+    """Options the conversion cannot honour, refused before anything is staged."""
+    if opts.cross_check:
+        raise ConfigError(["--cross-check: ModelScope's benchmark archives exist on no other source to check them "
+                           "against; stage the benchmarks from hf for a cross-checked copy"])
+
+
 def stage_eval(tasks: list[EvalTask], settings, cache_root: Path, table, opts) -> list:
     """Stage ``tasks``' datasets from ModelScope's own copies, converted; a StageResult per config."""
     from . import stage as st
 
+    check_options(opts)
     if opts.revision is not None:
         from ..core import names
 
