@@ -36,6 +36,14 @@ def _int(value: Any, default: int, low: int = 1, high: int = 1 << 30) -> int:
         return default
 
 
+def _float(value: Any, default: float) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return default
+    return out if out > 0 else default
+
+
 def dataset_sources(lf: dict, base_dir: Path, problem: Callable[[str, str], None]) -> tuple[dict, dict]:
     """The ``dataset_info.json`` entries of ``dataset``/``eval_dataset`` and, per name, what hpcft
     stages or finds for it (a local path, or a hub id ``org/name[:subset]``). Problems (no such
@@ -101,10 +109,15 @@ def delegated_train(lf: dict, base_dir: Path, problem: Callable[[str, str], None
         "max_seq_length": _int(lf.get("cutoff_len"), 2048, 8, 32768),   # LLaMA-Factory's default cutoff_len
         "batch_size": _int(lf.get("per_device_train_batch_size"), 8),
         "gradient_accumulation": _int(lf.get("gradient_accumulation_steps"), 1),
+        # what `hpcft show` prints of the config: LLaMA-Factory's values, its defaults where the YAML is silent
+        "learning_rate": _float(lf.get("learning_rate"), 5e-5), "epochs": _float(lf.get("num_train_epochs"), 3.0),
+        "seed": _int(lf.get("seed"), 42, 0), "logging_steps": _int(lf.get("logging_steps"), 500),
         # LLaMA-Factory runs DeepSpeed only when its YAML names a config; never hpcft's default
         "deepspeed": {"config": args["deepspeed"]} if lf.get("deepspeed") else False,
         "llamafactory": {"args": args, "dataset_info": entries, "datasets": staged},
     }
+    if _int(lf.get("max_steps"), -1, -1) > 0:
+        train["max_steps"] = _int(lf["max_steps"], 1)
     if len(train["dataset"]) == 1:
         train["dataset"] = train["dataset"][0]
     if method == "qlora":

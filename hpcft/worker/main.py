@@ -19,7 +19,8 @@ from hpcft.worker.timelimit import on_signal
 
 # train.task -> "module:class" of its hpcft.worker.task.Task, imported only when the job runs it
 TASKS = {"sequence-classification": "engines.native.classify:SequenceClassification", "causal-lm": "engines.native.causal_lm:CausalLM",
-         **{name: "engines.native.preference:Preference" for name in ("dpo", "orpo", "simpo", "kto")}, "grpo": "engines.native.grpo:Grpo"}
+         **{name: "engines.native.preference:Preference" for name in ("dpo", "orpo", "simpo", "kto")}, "grpo": "engines.native.grpo:Grpo",
+         "llamafactory": "engines.llamafactory.task:Delegated"}   # the delegated engine: llamafactory-cli train
 
 _PEER_FAILURE = ("Connection closed by peer", "Connection reset by peer", "remote worker crashing",
                  "NCCL communicator was aborted", "ProcessGroupNCCL", "HCCL", "DistNetworkError")

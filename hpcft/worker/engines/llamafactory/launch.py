@@ -38,10 +38,22 @@ def launch_env(task: TaskEnv, nproc_per_node: int, base: Optional[Mapping[str, s
         "MASTER_ADDR": task.master_addr,
         "MASTER_PORT": str(task.master_port),
     })
+    env["PYTHONPATH"] = child_pythonpath(env.get("PYTHONPATH", ""))
     # torchrun is found on PATH: the job's interpreter's own folder first (a venv that is not activated)
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([bindir, *[p for p in env.get("PATH", "").split(os.pathsep) if p and p != bindir]])
     return env
+
+
+def child_pythonpath(pythonpath: str) -> str:
+    """``PYTHONPATH`` with this room's ``child/`` folder (its sitecustomize) right after hpcft's
+    offline shim, which chains to it; it chains on to the job's own entries."""
+    from hpcft.core.offline import join_paths, shim_path
+
+    child = str(Path(__file__).resolve().parent / "child")
+    parts = [p for p in pythonpath.split(os.pathsep) if p and p != child]
+    at = parts.index(shim_path()) + 1 if shim_path() in parts else 0
+    return join_paths(*parts[:at], child, *parts[at:])
 
 
 def cli() -> list[str]:

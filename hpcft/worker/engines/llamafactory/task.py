@@ -139,6 +139,9 @@ class Delegated:
         records = read_progress(ctx.paths.progress)
         leg = {**self._leg_figures(), "queue_wait_s": queue_wait()}
         train = logs.train_metrics(ctx.output_dir, records, runtime_s=leg["train_s"])
+        if isinstance(train["trainer"].get("train_runtime"), (int, float)):
+            # the Trainer's own clock of this leg, not the polling's (which adds its start-up and exit)
+            leg["train_s"] = train["runtime_s"] = round(float(train["trainer"]["train_runtime"]), 3)
         if train.get("tokens_per_second") and leg["train_s"]:
             leg["tokens"] = int(train["tokens_per_second"] * leg["train_s"])
         final = logs.eval_metrics(ctx.output_dir)

@@ -1,0 +1,45 @@
+"""A test fault for tests/test_llamafactory_engine_slurm.py, on the job's PYTHONPATH (after hpcft's
+offline shim, which chains to it): in LLaMA-Factory's rank processes of the first run
+(``SLURM_RESTART_COUNT`` 0), the Trainer stops before its step ``HPCFT_TEST_LF_PAUSE`` + 1, rank 0
+writes ``HPCFT_TEST_LF_MARKER``, and every rank then waits (at most 300 s) for the test's
+time-limit signal. Stdlib only; hooks ``transformers.trainer`` when it is imported."""
+
+import importlib.abc
+import importlib.util
+import os
+import sys
+import time
+
+_AT = int(os.environ.get("HPCFT_TEST_LF_PAUSE") or 0)
+_MARKER = os.environ.get("HPCFT_TEST_LF_MARKER", "")
+
+
+class _Hook(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name != "transformers.trainer":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            step = module.Trainer.training_step
+
+            def training_step(self, *args, **kwargs):
+                if self.state.global_step == _AT:
+                    if self.args.process_index == 0 and _MARKER:
+                        with open(_MARKER, "w") as fh:
+                            fh.write(f"{_AT}\n")
+                    print(f"[test fault] paused at step {_AT} until the time-limit signal", flush=True)
+                    time.sleep(300)
+                return step(self, *args, **kwargs)
+
+            module.Trainer.training_step = training_step
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+if _AT and "LOCAL_RANK" in os.environ and os.environ.get("SLURM_RESTART_COUNT", "0") in ("", "0"):
+    sys.meta_path.insert(0, _Hook())
