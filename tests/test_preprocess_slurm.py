@@ -95,6 +95,17 @@ def test_a_cpu_job_tokenizes_first_and_the_training_job_trains_from_its_cache(sl
     run_hpcft("cancel", again["run_id"], check=True)
     assert "already built" in run_hpcft("show", again["run_id"], check=True).stdout
 
+    # hpcft preprocess alone: builds the cache of other data in a CPU job and exits; a later submit hits
+    other = _job(tmp_path, "pre-alone", write_alpaca(tmp_path / "b.jsonl", n=20, seed=1))
+    alone = json.loads(run_hpcft("preprocess", str(other), "--json", check=True).stdout)
+    assert not alone["hit"] and alone["job_id"], alone
+    done = Path(alone["folder"]) / "preprocess.json"
+    wait_for(lambda: json.loads(done.read_text()).get("state") == "done", timeout=180, interval=0.5,
+             what=f"preprocess job {alone['job_id']} to build cache {alone['key']}")
+    proc = run_hpcft("submit", str(other), "--dry-run", check=True)
+    dry = proc.stdout + proc.stderr
+    assert f"preprocess: data cache {alone['key']} already built: no preprocess job" in dry, dry
+
 
 @pytest.mark.slurm
 def test_a_failed_preprocess_job_cancels_the_training_job_with_one_readable_line(slurm, tiny, hpcft_home,
