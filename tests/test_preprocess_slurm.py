@@ -115,15 +115,16 @@ def test_a_failed_preprocess_job_cancels_the_training_job_with_one_readable_line
     rows = [{"instruction": " ".join(["word"] * 80), "input": "", "output": "yes"} for _ in range(12)]
     data = tmp_path / "long.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    sub = _submit(run_hpcft, _job(tmp_path, "pre-fails", data, max_seq_length=16))
+    # --wait follows the training job until Slurm cancels it, and its last line says why
+    proc = run_hpcft("submit", str(_job(tmp_path, "pre-fails", data, max_seq_length=16)), "--json", "--wait",
+                     timeout=300)
+    sub = json.loads(proc.stdout)
     pre = sub["preprocess"]["job_id"]
-
-    def ended():
-        st = json.loads(run_hpcft("status", sub["job_id"], "--json", check=True).stdout)
-        return st if st["state"] == "CANCELLED" else None
-
-    st = wait_for(ended, timeout=240, interval=1, what=f"training job {sub['job_id']} cancelled after {pre} failed")
-    assert st["reason"].startswith(f"its preprocess job {pre} failed (DataFormatError: "), st
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and last.startswith(f"hpcft: job {sub['job_id']} CANCELLED: its preprocess job {pre} "
+                                                    "failed (DataFormatError: "), proc.stderr[-3000:]
+    st = json.loads(run_hpcft("status", sub["job_id"], "--json", check=True).stdout)
+    assert st["state"] == "CANCELLED" and st["reason"].startswith(f"its preprocess job {pre} failed ("), st
     assert st["reason"].endswith("training never started") and "\n" not in st["reason"]
     assert "max_seq_length" in st["reason"]
     text = run_hpcft("status", sub["job_id"], check=True).stdout

@@ -66,6 +66,7 @@ def run(args) -> int:
         from ..runs.monitor import follow
 
         st = follow(rec, follow=True, out=sys.stdout if not args.json else sys.stderr)
-        print(f"hpcft: job {rec.job_id} {st.state}" + (f": {st.error}" if st.error else ""), file=sys.stderr)
+        why = st.error or (st.reason if st.state == "CANCELLED" and st.reason not in ("", "None") else "")
+        print(f"hpcft: job {rec.job_id} {st.state}" + (f": {why}" if why else ""), file=sys.stderr)
         return 0 if st.state == "COMPLETED" else 1
     return 0
