@@ -2,7 +2,7 @@
 CPU job that tokenizes into the data cache and a training job that waits on it (afterok) and
 trains from the cache without tokenizing; ``hpcft show`` says where and how long; a second
 submit of the same data queues no preprocess job; a preprocess job that fails cancels its
-training job, and status says why in one line."""
+training job, and status says why in one line; one whose training job Slurm refuses is cancelled."""
 
 from __future__ import annotations
 
@@ -50,11 +50,15 @@ def _submit(run_hpcft, path: Path) -> dict:
     return json.loads(run_hpcft("submit", str(path), "--json", check=True).stdout)
 
 
-def _scontrol(job_id: str) -> dict:
+def _kv(line: str) -> dict:
     from hpcft.cluster.slurm import parse_key_values
 
+    return parse_key_values(line)
+
+
+def _scontrol(job_id: str) -> dict:
     out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, check=True)
-    return parse_key_values(out.stdout)
+    return _kv(out.stdout)
 
 
 @pytest.mark.slurm
@@ -131,3 +135,16 @@ def test_a_failed_preprocess_job_cancels_the_training_job_with_one_readable_line
     assert len([ln for ln in text.splitlines() if "its preprocess job" in ln]) == 1, text
     show = run_hpcft("show", sub["run_id"], check=True).stdout
     assert f"preprocess: job {pre} on " in show and "failed: DataFormatError" in show, show
+
+    # a training job that Slurm refuses after its preprocess job was queued: that one is cancelled, no run left
+    runs = sorted((hpcft_home / "runs").iterdir())
+    bad = _job(tmp_path, "pre-refused", write_alpaca(tmp_path / "c.jsonl", n=8, seed=2), max_seq_length=64)
+    doc = yaml.safe_load(bad.read_text())
+    doc["resources"]["sbatch"] = ["--gres=gpu:9"]          # no node has 9; the CPU job does not ask for it
+    bad.write_text(yaml.safe_dump(doc))
+    proc = run_hpcft("submit", str(bad))
+    assert proc.returncode == 2 and "slurm accepts: " in proc.stderr, proc.stderr
+    out = subprocess.run(["scontrol", "show", "job", "-o"], capture_output=True, text=True, check=True).stdout
+    states = [kv.get("JobState") for kv in map(_kv, out.splitlines()) if kv.get("JobName") == "pre-refused-preprocess"]
+    assert states == ["CANCELLED"], out
+    assert sorted((hpcft_home / "runs").iterdir()) == runs
