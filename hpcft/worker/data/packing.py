@@ -41,25 +41,79 @@ def check_model(model) -> None:
 
 
 def pack(examples: list[dict], max_len: int) -> list[dict]:
-    """Whole tokenized examples (``input_ids``, ``labels``) concatenated, first fit in order, into
-    sequences of at most max_len tokens (an example longer than max_len was already truncated).
-    Each sequence gets ``position_ids`` restarting at 0 per example and no attention mask."""
+    """Whole tokenized examples (``input_ids``, ``labels``) packed into sequences of at most
+    max_len tokens (an example longer than max_len was already truncated), best fit decreasing:
+    the longest first, each into the open sequence it fills the most (fewest tokens left over),
+    a new one only where none has room. With instruction data (many short answers, a few long
+    ones) that fills nearly every sequence, so an epoch is fewer, fuller batches than packing in
+    the data's order gives. Each sequence gets ``position_ids`` restarting at 0 per example and
+    no attention mask; the examples of a sequence are in packing order (longest first), and
+    the sequences are shuffled by the sampler."""
+    lengths = [len(ex["input_ids"]) for ex in examples]
     out: list[dict] = []
-    cur: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": []}
-    for ex in examples:
-        n = len(ex["input_ids"])
-        if not n:
-            continue
-        if cur["input_ids"] and len(cur["input_ids"]) + n > max_len:
-            out.append(cur)
-            cur = {"input_ids": [], "labels": [], "position_ids": []}
-        cur["input_ids"] += ex["input_ids"]
-        cur["labels"] += [IGNORE] + list(ex["labels"][1:])
-        # a text block (text_blocks) brings its own positions: one segment per document
-        cur["position_ids"] += list(ex.get("position_ids") or range(n))
-    if cur["input_ids"]:
+    for members in best_fit_decreasing(lengths, max_len):
+        cur: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": []}
+        for i in members:
+            ex = examples[i]
+            cur["input_ids"] += ex["input_ids"]
+            cur["labels"] += [IGNORE] + list(ex["labels"][1:])
+            # a text block (text_blocks) brings its own positions: one segment per document
+            cur["position_ids"] += list(ex.get("position_ids") or range(lengths[i]))
         out.append(cur)
     return out
+
+
+def best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Indices of ``lengths`` grouped into bins of at most ``capacity`` (every length is at most
+    ``capacity``; zero lengths are left out), best fit decreasing, in O(n log capacity): a
+    min-segment-tree over the remaining space says the smallest space that still fits."""
+    size = 1
+    while size < capacity + 1:
+        size *= 2
+    inf = capacity + 1
+    tree = [inf] * (2 * size)          # leaf s: s while some bin has exactly s left, else inf
+    open_bins: list[list[int]] = [[] for _ in range(capacity + 1)]   # remaining space -> bin ids
+    bins: list[list[int]] = []
+
+    def set_leaf(s: int, value: int) -> None:
+        i = s + size
+        tree[i] = value
+        while i > 1:
+            i //= 2
+            tree[i] = min(tree[2 * i], tree[2 * i + 1])
+
+    def smallest_at_least(n: int) -> int:
+        lo, hi, best = n + size, capacity + size + 1, inf
+        while lo < hi:
+            if lo & 1:
+                best = min(best, tree[lo])
+                lo += 1
+            if hi & 1:
+                hi -= 1
+                best = min(best, tree[hi])
+            lo //= 2
+            hi //= 2
+        return best
+
+    for i in sorted((i for i, n in enumerate(lengths) if n > 0), key=lambda i: -lengths[i]):
+        n = lengths[i]
+        if n > capacity:
+            raise ValueError(f"an example of {n} tokens does not fit a sequence of {capacity}")
+        space = smallest_at_least(n)
+        if space == inf:
+            b, space = len(bins), capacity
+            bins.append([])
+        else:
+            b = open_bins[space].pop()
+            if not open_bins[space]:
+                set_leaf(space, inf)
+        bins[b].append(i)
+        left = space - n
+        if left > 0:
+            if not open_bins[left]:
+                set_leaf(left, left)
+            open_bins[left].append(b)
+    return bins
 
 
 def text_blocks(docs: Iterable[list[int]], max_len: int, keep_last: bool = True, isolate: bool = False) -> list[dict]:
