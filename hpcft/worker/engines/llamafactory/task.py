@@ -182,13 +182,18 @@ class Delegated:
     def _device(self) -> SimpleNamespace:
         """What the ranks trained on: a GPU job whose torch sees no GPU trained on the CPU."""
         kind = self.ctx.device
-        if kind == "gpu":
-            import torch
-
-            kind = "gpu" if torch.cuda.is_available() else "cpu"
+        if kind == "gpu" and not _gpu_devices():
+            kind = "cpu"   # the dev cluster's fake GPUs (or a node without its driver): the ranks ran on the CPU
         args = self.spec["args"]
         precision = "bf16" if args.get("bf16") or args.get("pure_bf16") else "fp16" if args.get("fp16") else "fp32"
         return SimpleNamespace(kind=kind, name=kind, precision=precision)
+
+
+def _gpu_devices() -> bool:
+    """Whether this node has a GPU driver's device files (NVIDIA, or ROCm's /dev/kfd), asked without
+    importing torch (2+ s after training, on the run's wall time)."""
+    dev = Path("/dev")
+    return any(dev.glob("nvidia[0-9]*")) or (dev / "kfd").exists()
 
 
 def _version() -> Optional[str]:
