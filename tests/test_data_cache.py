@@ -89,8 +89,10 @@ def test_the_key_changes_with_every_ingredient_and_only_with_them(tmp_path, tokd
 
 
 @pytest.mark.worker
-def test_second_call_reads_the_cache_memory_mapped_with_the_same_tokens(tmp_path, tokdir, runtime, capsys):
+def test_second_call_reads_the_cache_memory_mapped_with_the_same_tokens(tmp_path, tokdir, runtime, capsys,
+                                                                      monkeypatch):
     from hpcft.worker.data import llm as ld
+    from hpcft.worker.data import mix
     from hpcft.worker.data.cache import sft_data
     from hpcft.worker.data.mix import load_sft_data
 
@@ -105,6 +107,7 @@ def test_second_call_reads_the_cache_memory_mapped_with_the_same_tokens(tmp_path
     assert (first.info["cache"], second.info["cache"]) == ("built", "hit")
     assert second.info["tokens"] == first.real_tokens == second.real_tokens > 0
     plain = load_sft_data(t, refs, tok, ld.Renderer(tok))                  # what no cache gives
+    monkeypatch.setattr(mix, "ROWS_PER_PROC", 1)                          # 30 rows: two processes all the same
     procs = load_sft_data(t, refs, tok, ld.Renderer(tok), num_proc=2)      # the preprocess job's map
     for k in ("input_ids", "labels", "position_ids"):
         assert second.train[k] == first.train[k] == plain.train[k] == procs.train[k]

@@ -81,6 +81,9 @@ def split_rows(dd, t, name: str, check: Optional[Callable[[Any, str], None]] = N
     return raw_train, raw_eval, eval_name
 
 
+ROWS_PER_PROC = 256   # the tokenizing map's processes (num_proc): at least this many rows each
+
+
 def tokenize(ds, tokenizer, renderer: ld.Renderer, fmt: str, max_len: int, system: Optional[str],
              name: str, desc: str, keep_last: bool = True, isolate: bool = False, num_proc: Optional[int] = None):
     """Tokenized examples of a raw split (a row may give several; see hpcft.core.chat); rows
@@ -99,7 +102,7 @@ def tokenize(ds, tokenizer, renderer: ld.Renderer, fmt: str, max_len: int, syste
                     out["labels"].append(ex["labels"])
         return out
 
-    procs = min(num_proc or 1, len(ds))
+    procs = min(num_proc or 1, len(ds) // ROWS_PER_PROC)   # a process costs more than a few rows
     out = ds.map(encode, batched=True, with_indices=True, remove_columns=ds.column_names,
                  desc=f"tokenize {name} {desc}", num_proc=procs if procs > 1 else None)
     if fmt != "text":
