@@ -6,8 +6,6 @@ import json
 import shlex
 from pathlib import Path
 
-from ..core.preprocess import describe as describe_preprocess
-from ..core.preprocess import read_record as read_preprocess
 from .common import SWEEP_REF_HELP, print_json, settings
 
 SKIP_EVAL = {"runtime", "samples_per_second", "steps_per_second", "epoch", "step"}
@@ -36,6 +34,7 @@ def collect(record) -> dict:
     import yaml
 
     from ..core.eval_tasks import read_scores
+    from ..core.preprocess import read_record as read_preprocess
     from ..core.progress_log import last_progress, read_jsonl
     from ..core.rundir import LaunchSpec, RunPaths
     from ..runs.index import RERUNS
@@ -140,6 +139,8 @@ def run(args) -> int:
     if res:
         print(f"resources: {res.get('nodes', 1)} node(s), partition {res.get('partition') or '-'}, "
               f"gpus {res.get('gpus_per_node') or 0}, npus {res.get('npus_per_node') or 0}, time {res.get('time')}")
+    from ..core.preprocess import describe as describe_preprocess
+
     pre = describe_preprocess(info["preprocess"])
     if pre:   # train.preprocess: cpu-job: where and how long its data were tokenized
         print(f"preprocess: {pre}")
