@@ -1,5 +1,6 @@
 """``engine: llamafactory`` on the dev Slurm (issue 27, item 4): LLaMA-Factory 0.9.5 itself (the LF lane,
-.venv-lf, is the job's env) runs a LoRA SFT of a tiny Llama as the delegated engine:
+.venv-lf, is the job's env) runs a 4-bit QLoRA SFT of a tiny Llama (bitsandbytes' CPU kernels) as the
+delegated engine, the one trained run of this module:
 
 * one Slurm task, whose ``llamafactory-cli train`` starts 2 gloo ranks (FORCE_TORCHRUN, NPROC_PER_NODE);
 * a time-limit signal in the middle (the ranks paused at step 6 by tests/lf_pause): the job requeues,
@@ -39,6 +40,8 @@ model_name_or_path: {LLAMA_ID}
 stage: sft
 do_train: true
 finetuning_type: lora
+quantization_bit: 4
+quantization_method: bnb
 lora_rank: 8
 lora_target: all
 ### dataset
@@ -143,6 +146,10 @@ def test_two_ranks_from_one_task_and_a_requeue_resumes_from_the_checkpoint(deleg
     assert m["hardware"]["world_size"] == 2 and m["hardware"]["device"] == "cpu" and m["wall"]["legs"] == 2
     assert m["llamafactory"]["version"] == "0.9.5" and m["llamafactory"]["stage"] == "sft"
     assert (run_dir / "output" / "adapter_model.safetensors").is_file() and (run_dir / "curves.png").is_file()
+    # 4-bit: LLaMA-Factory quantized the base; the submit's memory estimate planned a QLoRA run
+    assert "Quantizing model to 4 bit with bitsandbytes" in log and m["method"] == "qlora", log[-3000:]
+    est = json.loads((run_dir / "memory-estimate.json").read_text())
+    assert est["available"] and est["plan"]["method"] == "qlora", est
 
 
 def test_the_resolved_yaml_is_in_the_run_folder_and_the_users_file_untouched(delegated):
@@ -193,6 +200,6 @@ def test_bad_input_one_line_nothing_queued(case, lf_venv, tiny, slurm, hpcft_hom
             "can and hands the rest to LLaMA-Factory)"), proc.stderr
     else:
         assert line == (
-            f"{tmp_path / 'lf.yaml'}:26: lora_rnak: not a LLaMA-Factory key (0.9.5); neither engine runs it "
+            f"{tmp_path / 'lf.yaml'}:28: lora_rnak: not a LLaMA-Factory key (0.9.5); neither engine runs it "
             "(did you mean 'lora_rank'?)"), proc.stderr
     assert not (hpcft_home / "runs").exists() or not any((hpcft_home / "runs").iterdir())
