@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import grpo as grpo_rules
+from . import streaming as streaming_rules
 from .config import Settings
 from .dsconfig import check as check_deepspeed_file
 from .errors import ConfigError
@@ -188,12 +189,12 @@ class LoraSpec(_Strict):
 # fields that only the causal-lm task reads; set on another task, each is reported
 LLM_FIELDS = ("method", "lora", "quantization", "data_format", "packing", "gradient_checkpointing", "system_prompt",
               "sample_prompts", "max_new_tokens", "train_on", "enable_thinking", "trust_remote_code", "neftune_alpha",
-              "data_cache", "preprocess")
+              "data_cache", "preprocess", "streaming")
 # the LLM tasks: supervised fine-tuning and preference tuning (TRL's trainers; see docs/llm.md)
 LLM_TASKS = ("causal-lm", *PREFERENCE_TASKS, "grpo", "llamafactory")
 # of LLM_FIELDS, those preference tuning does not read (its rows are its own format, unpacked)
 SFT_ONLY_FIELDS = ("data_format", "packing", "sample_prompts", "max_new_tokens", "train_on", "neftune_alpha",
-                   "data_cache", "preprocess")
+                   "data_cache", "preprocess", "streaming")
 # fields that only the preference tasks read
 PREFERENCE_FIELDS = ("init_from", "preference")
 
@@ -314,6 +315,7 @@ class TrainSpec(_Strict):
     neftune_alpha: Optional[float] = Field(None, gt=0)  # NEFTune: noise on the embeddings (the Trainer's; e.g. 5)
     data_cache: Optional[bool] = None          # tokenized data cached in $HPCFT_HOME/runtime/data (default true)
     preprocess: Optional[PreprocessMode] = None  # cpu-job: tokenized first by a CPU job (hpcft.core.preprocess)
+    streaming: Optional[bool] = None           # data_format text read as a stream (hpcft.core.streaming)
     # ---- preference tuning (dpo, orpo, simpo, kto); see docs/llm.md
     init_from: Optional[str] = None            # an hpcft SFT run (resolved to its folder at submit)
     preference: Optional[PreferenceSpec] = None
@@ -382,6 +384,7 @@ class TrainSpec(_Strict):
                                  "use method: lora, or lora.init: gaussian")
             self._check_qlora()
         grpo_rules.check(self)
+        streaming_rules.check(self)
         if (self.task == "llamafactory") != (self.llamafactory is not None):
             raise ValueError("task: llamafactory and llamafactory: come together (hpcft writes both from a "
                              "LLaMA-Factory YAML; submit that file, or an hpcft job with llamafactory: lf.yaml)")

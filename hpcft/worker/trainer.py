@@ -123,7 +123,11 @@ def trainer_class():
             folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
             try:
                 with timed("save"):
-                    return super()._save_checkpoint(model, trial)
+                    out = super()._save_checkpoint(model, trial)
+                    extra = getattr(self, "hpcft_checkpoint_extra", None)
+                    if extra is not None and folder.is_dir():   # before the callbacks mark it complete
+                        extra(folder, self.state)
+                    return out
             except OSError as exc:
                 raise ck.describe_failure(exc, folder, Path(self.args.output_dir)) from exc
 

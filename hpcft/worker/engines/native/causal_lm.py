@@ -54,7 +54,8 @@ class CausalLM(Task):
         args = training_args(
             ctx, self.device,
             **_checkpointing_args(TrainingArguments, grad_ckpt),
-            **_sampling_args(TrainingArguments, packed=bool(t.packing)),
+            **_sampling_args(TrainingArguments, packed=bool(t.packing) or bool(t.streaming)),
+            **(_streaming_args() if t.streaming else {}),
             ddp_find_unused_parameters=False if task.world_size > 1 else None,
             **({"neftune_noise_alpha": t.neftune_alpha} if t.neftune_alpha else {}),
         )
@@ -86,22 +87,61 @@ class CausalLM(Task):
                 log(f"{'QLoRA' if method == 'qlora' else 'LoRA'} r={(t.lora.r if t.lora else 8)}: {trainable:,} trainable of {total:,} parameters "
                     f"({100 * trainable / max(total, 1):.2f}%)")
 
-        if not t.packing and "length" not in train_ds.column_names:  # for the length-grouped sampler (the cache has it)
+        # the length-grouped sampler's lengths (the cache has them; a stream is read in order)
+        if self.stream is None and not t.packing and "length" not in train_ds.column_names:
             train_ds = train_ds.add_column("length", [len(x) for x in train_ds["input_ids"]])
         self.build_trainer(_trainer_class(), model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                            processing_class=tokenizer,
                            data_collator=ld.Collator(tokenizer.pad_token_id, 8 if self.device.kind != "cpu" else None))
+        if self.stream is not None and task.is_main:  # its position goes into every checkpoint
+            from hpcft.worker.data.stream import save_position
+
+            per_step = t.batch_size * t.gradient_accumulation * task.world_size
+
+            def position(folder: Path, state) -> None:
+                save_position(self.stream, folder, per_step, state.global_step)
+
+            self.trainer.hpcft_checkpoint_extra = position
 
     def _datasets(self) -> tuple[Any, Any]:
         """The tokenized train and eval sets (mixed and packed when asked; :mod:`.data_mix`); keeps
         the held-out (row, format) pairs (the prompts for samples.jsonl) and what metrics.json says
         about the data."""
+        self.stream = None
+        if self.cfg.streaming:
+            return self._stream(), None
         from hpcft.worker.data.cache import sft_data  # tokenized once, then from the user's own cache
 
         data = sft_data(self.cfg, self.ctx.assets[1:1 + len(self.cfg.dataset_entries)], self.tokenizer,
                         self.renderer, self.ctx.assets[0].path, self.ctx.task.rank)
         self.n_real, self.prompts, self.data_info = data.real_tokens, data.prompts, data.info
         return data.train, data.eval
+
+    def _stream(self):
+        """``train.streaming``: the corpus as a :class:`~hpcft.worker.data.stream.TextStream`, from
+        the position the checkpoint being resumed recorded."""
+        from hpcft.worker import checkpoints as ck
+        from hpcft.worker.data import llm as ld
+        from hpcft.worker.data.stream import TextStream, open_rows, read_position
+
+        t, ref, tok = self.cfg, self.ctx.assets[1], self.tokenizer
+        root = self.ctx.paths.checkpoints
+
+        def encode(row: dict) -> list[int]:
+            return ld.encode(tok, self.renderer, row, "text", t.max_seq_length)[0]["input_ids"]
+
+        per_step = t.batch_size * t.gradient_accumulation * self.ctx.task.world_size
+        self.stream = TextStream(lambda: open_rows(ref, t.train_split), encode, t.max_seq_length,
+                                 keep_last=(t.text_last_block or "keep") == "keep", isolate=bool(t.packing),
+                                 resume=lambda: read_position(ck.latest_complete(root)), keep=max(4096, 4 * per_step))
+        self.n_real, self.prompts = 0, []
+        self.data_info = {"dataset": t.dataset_label, "format": "text", "streaming": True,
+                          "max_seq_length": t.max_seq_length, "packing": bool(t.packing)}
+        return self.stream
+
+    def evaluate(self) -> dict:
+        """A streamed run has no held-out set (hpcft.core.streaming): nothing to evaluate."""
+        return {} if self.stream is not None else super().evaluate()
 
     def save(self) -> Path:
         """The common save; beside an adapter too, the generation config (its end-of-turn token as
@@ -122,6 +162,16 @@ class CausalLM(Task):
 
     def train_figures(self, leg: TrainedLeg, steps_this_leg: int, records: list[dict]) -> dict:
         state = self.trainer.state
+        if self.stream is not None:   # the tokens of the blocks this leg trained on, counted as they streamed
+            t = self.cfg
+            per_step = t.batch_size * t.gradient_accumulation * self.ctx.task.world_size
+            end = self.stream.positions.get(state.global_step * per_step, self.stream.last)
+            tokens = end["tokens"] - (self.stream.start or end)["tokens"]
+            self.n_real = end["tokens"]
+            self.data_info.update(blocks=end["blocks"], tokens=end["tokens"], passes=end["pass"] + 1)
+            return {"tokens_per_second": round(tokens / leg.seconds, 1) if leg.seconds > 0 else None,
+                    "real_tokens": end["tokens"],
+                    "first_loss": next((r.get("loss") for r in records if r.get("event") == "train"), None)}
         epochs_this_leg = steps_this_leg / max(state.max_steps, 1) * (state.num_train_epochs or 1)
         return {"tokens_per_second": round(self.n_real * epochs_this_leg / leg.seconds, 1) if leg.seconds > 0 else None,
                 "real_tokens": self.n_real,
@@ -185,6 +235,12 @@ def _sampling_args(args_cls, packed: bool) -> dict:
     if "train_sampling_strategy" in args_cls.__dataclass_fields__:  # transformers >= 5.x
         return {"train_sampling_strategy": "group_by_length"}
     return {"group_by_length": True}
+
+
+def _streaming_args() -> dict:
+    """A stream: no evaluation (no held-out set), and no Trainer skip on resume (it would re-read
+    every consumed batch; the stream starts at its checkpointed position instead)."""
+    return {"eval_strategy": "no", "ignore_data_skip": True}
 
 
 def _checkpointing_args(args_cls, on: bool) -> dict:
