@@ -104,7 +104,7 @@ def test_a_cpu_job_tokenizes_first_and_the_training_job_trains_from_its_cache(sl
     alone = json.loads(run_hpcft("preprocess", str(other), "--json", check=True).stdout)
     assert not alone["hit"] and alone["job_id"], alone
     done = Path(alone["folder"]) / "preprocess.json"
-    wait_for(lambda: json.loads(done.read_text()).get("state") == "done", timeout=180, interval=0.5,
+    wait_for(lambda: done.is_file() and json.loads(done.read_text())["state"] == "done", timeout=180, interval=0.5,
              what=f"preprocess job {alone['job_id']} to build cache {alone['key']}")
     proc = run_hpcft("submit", str(other), "--dry-run", check=True)
     dry = proc.stdout + proc.stderr
@@ -145,6 +145,7 @@ def test_a_failed_preprocess_job_cancels_the_training_job_with_one_readable_line
     proc = run_hpcft("submit", str(bad))
     assert proc.returncode == 2 and "slurm accepts: " in proc.stderr, proc.stderr
     out = subprocess.run(["scontrol", "show", "job", "-o"], capture_output=True, text=True, check=True).stdout
-    states = [kv.get("JobState") for kv in map(_kv, out.splitlines()) if kv.get("JobName") == "pre-refused-preprocess"]
+    states = [kv.get("JobState") for kv in map(_kv, out.splitlines())   # this session's (Slurm keeps old jobs)
+              if kv.get("JobName") == "pre-refused-preprocess" and kv.get("Command", "").startswith(str(hpcft_home))]
     assert states == ["CANCELLED"], out
     assert sorted((hpcft_home / "runs").iterdir()) == runs

@@ -141,7 +141,7 @@ def run(args) -> int:
               f"gpus {res.get('gpus_per_node') or 0}, npus {res.get('npus_per_node') or 0}, time {res.get('time')}")
     from ..core.preprocess import describe as describe_preprocess
 
-    pre = describe_preprocess(info["preprocess"])
+    pre = describe_preprocess(info["preprocess"], run_ended=info["state"] in TERMINAL_STATES)
     if pre:   # train.preprocess: cpu-job: where and how long its data were tokenized
         print(f"preprocess: {pre}")
     m = info["metrics"]

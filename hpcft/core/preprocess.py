@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 # train.preprocess: where a causal-lm job's data are tokenized. in-job (the default): by the
 # training job itself, rank 0, into the cache; cpu-job: first, by a CPU job of their own
 PreprocessMode = Literal["in-job", "cpu-job"]
-RECORD = "preprocess.json"      # written by hpcft.worker.data.preprocess
+RECORD = "preprocess.json"      # written by hpcft.worker.data.preprocess, when it ends
+QUEUED = "preprocess-queued.json"  # written by the login side at submit (a file of its own: no race)
 SPEC = "preprocess-spec.json"   # written by the login side: what the worker needs beside job.yaml
 SCRIPT = "preprocess.sh"
 LOG_STEM = "preprocess"         # preprocess.<jobid>.out / .err
@@ -59,20 +60,28 @@ def task_problem(job) -> Optional[str]:
 
 
 def read_record(folder: Path) -> Optional[dict]:
-    try:
-        data = json.loads((Path(folder) / RECORD).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    """The preprocess job's record (its end), else what submit recorded when it queued it (or
+    found the cache built); None for a run without ``train.preprocess: cpu-job``."""
+    for name in (RECORD, QUEUED):
+        try:
+            data = json.loads((Path(folder) / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict):
+            return data
+    return None
 
 
-def describe(rec: Optional[dict]) -> Optional[str]:
-    """``hpcft show``'s preprocessing line."""
+def describe(rec: Optional[dict], run_ended: bool = False) -> Optional[str]:
+    """``hpcft show``'s preprocessing line (``run_ended``: the training job is over, so a job
+    still recorded as queued ended without writing its record)."""
     if not rec:
         return None
     if rec.get("state") == "queued-none":
         return f"cache {rec.get('key')} already built at submit: no preprocess job queued"
     where = f"job {rec.get('job_id')}" + (f" on {rec['node']}" if rec.get("node") else "")
+    if rec.get("state") == "queued" and run_ended:
+        return f"{where} ended without a record (killed, or out of time or memory: see {LOG_STEM}.{rec.get('job_id')}.err)"
     if rec.get("state") == "queued":
         return f"{where} queued (partition {rec.get('partition') or 'default'}), cache {rec.get('key')}"
     if rec.get("state") == "failed":

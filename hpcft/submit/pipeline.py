@@ -13,7 +13,7 @@ import os
 import shlex
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Generic, Optional, TypeVar
 
@@ -284,7 +284,8 @@ class JobSubmission(Submission[SubmitResult]):
         result = SubmitResult(record, script, checks,
                               preprocess=self.preprocessing.as_dict() if self.preprocessing else None)
         if plan.scow_dir is not None:
-            scow.place(paths, plan.scow_dir, job_id, script)
+            # the portal's copy, resubmitted later, must not wait on a preprocess job Slurm may have forgotten
+            scow.place(paths, plan.scow_dir, job_id, render_script(replace(plan, after=None)) if plan.after else script)
             if self.save_template:
                 result.template = scow.save_template(plan, job_id, paths.run_id, plan.scow_dir / f"job.{job_id}.sh")
         return result

@@ -25,7 +25,7 @@ from ..core.data_key import built_meta, cache_key, ingredients, runtime_cache_ro
 from ..core.errors import ConfigError, SlurmError
 from ..core.job import LoadedJob
 from ..core.offline import cache_env
-from ..core.preprocess import LOG_STEM, RECORD, SCRIPT, SPEC, task_problem
+from ..core.preprocess import LOG_STEM, QUEUED, SCRIPT, SPEC, task_problem
 from ..core.rundir import make_private_dir
 from .render import make_plan, q, template_environment
 
@@ -115,7 +115,7 @@ def render(loaded: LoadedJob, settings: Settings, folder: Path) -> str:
 
 def queue(loaded: LoadedJob, settings: Settings, folder: Path, key: str, cache: Path,
           write_job: bool = False) -> Preprocessing:
-    """Write the spec and the script into ``folder`` and sbatch it; ``preprocess.json`` says queued."""
+    """Write the spec and the script into ``folder`` and sbatch it; ``preprocess-queued.json`` says so."""
     import yaml
 
     if write_job:
@@ -125,7 +125,7 @@ def queue(loaded: LoadedJob, settings: Settings, folder: Path, key: str, cache: 
     script = atomic_write_text(folder / SCRIPT, render(loaded, settings, folder), mode=0o755)
     job_id = slurm.sbatch(str(script))
     partition = p.partition_for(settings)
-    atomic_write_json(folder / RECORD, {"state": "queued", "job_id": job_id, "partition": partition, "key": key})
+    atomic_write_json(folder / QUEUED, {"state": "queued", "job_id": job_id, "partition": partition, "key": key})
     return Preprocessing(key, cache, False, job_id, folder, partition)
 
 
@@ -139,11 +139,11 @@ def hit(key: str, cache: Path) -> Optional[Preprocessing]:
 
 def for_submit(loaded: LoadedJob, settings: Settings, run_dir: Path) -> Preprocessing:
     """``submit`` of a ``train.preprocess: cpu-job`` job: a hit queues nothing (recorded in the
-    run folder's preprocess.json); a miss queues the preprocess job from the run folder."""
+    run folder's preprocess-queued.json); a miss queues the preprocess job from the run folder."""
     key, cache = job_key(loaded, settings)
     done = hit(key, cache)
     if done is not None:
-        atomic_write_json(run_dir / RECORD, {"state": "queued-none", "key": key, "examples": done.examples,
+        atomic_write_json(run_dir / QUEUED, {"state": "queued-none", "key": key, "examples": done.examples,
                                              "tokens": done.tokens})
         return done
     return queue(loaded, settings, run_dir, key, cache)
