@@ -149,3 +149,9 @@ def test_a_failed_preprocess_job_cancels_the_training_job_with_one_readable_line
               if kv.get("JobName") == "pre-refused-preprocess" and kv.get("Command", "").startswith(str(hpcft_home))]
     assert states == ["CANCELLED"], out
     assert sorted((hpcft_home / "runs").iterdir()) == runs
+
+    # hpcft cancel of a run whose preprocess job has not ended cancels that job too
+    sub = _submit(run_hpcft, _job(tmp_path, "pre-cancel", write_alpaca(tmp_path / "d.jsonl", n=8, seed=3)))
+    run_hpcft("cancel", sub["run_id"], check=True)
+    wait_for(lambda: _scontrol(sub["preprocess"]["job_id"])["JobState"] == "CANCELLED", timeout=30, interval=0.5,
+             what=f"preprocess job {sub['preprocess']['job_id']} cancelled with its run")

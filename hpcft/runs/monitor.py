@@ -181,10 +181,23 @@ def cancel(record: RunRecord) -> None:
         return
     if record.executor == "slurm":
         slurm.cancel(record.job_id)
+        _cancel_preprocess(Path(record.run_dir))
     elif _local_alive(record.job_id):
         os.kill(int(record.job_id), signal.SIGTERM)
     record.state = "CANCELLED"
     RunStore(Path(record.run_dir).parent).save(record)
+
+
+def _cancel_preprocess(run_dir: Path) -> None:
+    """The run's preprocess job too (train.preprocess: cpu-job), while it has not ended: it
+    tokenizes for this run only as far as the user knows."""
+    from ..core.preprocess import read_record
+
+    rec = read_record(run_dir)
+    if rec and rec.get("state") == "queued" and rec.get("job_id"):
+        info = slurm.job_info(rec["job_id"])
+        if info is not None and not info.terminal:
+            slurm.cancel(rec["job_id"])
 
 
 def log_path(record: RunRecord, err: bool = False, rank: Optional[int] = None) -> Path:
