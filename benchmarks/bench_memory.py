@@ -147,7 +147,7 @@ def _slurm_up() -> bool:
 def placement(repeat: int) -> bool:
     from hpcft.cluster import slurm
     from hpcft.core.config import Settings
-    from hpcft.core.job import load_job
+    from hpcft.core.job_load import load_job
     from hpcft.preflight import placement as pl
     from hpcft.preflight.live import ClusterView
 

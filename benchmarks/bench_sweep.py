@@ -77,7 +77,7 @@ def main() -> int:
 
         # baseline 1: separate submits through the library, one process (no start-up per job)
         from hpcft.core.config import load_settings
-        from hpcft.core.job import load_job
+        from hpcft.core.job_load import load_job
         from hpcft.submit.pipeline import submit
 
         settings = load_settings()

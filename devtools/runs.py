@@ -12,7 +12,7 @@ import yaml
 
 from devtools.hub.fixtures import make_standard_fixtures
 from hpcft.core.config import load_settings
-from hpcft.core.job import load_job
+from hpcft.core.job_load import load_job
 from hpcft.core.rundir import RunPaths
 from hpcft.core.store import Cache
 from hpcft.runs.index import new_run_dir

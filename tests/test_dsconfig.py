@@ -7,7 +7,8 @@ import pytest
 from hpcft.core.config import load_settings
 from hpcft.core.dsconfig import build, check, resolve
 from hpcft.core.errors import ConfigError
-from hpcft.core.job import TrainSpec, load_job
+from hpcft.core.job import TrainSpec
+from hpcft.core.job_load import load_job
 
 
 def train(**kw):

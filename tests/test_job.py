@@ -6,7 +6,7 @@ import pytest
 
 from hpcft.core.config import load_settings
 from hpcft.core.errors import ConfigError
-from hpcft.core.job import load_job
+from hpcft.core.job_load import load_job
 from tests.conftest import hpcft
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from hpcft.core.config import Settings
 from hpcft.core.errors import ConfigError
-from hpcft.core.job import load_job
+from hpcft.core.job_load import load_job
 from hpcft.core.llamafactory import IGNORED, KEYS, NATIVE, NEEDS_ENGINE, map_keys
 from hpcft.core.yamlfile import load_yaml_file
 

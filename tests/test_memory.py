@@ -19,7 +19,7 @@ import yaml
 from hpcft.cluster.slurm import Node, Partition, parse_gres_types
 from hpcft.core.config import Settings, load_settings
 from hpcft.core.errors import ConfigError
-from hpcft.core.job import load_job
+from hpcft.core.job_load import load_job
 from hpcft.core.store import Cache
 from hpcft.preflight.checks import ClusterView, Preflight
 from hpcft.preflight.devices import device_memory, from_name, parse_size_gib

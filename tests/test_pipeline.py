@@ -14,7 +14,7 @@ import yaml
 from hpcft.cluster import slurm
 from hpcft.core.config import load_settings
 from hpcft.core.errors import PreflightError
-from hpcft.core.job import load_job
+from hpcft.core.job_load import load_job
 from hpcft.runs.index import RunStore
 from hpcft.runs.sweep_record import Sweep
 from hpcft.submit import pipeline

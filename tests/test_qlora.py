@@ -14,7 +14,8 @@ import pytest
 
 from hpcft.core.config import Settings, load_settings
 from hpcft.core.errors import ConfigError
-from hpcft.core.job import Job, load_job
+from hpcft.core.job import Job
+from hpcft.core.job_load import load_job
 from hpcft.core.quantization import QuantizationSpec, compute_dtype, model_quantization, quantized_problem
 from hpcft.preflight.checks import Preflight
 from hpcft.preflight.estimate import Plan, estimate, shape_from_config

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from hpcft.core.config import Settings, hpcft_home
-from hpcft.core.job import load_job
+from hpcft.core.job_load import load_job
 from hpcft.submit.render import make_plan, render_script
 
 ROOT = Path(__file__).resolve().parent.parent

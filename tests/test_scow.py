@@ -15,7 +15,7 @@ import pytest
 
 from devtools.wait import wait_for
 from hpcft.core.config import Scow, Settings
-from hpcft.core.job import load_job
+from hpcft.core.job_load import load_job
 from hpcft.runs.index import RunStore
 from hpcft.submit.pipeline import scow
 from hpcft.submit.render import make_plan, render_script

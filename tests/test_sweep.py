@@ -14,7 +14,7 @@ from devtools.wait import wait_for
 from hpcft.cluster.slurm import parse_array_states, parse_config, parse_index_set
 from hpcft.core.config import Settings
 from hpcft.core.errors import ConfigError
-from hpcft.core.job import load_job
+from hpcft.core.job_load import load_job
 from hpcft.core.progress_log import read_progress
 from hpcft.submit.sweep import array_spec, expand, sweep_points
 from tests.conftest import hpcft, hpcft_json

@@ -21,7 +21,8 @@ from devtools.runs import make_run, tiny_job
 from hpcft.core import assets
 from hpcft.core.config import load_settings
 from hpcft.core.errors import NotStagedError
-from hpcft.core.job import Job, load_job
+from hpcft.core.job import Job
+from hpcft.core.job_load import load_job
 from hpcft.core.resolve import load_table
 from hpcft.core.store import Cache
 from hpcft.stage.layout import register_local

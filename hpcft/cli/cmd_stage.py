@@ -59,7 +59,7 @@ def register(sub) -> None:
 
 
 def _job_assets(path: str, s):
-    from ..core.job import load_job
+    from ..core.job_load import load_job
 
     loaded = load_job(path, s, {})
     assets = loaded.job.all_assets()

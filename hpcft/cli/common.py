@@ -27,7 +27,7 @@ def add_job_args(parser) -> None:
 
 
 def load(args):
-    from ..core.job import load_job
+    from ..core.job_load import load_job
     from ..core.yamlfile import parse_set_options
 
     s = settings()

@@ -17,7 +17,8 @@ from typing import Optional
 
 from ..cluster import slurm
 from ..core.config import Settings
-from ..core.job import Job, LoadedJob
+from ..core.job import Job
+from ..core.job_load import LoadedJob
 from .checks import Preflight
 from .devices import device_memory
 from .estimate import CONTEXT_GIB, Estimate, Plan, estimate

@@ -21,7 +21,8 @@ from ..cluster import slurm
 from ..core.atomic import atomic_write_text
 from ..core.config import Settings
 from ..core.errors import PreflightError, SlurmError
-from ..core.job import Job, LoadedJob
+from ..core.job import Job
+from ..core.job_load import LoadedJob
 from ..core.offline import link_openmind_cache
 from ..core.rundir import RunPaths, make_private_dir, write_private_pickle
 from ..preflight import rules

@@ -23,7 +23,7 @@ from ..core.atomic import atomic_write_json, atomic_write_text
 from ..core.config import Settings
 from ..core.data_key import built_meta, cache_key, ingredients, runtime_cache_root
 from ..core.errors import ConfigError, SlurmError
-from ..core.job import LoadedJob
+from ..core.job_load import LoadedJob
 from ..core.offline import cache_env
 from ..core.preprocess import LOG_STEM, QUEUED, SCRIPT, SPEC, task_problem
 from ..core.rundir import make_private_dir

@@ -18,7 +18,7 @@ from typing import Optional
 from .. import __version__
 from ..core.config import Settings
 from ..core.errors import ConfigError
-from ..core.job import LoadedJob
+from ..core.job_load import LoadedJob
 from ..core.offline import offline_env, openmind_env
 from ..core.rundir import LaunchSpec
 

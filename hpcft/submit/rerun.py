@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Optional
 
 from ..core.config import Settings
 from ..core.errors import HpcftError
-from ..core.job import Job, LoadedJob
+from ..core.job import Job
+from ..core.job_load import LoadedJob
 from ..core.rundir import RunPaths, make_private_dir, write_private_pickle
 from .scow import home, place, portal_gaps
 

@@ -27,7 +27,8 @@ from pydantic import ValidationError
 from ..core.atomic import atomic_write_text
 from ..core.config import Settings
 from ..core.errors import ConfigError
-from ..core.job import Job, LoadedJob
+from ..core.job import Job
+from ..core.job_load import LoadedJob
 from ..core.rundir import RunPaths
 from ..core.yamlfile import set_dotted
 from ..preflight.checks import Check

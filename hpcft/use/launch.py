@@ -139,7 +139,8 @@ def _loaded_job(model: RunModel, aux: str, time: str, devices: int = 1, env: Opt
     a serving env beside the training one, as vLLM's pins often need)."""
     import yaml
 
-    from ..core.job import Job, LoadedJob
+    from ..core.job import Job
+    from ..core.job_load import LoadedJob
 
     try:
         data = yaml.safe_load(model.paths.job_yaml.read_text(encoding="utf-8"))
