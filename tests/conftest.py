@@ -90,6 +90,9 @@ def hpcft_home(tmp_path_factory, monkeypatch):
     # the dev cluster's GPUs/NPUs are fake gres: its GPU jobs train on the CPU torch on purpose
     # (devtools/faults cpu_fallback), which the pre-flight otherwise refuses (tests/test_envprobe.py)
     monkeypatch.setenv("HPCFT_ALLOW_CPU_TORCH", "1")
+    from hpcft.preflight import envprobe
+
+    envprobe.forget()   # the env probe's in-process answers are per test: a test's envs are its own
     return home
 
 
