@@ -273,8 +273,9 @@ class JobEnv:
         """Is ``package`` installed there (a package folder or a one-file module)?"""
         if self.facts is not None:
             return self.facts.has(package)
-        if self.prefix is None:
-            return importlib.util.find_spec(package) is not None
+        if self.prefix is None:   # a folder of that name on sys.path (a namespace package) is not an install
+            spec = importlib.util.find_spec(package)
+            return spec is not None and spec.origin not in (None, "namespace")
         return any((sp / package).is_dir() or (sp / f"{package}.py").is_file() for sp in self.site_packages())
 
     def python(self) -> str:
