@@ -90,7 +90,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--quick", action="store_true", help="one run of each side, 8 steps")
     args = ap.parse_args()
+    if args.quick:
+        args.repeat, args.steps = 1, 8
     if not (LF_VENV / "bin" / "llamafactory-cli").is_file():
         raise SystemExit(f"bench_lf_overhead: no LLaMA-Factory lane at {LF_VENV} (HPCFT_LF=1 scripts/setup)")
     if not os.environ.get("SLURM_CONF"):

@@ -62,7 +62,10 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=12000)
     ap.add_argument("--cpus", type=int, default=2, help="config preprocess.cpus (the dev node has 2)")
+    ap.add_argument("--quick", action="store_true", help="2,000 rows (figures only)")
     args = ap.parse_args()
+    if args.quick:
+        args.rows = 2000
     from benchmarks.bench_data_cache import make_data
     from devtools.hub.llm_fixtures import make_tiny_llama
     from hpcft.core.store import Cache
