@@ -18,7 +18,7 @@ and cut into ``max_seq_length`` blocks, with per-document positions under ``pack
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 from hpcft.worker.errors import WorkerError
 
@@ -123,18 +123,25 @@ def text_blocks(docs: Iterable[list[int]], max_len: int, keep_last: bool = True,
     true``) each block carries ``position_ids`` restarting at 0 where a document starts (and at
     the block's start), so, as with packed examples, no document attends to another, and a
     document's first token is not trained as the continuation of the one before (-100)."""
-    out: list[dict] = []
+    return [b for b, _, _ in blocks(enumerate(docs), max_len, keep_last, isolate)]
+
+
+def blocks(docs: Iterable[tuple[int, list[int]]], max_len: int, keep_last: bool = True, isolate: bool = False,
+           first_offset: int = 0) -> Iterator[tuple[dict, int, int]]:
+    """``(block, row, offset)``: ``text_blocks``' blocks of ``docs`` (``(row, ids)`` pairs), each with
+    where the next block starts: ``offset`` tokens into ``row`` (``offset == len(ids)``: that row is
+    done). The first document starts ``first_offset`` tokens in (a resumed stream)."""
     cur: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": []}
+    row, i = -1, 0
 
-    def close() -> None:
+    def close() -> dict:
         nonlocal cur
-        if not isolate:
-            del cur["position_ids"]
-        out.append(cur)
+        out = cur if isolate else {"input_ids": cur["input_ids"], "labels": cur["labels"]}
         cur = {"input_ids": [], "labels": [], "position_ids": []}
+        return out
 
-    for ids in docs:
-        i = 0
+    for n, (row, ids) in enumerate(docs):
+        i = first_offset if n == 0 else 0
         while i < len(ids):
             piece = list(ids[i:i + max_len - len(cur["input_ids"])])
             cur["input_ids"] += piece
@@ -142,10 +149,9 @@ def text_blocks(docs: Iterable[list[int]], max_len: int, keep_last: bool = True,
             cur["position_ids"] += range(len(piece))
             i += len(piece)
             if len(cur["input_ids"]) == max_len:
-                close()
+                yield close(), row, i
     if cur["input_ids"] and keep_last:
-        close()
-    return out
+        yield close(), row, i
 
 
 @dataclass

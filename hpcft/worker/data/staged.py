@@ -28,16 +28,21 @@ class TaskData:
     info: dict = field(default_factory=dict)
 
 
+def file_builder(path: Path) -> tuple[str, dict]:
+    """The ``datasets`` builder and its arguments for a local data file (by its suffix)."""
+    builder = DATA_FILE_SUFFIXES.get(path.suffix.lower())
+    if builder is None:
+        raise DataError(f"{path}: unknown data file type (use .csv, .tsv, .json, .jsonl or .parquet)")
+    return builder, ({"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {})
+
+
 def load_raw(ref: JobAsset, cache_dir: Optional[str] = None):
     """A DatasetDict from a staged dataset folder or a local data file."""
     import datasets
 
     path = Path(ref.path)
     if path.is_file():
-        builder = DATA_FILE_SUFFIXES.get(path.suffix.lower())
-        if builder is None:
-            raise DataError(f"{path}: unknown data file type (use .csv, .tsv, .json, .jsonl or .parquet)")
-        kw = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+        builder, kw = file_builder(path)
         return datasets.load_dataset(builder, data_files={"train": str(path)}, cache_dir=cache_dir, **kw)
     try:
         return datasets.load_dataset(str(path), ref.config, cache_dir=cache_dir)

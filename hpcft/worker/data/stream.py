@@ -24,12 +24,12 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
 from hpcft.core.atomic import atomic_write_json
-from hpcft.worker.data.packing import IGNORE
+from hpcft.worker.data.packing import blocks
 
 STATE = "hpcft-stream.json"
 START = {"pass": 0, "row": 0, "offset": 0, "blocks": 0, "tokens": 0}
@@ -39,45 +39,13 @@ def open_rows(ref, split: str):
     """The rows of one staged dataset (or local data file) as a ``datasets`` stream."""
     import datasets
 
-    from hpcft.core.assets import DATA_FILE_SUFFIXES
-    from hpcft.worker.errors import DataError
+    from hpcft.worker.data.staged import file_builder
 
     path = Path(ref.path)
     if path.is_file():
-        builder = DATA_FILE_SUFFIXES.get(path.suffix.lower())
-        if builder is None:
-            raise DataError(f"{path}: unknown data file type (use .csv, .tsv, .json, .jsonl or .parquet)")
-        kw = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+        builder, kw = file_builder(path)
         return datasets.load_dataset(builder, data_files={"train": str(path)}, split="train", streaming=True, **kw)
     return datasets.load_dataset(str(path), ref.config, split=split, streaming=True)
-
-
-def blocks(docs: Iterable[tuple[int, list[int]]], max_len: int, keep_last: bool = True, isolate: bool = False,
-           first_offset: int = 0) -> Iterator[tuple[dict, int, int]]:
-    """``(block, row, offset)``: ``text_blocks``' blocks of ``docs`` (``(row, ids)`` pairs), each with
-    where the next block starts: ``offset`` tokens into ``row`` (``offset == len(ids)``: that row is
-    done). The first document starts ``first_offset`` tokens in (a resumed stream)."""
-    cur: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": []}
-    row, i = -1, 0
-
-    def close() -> dict:
-        nonlocal cur
-        out = cur if isolate else {"input_ids": cur["input_ids"], "labels": cur["labels"]}
-        cur = {"input_ids": [], "labels": [], "position_ids": []}
-        return out
-
-    for n, (row, ids) in enumerate(docs):
-        i = first_offset if n == 0 else 0
-        while i < len(ids):
-            piece = list(ids[i:i + max_len - len(cur["input_ids"])])
-            cur["input_ids"] += piece
-            cur["labels"] += [IGNORE] + piece[1:] if isolate and i == 0 else piece
-            cur["position_ids"] += range(len(piece))
-            i += len(piece)
-            if len(cur["input_ids"]) == max_len:
-                yield close(), row, i
-    if cur["input_ids"] and keep_last:
-        yield close(), row, i
 
 
 class TextStream(torch.utils.data.IterableDataset):
