@@ -11,8 +11,10 @@ Both sides get the same random Llama-architecture model (bench_llm's: hidden 512
 fixtures' byte-level BPE tokenizer and ChatML template; hidden 256 x 4 with --quick), the same
 alpaca rows (bench_llm's: answers of a few to ~150 tokens, as instruction data has) and the same
 settings: LoRA r=8 alpha 16 on every linear layer, batch 8, learning rate 2e-4, 1 epoch,
-cutoff_len = max_seq_length = 256, gradient checkpointing on (both sides' default), fp32 on the
-CPU, the same CPU threads. LLaMA-Factory's ``template: chatml`` renders exactly the text of the
+cutoff_len = max_seq_length = 256, fp32 on the CPU, the same CPU threads, and each side's default
+for gradient checkpointing: LLaMA-Factory's is on; hpcft's is auto, which turns it off when the
+memory estimate without it fits the device (here: it does), so each layer's forward runs once.
+``--checkpointing on`` forces it on for hpcft too, the like-for-like figure of the engines alone. LLaMA-Factory's ``template: chatml`` renders exactly the text of the
 model's ChatML chat template that hpcft renders (checked: the multiset of decoded LLaMA-Factory
 examples equals the chat template's renderings); the labels differ only in the ``\\n`` after
 ``<|im_end|>``, which LLaMA-Factory trains and hpcft does not. hpcft holds its evaluation rows in
@@ -90,18 +92,20 @@ def write_data(folder: Path, n: int) -> Path:
 
 # --------------------------------------------------------------------------- the two sides
 
-def run_hpcft(data: Path, packing: bool, threads: str) -> dict:
+def run_hpcft(data: Path, packing: bool, threads: str, checkpointing: str) -> dict:
     from devtools.runs import make_run, run_worker
 
     paths = make_run({"name": "bench-lf", "executor": "local", "train": {
         "task": "causal-lm", "model": "bench-llama", "dataset": str(data), "epochs": 1, "batch_size": BATCH,
         "learning_rate": LR, "max_seq_length": MAX_LEN, "logging_steps": 10, "sample_prompts": 0,
-        "packing": packing, "seed": 0}})
+        "packing": packing, "seed": 0, **({"gradient_checkpointing": True} if checkpointing == "on" else {})}})
     proc = run_worker(paths, timeout=3600, env={"OMP_NUM_THREADS": threads})
     if proc.returncode != 0:
         _die(f"hpcft worker failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    m = json.loads(paths.metrics.read_text())["train"]
-    return {"real_tokens": m["real_tokens"], "seconds": m["runtime_s"], "steps": m.get("steps")}
+    metrics = json.loads(paths.metrics.read_text())
+    m = metrics["train"]
+    return {"real_tokens": m["real_tokens"], "seconds": m["runtime_s"], "steps": m.get("steps"),
+            "gradient_checkpointing": (metrics.get("gradient_checkpointing") or {}).get("on")}
 
 
 def lf_dataset_tokens(path: Path, pad_id: int) -> tuple[int, int, list[list[int]]]:
@@ -163,6 +167,8 @@ def main() -> int:
     ap.add_argument("--rows", type=int, help="train rows (default 1200; 240 with --quick)")
     ap.add_argument("--only", help="comma-separated sides to run (hpcft, hpcft-pack, lf, lf-neat, lf-pack)")
     ap.add_argument("--threads", type=int, help="CPU threads for each side (default: up to 2)")
+    ap.add_argument("--checkpointing", choices=("auto", "on"), default="auto",
+                    help="hpcft's gradient checkpointing: its default (auto) or on, like LLaMA-Factory's default")
     args = ap.parse_args()
     quick = args.quick or args.ci
     only = args.only.split(",") if args.only else None
@@ -190,8 +196,8 @@ def main() -> int:
     from transformers import AutoTokenizer
 
     pad_id = AutoTokenizer.from_pretrained(model).pad_token_id
-    sides = {"hpcft": lambda k: run_hpcft(data, False, threads),
-             "hpcft-pack": lambda k: run_hpcft(data, True, threads),
+    sides = {"hpcft": lambda k: run_hpcft(data, False, threads, args.checkpointing),
+             "hpcft-pack": lambda k: run_hpcft(data, True, threads, args.checkpointing),
              **{m: (lambda k, m=m: run_lf(m, model, data, home / f"{m}-{k}", threads, pad_id)) for m in LF_MODES}}
     if only:
         sides = {k: v for k, v in sides.items() if k in only}
@@ -217,6 +223,10 @@ def main() -> int:
           f"{cfg.num_hidden_layers} layers, {rows} alpaca rows, batch {BATCH}, cutoff {MAX_LEN}, fp32, {threads} CPU "
           f"threads, median of {repeat} interleaved runs each; load average {load0[0]:.1f} before, {load1[0]:.1f} after "
           f"({os.cpu_count()} cores{', not idle' if max(load0[0], load1[0]) > 0.5 else ''})")
+    ckpt = {r.get("gradient_checkpointing") for name, rs in runs.items() if name.startswith("hpcft") for r in rs}
+    if ckpt:
+        print(f"  gradient checkpointing: LLaMA-Factory on (its default); hpcft {args.checkpointing} -> "
+              + "/".join("on" if c else "off" for c in sorted(ckpt, key=str)))
     if checked is not None:
         print(f"  same rendered text on both sides (LLaMA-Factory chatml vs the chat template): {checked}")
     for name, rs in runs.items():
@@ -234,7 +244,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_lf_throughput.json").write_text(json.dumps(
         {"runs": runs, "median_tokens_per_second": med, "ratios": ratios, "quick": quick, "rows": rows,
-         "same_text": checked, "loadavg": [load0, load1], "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+         "same_text": checked, "hpcft_checkpointing": args.checkpointing, "loadavg": [load0, load1], "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
         indent=2) + "\n")
     tmp.cleanup()
     return 0 if ok else 1

@@ -158,7 +158,8 @@ def run_worker(data: Path, packing: bool, grouped: bool = True) -> dict:
     job = {"name": "bench-llm", "executor": "local", "train": {
         "task": "causal-lm", "model": "bench-llama", "dataset": str(data), "epochs": 1, "batch_size": BATCH,
         "learning_rate": 2e-4, "max_seq_length": MAX_LEN, "logging_steps": 10, "sample_prompts": 0,
-        "packing": packing, "eval_subset": 8}}
+        "packing": packing, "eval_subset": 8,
+        "gradient_checkpointing": True}}   # like the scripts (its default, auto, would turn it off here)
     p = make_run(job)
     log = io.StringIO()
     sampling = causal_lm._sampling_args

@@ -42,8 +42,8 @@ sys.path.insert(0, str(ROOT))
 
 from memory_measured import IN_SCOPE, MEASURED, outside  # noqa: E402
 
-from hpcft.preflight.estimate import Plan, estimate  # noqa: E402
-from hpcft.preflight.shape import shape_from_config  # noqa: E402
+from hpcft.core.memory.estimate import Plan, estimate  # noqa: E402
+from hpcft.core.memory.shape import shape_from_config  # noqa: E402
 
 
 def _table(rows: list) -> list:

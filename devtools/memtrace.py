@@ -9,7 +9,7 @@ moment it is freed, so the peak is the activations' peak as the allocator would 
 what no trace can see: the allocator's rounding, kernels' workspaces and the CUDA context (the
 estimate's ``x 1.05 + 2 GiB``). The weights are excluded (they exist before the step).
 
-The estimate's activation term (:func:`hpcft.preflight.estimate.activations`) is held against
+The estimate's activation term (:func:`hpcft.core.memory.estimate.activations`) is held against
 these traces for every family with a published config (tests/test_memory_trace.py;
 ``benchmarks/bench_memory.py`` prints the table). Layers are cut to :data:`LAYERS` for speed: the
 estimate of the same cut config is what is compared, and both are linear in the layer count.
@@ -111,8 +111,8 @@ def trace(config: dict, seq_len: int, batch_size: int = 1, checkpointing: bool =
 
 
 def estimated(config: dict, seq_len: int, batch_size: int = 1, checkpointing: bool = True) -> float:
-    from hpcft.preflight.estimate import Plan, activations
-    from hpcft.preflight.shape import shape_from_config
+    from hpcft.core.memory.estimate import Plan, activations
+    from hpcft.core.memory.shape import shape_from_config
 
     plan = Plan(method="lora", seq_len=seq_len, batch_size=batch_size, gradient_checkpointing=checkpointing)
     return activations(shape_from_config(config), plan) / GiB

@@ -239,7 +239,7 @@ def test_a_short_grpo_run_logs_every_reward_and_the_kl(tiny, hpcft_home, tmp_pat
 
 def test_the_estimate_counts_the_rollouts_and_a_reference_when_beta_is_set(tmp_path):
     from hpcft.core.job import Job
-    from hpcft.preflight.estimate import estimate, shape_from_config
+    from hpcft.core.memory.estimate import estimate, shape_from_config
     from hpcft.preflight.memcheck import plan_of
 
     cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,

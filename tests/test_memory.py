@@ -20,12 +20,13 @@ from hpcft.cluster.slurm import Node, Partition, parse_gres_types
 from hpcft.core.config import Settings, load_settings
 from hpcft.core.errors import ConfigError
 from hpcft.core.job_load import load_job
+from hpcft.core.memory.estimate import GiB, Plan, estimate, model_states
+from hpcft.core.memory.plan import plan_of
+from hpcft.core.memory.shape import ModelShapeError, shape_from_config
 from hpcft.core.store import Cache
 from hpcft.preflight.checks import ClusterView, Preflight
 from hpcft.preflight.devices import device_memory, from_name, parse_size_gib
-from hpcft.preflight.estimate import GiB, Plan, estimate, model_states
-from hpcft.preflight.memcheck import host_memory, memory, plan_of
-from hpcft.preflight.shape import ModelShapeError, shape_from_config
+from hpcft.preflight.memcheck import host_memory, memory
 from hpcft.stage.layout import register_local
 
 sys.path.insert(0, str(Path(__file__).parent / "data"))
@@ -85,7 +86,7 @@ def test_parameter_count_within_two_percent_of_published(name, published, cfg):
 
 
 def test_every_model_type_hpcft_sizes_has_a_published_count():
-    from hpcft.preflight.shape import FAMILIES
+    from hpcft.core.memory.shape import FAMILIES
 
     assert set(FAMILIES) == {cfg["model_type"] for _, _, cfg in PUBLISHED}
 
@@ -542,3 +543,33 @@ def test_what_earlier_runs_allocated_outranks_an_estimate_that_fits(hpcft_home, 
     sweep = placement._candidate("a100", 1, 1, "job", [*sized, (shape, plan_of(_load(settings, _job(
         tmp_path, method="lora", max_seq_length=4096)), tmp_path), {})], tight, None, 3600)
     assert not sweep.fits   # a sweep's other point, never measured, still needs the estimate
+
+
+# --------------------------------------------------------------------------- gradient checkpointing left to hpcft
+
+def test_checkpointing_left_out_is_decided_from_the_estimate_against_free_memory(hpcft_home, tmp_path):
+    from hpcft.core.memory.plan import SHARE, checkpointing
+
+    model = tmp_path / "llama3-8b"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(LLAMA3_8B))
+    settings = Settings()
+    job = _load(settings, _job(tmp_path, max_seq_length=4096, batch_size=4))
+    plan = plan_of(job, tmp_path)
+    need = estimate(LLAMA3_8B_SHAPE := shape_from_config(LLAMA3_8B),
+                    Plan(**{**plan.__dict__, "precision": "bf16", "gradient_checkpointing": False})).total
+    with_it = estimate(LLAMA3_8B_SHAPE, Plan(**{**plan.__dict__, "precision": "bf16"})).total
+    assert need > 1.5 * with_it                        # the activations are what checkpointing saves
+    on, why = checkpointing(job, tmp_path, model, precision="bf16", free_gib=need / SHARE * 1.01)
+    assert on is False and why.startswith(f"off: without it the estimate is {need:.1f} GiB"), why
+    on, why = checkpointing(job, tmp_path, model, precision="bf16", free_gib=need / SHARE * 0.99)
+    assert on is True and why.startswith("on: without it the estimate is") and "over 80%" in why, why
+    on, why = checkpointing(job, tmp_path, model, precision="bf16", free_gib=None)
+    assert on is True and "free memory is unknown" in why
+    (model / "config.json").write_text("{not json")
+    on, why = checkpointing(job, tmp_path, model, precision="bf16", free_gib=1e6)
+    assert on is True and "no memory estimate for this model" in why
+    for said in (True, False):   # what the job says is obeyed, whatever the memory
+        job = _load(settings, _job(tmp_path, gradient_checkpointing=said))
+        on, why = checkpointing(job, tmp_path, model, precision="bf16", free_gib=1e6 if said else 0.001)
+        assert on is said and why.endswith(f"train.gradient_checkpointing: {str(said).lower()}")

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
 from published_configs import PUBLISHED  # noqa: E402
 
 from devtools.memtrace import NOT_THE_GPUS  # noqa: E402
-from hpcft.preflight.shape import shape_from_config  # noqa: E402
+from hpcft.core.memory.shape import shape_from_config  # noqa: E402
 
 pytestmark = pytest.mark.worker
 TRANSFORMERS = int(version("transformers").split(".")[0])

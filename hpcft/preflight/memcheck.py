@@ -1,5 +1,5 @@
 """The memory pre-flight rules: :func:`memory` (a causal-lm or preference job's per-device
-estimate, :mod:`hpcft.preflight.estimate`, from the staged model's ``config.json``, against the
+estimate, :mod:`hpcft.core.memory.estimate`, from the staged model's ``config.json``, against the
 memory of the partition's GPUs/NPUs) and :func:`host_memory` (per node, against the job's
 ``mem`` or the nodes' RealMemory). A job that cannot fit is refused with the changes that would
 make it fit; ``hpcft check`` prints the estimate either way. A model hpcft cannot size gets
@@ -7,62 +7,17 @@ make it fit; ``hpcft check`` prints the estimate either way. A model hpcft canno
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Iterator, Optional
 
 from ..core.job import Job
+from ..core.memory.estimate import CONTEXT_GIB, Estimate, ModelShapeError, Plan, Shape, estimate, read_shape
+from ..core.memory.plan import plan_of
 from .checks import Check, ClusterView, Preflight
 from .devices import device_memory, parse_size_gib
-from .estimate import CONTEXT_GIB, Estimate, ModelShapeError, Plan, Shape, estimate, read_shape
 
 NAME = "memory"
 HOST = "host memory"
 _SIZES = (2, 4, 8, 16, 32, 64, 128)
-
-
-def plan_of(job: Job, base_dir: Path) -> Plan:
-    """What the worker will run: DeepSpeed as the job says (on one device too, when it names a
-    stage or a file), else ZeRO-0 through DeepSpeed's engine on several devices (QLoRA: DDP)."""
-    t, r = job.train, job.resources
-    world = r.world_size if r.device != "cpu" else 1
-    precision = t.precision if t.precision != "auto" else ("fp32" if r.device == "cpu" else "bf16")
-    stage: Optional[int] = None
-    offload = offload_params = False
-    ds = t.deepspeed
-    if ds is not None and ds is not False and ds is not True and ds != "auto":
-        stage, offload = ds.stage, ds.offload
-        offload_params = ds.offload and ds.stage == 3
-        if ds.config:
-            stage, offload, offload_params = _from_file(ds.config, base_dir, stage)
-    elif world > 1 and ds is not False and t.llm_method != "qlora":
-        stage = 0
-    task = getattr(t, "task", "causal-lm")
-    grpo = task == "grpo" and t.grpo is not None
-    return Plan(method=t.llm_method, task=task if task in ("dpo", "kto", "orpo", "simpo", "grpo") else "sft",
-                rollouts=t.batch_size * t.gradient_accumulation if grpo else 0, beta=t.grpo.beta if grpo else 0.0,
-                precision=precision, zero_stage=stage, offload=offload, offload_params=offload_params,
-                world_size=world, per_node=max(1, r.devices_per_node) if r.device != "cpu" else 1,
-                batch_size=t.batch_size, seq_len=t.max_seq_length,
-                gradient_checkpointing=t.gradient_checkpointing is not False,
-                lora_r=t.lora.r if t.lora else 8, lora_targets=t.lora.target_modules if t.lora else "all-linear",
-                optimizer="foreach" if r.device == "npu" else "fused")   # hpcft.worker.trainer.optimizer_name
-
-
-def _offloads(section) -> bool:
-    """``offload_optimizer``/``offload_param`` move state only with device cpu or nvme
-    (Qwen's ds_config_zero3.json writes ``{"device": "none"}``)."""
-    return isinstance(section, dict) and str(section.get("device", "none")).lower() in ("cpu", "nvme")
-
-
-def _from_file(config: str, base_dir: Path, default: int) -> tuple[int, bool, bool]:
-    p = Path(config).expanduser()
-    try:
-        zero = json.loads((p if p.is_absolute() else base_dir / p).read_text()).get("zero_optimization", {})
-        stage = int(zero.get("stage", default) or 0)
-    except (OSError, ValueError, AttributeError, TypeError):  # the job file check reports the file
-        return default, False, False
-    return stage, _offloads(zero.get("offload_optimizer")), _offloads(zero.get("offload_param"))
 
 
 def fixes(shape: Shape, plan: Plan, limit: float, per_node: int, qlora_ok: bool = True) -> list[str]:

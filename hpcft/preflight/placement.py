@@ -19,9 +19,9 @@ from ..cluster import slurm
 from ..core.config import Settings
 from ..core.job import Job
 from ..core.job_load import LoadedJob
+from ..core.memory.estimate import CONTEXT_GIB, Estimate, Plan, estimate
 from .checks import Preflight
 from .devices import device_memory
-from .estimate import CONTEXT_GIB, Estimate, Plan, estimate
 from .live import ClusterView
 from .memcheck import fixes, host_limit, job_estimate, measured_above, partition_facts, ran_within
 

@@ -7,7 +7,7 @@
   here (looked up by name, never imported: the CLI does not import bitsandbytes or torch).
 
 The memory estimate of a QLoRA job is the memory rule's (:mod:`hpcft.preflight.memcheck`,
-4-bit weights in :mod:`hpcft.preflight.estimate`).
+4-bit weights in :mod:`hpcft.core.memory.estimate`).
 """
 
 from __future__ import annotations

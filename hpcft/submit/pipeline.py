@@ -325,7 +325,7 @@ def write_estimate(run_dir: Path, est: Optional[dict], partition: Optional[str],
 def job_memory(loaded: LoadedJob, settings: Settings, partition: Optional[str], executor: str,
                cluster: Optional[LiveCluster]) -> Optional[dict]:
     """The memory estimate of an LLM job, as ``hpcft check --json`` prints it; None for others."""
-    from ..preflight.estimate import estimate
+    from ..core.memory.estimate import estimate
     from ..preflight.memcheck import job_estimate
 
     if loaded.job.train is None or not loaded.job.train.is_llm:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
 
 from hpcft.worker.errors import DeviceError
 
@@ -142,3 +144,49 @@ def peak_memory_mb(kind: str) -> dict:
     except (ImportError, RuntimeError, AttributeError) as exc:  # informational: say why it is missing
         out["device_mb_error"] = f"{type(exc).__name__}: {exc}"
     return out
+
+
+def free_memory_gib(kind: str, ranks_on_node: int = 1) -> Optional[float]:
+    """GiB this rank can still use on its device: the accelerator's free memory (``mem_get_info``),
+    or on the CPU the host's available memory within the job's cgroup limit, shared by the node's
+    ranks. None when it cannot be told."""
+    try:
+        import torch
+
+        if kind == "cuda" and torch.cuda.is_available():
+            return torch.cuda.mem_get_info(torch.cuda.current_device())[0] / 2**30
+        if kind == "npu":
+            return torch.npu.mem_get_info()[0] / 2**30  # type: ignore[attr-defined]
+    except (ImportError, RuntimeError, AttributeError):   # the caller says the memory is unknown
+        return None
+    if kind != "cpu":
+        return None
+    free = [x for x in (_meminfo_available(), _cgroup_room()) if x is not None]
+    return min(free) / 2**30 / max(1, ranks_on_node) if free else None
+
+
+def _meminfo_available() -> Optional[int]:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _cgroup_room() -> Optional[int]:
+    """Bytes left under this process's cgroup v2 memory limit (Slurm's task/cgroup), if it has one."""
+    try:
+        rel = next(x.split("::", 1)[1] for x in Path("/proc/self/cgroup").read_text().splitlines()
+                   if x.startswith("0::"))
+        folder = Path("/sys/fs/cgroup") / rel.lstrip("/")
+        while True:
+            limit = (folder / "memory.max").read_text().strip() if (folder / "memory.max").is_file() else "max"
+            if limit != "max":
+                return max(0, int(limit) - int((folder / "memory.current").read_text()))
+            if folder == Path("/sys/fs/cgroup") or folder.parent == folder:
+                return None
+            folder = folder.parent
+    except (OSError, ValueError, StopIteration):
+        return None

@@ -49,6 +49,7 @@ class Task:
         self.device: Any = None       # hpcft.worker.device.Device, from :meth:`begin`
         self.tokenizer: Any = None    # saved with the model
         self.trainer: Any = None      # from :meth:`build_trainer`
+        self.checkpointing: Optional[dict] = None   # {"on", "why"}: :meth:`decide_checkpointing`
 
     def run(self) -> dict:
         """The phases in order; the metrics.json content on rank 0 ({} on the other ranks and
@@ -105,6 +106,25 @@ class Task:
             log(f"rendezvous {task.master_addr}:{task.master_port}, {task.world_size} ranks, "
                 f"backend {dist_backend(self.device.kind)}")
         transformers.set_seed(t.seed)
+
+    def decide_checkpointing(self) -> bool:
+        """``train.gradient_checkpointing`` as the job says, or, left out, from the memory estimate
+        against what this rank's device has free (:func:`hpcft.core.memory.plan.checkpointing`):
+        recomputing activations that would fit anyway only slows the run. Said in the log and
+        recorded in metrics.json."""
+        from hpcft.core.memory.plan import checkpointing
+        from hpcft.worker.device import free_memory_gib
+
+        task = self.ctx.task
+        free = None
+        if self.cfg.gradient_checkpointing is None:
+            free = free_memory_gib(self.device.kind, max(1, task.world_size // max(1, task.nodes)))
+        on, why = checkpointing(self.ctx.job, self.ctx.paths.dir, self.ctx.assets[0].path,
+                                precision=self.device.precision, free_gib=free)
+        self.checkpointing = {"on": on, "why": why}
+        if task.is_main:
+            log(f"gradient checkpointing {why}")
+        return on
 
     def build_trainer(self, trainer_cls, *, save_best: Optional[Callable] = None, **trainer_kw) -> Any:
         """``self.trainer``: ``trainer_cls`` (:func:`hpcft.worker.trainer.trainer_class` or a
@@ -225,6 +245,7 @@ class Task:
             extra={"completed": True, "restarts": ctx.restart, "resumes": max(0, len(legs) - 1),
                    "first_step_s": round(first["seconds_since_start"], 3) if first else None,
                    "peak_memory_mb": peak_memory_mb(self.device.kind), "model": t.model, "dataset": t.dataset_label,
+                   **({"gradient_checkpointing": self.checkpointing} if self.checkpointing else {}),
                    **self.results(), "output_dir": str(output_dir), "report_to": list(t.report_to),
                    **telemetry},
         )

@@ -1,5 +1,5 @@
 """Measured peak device memory of LLM fine-tuning, from published tables. Each row: the
-source, the model's shape (config.json fields), how it was trained (hpcft.preflight.estimate.Plan
+source, the model's shape (config.json fields), how it was trained (hpcft.core.memory.estimate.Plan
 fields) and the measured peak per device in GiB. The estimate is held against this table in
 tests/test_memory.py and benchmarks/bench_memory.py; docs/memory.md shows each ratio.
 

@@ -48,7 +48,7 @@ class CausalLM(Task):
         self.renderer = ld.Renderer(tokenizer, t.enable_thinking, t.train_on or "all")
         train_ds, eval_ds = self._datasets()
 
-        grad_ckpt = True if t.gradient_checkpointing is None else t.gradient_checkpointing
+        grad_ckpt = self.decide_checkpointing()
         # TrainingArguments (and with them the DeepSpeed config) before the model: under ZeRO-3
         # from_pretrained then builds it inside zero.Init and each rank only ever holds its shard
         args = training_args(

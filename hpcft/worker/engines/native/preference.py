@@ -86,7 +86,7 @@ class Preference(Task):
         from hpcft.worker.engines.native.causal_lm import _checkpointing_args
 
         ctx, t = self.ctx, self.cfg
-        self.grad_ckpt = True if t.gradient_checkpointing is None else t.gradient_checkpointing
+        self.grad_ckpt = self.decide_checkpointing()
         base = training_args(ctx, self.device, **_checkpointing_args(TrainingArguments, self.grad_ckpt),
                              ddp_find_unused_parameters=False if ctx.task.world_size > 1 else None)
         cls = config_class(t.task)

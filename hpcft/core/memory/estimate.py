@@ -1,5 +1,5 @@
 """Memory estimate for LLM fine-tuning: per device and per node (host), from a model's shape
-(:mod:`hpcft.preflight.shape`) and how the job trains (:class:`Plan`). Pure arithmetic, no torch.
+(:mod:`hpcft.core.memory.shape`) and how the job trains (:class:`Plan`). Pure arithmetic, no torch.
 
 Per device, in bytes, then ``x FRAGMENTATION + CONTEXT_GIB`` (allocator and CUDA/CANN context)::
 
