@@ -174,6 +174,32 @@ def test_a_damaged_cache_is_rebuilt_with_one_warning(tmp_path, tokdir, runtime, 
     assert err.count("warning:") == 1 and "is damaged" in err and "built again" in err, err
 
 
+@pytest.mark.worker
+def test_eval_split_none_trains_every_row_and_its_empty_eval_survives_the_cache(tmp_path, tokdir, runtime):
+    """``eval_split: none`` (what a LLaMA-Factory YAML without val_size maps to): nothing is held
+    out, and the cache reads back a split of no rows (datasets cannot save and load one)."""
+    from hpcft.core.config import load_settings
+    from hpcft.core.errors import ConfigError
+    from hpcft.core.job_load import load_job
+    from hpcft.worker.data import llm as ld
+    from hpcft.worker.data.cache import sft_data
+
+    data = write_alpaca(tmp_path / "a.jsonl", n=30)
+    tok, refs = _tok(tokdir), _refs(data)
+    held = sft_data(_job(data), refs, tok, ld.Renderer(tok), tokdir)
+    assert held.info["eval_examples"] > 0 and held.info["train_examples"] < 30     # the default holds some out
+    t = _job(data, eval_split="none")
+    first = sft_data(t, refs, tok, ld.Renderer(tok), tokdir)
+    second = sft_data(t, refs, tok, ld.Renderer(tok), tokdir)
+    assert (first.info["cache"], second.info["cache"]) == ("built", "hit")
+    assert second.info["train_examples"] == 30 and second.info["eval_split"] == "none"
+    assert len(first.eval) == len(second.eval) == 0 and second.prompts == []
+    assert second.train["input_ids"] == first.train["input_ids"]
+    with pytest.raises(ConfigError) as err:   # a classifier always evaluates
+        load_job(None, load_settings(), text="name: c\ntrain: {model: bert-base-uncased, dataset: glue/mrpc, eval_split: none}\n")
+    assert "eval_split: none (train on every row, evaluate nothing) is for causal-lm" in str(err.value)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return make_tiny_llama(tmp_path_factory.mktemp("llm") / "llama", decoys=False)

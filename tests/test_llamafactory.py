@@ -257,6 +257,9 @@ def test_a_lf_yaml_trains_through_the_local_executor(tiny_lf, capsys):
     assert job["name"] == "lf" and job["train"]["lr_scheduler"] == "cosine" and job["train"]["lora"]["r"] == 4
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["train"]["global_step"] == 3, metrics["train"]
+    # no val_size, no eval_dataset: LLaMA-Factory evaluates nothing and trains every row; so does hpcft
+    assert job["train"]["eval_split"] == "none" and metrics["data"]["eval_examples"] == 0
+    assert metrics["headline"] == "train_loss" and metrics["eval"] == {"train_loss": metrics["train"]["loss"]}
 
 
 def test_docs_table_names_every_key():

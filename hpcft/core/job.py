@@ -85,6 +85,9 @@ class DatasetEntry(_Strict):
         return v
 
 
+NO_EVAL = "none"   # train.eval_split: none: every row trains, nothing is held out or evaluated
+
+
 class TrainSpec(_Strict):
     """Built-in fine-tuning (the worker implements it)."""
 
@@ -106,7 +109,7 @@ class TrainSpec(_Strict):
     num_labels: Optional[int] = Field(None, ge=1)
     metric: Optional[str] = None            # e.g. glue (with the dataset's config), accuracy, f1
     train_split: str = "train"
-    eval_split: Optional[str] = None         # default: validation, else test, else a held-out slice
+    eval_split: Optional[str] = None         # default: validation, else test, else a held-out slice; none: no eval
     epochs: float = Field(3, gt=0)
     max_steps: Optional[int] = Field(None, ge=1)
     learning_rate: float = Field(None, gt=0)   # default per task: 2e-5; causal-lm 1e-4 (LoRA), 1e-5 (full)
@@ -236,6 +239,9 @@ class TrainSpec(_Strict):
                 raise ValueError("lora.init: pissa rewrites the base weights, which method: qlora holds quantized; "
                                  "use method: lora, or lora.init: gaussian")
             self._check_qlora()
+        if self.eval_split == NO_EVAL and self.task not in ("causal-lm", "dpo", "orpo", "simpo", "kto"):
+            raise ValueError(f"eval_split: none (train on every row, evaluate nothing) is for causal-lm and the "
+                             f"preference tasks; task {self.task} evaluates on a held-out split")
         grpo_rules.check(self)
         streaming_rules.check(self)
         if (self.task == "llamafactory") != (self.llamafactory is not None):

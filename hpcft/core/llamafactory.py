@@ -352,6 +352,9 @@ def _datasets(ctx: _Ctx) -> None:
         ctx.problem("eval_dataset", f"a separate evaluation dataset needs {ENGINE}; hpcft evaluates on each "
                                     "training dataset's held-out part")
         ctx.m.handled["eval_dataset"] = NEEDS_ENGINE
+    elif not ctx.lf.get("val_size"):
+        # LLaMA-Factory evaluates only when asked (val_size, eval_dataset): every row trains, as it would
+        ctx.m.train["eval_split"] = "none"
     if not names:
         ctx.problem("dataset", "no dataset named (LLaMA-Factory's dataset: name1,name2)", engine=False)
         return

@@ -34,7 +34,7 @@ def problems(t: Any) -> list[str]:
                    "trains: leave one of them out")
     if isinstance(t.dataset, list) and len(t.dataset) > 1:
         out.append("streaming: one corpus at a time (a weighted mix samples from the whole of each dataset)")
-    if t.eval_split:
+    if t.eval_split and t.eval_split != "none":
         out.append("streaming: a streamed run trains only; leave eval_split out and score it afterwards "
                    "(hpcft eval)")
     return out

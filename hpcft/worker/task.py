@@ -185,6 +185,8 @@ class Task:
         Trainer's own log (restored on resume, the same on every rank: evaluate is collective)
         has no evaluation at the final step."""
         trainer = self.trainer
+        if trainer.eval_dataset is None:   # eval_split: none, or a stream: nothing is held out
+            return {}
         with tele.timed("eval"):
             evals = [h for h in trainer.state.log_history if "eval_loss" in h]
             if not evals or evals[-1].get("step") != trainer.state.global_step:
@@ -230,7 +232,9 @@ class Task:
         first = next((r for r in records if r.get("event") == "first_step"), None)
         legs = [r for r in records if r.get("event") in ("start", "resume")]
         steps_this_leg = state.global_step - (legs[-1].get("step", 0) if legs else 0)
-        headline = self.headline(final)
+        if not final and isinstance(leg.result.training_loss, (int, float)):
+            final = {"train_loss": leg.result.training_loss}   # nothing evaluated: the run leads with its training loss
+        headline = "train_loss" if set(final) == {"train_loss"} else self.headline(final)
         train_metrics = {
             "runtime_s": round(leg.seconds, 3),
             **self.train_figures(leg, steps_this_leg, records),

@@ -63,7 +63,7 @@ def training_args(ctx: Context, device, **task_args):
         **warmup_kwargs(t.warmup_ratio, transformers.__version__),  # a ratio means different args in 4.x/5.x
         lr_scheduler_type=t.lr_scheduler,
         optim=optimizer_name(device.kind),
-        eval_strategy="epoch",
+        eval_strategy="no" if t.eval_split == "none" else "epoch",   # eval_split: none holds nothing out
         save_strategy="epoch",
         save_total_limit=2,            # the newest and the one before: a failed write never leaves none
         logging_strategy="steps",

@@ -73,7 +73,7 @@ def load(folder: Path, packing: bool) -> tuple[SftData, dict]:
                            "are missing)")
     try:
         train = datasets.load_from_disk(str(folder / "train"))
-        ev = datasets.load_from_disk(str(folder / "eval"))
+        ev = datasets.load_from_disk(str(folder / "eval")) if meta.get("eval_examples") else train.select([])
         counts = (len(train), len(ev), _tokens(train))
     except Exception as exc:  # noqa: BLE001 - whatever a damaged Arrow file raises: rebuilt
         raise CorruptCache(f"{folder}: {type(exc).__name__}: {exc}") from None
@@ -96,7 +96,8 @@ def write(folder: Path, data: SftData, tokenize_s: float) -> None:
     tmp.mkdir(mode=0o700)
     try:
         data.train.save_to_disk(str(tmp / "train"))
-        data.eval.save_to_disk(str(tmp / "eval"))
+        if len(data.eval):   # datasets cannot read back an empty split (eval_split: none has no eval rows)
+            data.eval.save_to_disk(str(tmp / "eval"))
         meta = {"format": FORMAT, "key": folder.name, "examples": len(data.train), "eval_examples": len(data.eval),
                 "tokens": _tokens_of(data.train), "real_tokens": data.real_tokens, "info": data.info,
                 "prompts": [[row, fmt] for row, fmt in data.prompts[:PROMPTS_KEPT]],

@@ -55,7 +55,8 @@ def mix_indices(size: int, count: int, seed: int) -> list[int]:
 
 def split_rows(dd, t, name: str, check: Optional[Callable[[Any, str], None]] = None):
     """(train rows, eval rows, eval split name) of one dataset: the job's splits, or a held-out
-    slice (the same every run) when it has only one; subsets applied. ``check(rows, where)``
+    slice (the same every run) when it has only one, or no eval rows (``eval_split: none``);
+    subsets applied. ``check(rows, where)``
     sees every row of both splits first (preference rows are checked in the file's order)."""
     if t.train_split not in dd:
         raise ld.DataFormatError(f"dataset {name}: no split {t.train_split!r}; it has: {', '.join(dd)} "
@@ -63,6 +64,12 @@ def split_rows(dd, t, name: str, check: Optional[Callable[[Any, str], None]] = N
     raw_train = dd[t.train_split]
     if check:
         check(raw_train, f"dataset {name}, split {t.train_split}")
+    if t.eval_split == "none":   # every row trains; nothing is held out (LLaMA-Factory without val_size)
+        raw_eval = raw_train.select([])
+        eval_name = "none"
+        if t.train_subset and t.train_subset < len(raw_train):
+            raw_train = raw_train.shuffle(seed=t.seed).select(range(t.train_subset))
+        return raw_train, raw_eval, eval_name
     eval_name = t.eval_split or next((s for s in ("validation", "test") if s in dd and s != t.train_split), None)
     if eval_name:
         if eval_name not in dd:

@@ -90,7 +90,8 @@ class CausalLM(Task):
         # the length-grouped sampler's lengths (the cache has them; a stream is read in order)
         if self.stream is None and not t.packing and "length" not in train_ds.column_names:
             train_ds = train_ds.add_column("length", [len(x) for x in train_ds["input_ids"]])
-        self.build_trainer(_trainer_class(), model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+        self.build_trainer(_trainer_class(), model=model, args=args, train_dataset=train_ds,
+                           eval_dataset=eval_ds if eval_ds is not None and len(eval_ds) else None,
                            processing_class=tokenizer,
                            data_collator=ld.Collator(tokenizer.pad_token_id, 8 if self.device.kind != "cpu" else None))
         if self.stream is not None and task.is_main:  # its position goes into every checkpoint
@@ -138,10 +139,6 @@ class CausalLM(Task):
         self.data_info = {"dataset": t.dataset_label, "format": "text", "streaming": True,
                           "max_seq_length": t.max_seq_length, "packing": bool(t.packing)}
         return self.stream
-
-    def evaluate(self) -> dict:
-        """A streamed run has no held-out set (hpcft.core.streaming): nothing to evaluate."""
-        return {} if self.stream is not None else super().evaluate()
 
     def save(self) -> Path:
         """The common save; beside an adapter too, the generation config (its end-of-turn token as

@@ -77,7 +77,7 @@ class Preference(Task):
             _deepspeed_comm(args)
         model = self._model(args)
         self.build_trainer(trainer_for(t.task), model=model, args=args, train_dataset=train_ds,
-                           eval_dataset=eval_ds, processing_class=tokenizer)
+                           eval_dataset=eval_ds if len(eval_ds) else None, processing_class=tokenizer)   # eval_split: none
 
     def _args(self):
         """The shared TrainingArguments as the TRL trainer's config, with its own settings."""
