@@ -452,6 +452,13 @@ def translate(doc: YamlDoc, base_dir: Path) -> tuple[YamlDoc, Optional[LfSource]
                          + (f" (+{len(why) - 3} more)" if len(why) > 3 else "") if why else "")]
     else:
         train = m.train
+        kinds = list(m.handled.values())
+        ignored = kinds.count("ignored")
+        m.notes.insert(0, f"engine: native ({'forced' if engine == 'native' else 'chosen'}): hpcft's worker runs "
+                          f"it as train.task {train.get('task', 'causal-lm')}: {kinds.count(NATIVE)} key(s) mapped"
+                          + (f", {ignored} that hpcft does itself (output_dir, workers, resume, ...)" if ignored else "")
+                          + ("; every row trains, nothing is evaluated (no val_size)"
+                             if train.get("eval_split") == "none" else ""))
     out = {k: v for k, v in wrapper.items() if k not in ("llamafactory", "engine")}
     out["name"] = name
     out["train"] = train
