@@ -122,6 +122,7 @@ def test_lora_sft_on_slurm_then_merged_export_generates_offline(slurm, llama_rep
         assert len(samples) == 3 and all(s["prompt"].endswith("<|im_start|>assistant\n") for s in samples)
         show = run_hpcft("show", sub["job_id"], check=True).stdout
         assert "sample 1:" in show and "sample 2:" in show and "sample 3:" not in show
+        assert "; gradient checkpointing off: without it the estimate is" in show, show
         est = json.loads((Path(sub["run_dir"]) / "memory-estimate.json").read_text())  # submit's estimate
         assert est["available"] and est["plan"]["method"] == "lora" and est["node_gib"] > 0
         assert "GiB per node at peak against ~" in show, show   # ... held against the measured peak

@@ -163,8 +163,10 @@ def run(args) -> int:
         tr = m.get("train") or {}
         rate = (f"{_num(tr.get('tokens_per_second'))} tokens/s" if "tokens_per_second" in tr
                 else f"{_num(tr.get('samples_per_second'))} samples/s")
+        ckpt = m.get("gradient_checkpointing") or {}
         print(f"train:     {tr.get('global_step')} steps, {_num(tr.get('runtime_s'))} s this leg, "
-              f"{rate}, loss {_num(tr.get('loss'))}")
+              f"{rate}, loss {_num(tr.get('loss'))}"
+              + (f"; gradient checkpointing {ckpt['why'].split(' (')[0]}" if ckpt.get("why") else ""))
         mem = m.get("peak_memory_mb") or {}
         print(f"device:    {m.get('device_name') or m.get('device')}, {m.get('precision')}, peak host "
               f"{mem.get('host_rss_mb')} MiB" + (f", device {mem['device_mb']} MiB" if 'device_mb' in mem else ""))
