@@ -59,3 +59,24 @@ def test_jobs_without_a_tokenized_cache_are_refused_in_one_line_exit_2_nothing_q
         "task": "sequence-classification", "model": "m", "dataset": str(data), "preprocess": "cpu-job"}}))
     assert proc.returncode == 2 and "preprocess: only for task: causal-lm" in proc.stderr, proc.stderr
     assert not (hpcft_home / "preprocess").exists() and not any((hpcft_home / "runs").glob("*"))
+
+
+def test_standalone_preprocess_folders_are_pruned_once_finished_never_while_queued(tmp_path):
+    from hpcft.core.preprocess import RECORD
+    from hpcft.submit.preprocess import prune
+
+    root = tmp_path / "preprocess"
+    root.mkdir()
+    for i in range(5):
+        f = root / f"20261207-0{i}0000-job-{i:04x}"
+        f.mkdir()
+        (f / "job.log").write_text("log")
+        if i != 1:
+            (f / RECORD).write_text("{}")              # its job ended
+    (root / "20261207-000000-link").symlink_to(tmp_path)  # not a plain folder: never followed
+    gone = prune(root, keep=2)
+    assert [p.name for p in gone] == ["20261207-000000-job-0000", "20261207-020000-job-0002"]
+    left = sorted(p.name for p in root.iterdir())
+    assert left == ["20261207-000000-link", "20261207-010000-job-0001",        # still queued: kept
+                    "20261207-030000-job-0003", "20261207-040000-job-0004"]   # the newest two finished
+    assert tmp_path.exists() and (tmp_path / "preprocess").is_dir()

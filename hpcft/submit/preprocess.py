@@ -161,6 +161,7 @@ def preprocess(loaded: LoadedJob, settings: Settings) -> Preprocessing:
     from ..core.offline import ensure_private
 
     root = ensure_private(settings.home / "preprocess")
+    prune(root)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     folder = root / f"{stamp}-{loaded.job.name}-{secrets.token_hex(2)}"
     make_private_dir(folder)
@@ -171,6 +172,26 @@ def preprocess(loaded: LoadedJob, settings: Settings) -> Preprocessing:
 
         shutil.rmtree(folder, ignore_errors=True)
         raise
+
+
+KEEP_FINISHED = 20   # standalone preprocess folders kept once their job has written its record
+
+
+def prune(root: Path, keep: int = KEEP_FINISHED) -> list[Path]:
+    """Remove all but the newest ``keep`` folders under ``$HPCFT_HOME/preprocess`` whose job has
+    ended (its ``preprocess.json`` is there; the data cache itself lives elsewhere). A folder
+    without the record may belong to a queued or running job and is left alone, as is anything
+    that is not a plain folder. Returns what was removed."""
+    import shutil
+
+    from ..core.preprocess import RECORD
+
+    finished = sorted((p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and (p / RECORD).is_file()),
+                      key=lambda p: p.name)   # the names start with their timestamp
+    gone = finished[:-keep] if keep > 0 else finished
+    for p in gone:
+        shutil.rmtree(p, ignore_errors=True)
+    return gone
 
 
 def check(loaded: LoadedJob, settings: Settings, executor: str) -> list:
