@@ -49,6 +49,7 @@ def run(args) -> int:
     from ..core.rundir import RunPaths
     from ..runs.index import RunStore
     from ..runs.ref import resolve_run
+    from ..use.delegated import refusal
 
     s = settings()
     record = resolve_run(RunStore(s.runs), args.ref)
@@ -58,6 +59,9 @@ def run(args) -> int:
     except (OSError, json.JSONDecodeError):
         raise ConfigError([f"run {record.run_id} has no results yet ({paths.metrics}); "
                            "export a run that finished (hpcft status)"]) from None
+    why = refusal(metrics, record.run_id)   # a delegated run whose LLaMA-Factory output is no causal LM
+    if why:
+        raise ConfigError([why])
     if metrics.get("task") not in ("causal-lm", *PREFERENCE_TASKS, "grpo"):
         raise ConfigError([f"run {record.run_id} is not an LLM run; its model is already a plain folder: "
                            f"{metrics.get('output_dir')}"])

@@ -26,6 +26,7 @@ from ..core.rundir import LaunchSpec, RunPaths
 from ..runs.index import RunRecord, RunStore, new_run_dir, now_iso
 from ..runs.ref import resolve_run
 from ..stage.layout import cache_for
+from .delegated import refusal
 
 
 @dataclass
@@ -76,6 +77,9 @@ def _run_target(ref: str, record: RunRecord) -> EvalTarget:
     if not m.get("completed"):
         raise NotFoundError(f"run {record.run_id} has no finished model yet (state {record.state}); hpcft eval scores "
                             "a finished run (see: hpcft status)")
+    why = refusal(m, record.run_id)   # a delegated run whose LLaMA-Factory output is no causal LM
+    if why:
+        raise ConfigError([f"hpcft eval: {why}"])
     if m.get("task") != "causal-lm" and not m.get("base_model"):  # LLM runs (SFT, preference tuning) record it
         raise ConfigError([f"hpcft eval: run {record.run_id} is not an LLM run (train.task: causal-lm, dpo, ...); "
                            "benchmarks score generative models"])

@@ -25,6 +25,7 @@ from ..core.offline import OFFLINE_FLAGS, offline_env
 from ..core.rundir import LaunchSpec, RunPaths
 from ..runs.index import RunRecord
 from ..submit.render import ScriptPlan, make_plan, q, template_environment
+from .delegated import refusal
 
 
 @dataclass
@@ -56,6 +57,9 @@ def run_model(record: RunRecord, best: bool = False, adapter_ok: bool = False) -
         out, device = paths.output, "cpu"
     if metrics.get("output_dir"):
         out = Path(metrics["output_dir"])
+    why = refusal(metrics, record.run_id)   # a delegated run whose LLaMA-Factory output is no causal LM
+    if why:
+        raise ConfigError([why])
     model_dir = out / "best" if best else out
     if (model_dir / "adapter_config.json").is_file() and not (model_dir / "config.json").is_file() \
             and not adapter_ok:

@@ -5,7 +5,8 @@ what ``hpcft export`` runs in a subprocess on the login node, or as a Slurm job 
 ``--merge`` folds a LoRA adapter into its base model (peft ``merge_and_unload``) and writes a
 standalone model (safetensors + config + generation config + tokenizer + chat template) that
 ``AutoModelForCausalLM.from_pretrained(DEST)`` loads offline. Without it the adapter is copied as
-it is. A full fine-tune is copied, or re-saved when its dtype is not the one asked for (the
+it is (a delegated run's LLaMA-Factory records and ``checkpoint-N`` folders left out). A full
+fine-tune is copied, or re-saved when its dtype is not the one asked for (the
 Trainer saves its fp32 master weights; ``auto`` gives back the base model's bf16).
 
 ``--dtype auto`` (the default) is the base model's own dtype from its ``config.json``
@@ -32,7 +33,10 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-COPY_SKIP = {"training_args.bin", "README.md"}
+COPY_SKIP = {"training_args.bin", "README.md",
+             # a delegated run's output_dir is LLaMA-Factory's: its records and checkpoints beside the model
+             "trainer_log.jsonl", "trainer_state.json", "all_results.json", "train_results.json", "eval_results.json",
+             "training_loss.png", "training_eval_loss.png"}
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 NAMES = {v: k for k, v in DTYPES.items()}
 
@@ -123,7 +127,7 @@ def _resave(output_dir: Path, tmp: Path, want: str, remote: bool) -> None:
 
 def _copy(output_dir: Path, tmp: Path) -> None:
     for p in output_dir.iterdir():
-        if p.name in COPY_SKIP or p.name == "best":
+        if p.name in COPY_SKIP or p.name == "best" or p.is_dir() and p.name.startswith("checkpoint-"):
             continue
         (shutil.copytree if p.is_dir() else shutil.copy2)(p, tmp / p.name)
 

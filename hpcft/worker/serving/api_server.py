@@ -397,10 +397,12 @@ def run(argv=None) -> int:
         from hpcft.worker.serving.api_vllm import serve_with_vllm
 
         return serve_with_vllm(a, port, key, info, details)
+    from hpcft.worker.device import kind_for
     from hpcft.worker.serving.api_engine import load
 
     try:
-        model, tok = load(Path(a.model), Path(a.base) if a.base else None, a.device,
+        device = kind_for(a.device)   # what the job runs on, decided where training decides it (torch_npu first)
+        model, tok = load(Path(a.model), Path(a.base) if a.base else None, device,
                           trust_remote_code=trusts_remote_code(Path(a.run_dir)),
                           quantization=json.loads(a.quantized_base) if a.quantized_base else None)
     except WorkerError as exc:

@@ -1,6 +1,8 @@
 """LLaMA-Factory's own records as hpcft's: each line of ``trainer_log.jsonl`` (its LogCallback,
 rank 0) becomes a ``train`` event of ``progress.jsonl`` while the job runs, and ``all_results.json``
-with the log the ``train`` entry of ``metrics.json`` that ``hpcft show`` and ``compare`` read."""
+with the log the ``train`` entry of ``metrics.json`` that ``hpcft show`` and ``compare`` read;
+:func:`model_fields` says what its ``output_dir`` holds as a native LLM run says it (the ``task``,
+``base_model`` and ``adapter`` that ``hpcft export``, ``eval`` and ``serve`` read)."""
 
 from __future__ import annotations
 
@@ -77,3 +79,20 @@ def eval_metrics(output_dir: Path) -> dict:
     if not isinstance(results, dict):
         return {}
     return {k[5:]: v for k, v in results.items() if k.startswith("eval_") and isinstance(v, (int, float))}
+
+
+# LLaMA-Factory's stages as the tasks of hpcft's native LLM runs (metrics.json's ``task``). ``rm``
+# trains a value head that scores answers (no causal LM: export, eval and serve refuse it, by this
+# name); ``ppo``'s output_dir holds its policy (value_head.safetensors beside it), a causal LM.
+REWARD_MODEL = "reward-model"
+_PREF_LOSSES = {"orpo": "orpo", "simpo": "simpo"}   # stage: dpo's pref_loss; the others are DPO's
+
+
+def model_fields(args: dict, base_model: str, output_dir: Path) -> dict:
+    """``task``, ``base_model`` and ``adapter`` of a delegated run: a PEFT adapter in output_dir
+    (finetuning_type lora, on the 4-bit base with quantization_bit: the run's method says qlora)
+    goes on the staged base model; full and freeze runs saved the whole model there."""
+    stage = str(args.get("stage") or "sft")
+    task = {"rm": REWARD_MODEL, "kto": "kto", "dpo": _PREF_LOSSES.get(str(args.get("pref_loss")), "dpo")}.get(
+        stage, "causal-lm")
+    return {"task": task, "base_model": base_model, "adapter": (Path(output_dir) / "adapter_config.json").is_file()}

@@ -4,8 +4,9 @@
               ddp_timeout; resume_from_checkpoint when output_dir has a checkpoint: a requeue)
     train     llamafactory-cli train, once per node; its trainer_log.jsonl becomes progress events;
               on the time-limit signal it is stopped and the job requeued (rank 0 hands over)
-    conclude  node 0 writes metrics.json (all_results.json, the log, the legs' telemetry), the
-              ``done`` event and curves.png, and marks the run complete
+    conclude  node 0 writes metrics.json (all_results.json, the log, the legs' telemetry; the task,
+              base model and adapter that export/eval/serve read), the ``done`` event and
+              curves.png, and marks the run complete
 """
 
 from __future__ import annotations
@@ -167,7 +168,8 @@ class Delegated:
                    "engine": "llamafactory",
                    "llamafactory": {"version": _version(), "stage": args.get("stage", "sft"),
                                     "finetuning_type": args.get("finetuning_type", "lora"), "yaml": str(self.yaml)},
-                   "output_dir": str(ctx.output_dir), "report_to": list(ctx.job.train.report_to), **telemetry})
+                   "output_dir": str(ctx.output_dir), "report_to": list(ctx.job.train.report_to), **telemetry,
+                   **logs.model_fields(args, str(ctx.assets[0].path), ctx.output_dir)})
         value = final.get(headline)
         ctx.writer.write("done", step=train.get("global_step"), epoch=train.get("epochs"), headline=headline,
                          value=value)
