@@ -143,8 +143,10 @@ def test_wrapper_and_engine(tmp_path):
     _lf(tmp_path, BASE + "cutoff_len: 256\n", INFO)
     loaded = load_job(job, Settings())
     t = loaded.job.train
-    assert (loaded.job.name, t.task, t.max_seq_length, t.dataset) == ("mine", "causal-lm", 256,
-                                                                    str(tmp_path / "data" / "mine.jsonl"))
+    [entry] = t.dataset_entries
+    assert (loaded.job.name, t.task, t.max_seq_length, entry.name) == ("mine", "causal-lm", 256,
+                                                                     str(tmp_path / "data" / "mine.jsonl"))
+    assert entry.alpaca_join == "\n"   # LLaMA-Factory joins instruction and input with one newline
     assert loaded.job.resources.time == "00:10:00"
     assert loaded.llamafactory.text == (tmp_path / "lf.yaml").read_text()
     # engine: llamafactory forces the delegated engine on a file native could run

@@ -3,13 +3,13 @@ tokenizes them (``hpcft.worker.data.llm.encode``, the model's own chat template)
 0.9.5 does (its ``get_dataset`` in .venv-lf, ``template: chatml``), for alpaca rows with and without
 ``input``, on the tiny Llama (its template is ChatML).
 
-What agrees: every response token up to and including ``<|im_end|>`` is trained on both sides, and
-nothing of the prompt is. What does not (so the label masks of a batch differ; the strict xfail
-turns into a failure once both are fixed):
-
-* LLaMA-Factory joins ``instruction`` and ``input`` with one newline, hpcft with two (a token more);
-* LLaMA-Factory's chatml template also trains the newline after ``<|im_end|>``; hpcft's model
-  template ends the trained part at ``<|im_end|>``.
+The native side reads the rows as the LF YAML maps them (its dataset_info.json entry gives
+``alpaca_join: "\n"``: LLaMA-Factory joins ``instruction`` and ``input`` with one newline, where
+hpcft's own default is two). What agrees: the prompt tokens, and every response token up to and
+including ``<|im_end|>`` is trained on both sides, nothing of the prompt. What does not (so the label
+masks of a batch differ; the strict xfail turns into a failure once it is fixed): LLaMA-Factory's
+chatml template also trains the newline after ``<|im_end|>``; hpcft's model template ends the
+trained part at ``<|im_end|>``, as TRL and the model's own template do (issue 28, finding 4).
 """
 
 from __future__ import annotations
@@ -66,8 +66,16 @@ def both(tmp_path_factory):
                                "HF_DATASETS_CACHE": str(tmp / "hf-datasets")})
     assert proc.returncode == 0, proc.stderr[-3000:]
     lf = json.loads(proc.stdout.strip().splitlines()[-1])
+    import datasets
+
+    from hpcft.core.llamafactory_data import dataset_entry
+    from hpcft.worker.data.mix import _join_input
+
     tok = AutoTokenizer.from_pretrained(str(model))
-    native = [encode(tok, Renderer(tok), row, "alpaca", 64)[0] for row in ROWS]
+    entry = dataset_entry("rows", {"file_name": "rows.json"}, tmp / "data", "causal-lm", pytest.fail)
+    assert entry["alpaca_join"] == "\n"
+    rows = list(_join_input(datasets.Dataset.from_list(ROWS), entry["alpaca_join"]))
+    native = [encode(tok, Renderer(tok), row, "alpaca", 64)[0] for row in rows]
     return native, lf, tok
 
 
@@ -86,8 +94,16 @@ def test_the_same_response_tokens_are_trained_and_no_prompt_token(both):
         assert all(lab == -100 for lab in n["labels"][:prompt])
 
 
-@pytest.mark.xfail(strict=True, reason="LF joins instruction/input with one newline (hpcft two) and trains the "
-                                       "newline after <|im_end|> (see the module docstring)")
+def test_the_prompts_are_the_same_tokens(both):
+    native, lf, tok = both
+    for n, x in zip(native, lf):
+        prompt = len(n["input_ids"]) - len(_trained(n))
+        assert n["input_ids"][:prompt] == x["input_ids"][:prompt], (tok.decode(n["input_ids"]), tok.decode(x["input_ids"]))
+        assert n["input_ids"] == x["input_ids"][:len(n["input_ids"])]
+
+
+@pytest.mark.xfail(strict=True, reason="LF's chatml trains the newline after <|im_end|>; hpcft ends at <|im_end|> "
+                                       "(see the module docstring)")
 def test_the_label_masks_of_the_first_batch_are_equal(both):
     native, lf, _ = both
     assert [(n["input_ids"], n["labels"]) for n in native] == [(x["input_ids"], x["labels"]) for x in lf]

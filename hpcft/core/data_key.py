@@ -93,6 +93,7 @@ def ingredients(t, refs: list, model_path: Path) -> dict:
     return {
         "format": FORMAT,
         "datasets": [{"name": e.name, "weight": e.weight, "data_format": e.data_format, "config": ref.config,
+                      **({"alpaca_join": e.alpaca_join} if e.alpaca_join is not None else {}),
                       "path": str(Path(ref.path).resolve()), "files": data_files(ref.path)}
                      for e, ref in zip(t.dataset_entries, refs, strict=True)],
         "tokenizer": {"files": tokenizer_files(model_path)},

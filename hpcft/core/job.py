@@ -74,6 +74,9 @@ class DatasetEntry(_Strict):
     name: str = Field(min_length=1)
     weight: Optional[float] = None
     data_format: Optional[Literal["auto", "alpaca", "messages", "sharegpt", "text"]] = None
+    # alpaca rows: what joins instruction and input into the user's turn (default two newlines;
+    # a LLaMA-Factory dataset_info.json entry maps to its one newline)
+    alpaca_join: Optional[Literal["\n", "\n\n", " "]] = None
 
     _single = field_validator("name")(_one_line)
 

@@ -105,4 +105,6 @@ def dataset_entry(name: str, spec: dict, folder: Path, task: str, problem: Calla
         out["_split"] = str(spec["split"])
     if task == "causal-lm" and (formatting != "alpaca" or columns):
         out["data_format"] = formatting
+    if task == "causal-lm" and formatting == "alpaca":
+        out["alpaca_join"] = "\n"   # LLaMA-Factory's AlpacaDatasetConverter: "\n".join([instruction, input])
     return out if ok else None

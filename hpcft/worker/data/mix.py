@@ -88,6 +88,20 @@ def split_rows(dd, t, name: str, check: Optional[Callable[[Any, str], None]] = N
     return raw_train, raw_eval, eval_name
 
 
+def _join_input(ds, join: str):
+    """Alpaca rows with ``input`` joined into ``instruction`` by ``join`` (a dataset entry's
+    ``alpaca_join``; LLaMA-Factory's one newline) rather than hpcft's two newlines."""
+    if "input" not in ds.column_names or len(ds) == 0:
+        return ds
+
+    def joined(row):
+        extra = row.get("input")
+        return {"instruction": f"{row.get('instruction') or ''}{join}{extra}" if extra else row.get("instruction"),
+                "input": ""}
+
+    return ds.map(joined, desc="alpaca_join")
+
+
 ROWS_PER_PROC = 256   # the tokenizing map's processes (num_proc): at least this many rows each
 
 
@@ -140,6 +154,8 @@ def load_sft_data(t, refs: list, tokenizer, renderer: ld.Renderer, num_proc: Opt
     for entry, ref in zip(entries, refs, strict=True):
         raw_train, raw_eval, eval_name = split_rows(load_raw(ref), t, entry.name)
         fmt = ld.detect_format(raw_train.column_names, entry.data_format or t.data_format)
+        if fmt == "alpaca" and entry.alpaca_join is not None:
+            raw_train, raw_eval = (_join_input(x, entry.alpaca_join) for x in (raw_train, raw_eval))
         blocks = {"keep_last": (t.text_last_block or "keep") == "keep", "isolate": bool(t.packing),
                   "num_proc": num_proc}
         tr = tokenize(raw_train, tokenizer, renderer, fmt, t.max_seq_length, t.system_prompt, entry.name, "train",
