@@ -2,9 +2,11 @@
 offline shim, which chains to it): in LLaMA-Factory's rank processes of the first run
 (``SLURM_RESTART_COUNT`` 0), the Trainer stops before its step ``HPCFT_TEST_LF_PAUSE`` + 1, rank 0
 writes ``HPCFT_TEST_LF_MARKER``, and every rank then waits (at most 300 s) for the test's
-time-limit signal. Stdlib only; hooks ``transformers.trainer`` when it is imported."""
+time-limit signal. Stdlib only; hooks ``transformers.trainer`` when it is imported. It chains on to
+the next ``sitecustomize`` on sys.path (devtools/faults, where a test puts it after this folder)."""
 
 import importlib.abc
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -43,3 +45,18 @@ class _Hook(importlib.abc.MetaPathFinder):
 
 if _AT and "LOCAL_RANK" in os.environ and os.environ.get("SLURM_RESTART_COUNT", "0") in ("", "0"):
     sys.meta_path.insert(0, _Hook())
+
+
+def _chain() -> None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    paths = [os.path.abspath(p or os.curdir) for p in sys.path]
+    rest = sys.path[paths.index(here) + 1:] if here in paths else []
+    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", rest)
+    if spec is None or spec.loader is None or os.path.abspath(str(spec.origin)) == os.path.abspath(__file__):
+        return
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+
+if __name__ == "sitecustomize":
+    _chain()
