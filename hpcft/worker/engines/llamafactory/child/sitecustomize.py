@@ -1,10 +1,13 @@
 """Run at start-up in ``llamafactory-cli train``'s processes (torchrun and every rank), chained from
 hpcft's offline shim; it chains on to the job's own ``sitecustomize`` further down ``sys.path``.
 
-One fix, applied when ``torch.serialization`` is imported: on CPU ranks accelerate names each rank's
-device ``cpu:N``, and transformers' Trainer resumes its optimizer with ``map_location=cpu:N``,
-which torch refuses ("don't know how to restore data location ... (tagged with cpu:0)"): the
-requeued leg could not resume. Storages for ``cpu:N`` are restored on the CPU, as for ``cpu``.
+* The time-limit stop (:mod:`hpcft_lf_stop`): ``USR2`` only records the request, and once
+  ``transformers.trainer`` is imported every Trainer saves a checkpoint at the end of the step in
+  progress and stops, so the requeued job resumes at the step the signal arrived at.
+* When ``torch.serialization`` is imported: on CPU ranks accelerate names each rank's device
+  ``cpu:N``, and transformers' Trainer resumes its optimizer with ``map_location=cpu:N``, which
+  torch refuses ("don't know how to restore data location ... (tagged with cpu:0)"): the requeued
+  leg could not resume. Storages for ``cpu:N`` are restored on the CPU, as for ``cpu``.
 """
 
 import importlib.abc
@@ -56,9 +59,17 @@ def _chain() -> None:
     spec.loader.exec_module(module)
 
 
-if __name__ == "sitecustomize":
-    if "torch.serialization" in sys.modules:
-        _cpu_ranks(sys.modules["torch.serialization"])
+def _after(name, fix) -> None:
+    if name in sys.modules:
+        fix(sys.modules[name])
     else:
-        sys.meta_path.insert(0, _After("torch.serialization", _cpu_ranks))
+        sys.meta_path.insert(0, _After(name, fix))
+
+
+if __name__ == "sitecustomize":
+    import hpcft_lf_stop
+
+    hpcft_lf_stop.install()
+    _after("torch.serialization", _cpu_ranks)
+    _after("transformers.trainer", hpcft_lf_stop.add_callback)
     _chain()
