@@ -73,7 +73,12 @@ def _job_assets(path: str, s):
         from ..core.eval_tasks import resolve_tasks
 
         evals = resolve_tasks(train.eval_tasks, "train.eval_tasks")
-    return list(assets.models), datasets, list(assets.metrics), evals
+    media = {}
+    if train is not None and train.llamafactory:  # the media its rows name: local ones checked now, before staging
+        from ..stage.lf_media import plan as media_plan
+
+        media = media_plan(train.llamafactory, loaded.base_dir).hub
+    return list(assets.models), datasets, list(assets.metrics), evals, media
 
 
 def _is_dataset_name(name: str, table) -> bool:
@@ -110,8 +115,9 @@ def run(args) -> int:
     models += args.model
     datasets += args.dataset
     eval_tasks = []  # --source modelscope: converted from ModelScope's own copies (stage/eval_convert.py)
+    media = {}
     if args.job:
-        jm, jd, jmet, jev = _job_assets(args.job, s)
+        jm, jd, jmet, jev, media = _job_assets(args.job, s)
         models += jm
         datasets += jd
         metrics += jmet
@@ -143,7 +149,7 @@ def run(args) -> int:
         if not token or any(c.isspace() for c in token):
             raise ConfigError([f"--token-file {args.token_file}: expected one token on one line"])
     opts = StageOptions(source=args.source, revision=args.revision, quiet=args.quiet, token=token,
-                        allow_unverified=args.allow_unverified, cross_check=args.cross_check)
+                        allow_unverified=args.allow_unverified, cross_check=args.cross_check, media=media)
     if eval_tasks:
         from ..stage.eval_convert import check_options
 

@@ -92,6 +92,8 @@ def delegated_train(lf: dict, base_dir: Path, problem: Callable[[str, str], None
     entries, staged = dataset_sources(lf, base_dir, problem)
     args = {k: v for k, v in lf.items() if k not in OWNED}
     args["dataset_dir"] = _abs(lf.get("dataset_dir", "data"), base_dir)
+    if lf.get("media_dir"):   # where the rows' image/video/audio paths resolve, like dataset_dir
+        args["media_dir"] = _abs(lf["media_dir"], base_dir)
     if lf.get("deepspeed"):
         args["deepspeed"] = _abs(lf["deepspeed"], base_dir)
     model = str(lf.get("model_name_or_path") or "")

@@ -24,7 +24,7 @@ from ..core.errors import StageError
 from ..core.resolve import AliasTable, AssetRef
 from ..core.safefs import ME, owner_name
 from ..core.store import Cache, StagedAsset, sha256_fd
-from . import layout, recheck, select
+from . import layout, lf_media, recheck, select
 from .cards import sync_staged_configs
 from .http import HTTPFailure, Unreachable, VerifyError, download, git_blob_sha1_prefix
 from .progress import Progress, human
@@ -41,6 +41,8 @@ class StageOptions:
     token: Optional[str] = field(default=None, repr=False)  # HF token (else HF_TOKEN); never stored
     allow_unverified: bool = False  # accept files the listing gives no hash for (recorded in the manifest)
     cross_check: bool = False       # compare the hashes another configured source lists before installing
+    # LLaMA-Factory datasets whose rows name media: typed dataset name -> what to fetch with it (lf_media.py)
+    media: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -118,6 +120,10 @@ def _cached(ref: AssetRef, ctx: _Ctx) -> Optional[StageResult]:
     if asset is None or not _satisfies(asset, ctx.opts.revision):
         return None
     m = asset.manifest
+    want = _media_request(ref, ctx)
+    if want is not None and not set(want.key) <= set(m.get("lf_media", [])):
+        ctx.say(f"  {ref.kind} {ref.label}: staged without the media its rows name; fetching them")
+        return None
     owner = m.get("_owner", ME)
     changed = recheck.changed_files(asset)
     if changed:
@@ -243,6 +249,13 @@ def _fetch(ref: AssetRef, ctx: _Ctx, src: Source, listing: Listing, tried: list[
     by_path = listing.by_path()
     try:
         wanted, pre = _select(ref, ctx, src, listing, staging)
+        media = _media_request(ref, ctx)
+        if media is not None:   # the images/videos/audios its rows name, read from its fetched data files
+            rows = sorted(p for p in wanted if p not in select.DATASET_META)
+            got, _ = _download_all(ref, ctx, [by_path[p] for p in rows], staging, quiet=True, headers=src.headers())
+            pre += got
+            wanted |= lf_media.hub_media(media, f"{listing.repo_id}@{listing.sha[:12]}", by_path, rows,
+                                         lambda p: staging.part(p).open_read())
         todo = [by_path[p] for p in sorted(wanted)]
         unverified = [f.path for f in todo if not f.verified]
         if unverified and not ctx.opts.allow_unverified:
@@ -296,6 +309,8 @@ def _fetch(ref: AssetRef, ctx: _Ctx, src: Source, listing: Listing, tried: list[
                         [*_alias_names(ref, ctx.table), *([ref.repo_id] if listing.repo_id != ref.repo_id else []),
                          *([hub_name] if hub_name else [])])
     extra: dict = {"skipped": skipped, "typed": ref.typed}
+    if media is not None:
+        extra["lf_media"] = media.key
     if unverified:
         extra["unverified"] = unverified
     if ctx.opts.cross_check:
@@ -391,6 +406,12 @@ def _select(ref: AssetRef, ctx: _Ctx, src: Source, listing: Listing,
                              f"(e.g. {ref.repo_id}:{configs[0]})")
         raise StageError(f"dataset {ref.label}: no data files found in the repo")
     return wanted, pre
+
+
+def _media_request(ref: AssetRef, ctx: _Ctx) -> Optional["lf_media.MediaRequest"]:
+    if ref.kind != "dataset" or not ctx.opts.media:
+        return None
+    return ctx.opts.media.get(ref.typed) or ctx.opts.media.get(ref.label)
 
 
 def _check_space(cache: Cache, todo: list[RemoteFile], staging: layout.Staging) -> None:
