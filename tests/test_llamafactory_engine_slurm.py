@@ -3,8 +3,9 @@
 delegated engine, the one trained run of this module:
 
 * one Slurm task, whose ``llamafactory-cli train`` starts 2 gloo ranks (FORCE_TORCHRUN, NPROC_PER_NODE);
-* a time-limit signal in the middle (the ranks paused at step 6 by tests/lf_pause): the job requeues,
-  the new leg resumes from the last checkpoint in output_dir (step 4) and ends at max_steps;
+* a time-limit signal in the middle (the ranks paused after step 5 by tests/lf_pause, until the stop
+  reaches them): every rank saves checkpoint-6 at the end of step 6, the job requeues, the new leg
+  resumes there (not at the last save_steps checkpoint, 4) and ends at max_steps;
 * the resolved YAML is in the run folder (staged model, output_dir there, ddp_timeout, the resume),
   the user's file untouched; ``hpcft show`` and ``compare`` read the metrics.json it wrote.
 
@@ -108,7 +109,7 @@ def _stage(home: Path, folder: Path) -> None:
 
 @pytest.fixture(scope="module")
 def delegated(lf_venv, slurm_conf, tiny, tmp_path_factory):
-    """The one trained run: submitted, paused at step 6, signalled, requeued, completed."""
+    """The one trained run: submitted, paused after step 5, signalled, checkpointed at 6, requeued, completed."""
     from tests.conftest import hpcft
 
     root = tmp_path_factory.mktemp("lf-engine")
@@ -125,14 +126,14 @@ def delegated(lf_venv, slurm_conf, tiny, tmp_path_factory):
     faults = fault_env(cpu_fallback=True)
     spec["env"]["vars"] |= {"PYTHONPATH": os.pathsep.join([str(PAUSE), faults["PYTHONPATH"]]),
                             "HPCFT_TEST_FAULTS": faults["HPCFT_TEST_FAULTS"],
-                            "HPCFT_TEST_LF_PAUSE": "6", "HPCFT_TEST_LF_MARKER": str(marker)}
+                            "HPCFT_TEST_LF_PAUSE": "5", "HPCFT_TEST_LF_MARKER": str(marker)}
     job.write_text(yaml.safe_dump(spec, sort_keys=False))
 
     def run(*args, **kw):
         return hpcft(*args, env=env, **kw)
 
     sub = json.loads(run("submit", str(job), "--json", check=True).stdout)
-    wait_for(marker.exists, timeout=300, interval=0.2, what=f"LLaMA-Factory job {sub['job_id']} to pause at step 6",
+    wait_for(marker.exists, timeout=300, interval=0.2, what=f"LLaMA-Factory job {sub['job_id']} to pause after step 5",
              describe=lambda _: "not paused yet; its log: " + run("logs", sub["job_id"]).stdout[-3000:])
     subprocess.run(["scancel", "--signal=USR2", sub["job_id"]], check=True, env={**os.environ, "SLURM_CONF": slurm_conf})
     metrics = _wait(run, sub, timeout=500)
@@ -169,9 +170,10 @@ def test_two_ranks_from_one_task_and_a_requeue_resumes_from_the_checkpoint(deleg
     signal = next(e for e in ev if e["event"] == "signal")
     requeue = next(e for e in ev if e["event"] == "requeue")
     resume = next(e for e in ev if e["event"] == "resume")
-    assert signal["step"] == 6 and requeue["step"] == 4 and (resume["step"], resume["restart"]) == (4, 1)
-    steps = sorted({e["step"] for e in ev if e["event"] == "train"})
-    assert steps == list(range(1, 13)), steps   # every step logged, steps 5-6 in both legs
+    assert signal["step"] == 6 and requeue["step"] == 6 and (resume["step"], resume["restart"]) == (6, 1)
+    assert requeue["saved"] is True   # checkpoint-6 was written at the signal, not found from an earlier leg
+    steps = [e["step"] for e in ev if e["event"] == "train"]
+    assert steps == list(range(1, 13)), steps   # every step trained once: the second leg starts at 7
     assert m["completed"] and m["engine"] == "llamafactory" and m["restarts"] == 1 and m["resumes"] == 1
     assert m["train"]["global_step"] == 12 and m["headline"] == "train_loss"
     assert m["hardware"]["world_size"] == 2 and m["hardware"]["device"] == "cpu" and m["wall"]["legs"] == 2
@@ -187,7 +189,7 @@ def test_the_resolved_yaml_is_in_the_run_folder_and_the_users_file_untouched(del
     run_dir, job = delegated["run_dir"], delegated["job"]
     lf = yaml.safe_load((run_dir / "llamafactory" / "train.yaml").read_text())
     assert lf["output_dir"] == str(run_dir / "output") and lf["ddp_timeout"] >= 10800
-    assert lf["resume_from_checkpoint"] == str(run_dir / "output" / "checkpoint-4")   # the last leg's
+    assert lf["resume_from_checkpoint"] == str(run_dir / "output" / "checkpoint-6")   # saved at the signal
     assert Path(lf["model_name_or_path"]).is_dir() and lf["model_name_or_path"] != LLAMA_ID   # the staged copy
     info = json.loads((run_dir / "llamafactory" / "data" / "dataset_info.json").read_text())
     assert info == {"mini": {"file_name": str(job.parent / "data" / "mini.jsonl")}}

@@ -1,8 +1,9 @@
 """A test fault for tests/test_llamafactory_engine_slurm.py, on the job's PYTHONPATH (after hpcft's
 offline shim, which chains to it): in LLaMA-Factory's rank processes of the first run
 (``SLURM_RESTART_COUNT`` 0), the Trainer stops before its step ``HPCFT_TEST_LF_PAUSE`` + 1, rank 0
-writes ``HPCFT_TEST_LF_MARKER``, and every rank then waits (at most 300 s) for the test's
-time-limit signal. Stdlib only; hooks ``transformers.trainer`` when it is imported. It chains on to
+writes ``HPCFT_TEST_LF_MARKER``, and every rank then waits (at most 300 s) until the test's
+time-limit stop reached it (``hpcft_lf_stop.requested()``: the signal, or the worker's stop file);
+that step then runs, and the ranks save their checkpoint at its end and stop. Stdlib only; hooks ``transformers.trainer`` when it is imported. It chains on to
 the next ``sitecustomize`` on sys.path (devtools/faults, where a test puts it after this folder)."""
 
 import importlib.abc
@@ -29,12 +30,17 @@ class _Hook(importlib.abc.MetaPathFinder):
             step = module.Trainer.training_step
 
             def training_step(self, *args, **kwargs):
-                if self.state.global_step == _AT:
+                if self.state.global_step == _AT and not getattr(self, "_hpcft_test_waited", False):
+                    self._hpcft_test_waited = True   # once: gradient accumulation calls it per micro-batch
                     if self.args.process_index == 0 and _MARKER:
                         with open(_MARKER, "w") as fh:
                             fh.write(f"{_AT}\n")
                     print(f"[test fault] paused at step {_AT} until the time-limit signal", flush=True)
-                    time.sleep(300)
+                    import hpcft_lf_stop  # the engine room's child folder: what the ranks' own stop reads
+
+                    deadline = time.monotonic() + 300
+                    while not hpcft_lf_stop.requested() and time.monotonic() < deadline:
+                        time.sleep(0.1)
                 return step(self, *args, **kwargs)
 
             module.Trainer.training_step = training_step

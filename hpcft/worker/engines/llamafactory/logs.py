@@ -63,9 +63,15 @@ def train_metrics(output_dir: Path, records: list[dict], *, runtime_s: float) ->
     results = results if isinstance(results, dict) else {}
     steps = [r for r in records if r.get("event") == "train" and isinstance(r.get("step"), int)]
     last = max(steps, key=lambda r: r["step"]) if steps else {}
+    loss = results.get("train_loss", last.get("loss"))
+    logged = {r["step"]: r["loss"] for r in steps if isinstance(r.get("loss"), (int, float))}
+    if any(r.get("event") == "resume" for r in records) and logged:
+        # the Trainer's train_loss after a resume sums only the last leg's losses but divides by every
+        # step (about half the real figure here): the mean of the logged losses, each step once
+        loss = sum(logged.values()) / len(logged)
     out = {"runtime_s": round(runtime_s, 3), "global_step": last.get("step"), "epochs": results.get("epoch",
                                                                                                   last.get("epoch")),
-           "loss": results.get("train_loss", last.get("loss")),
+           "loss": loss,
            "samples_per_second": results.get("train_samples_per_second"), "trainer": results}
     if isinstance(results.get("effective_tokens_per_sec"), (int, float)):
         out["tokens_per_second"] = results["effective_tokens_per_sec"]

@@ -103,11 +103,16 @@ class Delegated:
         ctx = self.ctx
         SignalState.requested = True
         last = resolve.last_checkpoint(ctx.output_dir)
-        step = self.steps_seen[-1] if self.steps_seen else resolve.checkpoint_step(self.resume)
+        # node 0 follows the log; the other nodes know the step from the checkpoint the ranks saved
+        step = self.steps_seen[-1] if self.steps_seen else resolve.checkpoint_step(last or self.resume)
+        # the ranks saved a checkpoint at the signal's step (child/hpcft_lf_stop.py), unless LLaMA-Factory
+        # was killed first: then the requeued leg resumes from an earlier one
+        saved = last is not None and last != self.resume and resolve.checkpoint_step(last) == step
+        SignalState.saved = saved
         if ctx.task.is_main:
             ctx.writer.write("signal", step=step)
             ctx.writer.write("leg", restart=ctx.restart, **self._leg_figures())
-            ctx.writer.write("requeue", step=resolve.checkpoint_step(last), saved=False, restart=ctx.restart)
+            ctx.writer.write("requeue", step=resolve.checkpoint_step(last), saved=saved, restart=ctx.restart)
         log(f"stopped LLaMA-Factory at step {step}; the requeued job resumes from "
             f"{last or 'the start (no checkpoint yet)'}")
         if ctx.task.is_main:
