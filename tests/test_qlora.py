@@ -16,9 +16,9 @@ from hpcft.core.config import Settings, load_settings
 from hpcft.core.errors import ConfigError
 from hpcft.core.job import Job
 from hpcft.core.job_load import load_job
+from hpcft.core.memory.estimate import Plan, estimate, shape_from_config
 from hpcft.core.quantization import QuantizationSpec, compute_dtype, model_quantization, quantized_problem
 from hpcft.preflight.checks import Preflight
-from hpcft.core.memory.estimate import Plan, estimate, shape_from_config
 from hpcft.preflight.memcheck import fixes, plan_of
 from hpcft.preflight.quantization import qlora
 from tests.conftest import IN_CI, ROOT, hpcft
