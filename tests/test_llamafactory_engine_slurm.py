@@ -3,7 +3,7 @@
 delegated engine, the one trained run of this module:
 
 * one Slurm task, whose ``llamafactory-cli train`` starts 2 gloo ranks (FORCE_TORCHRUN, NPROC_PER_NODE);
-* a time-limit signal in the middle (the ranks paused after step 5 by tests/lf_pause, until the stop
+* a time-limit signal in the middle (the ranks paused after step 5 by tests/lf_stop_fault, until the stop
   reaches them): every rank saves checkpoint-6 at the end of step 6, the job requeues, the new leg
   resumes there (not at the last save_steps checkpoint, 4) and ends at max_steps;
 * the resolved YAML is in the run folder (staged model, output_dir there, ddp_timeout, the resume),
@@ -39,7 +39,7 @@ pytestmark = pytest.mark.slurm
 
 ROOT = Path(__file__).resolve().parent.parent
 LF_VENV = Path(os.environ.get("HPCFT_LF_VENV", ROOT / ".venv-lf"))
-PAUSE = Path(__file__).resolve().parent / "lf_pause"
+PAUSE = Path(__file__).resolve().parent / "lf_stop_fault"   # shared with the 2-node test
 DEAD = "http://127.0.0.1:9"
 LF_YAML = f"""\
 ### model
@@ -122,7 +122,7 @@ def delegated(lf_venv, slurm_conf, tiny, tmp_path_factory):
     job = _write(root / "job", LF_YAML, lf_venv)
     spec = yaml.safe_load(job.read_text())
     # the dev cluster's GPUs are fake gres: the serve job falls back to the CPU (devtools/faults, chained after
-    # lf_pause), as LLaMA-Factory's ranks train there
+    # lf_stop_fault), as LLaMA-Factory's ranks train there
     faults = fault_env(cpu_fallback=True)
     spec["env"]["vars"] |= {"PYTHONPATH": os.pathsep.join([str(PAUSE), faults["PYTHONPATH"]]),
                             "HPCFT_TEST_FAULTS": faults["HPCFT_TEST_FAULTS"],

@@ -4,9 +4,11 @@ processes of the first leg (``SLURM_RESTART_COUNT`` 0), the step after ``HPCFT_T
 waits at its start until the time-limit stop reached this rank (``hpcft_lf_stop.requested()``: the
 signal itself, or the worker's stop file), at most 300 s; rank 0 writes ``HPCFT_TEST_LF_MARKER``
 first. So the signal arrives in that step, whatever the machine's speed. Stdlib only; hooks
-``transformers.trainer`` when it is imported."""
+``transformers.trainer`` when it is imported. It chains on to the next ``sitecustomize`` on
+sys.path (devtools/faults, where tests/test_llamafactory_engine_slurm.py puts it after this folder)."""
 
 import importlib.abc
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -54,3 +56,18 @@ class _Hook(importlib.abc.MetaPathFinder):
 
 if _AT and "LOCAL_RANK" in os.environ and os.environ.get("SLURM_RESTART_COUNT", "0") in ("", "0"):
     sys.meta_path.insert(0, _Hook())
+
+
+def _chain() -> None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    paths = [os.path.abspath(p or os.curdir) for p in sys.path]
+    rest = sys.path[paths.index(here) + 1:] if here in paths else []
+    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", rest)
+    if spec is None or spec.loader is None or os.path.abspath(str(spec.origin)) == os.path.abspath(__file__):
+        return
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+
+if __name__ == "sitecustomize":
+    _chain()
